@@ -57,3 +57,15 @@ class EmptyInputError(MXNormError):
 
 class InvalidValueError(MXNormError):
     """``handleInvalid='error'`` met a null, NaN or infinite value."""
+
+
+class ConfigError(InvalidParameterError):
+    """A job configuration (TOML file or command-line flag) is missing, unknown or invalid."""
+
+
+class StateConflictError(MXNormError):
+    """A state directory does not belong to this writer or stream (versions are immutable)."""
+
+
+class SchemaMismatchError(MXNormError):
+    """An input file does not match the schema a stream reads (missing or non-numeric column)."""

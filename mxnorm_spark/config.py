@@ -1,0 +1,734 @@
+"""Typed job configuration: TOML files and command-line flags, validated into frozen dataclasses.
+
+A config file has one table per command plus Spark settings; every key is optional in
+the file and any of them can be given (or overridden) by the matching command-line flag:
+
+    [spark]                       # SparkSettings
+    master = "local[2]"
+    [spark.conf]
+    "spark.sql.shuffle.partitions" = "8"
+
+    [fit]                         # FitConfig
+    input = "data/events.parquet"
+    cols = ["temperature", "pressure"]
+    batch_col = "day"
+    state = "state/mxnorm.json"
+
+    [transform]                   # TransformConfig
+    [stream]                      # StreamConfig
+
+Each dataclass field carries its flag and help text in its metadata, so the CLI parsers
+are generated from the same fields the file is checked against: a flag exists exactly
+when the config key does (``--batch-col`` is ``batch_col``). Unknown tables or keys are
+rejected with the list of valid ones; values are checked for type and range before any
+Spark work starts. Paths are used as written (relative paths resolve against the current
+directory, as in Spark).
+
+>>> cfg = parse_config_text('[fit]\\ninput = "in"\\nstate = "s.json"\\ncols = ["a", "b"]')
+>>> fit = resolve(FitConfig, cfg.sections["fit"], {"alpha": 0.5})
+>>> fit.cols, fit.alpha, fit.format
+(('a', 'b'), 0.5, 'parquet')
+>>> parse_config_text('[fit]\\nalpah = 0.5')  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+mxnorm_spark.errors.ConfigError: <config>: unknown key 'alpah' in [fit]; valid keys: alpha, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from mxnorm_spark.errors import ConfigError, InvalidParameterError
+from mxnorm_spark.state import (
+    APPLY_AT,
+    DECAYS,
+    VAR_UPDATES,
+    ZERO_VARIANCE_POLICIES,
+    check_alpha,
+    check_eps,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+FORMATS = ("parquet", "csv", "json")
+ENGINES = ("auto", "arrow", "sql")
+HANDLE_INVALID = ("keep", "error", "skip")
+WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
+LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+
+# Read options used for a format unless the user gives their own: CSV without a header
+# row or with every column as a string is never what a normalization job wants.
+DEFAULT_READ_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {"csv": MappingProxyType({"header": "true", "inferSchema": "true"})}
+)
+DEFAULT_WRITE_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {"csv": MappingProxyType({"header": "true"})}
+)
+
+_INTERVAL = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*"
+    r"(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\s*$",
+    re.IGNORECASE,
+)
+
+
+# ---- value kinds: one checker per kind, shared by TOML values and CLI flags ------------
+# A checker takes the raw value (a TOML value, or the string a flag received) and the
+# key, and returns the typed value or raises ConfigError naming the key.
+Checker = Callable[[Any, str], Any]
+
+
+def _fail(key: str, expected: str, value: Any) -> ConfigError:
+    shown = f"the string {value!r}" if isinstance(value, str) else f"{value!r}"
+    return ConfigError(f"{key}: expected {expected}, got {shown}")
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, "a non-empty string", value)
+    return value
+
+
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    # A flag gives "a,b,c"; a file may give the same string or an array of strings.
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _fail(key, 'column names, as ["a", "b"] or "a,b"', value)
+    if not items or any(not isinstance(v, str) or not v for v in items):
+        raise _fail(key, "one or more non-empty column names", value)
+    dup = sorted({v for v in items if items.count(v) > 1})
+    if dup:
+        raise ConfigError(f"{key}: column names must be unique; repeated: {dup}")
+    return tuple(items)
+
+
+def _alpha(value: Any, key: str) -> float | None:
+    if isinstance(value, str) and value != "cumulative":
+        try:
+            value = float(value)
+        except ValueError:
+            raise _fail(key, 'a number in (0, 1] or "cumulative"', value) from None
+    try:
+        return check_alpha(value)
+    except InvalidParameterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _eps(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _fail(key, "a positive number", value) from None
+    try:
+        return check_eps(value)
+    except InvalidParameterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(key, "a whole number >= 1", value)
+    return value
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "true or false", value)
+    return value
+
+
+def _interval(value: Any, key: str) -> str:
+    """A trigger interval, normalized to Spark's ``"<n> <unit>"`` form."""
+    match = _INTERVAL.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise _fail(key, 'an interval such as "10s", "500ms", "2 minutes"', value)
+    number, unit = match.group(1), match.group(2).lower()
+    if float(number) <= 0:
+        raise _fail(key, "an interval greater than 0", value)
+    if unit == "ms" or unit.startswith("milli"):
+        name = "milliseconds"
+    elif unit.startswith("s"):
+        name = "seconds"
+    elif unit.startswith("m"):
+        name = "minutes"
+    else:
+        name = "hours"
+    return f"{number} {name}"
+
+
+def _choice(valid: tuple[str, ...], *, fold: Callable[[str], str] = str) -> Checker:
+    def check(value: Any, key: str) -> str:
+        if not isinstance(value, str) or fold(value) not in valid:
+            raise _fail(key, f"one of {list(valid)}", value)
+        return fold(value)
+
+    check.valid = valid  # type: ignore[attr-defined]  # shown as the flag's metavar
+    return check
+
+
+def _options(value: Any, key: str) -> Mapping[str, str]:
+    """A table of string options (TOML), or a list of ``KEY=VALUE`` strings (flags)."""
+    pairs: dict[str, str] = {}
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            if not isinstance(item, str) or "=" not in item:
+                raise _fail(key, "KEY=VALUE", item)
+            k, _, v = item.partition("=")
+            items.append((k.strip(), v.strip()))
+    else:
+        raise _fail(key, "a table of options", value)
+    for k, raw in items:
+        if not isinstance(k, str) or not k:
+            raise _fail(key, "non-empty option names", k)
+        # Spark options are strings; TOML booleans and numbers are spelled as Spark reads them.
+        v = ("true" if raw else "false") if isinstance(raw, bool) else raw
+        if isinstance(v, (int, float)):
+            v = repr(v)
+        if not isinstance(v, str):
+            raise _fail(f"{key}.{k}", "a string, number or boolean", raw)
+        pairs[k] = v
+    return MappingProxyType(pairs)
+
+
+# ---- field declaration -------------------------------------------------------------------
+def _opt(
+    check: Checker,
+    help: str,
+    *,
+    default: Any = None,
+    metavar: str | None = None,
+    repeat: bool = False,
+    switch: bool = False,
+    flag: str | None = None,
+) -> Any:
+    """A config field: its checker and flag help travel in the dataclass metadata.
+
+    ``repeat`` fields take their flag several times (``--conf A=1 --conf B=2``); ``flag``
+    overrides the flag name derived from the key (repeatable ones read best singular).
+    """
+    meta = {
+        "check": check,
+        "help": help,
+        "metavar": metavar,
+        "repeat": repeat,
+        "switch": switch,
+        "flag": flag,
+    }
+    if isinstance(default, Mapping):
+        frozen = MappingProxyType(dict(default))
+        return field(default_factory=lambda: frozen, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _required(check: Checker, help: str, *, metavar: str | None = None) -> Any:
+    meta = {
+        "check": check,
+        "help": help,
+        "metavar": metavar,
+        "repeat": False,
+        "switch": False,
+        "flag": None,
+    }
+    return field(metadata=meta)
+
+
+_FORMAT = _choice(FORMATS, fold=str.lower)
+_ENGINE = _choice(ENGINES, fold=str.lower)
+_HELP_ALPHA = 'EMA weight of each batch, in (0, 1], or "cumulative" for exact running moments'
+_HELP_ENGINE = "moments/normalization engine: auto, arrow or sql (same results, bit for bit)"
+_HELP_COLS = "comma-separated numeric columns to normalize (or use --input-col)"
+_HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --cols"
+_HELP_READ = "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true)"
+_HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """``[spark]``: how the SparkSession is built (:func:`mxnorm_spark.session.build_session`)."""
+
+    master: str | None = _opt(
+        _text, "Spark master, e.g. local[2] (default: from spark-submit, else local[*])"
+    )
+    app_name: str | None = _opt(_text, "Spark application name")
+    log_level: str = _opt(_choice(LOG_LEVELS, fold=str.upper), "Spark log level", default="WARN")
+    properties_file: str | None = _opt(
+        _text,
+        "Spark properties file (spark-defaults.conf format), e.g. conf/spark-local.conf",
+        metavar="FILE",
+    )
+    conf: Mapping[str, str] = _opt(
+        _options,
+        "Spark property KEY=VALUE, repeatable; wins over --properties-file",
+        default={},
+        metavar="KEY=VALUE",
+        repeat=True,
+    )
+
+
+def _check_columns(cfg: Any, cols_key: str = "cols", col_key: str = "input_col") -> None:
+    cols, col = getattr(cfg, cols_key), getattr(cfg, col_key)
+    if cols is not None and col is not None:
+        raise ConfigError(
+            f"give either {cols_key} (scalar columns) or {col_key} (one vector column), not both"
+        )
+
+
+def _check_outputs(cfg: Any) -> None:
+    if cfg.output_cols is not None:
+        if cfg.cols is None:
+            raise ConfigError("output_cols needs cols (use output_col with input_col)")
+        if len(cfg.output_cols) != len(cfg.cols):
+            raise ConfigError(
+                f"output_cols has {len(cfg.output_cols)} names but cols has {len(cfg.cols)}: "
+                "give one output column per input column"
+            )
+    if cfg.output_col is not None and cfg.input_col is None:
+        raise ConfigError("output_col needs input_col (use output_cols with cols)")
+
+
+def _check_options(cfg: Any) -> None:
+    if cfg.alpha is None and (cfg.var_update != "ema" or cfg.decay != "batch"):
+        raise ConfigError(
+            'alpha "cumulative" computes exact running moments; it takes no var_update or '
+            f"decay option (got var_update={cfg.var_update!r}, decay={cfg.decay!r})"
+        )
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """``[fit]``: read a table, fold it into an MXNorm state, write the state JSON."""
+
+    input: str = _required(_text, "input path (file or directory)", metavar="PATH")
+    state: str = _required(_text, "where to write the fitted state JSON", metavar="STATE_PATH")
+    cols: tuple[str, ...] | None = _opt(_names, _HELP_COLS, metavar="A,B,C")
+    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
+    batch_col: str | None = _opt(
+        _text,
+        "backfill: one batch per distinct value of this column, in ascending order "
+        "(default: the whole input is one batch)",
+        metavar="COL",
+    )
+    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
+    eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
+    var_update: str = _opt(
+        _choice(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+    )
+    decay: str = _opt(
+        _choice(DECAYS),
+        "batch: alpha per batch; rows: 1-(1-alpha)**rows per batch",
+        default="batch",
+    )
+    zero_variance: str = _opt(
+        _choice(ZERO_VARIANCE_POLICIES),
+        "zero-variance features: eps (divide by sqrt(eps)), unit (scale 1) or zero (output 0)",
+        default="eps",
+    )
+    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
+    read_options: Mapping[str, str] = _opt(
+        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    )
+    output: str | None = _opt(
+        _text,
+        "also write the normalized input here (each batch with its own state, see --apply-at)",
+        metavar="PATH",
+    )
+    output_format: str | None = _opt(_FORMAT, "format of --output (default: --format)")
+    output_cols: tuple[str, ...] | None = _opt(
+        _names, "with --output: output column names (default: replace the input columns)"
+    )
+    output_col: str | None = _opt(
+        _text, "with --output and --input-col: output column (default: replace it)"
+    )
+    apply_at: str | None = _opt(
+        _choice(APPLY_AT),
+        "with --output: normalize each batch with the state after it (default) or before it",
+    )
+    handle_invalid: str | None = _opt(
+        _choice(HANDLE_INVALID),
+        "with --output: null/NaN/inf values: keep (default), error or skip the row",
+    )
+    mode: str = _opt(
+        _choice(WRITE_MODES, fold=str.lower),
+        "with --output: if it exists: errorifexists, overwrite, append or ignore",
+        default="errorifexists",
+    )
+    write_options: Mapping[str, str] = _opt(
+        _options,
+        "with --output: " + _HELP_WRITE,
+        default={},
+        metavar="KEY=VALUE",
+        repeat=True,
+        flag="--write-option",
+    )
+
+    def __post_init__(self) -> None:
+        _check_columns(self)
+        _check_options(self)
+        if self.output is None:
+            given = [k for k in _OUTPUT_ONLY if getattr(self, k) is not None] + (
+                ["write_options"] if self.write_options else []
+            )
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} only apply to the normalized output: add output"
+                )
+        _check_outputs(self)
+
+
+_OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "apply_at", "handle_invalid")
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """``[transform]``: normalize a table with a fitted state and write the result."""
+
+    input: str = _required(_text, "input path (file or directory)", metavar="PATH")
+    state: str = _required(_text, "state JSON file, or a state directory", metavar="STATE_PATH")
+    output: str = _required(_text, "output path", metavar="PATH")
+    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    output_format: str | None = _opt(_FORMAT, "output format (default: --format)")
+    cols: tuple[str, ...] | None = _opt(
+        _names, "columns to normalize (default: the state's features)", metavar="A,B,C"
+    )
+    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
+    output_cols: tuple[str, ...] | None = _opt(
+        _names, "output column names (default: replace the input columns)", metavar="A,B,C"
+    )
+    output_col: str | None = _opt(
+        _text, "output column for --input-col (default: replace it)", metavar="COL"
+    )
+    handle_invalid: str = _opt(
+        _choice(HANDLE_INVALID),
+        "null/NaN/inf values: keep (stay as they are), error, or skip the row",
+        default="keep",
+    )
+    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
+    mode: str = _opt(
+        _choice(WRITE_MODES, fold=str.lower),
+        "if the output exists: errorifexists, overwrite, append or ignore",
+        default="errorifexists",
+    )
+    read_options: Mapping[str, str] = _opt(
+        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    )
+    write_options: Mapping[str, str] = _opt(
+        _options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
+    )
+
+    def __post_init__(self) -> None:
+        _check_columns(self)
+        _check_outputs(self)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """``[stream]``: normalize a file stream micro-batch by micro-batch, state exactly once."""
+
+    input: str = _required(_text, "input directory watched for new files", metavar="DIR")
+    output: str = _required(_text, "output directory (one directory per batch id)", metavar="DIR")
+    state: str = _required(
+        _text, "state directory (one committed version per batch id)", metavar="DIR"
+    )
+    checkpoint: str = _required(_text, "Structured Streaming checkpoint directory", metavar="DIR")
+    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    output_format: str | None = _opt(_FORMAT, "output format (default: --format)")
+    cols: tuple[str, ...] | None = _opt(_names, _HELP_COLS, metavar="A,B,C")
+    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
+    output_cols: tuple[str, ...] | None = _opt(
+        _names, "output column names (default: replace the input columns)", metavar="A,B,C"
+    )
+    output_col: str | None = _opt(
+        _text, "output column for --input-col (default: replace it)", metavar="COL"
+    )
+    alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
+    eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
+    var_update: str = _opt(
+        _choice(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+    )
+    decay: str = _opt(
+        _choice(DECAYS), "batch: alpha per batch; rows: 1-(1-alpha)**rows", default="batch"
+    )
+    zero_variance: str = _opt(
+        _choice(ZERO_VARIANCE_POLICIES),
+        "zero-variance features: eps, unit or zero",
+        default="eps",
+    )
+    apply_at: str = _opt(
+        _choice(APPLY_AT),
+        "normalize each micro-batch with the state after it (default) or before it",
+        default="after",
+    )
+    handle_invalid: str = _opt(
+        _choice(HANDLE_INVALID), "null/NaN/inf values: keep, error or skip", default="keep"
+    )
+    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
+    initial_state: str | None = _opt(
+        _text,
+        "warm start from this state (e.g. written by fit) when the state directory is empty",
+        metavar="STATE_PATH",
+    )
+    max_files_per_trigger: int | None = _opt(
+        _positive_int, "at most N new files per micro-batch", metavar="N"
+    )
+    available_now: bool = _opt(
+        _flag,
+        "process every file available now, in micro-batches, then stop",
+        default=False,
+        switch=True,
+    )
+    trigger_interval: str | None = _opt(
+        _interval, 'run a micro-batch every interval, e.g. "10s" (default: as fast as possible)'
+    )
+    retention: int | None = _opt(
+        _positive_int, "keep only the newest N state versions (default: keep all)", metavar="N"
+    )
+    read_options: Mapping[str, str] = _opt(
+        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    )
+    write_options: Mapping[str, str] = _opt(
+        _options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
+    )
+
+    def __post_init__(self) -> None:
+        _check_columns(self)
+        _check_options(self)
+        _check_outputs(self)
+        if self.cols is None and self.input_col is None:
+            raise ConfigError("stream needs cols (scalar columns) or input_col (a vector column)")
+        if self.available_now and self.trigger_interval is not None:
+            raise ConfigError("give either available_now or trigger_interval, not both")
+
+
+SECTIONS: Mapping[str, type[Any]] = MappingProxyType(
+    {
+        "spark": SparkSettings,
+        "fit": FitConfig,
+        "transform": TransformConfig,
+        "stream": StreamConfig,
+    }
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config file: per table, the keys it sets (already type-checked)."""
+
+    source: str
+    sections: Mapping[str, Mapping[str, Any]]
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self.sections.get(name, MappingProxyType({}))
+
+
+def _fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def check_section(cls: type[Any], values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Type-check one table: unknown keys are rejected with the list of valid ones."""
+    known = _fields(cls)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(known))}"
+            )
+        out[key] = known[key].metadata["check"](value, f"{where} {key}")
+    return out
+
+
+def parse_config_text(text: str, source: str = "<config>") -> ConfigFile:
+    """Parse and type-check a TOML config (every table, so typos fail whatever the command)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    sections: dict[str, Mapping[str, Any]] = {}
+    for name, table in doc.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown table [{name}]; valid tables: "
+                + ", ".join(f"[{s}]" for s in SECTIONS)
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name} must be a table ([{name}]), got {table!r}")
+        try:
+            sections[name] = MappingProxyType(check_section(SECTIONS[name], table, f"[{name}]"))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return ConfigFile(source=source, sections=MappingProxyType(sections))
+
+
+def load_config(path: str | os.PathLike[str]) -> ConfigFile:
+    """Read a TOML config file; a missing or unreadable file is a :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+    return parse_config_text(text, source=str(p))
+
+
+def resolve(
+    cls: type[T],
+    from_file: Mapping[str, Any] | None = None,
+    from_flags: Mapping[str, Any] | None = None,
+    where: str | None = None,
+) -> T:
+    """Merge file values with flag values (flags win) and build the validated config.
+
+    ``from_flags`` holds only the flags actually given (``None`` values are ignored);
+    ``where`` names the config table in messages (default: ``[fit] of a --config file``).
+    """
+    merged = dict(from_file or {})
+    merged.update({k: v for k, v in (from_flags or {}).items() if v is not None})
+    known = _fields(cls)
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; valid: {', '.join(sorted(known))}")
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in merged
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        flags = ", ".join(flag_name(known[m]) for m in missing)
+        where = where or f"{_table_of(cls)} of a --config file"
+        raise ConfigError(f"missing {flags} (or set {', '.join(missing)} in {where})")
+    try:
+        return cls(**merged)
+    except ConfigError:
+        raise
+    except InvalidParameterError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _table_of(cls: type[Any]) -> str:
+    for name, c in SECTIONS.items():
+        if c is cls:
+            return f"[{name}]"
+    return cls.__name__
+
+
+def add_arguments(parser: argparse._ActionsContainer, cls: type[Any]) -> None:
+    """Add one flag per field of ``cls`` (``batch_col`` -> ``--batch-col``).
+
+    Every flag defaults to ``None`` so :func:`flag_values` can tell given from absent;
+    values are checked by the same checkers as the config file.
+    """
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flag = flag_name(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:
+            default = None
+        suffix = "" if default in (None, False) else f" (default: {_show(default)})"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = meta["help"] + suffix + (" [required]" if required else "")
+        if meta["switch"]:
+            parser.add_argument(
+                flag, dest=f.name, action="store_true", default=None, help=help_text
+            )
+        elif meta["repeat"]:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action="append",
+                default=None,
+                metavar=meta["metavar"],
+                help=help_text,
+            )
+        else:
+            valid = getattr(meta["check"], "valid", None)
+            metavar = meta["metavar"] or ("{" + ",".join(valid) + "}" if valid else None)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                metavar=metavar or f.name.upper(),
+                help=help_text,
+            )
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    """The command-line flag of a config field: ``batch_col`` -> ``--batch-col``."""
+    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+
+
+def _show(value: Any) -> str:
+    return "cumulative" if value is None else str(value)
+
+
+def flag_values(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
+    """The flags of ``cls`` that were given on the command line, type-checked."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = f.metadata["check"](value, flag_name(f))
+    return out
+
+
+def config_from_args(
+    cls: type[T], args: argparse.Namespace, config: ConfigFile | None, table: str
+) -> T:
+    """The config for one command: table ``[table]`` of ``--config``, overridden by flags."""
+    from_file = config.section(table) if config is not None else None
+    where = f"[{table}] of {config.source}" if config is not None else None
+    return resolve(cls, from_file, flag_values(args, cls), where)
+
+
+def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a ``spark-defaults.conf``-style file: ``key value`` (or ``key=value``) lines.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "spark.conf"
+    >>> _ = p.write_text("# comment\\nspark.ui.enabled  false\\nspark.a=b c\\n")
+    >>> read_properties(p)
+    {'spark.ui.enabled': 'false', 'spark.a': 'b c'}
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"Spark properties file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Spark properties file {p} cannot be read: {exc}") from None
+    props: dict[str, str] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        match = re.match(r"^([^\s=:]+)\s*[\s=:]\s*(.*)$", line)
+        if match is None:
+            raise ConfigError(f"{p}:{number}: expected 'key value', got {raw!r}")
+        props[match.group(1)] = match.group(2).strip()
+    return props

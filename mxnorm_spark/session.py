@@ -1,0 +1,128 @@
+"""Build the SparkSession for the CLI, the jobs and the demo (never at import time).
+
+Settings are layered, later layers winning:
+
+1. :data:`LOCAL_DEFAULTS` when the master is local (loopback networking, Arrow on, few
+   shuffle partitions): the same properties as ``conf/spark-local.conf``;
+2. a ``spark-defaults.conf``-style properties file (``properties_file``);
+3. explicit ``conf`` (``[spark.conf]`` of a job config, ``--spark-conf KEY=VALUE``).
+
+Under ``spark-submit`` the JVM already exists and its settings (``--master``, ``--conf``,
+``--properties-file``) come first; only the layers above that the user asked for are
+added, and the local defaults only when spark-submit's master is local.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from mxnorm_spark.config import SparkSettings, read_properties
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Keep in step with conf/spark-local.conf (a test checks that they agree).
+LOCAL_DEFAULTS: Mapping[str, str] = MappingProxyType(
+    {
+        # Loopback only: a laptop or CI box needs no routable hostname for local mode.
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # 200 shuffle partitions is sized for clusters; locally it is mostly overhead.
+        "spark.sql.shuffle.partitions": "8",
+        "spark.python.worker.reuse": "true",
+        "spark.ui.showConsoleProgress": "true",
+    }
+)
+
+
+def is_local_master(master: str | None) -> bool:
+    return master is None or master == "local" or master.startswith("local[")
+
+
+def _submitted_conf() -> dict[str, str] | None:
+    """spark-submit's settings (``--master``, ``--conf``, ...), or None outside spark-submit."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return {str(k): str(v) for k, v in SparkConf().getAll()}
+
+
+def session_conf(
+    master: str | None,
+    conf: Mapping[str, str] | None = None,
+    properties_file: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """The Spark properties :func:`build_session` sets, layered as the module says.
+
+    >>> props = session_conf("local[2]", {"spark.sql.shuffle.partitions": "2"})
+    >>> props["spark.sql.shuffle.partitions"], props["spark.driver.host"]
+    ('2', '127.0.0.1')
+    >>> "spark.driver.host" in session_conf("spark://10.0.0.1:7077")
+    False
+    """
+    props: dict[str, str] = dict(LOCAL_DEFAULTS) if is_local_master(master) else {}
+    if properties_file is not None:
+        props.update(read_properties(properties_file))
+    props.update(conf or {})
+    return props
+
+
+def build_session(
+    app_name: str,
+    master: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    *,
+    properties_file: str | os.PathLike[str] | None = None,
+    log_level: str = "WARN",
+) -> SparkSession:
+    """Get or create the SparkSession for a job.
+
+    ``master=None`` keeps spark-submit's master, or runs ``local[*]`` outside spark-submit.
+    For a local run, ``SPARK_LOCAL_IP`` and ``PYSPARK_PYTHON`` default to 127.0.0.1 and
+    this interpreter, so the Python workers import the same environment.
+    """
+    from pyspark.sql import SparkSession
+
+    submitted = _submitted_conf()
+    effective = master or (submitted or {}).get("spark.master") or "local[*]"
+    if is_local_master(effective):
+        # On a cluster the driver's interpreter path may not exist on the executors, so
+        # only local runs pin the workers to it.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    props = session_conf(effective, conf, properties_file)
+    if submitted is not None:
+        # What the user told spark-submit beats our defaults; only explicit settings
+        # (properties file, conf) override it.
+        explicit = dict(read_properties(properties_file)) if properties_file else {}
+        explicit.update(conf or {})
+        props = {k: v for k, v in props.items() if k in explicit or k not in submitted}
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None:
+        builder = builder.master(master)
+    elif submitted is None:
+        builder = builder.master("local[*]")
+    for key, value in props.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(log_level)
+    return spark
+
+
+def session_from_settings(settings: SparkSettings, default_app_name: str) -> SparkSession:
+    """:func:`build_session` from the ``[spark]`` table of a job config."""
+    return build_session(
+        settings.app_name or default_app_name,
+        settings.master,
+        settings.conf,
+        properties_file=settings.properties_file,
+        log_level=settings.log_level,
+    )
