@@ -1,0 +1,590 @@
+"""Distributed per-feature moments of a Spark DataFrame, merged on the driver.
+
+Only small partials reach the driver: one :class:`~mxnorm_spark.moments.Moments` per
+partition (and per batch value), as typed columns, folded with ``Moments.merge`` in a fixed
+order (batch value, then partition id), so the same input and partitioning give the same
+bits on every run. Two engines compute the partials:
+
+* ``sql``: one JVM aggregation ``groupBy(spark_partition_id())`` of ``count``,
+  ``avg(x - p)`` and ``var_pop(x - p)`` per feature, in coordinates shifted by a pivot ``p``
+  (the given ``shift``, else the first valid value among the first rows), so data such as
+  ``1e9 + N(0, 1)`` keeps its digits. No Python worker is involved.
+* ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
+  shifted coordinates) on every Arrow record batch, merged within the partition.
+
+``auto`` picks ``sql`` (faster for every input kind, measured; see README ``## Spark batch``).
+
+Invalid values (null, NaN, +/-inf) never enter the moments. Input columns may be scalar
+numeric columns (byte, short, int, long, float, double, decimal: read as float64), or one
+``pyspark.ml.linalg`` vector or numeric array column whose rows all have the same length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mxnorm_spark.errors import (
+    EmptyInputError,
+    FeatureMismatchError,
+    InvalidParameterError,
+    InvalidValueError,
+    MissingColumnError,
+    NonNumericError,
+)
+from mxnorm_spark.moments import Moments
+from mxnorm_spark.state import check_choice
+
+Engine = Literal["auto", "arrow", "sql"]
+ENGINES = ("auto", "arrow", "sql")
+
+_NUMERIC = (
+    T.ByteType,
+    T.ShortType,
+    T.IntegerType,
+    T.LongType,
+    T.FloatType,
+    T.DoubleType,
+    T.DecimalType,
+)
+_MAX = float(np.finfo(np.float64).max)
+# Rows read to find a pivot per feature: the first valid value among them.
+_PIVOT_ROWS = 16
+
+
+# ---- input resolution (schema only: no Spark job) ----------------------------------------
+def quote(name: str) -> Column:
+    """A column reference that takes ``name`` literally (dots, spaces, backticks)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the feature input of a DataFrame is: scalar columns, or one vector/array column."""
+
+    kind: Literal["scalar", "vector", "array"]
+    cols: tuple[str, ...]
+    input_col: str | None = None
+
+    def as_double_array(self) -> Column:
+        """The vector/array column as ``array<double>`` (null rows stay null)."""
+        from pyspark.ml.functions import vector_to_array
+
+        assert self.input_col is not None
+        c = quote(self.input_col)
+        if self.kind == "vector":
+            return vector_to_array(c)
+        return c.cast(T.ArrayType(T.DoubleType()))
+
+    def scalar_doubles(self) -> list[Column]:
+        return [quote(c).cast(T.DoubleType()) for c in self.cols]
+
+
+def _is_numeric(dt: T.DataType) -> bool:
+    return isinstance(dt, _NUMERIC)
+
+
+def resolve_input(df: DataFrame, cols: Sequence[str] | None, input_col: str | None) -> InputSpec:
+    """Check the feature columns against the schema; raise a named error before any job."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if (cols is None) == (input_col is None):
+        raise InvalidParameterError(
+            "give exactly one of cols (scalar numeric columns) or input_col (one vector or "
+            f"array column); got cols={cols!r}, input_col={input_col!r}"
+        )
+    if input_col is not None:
+        if not isinstance(input_col, str):
+            raise InvalidParameterError(f"input_col must be a column name, got {input_col!r}")
+        if input_col not in fields:
+            raise MissingColumnError([input_col], list(fields))
+        dt = fields[input_col]
+        from pyspark.ml.linalg import VectorUDT
+
+        if isinstance(dt, VectorUDT):
+            return InputSpec("vector", (), input_col)
+        if isinstance(dt, T.ArrayType) and _is_numeric(dt.elementType):
+            return InputSpec("array", (), input_col)
+        raise NonNumericError(
+            f"input_col {input_col!r} has type {dt.simpleString()}; expected a "
+            "pyspark.ml.linalg vector or an array of numbers. For scalar columns pass cols=[...]"
+        )
+    if isinstance(cols, str):
+        raise InvalidParameterError(
+            f"cols must be a list of column names, got the string {cols!r}; use [{cols!r}]"
+        )
+    names = tuple(cols)  # type: ignore[arg-type]
+    if not names:
+        raise InvalidParameterError("cols must name at least one column")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise InvalidParameterError(f"cols must be unique; repeated: {dup}")
+    missing = [c for c in names if c not in fields]
+    if missing:
+        raise MissingColumnError(missing, list(fields))
+    bad = [f"{c!r} ({fields[c].simpleString()})" for c in names if not _is_numeric(fields[c])]
+    if bad:
+        raise NonNumericError(
+            f"column(s) {', '.join(bad)} are not numeric; MXNorm reads byte, short, int, "
+            "long, float, double and decimal columns. Cast or drop them, or assemble "
+            "vectors with input_col=..."
+        )
+    return InputSpec("scalar", names)
+
+
+def check_engine(engine: str) -> Literal["arrow", "sql"]:
+    """Validate ``engine`` and resolve ``auto`` to the faster engine (``sql``)."""
+    check_choice("engine", engine, ENGINES)
+    return "arrow" if engine == "arrow" else "sql"
+
+
+def valid_or_null(x: Column) -> Column:
+    """``x`` where it is finite, else null (Spark orders NaN above +inf, so NaN fails too)."""
+    return F.when(F.abs(x) <= F.lit(_MAX), x)
+
+
+def vector_names(input_col: str, dim: int) -> list[str]:
+    return [f"{input_col}[{i}]" for i in range(dim)]
+
+
+def feature_names(
+    df: DataFrame, cols: Sequence[str] | None = None, input_col: str | None = None
+) -> list[str]:
+    """Feature names: ``cols`` as given, or ``input_col[i]`` for each vector/array element.
+
+    For a vector or array column the dimension is read from the data (one small
+    aggregation of the row lengths); rows of different lengths raise
+    :class:`FeatureMismatchError`, and no non-null row raises :class:`EmptyInputError`.
+    """
+    spec = resolve_input(df, cols, input_col)
+    if spec.kind == "scalar":
+        return list(spec.cols)
+    assert spec.input_col is not None
+    n = F.size(spec.as_double_array())
+    row = df.agg(F.min(n).alias("lo"), F.max(n).alias("hi")).collect()[0]
+    dim = _check_dims(spec.input_col, row["lo"], row["hi"])
+    return vector_names(spec.input_col, dim)
+
+
+def _check_dims(input_col: str, lo: int | None, hi: int | None) -> int:
+    if lo is None or hi is None:
+        raise EmptyInputError(
+            f"input_col {input_col!r} has no non-null row, so its dimension is unknown; "
+            "fit on data where it has values"
+        )
+    if lo != hi:
+        raise FeatureMismatchError(
+            f"input_col {input_col!r} holds vectors of varying length ({lo} to {hi}); every "
+            "row must have the same number of elements"
+        )
+    if lo == 0:
+        raise FeatureMismatchError(f"input_col {input_col!r} holds empty vectors")
+    return int(lo)
+
+
+# ---- partials ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Partial:
+    batch: Any
+    pid: int
+    rows: int
+    moments: Moments
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # NaN batch values group together in Spark; order them last so sorting stays total.
+    if isinstance(value, float) and math.isnan(value):
+        return (1, 0.0)
+    return (0, value)
+
+
+def _fold(partials: list[_Partial], k: int, batch_col: str | None) -> list[tuple[Any, Moments]]:
+    if batch_col is not None:
+        nulls = [p for p in partials if p.batch is None]
+        if nulls:
+            raise InvalidValueError(
+                f"batch column {batch_col!r} is null in {sum(p.rows for p in nulls)} row(s); "
+                "every row needs a batch value (fill or filter the nulls first)"
+            )
+    partials = sorted(partials, key=lambda p: (_sort_key(p.batch), p.pid))
+    out: list[tuple[Any, Moments]] = []
+    i = 0
+    while i < len(partials):
+        j = i
+        while j < len(partials) and _sort_key(partials[j].batch) == _sort_key(partials[i].batch):
+            j += 1
+        out.append((partials[i].batch, Moments.merge_all([p.moments for p in partials[i:j]], k)))
+        i = j
+    return out
+
+
+def _pivot(df: DataFrame, spec: InputSpec, shift: Any) -> tuple[np.ndarray, int] | None:
+    """A pivot per feature and the feature count, or None when ``df`` has no row.
+
+    Uses ``shift`` where it is finite; features without one take the first valid value
+    among the first few rows (0 if none), read with one cheap ``limit`` job.
+    """
+    given: np.ndarray | None = None
+    if shift is not None:
+        given = np.asarray(shift, dtype=np.float64).reshape(-1)
+        if spec.kind == "scalar" and given.shape[0] != len(spec.cols):
+            raise FeatureMismatchError(
+                f"shift has {given.shape[0]} values but there are {len(spec.cols)} columns"
+            )
+        if bool(np.isfinite(given).all()):
+            return given, int(given.shape[0])
+    if spec.kind == "scalar":
+        rows = df.select(*[valid_or_null(c) for c in spec.scalar_doubles()]).limit(_PIVOT_ROWS)
+        got = rows.collect()
+        if not got:
+            return None
+        values = np.array([[np.nan if v is None else v for v in r] for r in got], dtype=float)
+        k = len(spec.cols)
+    else:
+        arr = spec.as_double_array()
+        got = df.select(arr.alias("a")).where(F.col("a").isNotNull()).limit(_PIVOT_ROWS).collect()
+        if not got:
+            return None
+        k = len(got[0]["a"]) if given is None else int(given.shape[0])
+        values = np.full((len(got), k), np.nan)
+        for i, r in enumerate(got):
+            vec = [np.nan if v is None else v for v in r["a"]][:k]
+            values[i, : len(vec)] = vec
+    values[~np.isfinite(values)] = np.nan
+    first = np.zeros(k)
+    for j in range(k):
+        ok = np.flatnonzero(~np.isnan(values[:, j]))
+        if ok.size:
+            first[j] = values[ok[0], j]
+    if given is not None:
+        first = np.where(np.isfinite(given), given, first)
+    return first, k
+
+
+def _sql_partials(
+    df: DataFrame, spec: InputSpec, pivot: np.ndarray, batch_col: str | None
+) -> tuple[list[_Partial], int]:
+    """One JVM aggregation per partition (and batch value) of count, avg and var_pop."""
+    k = int(pivot.shape[0])
+    if spec.kind == "scalar":
+        values = spec.scalar_doubles()
+        size_cols: list[Column] = []
+        base = df
+    else:
+        arr = spec.as_double_array()
+        base = df.withColumn("__mx_arr", arr)
+        a = F.col("__mx_arr")
+        values = [F.get(a, i) for i in range(k)]
+        n = F.size(a)
+        size_cols = [F.min(n).alias("__mx_lo"), F.max(n).alias("__mx_hi")]
+    aggs: list[Column] = [F.count(F.lit(1)).alias("__mx_rows"), *size_cols]
+    for j, v in enumerate(values):
+        d = valid_or_null(v) - F.lit(float(pivot[j]))
+        aggs += [
+            F.count(d).alias(f"n{j}"),
+            F.avg(d).alias(f"a{j}"),
+            F.var_pop(d).alias(f"v{j}"),
+        ]
+    keys = [F.spark_partition_id().alias("__mx_pid")]
+    if batch_col is not None:
+        keys.insert(0, quote(batch_col).alias("__mx_batch"))
+    rows = base.groupBy(*keys).agg(*aggs).collect()
+    partials = []
+    for r in rows:
+        if spec.kind != "scalar" and r["__mx_hi"] is not None:
+            assert spec.input_col is not None
+            if r["__mx_lo"] != r["__mx_hi"] or r["__mx_hi"] != k:
+                lo, hi = min(r["__mx_lo"], k), max(r["__mx_hi"], k)
+                _check_dims(spec.input_col, lo, hi)
+        cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
+        has = cnt > 0
+        delta = np.array([r[f"a{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        var = np.array([r[f"v{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        mom = Moments(count=cnt, shift=pivot, delta=delta, m2=var * cnt)
+        batch = r["__mx_batch"] if batch_col is not None else None
+        partials.append(_Partial(batch, int(r["__mx_pid"]), int(r["__mx_rows"]), mom))
+    return partials, k
+
+
+def _arrow_partials(
+    df: DataFrame, spec: InputSpec, shift: np.ndarray | None, batch_col: str | None
+) -> tuple[list[_Partial], int | None]:
+    """``mapInArrow``: numpy moments per record batch, one typed row per partition and batch."""
+    selected: list[Column] = []
+    if batch_col is not None:
+        selected.append(quote(batch_col).alias("__mx_batch"))
+    if spec.kind == "scalar":
+        selected += [c.alias(f"x{j}") for j, c in enumerate(spec.scalar_doubles())]
+    else:
+        selected.append(spec.as_double_array().alias("__mx_arr"))
+    src = df.select(*selected)
+    batch_type = src.schema["__mx_batch"].dataType if batch_col is not None else None
+    dbl = T.ArrayType(T.DoubleType(), containsNull=False)
+    out_fields = [
+        T.StructField("pid", T.IntegerType(), False),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("lo", T.IntegerType(), True),
+        T.StructField("hi", T.IntegerType(), True),
+        T.StructField("count", dbl, False),
+        T.StructField("shift", dbl, False),
+        T.StructField("delta", dbl, False),
+        T.StructField("m2", dbl, False),
+    ]
+    if batch_type is not None:
+        out_fields.insert(0, T.StructField("batch", batch_type, True))
+    schema = T.StructType(out_fields)
+    fn = _arrow_moments_fn(spec.kind == "scalar", shift, batch_col is not None)
+    rows = src.mapInArrow(fn, schema).collect()
+    partials = []
+    lo = [r["lo"] for r in rows if r["lo"] is not None]
+    hi = [r["hi"] for r in rows if r["hi"] is not None]
+    k: int | None
+    if spec.kind == "scalar":
+        k = len(spec.cols)
+    elif lo:
+        assert spec.input_col is not None
+        k = _check_dims(spec.input_col, min(lo), max(hi))
+        if shift is not None and shift.shape[0] != k:
+            _check_dims(spec.input_col, min(k, shift.shape[0]), max(k, shift.shape[0]))
+    else:
+        k = None if shift is None else int(shift.shape[0])
+    for r in rows:
+        if not r["count"]:  # a partition whose vector rows were all null
+            if k is None:
+                continue
+            mom = Moments.empty(k)
+        else:
+            mom = Moments(r["count"], r["shift"], r["delta"], r["m2"])
+        batch = r["batch"] if batch_type is not None else None
+        partials.append(_Partial(batch, int(r["pid"]), int(r["rows"]), mom))
+    return partials, k
+
+
+def _arrow_moments_fn(
+    scalar: bool, shift: np.ndarray | None, by_batch: bool
+) -> Any:  # the mapInArrow function; closed over plain numpy values only
+    def matrix(rb: pa.RecordBatch) -> tuple[np.ndarray, int | None]:
+        """Features x rows float64 (invalid -> NaN) and the row length of vector input."""
+        start = 1 if by_batch else 0
+        if scalar:
+            cols = [
+                rb.column(j).to_numpy(zero_copy_only=False) for j in range(start, rb.num_columns)
+            ]
+            return np.vstack(cols) if cols else np.empty((0, rb.num_rows)), None
+        lst = rb.column(start)
+        ok = lst.is_valid()
+        present = lst.filter(ok)
+        if len(present) == 0:
+            return np.empty((0, 0)), None
+        lengths = pc.list_value_length(present).to_numpy()
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo != hi:
+            raise _VaryingLength(lo, hi)
+        flat = present.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(present), lo).T, lo
+
+    def moments_of(rb: pa.RecordBatch) -> tuple[Moments | None, int | None]:
+        mat, dim = matrix(rb)
+        if mat.shape[1] == 0 and not scalar:
+            return None, None
+        if shift is not None and mat.shape[0] != shift.shape[0]:
+            raise _VaryingLength(
+                min(mat.shape[0], shift.shape[0]), max(mat.shape[0], shift.shape[0])
+            )
+        return Moments.from_columns(mat, shift), dim
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        pid = ctx.partitionId() if ctx is not None else 0
+        acc: dict[Any, list[Any]] = {}  # key -> [batch value, rows, lo, hi, moments]
+        batch_type = None
+        try:
+            for rb in batches:
+                if rb.num_rows == 0:
+                    continue
+                if by_batch:
+                    batch_type = rb.schema.field(0).type
+                    enc = pc.dictionary_encode(rb.column(0), null_encoding="encode")
+                    codes = enc.indices.to_numpy(zero_copy_only=False)
+                    keys = enc.dictionary.to_pylist()
+                    groups = [(keys[c], rb.filter(pa.array(codes == c))) for c in range(len(keys))]
+                else:
+                    groups = [(None, rb)]
+                for key, part in groups:
+                    mom, dim = moments_of(part)
+                    slot = acc.setdefault(_hashable(key), [key, 0, None, None, None])
+                    slot[1] += part.num_rows
+                    if dim is not None:
+                        slot[2] = dim if slot[2] is None else min(slot[2], dim)
+                        slot[3] = dim if slot[3] is None else max(slot[3], dim)
+                    if mom is not None:
+                        if slot[4] is not None and slot[4].n_features != mom.n_features:
+                            raise _VaryingLength(slot[4].n_features, mom.n_features)
+                        slot[4] = mom if slot[4] is None else slot[4].merge(mom)
+        except _VaryingLength as exc:
+            # Report it as a partial row so the driver raises the named error.
+            yield _partial_batch(by_batch, batch_type, [[None, 0, exc.lo, exc.hi, None]], pid)
+            return
+        if acc:
+            yield _partial_batch(by_batch, batch_type, list(acc.values()), pid)
+
+    return fn
+
+
+class _VaryingLength(Exception):
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__(f"{lo} != {hi}")
+        self.lo, self.hi = lo, hi
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, float) and math.isnan(key):
+        return ("nan",)
+    return key
+
+
+def _partial_batch(
+    by_batch: bool, batch_type: Any, slots: list[list[Any]], pid: int
+) -> pa.RecordBatch:
+    def arrays(i: int) -> list[list[float]]:
+        out = []
+        for s in slots:
+            m = s[4]
+            out.append(
+                [] if m is None else getattr(m, ("count", "shift", "delta", "m2")[i]).tolist()
+            )
+        return out
+
+    cols: dict[str, pa.Array] = {}
+    if by_batch:
+        cols["batch"] = pa.array([s[0] for s in slots], type=batch_type)
+    lst = pa.list_(pa.field("element", pa.float64(), nullable=False))
+    cols["pid"] = pa.array([pid] * len(slots), type=pa.int32())
+    cols["rows"] = pa.array([s[1] for s in slots], type=pa.int64())
+    cols["lo"] = pa.array([s[2] for s in slots], type=pa.int32())
+    cols["hi"] = pa.array([s[3] for s in slots], type=pa.int32())
+    for i, name in enumerate(("count", "shift", "delta", "m2")):
+        cols[name] = pa.array(arrays(i), type=lst)
+    return pa.RecordBatch.from_pydict(cols)
+
+
+# ---- public API --------------------------------------------------------------------------
+def _check_batch_col(df: DataFrame, batch_col: str) -> None:
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if not isinstance(batch_col, str) or batch_col not in fields:
+        raise MissingColumnError([str(batch_col)], list(fields))
+    dt = fields[batch_col]
+    if not isinstance(dt, T.AtomicType) or isinstance(dt, (T.BinaryType, T.BooleanType)):
+        raise InvalidParameterError(
+            f"batch column {batch_col!r} has type {dt.simpleString()}; it must be an ordered "
+            "scalar (number, string, date or timestamp)"
+        )
+
+
+def _compute(
+    df: DataFrame,
+    cols: Sequence[str] | None,
+    input_col: str | None,
+    *,
+    engine: str,
+    shift: Any,
+    batch_col: str | None,
+    allow_empty: bool,
+) -> tuple[list[tuple[Any, Moments]], int]:
+    spec = resolve_input(df, cols, input_col)
+    eng = check_engine(engine)
+    if batch_col is not None:
+        _check_batch_col(df, batch_col)
+        if spec.kind == "scalar" and batch_col in spec.cols:
+            raise InvalidParameterError(
+                f"batch column {batch_col!r} is also listed as a feature column"
+            )
+    given = None if shift is None else np.asarray(shift, dtype=np.float64).reshape(-1)
+    if eng == "sql":
+        piv = _pivot(df, spec, given)
+        if piv is None:
+            return _empty(spec, given, allow_empty)
+        partials, k = _sql_partials(df, spec, piv[0], batch_col)
+    else:
+        if spec.kind == "scalar" and given is not None and given.shape[0] != len(spec.cols):
+            raise FeatureMismatchError(
+                f"shift has {given.shape[0]} values but there are {len(spec.cols)} columns"
+            )
+        partials, maybe_k = _arrow_partials(df, spec, given, batch_col)
+        if maybe_k is None:
+            if not partials:
+                return _empty(spec, given, allow_empty)
+            assert spec.input_col is not None
+            _check_dims(spec.input_col, None, None)
+        k = int(maybe_k)  # type: ignore[arg-type]
+    if not partials or sum(p.rows for p in partials) == 0:
+        return _empty(spec, given, allow_empty)
+    return _fold(partials, k, batch_col), k
+
+
+def _empty(
+    spec: InputSpec, shift: np.ndarray | None, allow_empty: bool
+) -> tuple[list[tuple[Any, Moments]], int]:
+    what = list(spec.cols) if spec.kind == "scalar" else spec.input_col
+    if not allow_empty:
+        raise EmptyInputError(f"the input DataFrame has no rows (features {what!r})")
+    if spec.kind == "scalar":
+        return [], len(spec.cols)
+    if shift is None:
+        raise EmptyInputError(
+            f"the input DataFrame has no rows, so the dimension of {what!r} is unknown; "
+            "pass shift (one value per element) to accept empty input"
+        )
+    return [], int(shift.shape[0])
+
+
+def batch_moments(
+    df: DataFrame,
+    cols: Sequence[str] | None = None,
+    *,
+    input_col: str | None = None,
+    engine: str = "auto",
+    shift: Any = None,
+    allow_empty: bool = False,
+) -> Moments:
+    """Moments of the whole DataFrame as one batch.
+
+    ``cols`` names scalar numeric columns; or ``input_col`` one vector/array column (its
+    features are ``input_col[i]``). ``shift`` optionally gives a pivot per feature (a
+    stream passes the current state mean; NaN where unknown). A DataFrame with no row
+    raises :class:`EmptyInputError`, or with ``allow_empty=True`` returns empty moments
+    (for a vector/array column the dimension then comes from ``shift``).
+    """
+    groups, k = _compute(
+        df, cols, input_col, engine=engine, shift=shift, batch_col=None, allow_empty=allow_empty
+    )
+    return Moments.merge_all([m for _, m in groups], k)
+
+
+def moments_by_batch(
+    df: DataFrame,
+    cols: Sequence[str] | None = None,
+    batch_col: str = "batch",
+    *,
+    input_col: str | None = None,
+    engine: str = "auto",
+) -> list[tuple[Any, Moments]]:
+    """Moments of each distinct ``batch_col`` value, in ascending order, in one pass.
+
+    One distributed aggregation computes every batch's partials; batches are folded on the
+    driver. A null batch value raises :class:`InvalidValueError`.
+    """
+    groups, _ = _compute(
+        df, cols, input_col, engine=engine, shift=None, batch_col=batch_col, allow_empty=False
+    )
+    return groups

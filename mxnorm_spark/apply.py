@@ -1,0 +1,281 @@
+"""Normalize Spark DataFrame columns with an MXNorm state: ``(x - mean) / scale``.
+
+``mean`` and ``scale`` are the float64 constants of
+:meth:`MXNormState.normalization_constants`, so every engine gives the same bits:
+
+* ``sql``: native column expressions with the constants as double literals (no Python
+  worker; whole-stage code generation).
+* ``arrow``: Arrow UDFs closed over plain numpy arrays (never over a session or an
+  estimator), computing with ``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE float64,
+  nulls kept). This is the same arithmetic as the pure-numpy serving path.
+
+``auto`` picks ``sql`` (faster for every input kind, measured; see README ``## Spark batch``).
+
+``handle_invalid`` decides what happens to null, NaN and +/-inf input values:
+
+* ``keep`` (default): null stays null, NaN stays NaN, +/-inf gives +/-inf;
+* ``error``: the job fails with a message naming the column and the value kind (null,
+  NaN or infinite); Spark raises it when the rows are evaluated (lazily, at the action);
+* ``skip``: rows with any invalid input value are dropped.
+
+A vector/array row whose length differs from the state's feature count always fails.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.functions import ArrowUDFType, arrow_udf
+
+from mxnorm_spark.aggregate import InputSpec, check_engine, resolve_input
+from mxnorm_spark.errors import FeatureMismatchError, InvalidParameterError, InvalidValueError
+from mxnorm_spark.state import MXNormState, check_choice
+
+HANDLE_INVALID = ("keep", "error", "skip")
+_MAX = float(np.finfo(np.float64).max)
+_VECTOR_FEATURE = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def _default_input(df: DataFrame, state: MXNormState) -> tuple[list[str] | None, str | None]:
+    """The state's own features: scalar columns, or ``name[i]`` elements of one column."""
+    names = set(df.columns)
+    if all(f in names for f in state.features):
+        return list(state.features), None
+    parsed = [_VECTOR_FEATURE.match(f) for f in state.features]
+    if all(parsed):
+        bases = {m.group(1) for m in parsed if m}
+        idx = [int(m.group(2)) for m in parsed if m]
+        if len(bases) == 1 and idx == list(range(len(idx))):
+            return None, bases.pop()
+    return list(state.features), None  # resolve_input names the missing columns
+
+
+def _error_message(column: str, kind: str) -> str:
+    return (
+        f"InvalidValueError: column {column!r} holds {kind} value and handle_invalid='error'; "
+        "clean the data, or use handle_invalid='keep' (pass it through) or 'skip' (drop the row)"
+    )
+
+
+def _length_message(column: str, dim: int) -> str:
+    return (
+        f"FeatureMismatchError: column {column!r} holds a vector whose length is not {dim}, "
+        f"the number of features of the MXNorm state"
+    )
+
+
+def is_valid(x: Column) -> Column:
+    """True where ``x`` is finite; false or null otherwise (NaN orders above +inf in Spark)."""
+    return F.abs(x) <= F.lit(_MAX)
+
+
+def _raise_if_invalid(x: Column, column: str, out: Column) -> Column:
+    return (
+        F.when(x.isNull(), F.raise_error(F.lit(_error_message(column, "a null"))))
+        .when(F.isnan(x), F.raise_error(F.lit(_error_message(column, "a NaN"))))
+        .when(~is_valid(x), F.raise_error(F.lit(_error_message(column, "an infinite"))))
+        .otherwise(out)
+    )
+
+
+# ---- arrow kernels (run in the Python workers) -------------------------------------------
+def _check_arrow_values(values: pa.Array, column: str) -> None:
+    if values.null_count:
+        raise InvalidValueError(_error_message(column, "a null"))
+    if pc.any(pc.is_nan(values)).as_py():
+        raise InvalidValueError(_error_message(column, "a NaN"))
+    if pc.any(pc.is_inf(values)).as_py():
+        raise InvalidValueError(_error_message(column, "an infinite"))
+
+
+def _scalar_udf(mean: float, scale: float, column: str, check: bool) -> Any:
+    m, s = pa.scalar(mean, pa.float64()), pa.scalar(scale, pa.float64())
+
+    def kernel(x: pa.Array) -> pa.Array:
+        if check:
+            _check_arrow_values(x, column)
+        return pc.divide(pc.subtract(x, m), s)
+
+    return arrow_udf(kernel, T.DoubleType(), ArrowUDFType.SCALAR)
+
+
+def _vector_udf(mean: np.ndarray, scale: np.ndarray, column: str, check: bool) -> Any:
+    dim = int(mean.shape[0])
+
+    def kernel(lists: pa.Array) -> pa.Array:
+        valid = lists.is_valid().to_numpy(zero_copy_only=False)
+        if check and not valid.all():
+            raise InvalidValueError(_error_message(column, "a null"))
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+        if np.any(lengths[valid] != dim):
+            raise FeatureMismatchError(_length_message(column, dim))
+        flat = lists.flatten()
+        if check:
+            _check_arrow_values(flat, column)
+        rows = len(flat) // dim
+        out = pc.divide(
+            pc.subtract(flat, pa.array(np.tile(mean, rows))), pa.array(np.tile(scale, rows))
+        )
+        offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+        np.cumsum(np.where(valid, dim, 0), out=offsets[1:])
+        return pa.ListArray.from_arrays(
+            pa.array(offsets), out, mask=pa.array(~valid) if not valid.all() else None
+        )
+
+    return arrow_udf(kernel, T.ArrayType(T.DoubleType()), ArrowUDFType.SCALAR)
+
+
+# ---- plans -------------------------------------------------------------------------------
+def _scalar_plan(
+    df: DataFrame,
+    spec: InputSpec,
+    outputs: Sequence[str],
+    *,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    handle_invalid: str,
+    engine: str,
+) -> DataFrame:
+    xs = spec.scalar_doubles()
+    if handle_invalid == "skip":
+        cond = is_valid(xs[0])
+        for x in xs[1:]:
+            cond = cond & is_valid(x)
+        df = df.where(cond)
+    exprs: dict[str, Column] = {}
+    check = handle_invalid == "error"
+    for j, (name, x, out_name) in enumerate(zip(spec.cols, xs, outputs, strict=True)):
+        if engine == "sql":
+            out = (x - F.lit(float(mean[j]))) / F.lit(float(scale[j]))
+            exprs[out_name] = _raise_if_invalid(x, name, out) if check else out
+        else:
+            exprs[out_name] = _scalar_udf(float(mean[j]), float(scale[j]), name, check)(x)
+    return df.withColumns(exprs)
+
+
+def _vector_plan(
+    df: DataFrame,
+    spec: InputSpec,
+    output: str,
+    *,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    handle_invalid: str,
+    engine: str,
+) -> DataFrame:
+    from pyspark.ml.functions import array_to_vector
+
+    assert spec.input_col is not None
+    name, dim = spec.input_col, int(mean.shape[0])
+    tmp = "__mx_arr"
+    df = df.withColumn(tmp, spec.as_double_array())
+    a = F.col(tmp)
+    bad_len = F.size(a) != F.lit(dim)
+    if handle_invalid == "skip":
+        df = df.where(a.isNotNull() & (bad_len | F.forall(a, is_valid)))
+    if engine == "sql":
+        vals = F.array(
+            *[(F.get(a, i) - F.lit(float(mean[i]))) / F.lit(float(scale[i])) for i in range(dim)]
+        )
+        if handle_invalid == "error":
+            vals = (
+                F.when(
+                    F.exists(a, lambda x: x.isNull()),
+                    F.raise_error(F.lit(_error_message(name, "a null"))),
+                )
+                .when(
+                    F.exists(a, F.isnan),
+                    F.raise_error(F.lit(_error_message(name, "a NaN"))),
+                )
+                .when(
+                    F.exists(a, lambda x: ~is_valid(x)),
+                    F.raise_error(F.lit(_error_message(name, "an infinite"))),
+                )
+                .otherwise(vals)
+            )
+            null_row = F.raise_error(F.lit(_error_message(name, "a null")))
+        else:
+            null_row = F.lit(None)
+        out = (
+            F.when(a.isNull(), null_row)
+            .when(bad_len, F.raise_error(F.lit(_length_message(name, dim))))
+            .otherwise(vals)
+        )
+    else:
+        out = _vector_udf(mean, scale, name, handle_invalid == "error")(a)
+    if spec.kind == "vector":
+        out = array_to_vector(out)
+    return df.withColumn(output, out).drop(tmp)
+
+
+def normalize(
+    df: DataFrame,
+    state: MXNormState,
+    cols: Sequence[str] | None = None,
+    output_cols: Sequence[str] | None = None,
+    *,
+    input_col: str | None = None,
+    output_col: str | None = None,
+    handle_invalid: str = "keep",
+    engine: str = "auto",
+    fallback: MXNormState | None = None,
+) -> DataFrame:
+    """Normalize ``cols`` (or the vector/array ``input_col``) of ``df`` with ``state``.
+
+    With neither ``cols`` nor ``input_col``, the state's own features are used (scalar
+    columns, or ``name[i]`` elements of a column ``name``). Outputs are double columns
+    named by ``output_cols`` (default: replace the inputs in place), or one column
+    ``output_col`` of the input's kind (vector or ``array<double>``). Columns are matched
+    to the state's features by position. ``fallback`` supplies constants for features the
+    state has not seen (see :meth:`MXNormState.normalization_constants`).
+
+    Everything is checked before any Spark job: columns, types, counts, options.
+    """
+    check_choice("handle_invalid", handle_invalid, HANDLE_INVALID)
+    eng = check_engine(engine)
+    if not isinstance(state, MXNormState):
+        raise InvalidParameterError(f"state must be an MXNormState, got {type(state).__name__}")
+    if cols is None and input_col is None:
+        cols, input_col = _default_input(df, state)
+    spec = resolve_input(df, cols, input_col)
+    mean, scale = state.normalization_constants(fallback)
+    if spec.kind == "scalar":
+        if len(spec.cols) != state.n_features:
+            raise FeatureMismatchError(
+                f"{len(spec.cols)} column(s) {list(spec.cols)} given but the state has "
+                f"{state.n_features} features {list(state.features)}"
+            )
+        if output_col is not None:
+            raise InvalidParameterError(
+                "output_col goes with input_col; for scalar cols give output_cols=[...]"
+            )
+        outputs = list(spec.cols) if output_cols is None else list(output_cols)
+        if isinstance(output_cols, str) or len(outputs) != len(spec.cols):
+            raise InvalidParameterError(
+                f"output_cols must list one name per input column: {len(spec.cols)} input(s) "
+                f"{list(spec.cols)} but output_cols={output_cols!r}"
+            )
+        if len(set(outputs)) != len(outputs):
+            raise InvalidParameterError(f"output_cols must be unique, got {outputs}")
+        return _scalar_plan(
+            df, spec, outputs, mean=mean, scale=scale, handle_invalid=handle_invalid, engine=eng
+        )
+    if output_cols is not None:
+        raise InvalidParameterError(
+            "output_cols goes with cols; for input_col give one output_col=..."
+        )
+    assert spec.input_col is not None
+    output = spec.input_col if output_col is None else output_col
+    if not isinstance(output, str) or not output:
+        raise InvalidParameterError(f"output_col must be a column name, got {output_col!r}")
+    return _vector_plan(
+        df, spec, output, mean=mean, scale=scale, handle_invalid=handle_invalid, engine=eng
+    )
