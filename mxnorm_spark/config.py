@@ -88,6 +88,9 @@ _INTERVAL = re.compile(
 # A checker takes the raw value (a TOML value, or the string a flag received) and the
 # key, and returns the typed value or raises ConfigError naming the key.
 Checker = Callable[[Any, str], Any]
+# Flags arrive as text: for number kinds, the function that turns it into the TOML type
+# the checker expects (a config file itself must use TOML numbers).
+_FROM_TEXT: dict[Checker, Callable[[str, str], Any]] = {}
 
 
 def _fail(key: str, expected: str, value: Any) -> ConfigError:
@@ -117,36 +120,50 @@ def _names(value: Any, key: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _number_text(value: Any, key: str, expected: str) -> Any:
+    """A flag's text as a number (flags only: a config file must use TOML numbers)."""
+    try:
+        return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+    except ValueError:
+        raise _fail(key, expected, value) from None
+
+
 def _alpha(value: Any, key: str) -> float | None:
-    if isinstance(value, str) and value != "cumulative":
-        try:
-            value = float(value)
-        except ValueError:
-            raise _fail(key, 'a number in (0, 1] or "cumulative"', value) from None
     try:
         return check_alpha(value)
     except InvalidParameterError as exc:
+        if isinstance(value, str):
+            raise _fail(key, 'a number in (0, 1] or "cumulative"', value) from None
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _alpha_text(value: str, key: str) -> Any:
+    if value == "cumulative":
+        return value
+    return _number_text(value, key, 'a number in (0, 1] or "cumulative"')
 
 
 def _eps(value: Any, key: str) -> float:
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _fail(key, "a positive number", value) from None
+        raise _fail(key, "a positive number", value)
     try:
         return check_eps(value)
     except InvalidParameterError as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(key, "a whole number >= 1", value)
-    return value
+def _int_at_least(low: int) -> Checker:
+    def check(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise _fail(key, f"a whole number >= {low}", value)
+        return value
+
+    _FROM_TEXT[check] = lambda v, k: _number_text(v, k, f"a whole number >= {low}")
+    return check
+
+
+_FROM_TEXT[_alpha] = _alpha_text
+_FROM_TEXT[_eps] = lambda v, k: _number_text(v, k, "a positive number")
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -212,6 +229,25 @@ def _options(value: Any, key: str) -> Mapping[str, str]:
 
 
 # ---- field declaration -------------------------------------------------------------------
+def _meta(
+    check: Checker,
+    help: str,
+    *,
+    metavar: str | None = None,
+    repeat: bool = False,
+    switch: bool = False,
+    flag: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "check": check,
+        "help": help,
+        "metavar": metavar,
+        "repeat": repeat,
+        "switch": switch,
+        "flag": flag,
+    }
+
+
 def _opt(
     check: Checker,
     help: str,
@@ -222,19 +258,12 @@ def _opt(
     switch: bool = False,
     flag: str | None = None,
 ) -> Any:
-    """A config field: its checker and flag help travel in the dataclass metadata.
+    """An optional config field: its checker and flag help travel in the field metadata.
 
     ``repeat`` fields take their flag several times (``--conf A=1 --conf B=2``); ``flag``
     overrides the flag name derived from the key (repeatable ones read best singular).
     """
-    meta = {
-        "check": check,
-        "help": help,
-        "metavar": metavar,
-        "repeat": repeat,
-        "switch": switch,
-        "flag": flag,
-    }
+    meta = _meta(check, help, metavar=metavar, repeat=repeat, switch=switch, flag=flag)
     if isinstance(default, Mapping):
         frozen = MappingProxyType(dict(default))
         return field(default_factory=lambda: frozen, metadata=meta)
@@ -242,15 +271,7 @@ def _opt(
 
 
 def _required(check: Checker, help: str, *, metavar: str | None = None) -> Any:
-    meta = {
-        "check": check,
-        "help": help,
-        "metavar": metavar,
-        "repeat": False,
-        "switch": False,
-        "flag": None,
-    }
-    return field(metadata=meta)
+    return field(metadata=_meta(check, help, metavar=metavar))
 
 
 _FORMAT = _choice(FORMATS, fold=str.lower)
@@ -296,15 +317,15 @@ def _check_columns(cfg: Any, cols_key: str = "cols", col_key: str = "input_col")
 
 def _check_outputs(cfg: Any) -> None:
     if cfg.output_cols is not None:
-        if cfg.cols is None:
-            raise ConfigError("output_cols needs cols (use output_col with input_col)")
-        if len(cfg.output_cols) != len(cfg.cols):
+        if cfg.input_col is not None:
+            raise ConfigError("output_cols goes with cols; with input_col use output_col")
+        if cfg.cols is not None and len(cfg.output_cols) != len(cfg.cols):
             raise ConfigError(
                 f"output_cols has {len(cfg.output_cols)} names but cols has {len(cfg.cols)}: "
                 "give one output column per input column"
             )
-    if cfg.output_col is not None and cfg.input_col is None:
-        raise ConfigError("output_col needs input_col (use output_cols with cols)")
+    if cfg.output_col is not None and cfg.cols is not None:
+        raise ConfigError("output_col goes with input_col; with cols use output_cols")
 
 
 def _check_options(cfg: Any) -> None:
@@ -385,6 +406,8 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         _check_columns(self)
+        if self.cols is None and self.input_col is None:
+            raise ConfigError("fit needs cols (scalar columns) or input_col (a vector column)")
         _check_options(self)
         if self.output is None:
             given = [k for k in _OUTPUT_ONLY if getattr(self, k) is not None] + (
@@ -490,7 +513,7 @@ class StreamConfig:
         metavar="STATE_PATH",
     )
     max_files_per_trigger: int | None = _opt(
-        _positive_int, "at most N new files per micro-batch", metavar="N"
+        _int_at_least(1), "at most N new files per micro-batch", metavar="N"
     )
     available_now: bool = _opt(
         _flag,
@@ -502,7 +525,9 @@ class StreamConfig:
         _interval, 'run a micro-batch every interval, e.g. "10s" (default: as fast as possible)'
     )
     retention: int | None = _opt(
-        _positive_int, "keep only the newest N state versions (default: keep all)", metavar="N"
+        _int_at_least(2),
+        "keep only the newest N >= 2 state versions (default: keep all)",
+        metavar="N",
     )
     read_options: Mapping[str, str] = _opt(
         _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
@@ -603,15 +628,14 @@ def resolve(
 ) -> T:
     """Merge file values with flag values (flags win) and build the validated config.
 
-    ``from_flags`` holds only the flags actually given (``None`` values are ignored);
-    ``where`` names the config table in messages (default: ``[fit] of a --config file``).
+    File values must have their TOML types; flag values may be the flags' text. ``None``
+    flag values mean "not given". ``where`` names the config table in messages (default:
+    ``[fit] of a --config file``).
     """
-    merged = dict(from_file or {})
-    merged.update({k: v for k, v in (from_flags or {}).items() if v is not None})
     known = _fields(cls)
-    unknown = sorted(set(merged) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}; valid: {', '.join(sorted(known))}")
+    where = where or f"{_table_of(cls)} of a --config file"
+    merged = check_section(cls, from_file or {}, where)
+    merged.update(check_flags(cls, {k: v for k, v in (from_flags or {}).items() if v is not None}))
     missing = [
         name
         for name, f in known.items()
@@ -621,7 +645,6 @@ def resolve(
     ]
     if missing:
         flags = ", ".join(flag_name(known[m]) for m in missing)
-        where = where or f"{_table_of(cls)} of a --config file"
         raise ConfigError(f"missing {flags} (or set {', '.join(missing)} in {where})")
     try:
         return cls(**merged)
@@ -688,12 +711,21 @@ def _show(value: Any) -> str:
 
 
 def flag_values(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
-    """The flags of ``cls`` that were given on the command line, type-checked."""
+    """The flags of ``cls`` that were given on the command line (raw; see :func:`resolve`)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def check_flags(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Type-check flag values: text for number kinds is parsed first."""
+    known = _fields(cls)
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            out[f.name] = f.metadata["check"](value, flag_name(f))
+    for name, raw in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}; valid: {', '.join(sorted(known))}")
+        check, flag = known[name].metadata["check"], flag_name(known[name])
+        text_to_value = _FROM_TEXT.get(check) if isinstance(raw, str) else None
+        out[name] = check(raw if text_to_value is None else text_to_value(raw, flag), flag)
     return out
 
 

@@ -1,0 +1,7 @@
+"""``python -m mxnorm_spark``: the same as the ``mxnorm-spark`` command."""
+
+import sys
+
+from mxnorm_spark.cli import main
+
+sys.exit(main())
