@@ -38,6 +38,7 @@ from mxnorm_spark.config import (
 )
 from mxnorm_spark.errors import ConfigError, MXNormError
 from mxnorm_spark.state import MXNormState
+from mxnorm_spark.streaming import add_stream_parser
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -237,8 +238,13 @@ def add_inspect_parser(subparsers: Any) -> None:
 
 
 # The subcommands, in --help order. The `stream` command (Structured Streaming) is
-# registered by mxnorm_spark.streaming: add its add_stream_parser here.
-COMMANDS: list[Callable[[Any], None]] = [add_fit_parser, add_transform_parser, add_inspect_parser]
+# registered by mxnorm_spark.streaming.
+COMMANDS: list[Callable[[Any], None]] = [
+    add_fit_parser,
+    add_transform_parser,
+    add_stream_parser,
+    add_inspect_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,7 +394,12 @@ def error_message(exc: BaseException) -> str | None:
     text = str(exc)
     match = _REMOTE_ERROR.search(text)
     if match is not None:
-        return match.group(2).strip()
+        message = match.group(2)
+        # SQL-side errors carry the class name in the message too, and Spark appends
+        # its SQLSTATE: keep only the MXNorm sentence.
+        while (inner := _REMOTE_ERROR.match(message)) is not None:
+            message = inner.group(2)
+        return re.sub(r"\s*SQLSTATE: \w+\s*$", "", message).strip()
     try:
         from pyspark.errors import AnalysisException
     except ImportError:  # pragma: no cover - pyspark is a dependency

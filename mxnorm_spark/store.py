@@ -59,6 +59,7 @@ class FileSystem(Protocol):
 
     def join(self, directory: str, name: str) -> str: ...
     def exists(self, path: str) -> bool: ...
+    def is_dir(self, path: str) -> bool: ...
     def list_names(self, directory: str) -> list[str]: ...
     def read_bytes(self, path: str) -> bytes | None: ...
     def write_bytes(self, path: str, data: bytes) -> None: ...
@@ -75,6 +76,9 @@ class LocalFileSystem:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
 
     def list_names(self, directory: str) -> list[str]:
         try:
@@ -155,6 +159,10 @@ class HadoopFileSystem:
 
     def exists(self, path: str) -> bool:
         return bool(self._fs.exists(self._path(path)))
+
+    def is_dir(self, path: str) -> bool:
+        p = self._path(path)
+        return bool(self._fs.exists(p) and self._fs.getFileStatus(p).isDirectory())
 
     def list_names(self, directory: str) -> list[str]:
         p = self._path(directory)
@@ -309,25 +317,31 @@ class StateStore:
         self._write_once(target, state.to_json().encode("utf-8"), "the initial state")
         return target
 
+    def owner(self) -> str | None:
+        """The writer that claimed this directory (see :meth:`claim`), or None."""
+        path = self.fs.join(self.path, OWNER_FILE)
+        data = self.fs.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            return str(json.loads(data)["owner"])
+        except (ValueError, KeyError, TypeError):
+            raise CorruptStateError(
+                f"{path} is unreadable; it names the stream that owns this state directory. "
+                "Delete it only if no other stream writes here"
+            ) from None
+
     def claim(self, owner: str) -> None:
         """Bind this directory to one writer (a streaming query id); another id is refused.
 
         Two streams folding into one directory would interleave their batch ids; the
         claim turns that mistake into an error at the first micro-batch.
         """
-        path = self.fs.join(self.path, OWNER_FILE)
-        data = json.dumps({"owner": owner}).encode("utf-8")
-        existing = self.fs.read_bytes(path)
-        if existing is None:
-            self._write_once(path, data, "the owner")
+        found = self.owner()
+        if found is None:
+            path = self.fs.join(self.path, OWNER_FILE)
+            self._write_once(path, json.dumps({"owner": owner}).encode("utf-8"), "the owner")
             return
-        try:
-            found = json.loads(existing)["owner"]
-        except (ValueError, KeyError, TypeError):
-            raise CorruptStateError(
-                f"{path} is unreadable; it names the stream that owns this state directory. "
-                "Delete it only if no other stream writes here"
-            ) from None
         if found != owner:
             raise StateConflictError(
                 f"state directory {self.path} belongs to streaming query {found}, not {owner} "
