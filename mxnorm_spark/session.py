@@ -74,6 +74,13 @@ def session_conf(
     return props
 
 
+def _explicit(
+    conf: Mapping[str, str] | None, properties_file: str | os.PathLike[str] | None
+) -> set[str]:
+    keys = set(read_properties(properties_file)) if properties_file is not None else set()
+    return keys | set(conf or {})
+
+
 def build_session(
     app_name: str,
     master: str | None = None,
@@ -85,6 +92,8 @@ def build_session(
     """Get or create the SparkSession for a job.
 
     ``master=None`` keeps spark-submit's master, or runs ``local[*]`` outside spark-submit.
+    An active session is reused with only the explicit ``conf`` / ``properties_file``
+    settings applied (runtime SQL settings take effect; others need a new session).
     For a local run, ``SPARK_LOCAL_IP`` and ``PYSPARK_PYTHON`` default to 127.0.0.1 and
     this interpreter, so the Python workers import the same environment.
     """
@@ -99,11 +108,14 @@ def build_session(
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     props = session_conf(effective, conf, properties_file)
-    if submitted is not None:
+    if SparkSession.getActiveSession() is not None:
+        # Reusing a session (a notebook, a test suite, an embedding job): only what the
+        # caller asked for explicitly is applied, never our defaults.
+        props = {k: v for k, v in props.items() if k in _explicit(conf, properties_file)}
+    elif submitted is not None:
         # What the user told spark-submit beats our defaults; only explicit settings
         # (properties file, conf) override it.
-        explicit = dict(read_properties(properties_file)) if properties_file else {}
-        explicit.update(conf or {})
+        explicit = _explicit(conf, properties_file)
         props = {k: v for k, v in props.items() if k in explicit or k not in submitted}
     builder = SparkSession.builder.appName(app_name)
     if master is not None:

@@ -1,0 +1,198 @@
+"""The command line and the spark-submit jobs, end to end on tiny data.
+
+Subprocesses (each starts a JVM, so there are few): ``mxnorm-spark fit`` and ``inspect``
+through the installed entry points, and both ``jobs/`` scripts through ``spark-submit``.
+Everything else calls :func:`mxnorm_spark.cli.main` in-process on the shared session.
+Results are checked against the DESIGN.md reference loop and plain numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from reference import Reference, assert_state_close
+
+import mxnorm_spark
+from mxnorm_spark import MXNormState, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# day, a, b: three batches of a backfill.
+ROWS = [
+    (3, 4.5, -1.0),
+    (1, 1.0, 10.0),
+    (1, 2.0, 20.0),
+    (2, 3.0, 1e9 + 1.0),
+    (2, 5.0, 1e9 - 1.0),
+    (2, 4.0, 1e9),
+    (3, 6.5, 1.0),
+]
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+
+
+def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def write_csv(path: Path, rows: list[tuple[Any, ...]]) -> Path:
+    path.write_text("day,a,b\n" + "".join(f"{d},{a!r},{b!r}\n" for d, a, b in rows))
+    return path
+
+
+def reference_by_day(rows: list[tuple[Any, ...]], alpha: float) -> Reference:
+    ref = Reference(alpha=alpha)
+    x = np.array([[a, b] for _, a, b in rows])
+    days = np.array([d for d, _, _ in rows])
+    for d in sorted(set(days)):
+        ref.adapt(x[days == d])
+    return ref
+
+
+def read_parquet(path: Path) -> dict[str, list[Any]]:
+    return pq.read_table(path).to_pydict()  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_cli_fit_inspect_transform_through_subprocess(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "events.csv", ROWS)
+    fit = run(
+        [str(BIN / "mxnorm-spark"), "fit", "--input", str(data), "--format", "csv",
+         "--cols", "a,b", "--batch-col", "day", "--alpha", "0.25", "--state", "state.json",
+         "--master", "local[1]"],
+        tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    assert "3 batches (1 .. 3)" in fit.stdout and "state written to" in fit.stdout
+
+    ref = reference_by_day(ROWS, 0.25)
+    state = MXNormState.load(tmp_path / "state.json")
+    assert state.features == ("a", "b") and state.alpha == 0.25 and state.batches_seen == 3
+    assert ref.mean is not None and ref.var is not None
+    assert_state_close(state.mean, state.var, ref.mean, ref.var)
+
+    shown = run([sys.executable, "-m", "mxnorm_spark", "inspect", "state.json", "--json"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert MXNormState.from_json(shown.stdout).mean.tolist() == state.mean.tolist()
+    table = run([str(BIN / "mxnorm-spark"), "inspect", "state.json"], tmp_path)
+    assert "batches_seen=3" in table.stdout and table.stdout.count("\n") == 4
+
+    # A config error fails before Spark starts: one line, exit 2, no traceback.
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[transform]\ninput = "events.csv"\nhandle_invalid = "drop"\n')
+    failed = run([str(BIN / "mxnorm-spark"), "transform", "--config", str(bad)], tmp_path)
+    assert failed.returncode == 2
+    assert failed.stderr == (
+        f"error: {bad}: [transform] handle_invalid: expected one of "
+        "['keep', 'error', 'skip'], got the string 'drop'\n"
+    )
+
+
+@pytest.mark.slow
+def test_jobs_through_spark_submit(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyspark
+
+    days, a, b = (list(col) for col in zip(*ROWS, strict=True))
+    pq.write_table(pa.table({"day": days, "a": a, "b": b}), tmp_path / "events.parquet")
+    (tmp_path / "job.toml").write_text(
+        "[spark.conf]\n"
+        '"spark.sql.shuffle.partitions" = "2"\n'
+        "[fit]\n"
+        'input = "events.parquet"\ncols = ["a", "b"]\nalpha = "cumulative"\n'
+        'state = "state/fitted.json"\n'
+        "[transform]\n"
+        'input = "events.parquet"\nstate = "state/fitted.json"\noutput = "out"\n'
+        'output_cols = ["a_z", "b_z"]\n'
+    )
+    submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+    for job in ("fit_state.py", "normalize_batch.py"):
+        job_path = str(ROOT / "jobs" / job)
+        done = run([submit, "--master", "local[1]", job_path, "--config", "job.toml"], tmp_path)
+        assert done.returncode == 0, done.stderr
+
+    # alpha "cumulative" is the exact moments of all rows (one batch: whole input).
+    state = MXNormState.load(tmp_path / "state" / "fitted.json")
+    x = np.array([[r[1], r[2]] for r in ROWS])
+    assert_state_close(state.mean, state.var, x.mean(0), x.var(0))
+    out = read_parquet(tmp_path / "out")
+    assert out["a"] == a and out["day"] == days  # inputs kept, row order kept
+    got = np.column_stack([out["a_z"], out["b_z"]])
+    np.testing.assert_array_equal(got, state.normalize(x))  # same constants, same bits
+
+
+def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+
+    nan = float("nan")
+    x = np.array([[1.0, 2.0], [3.0, nan], [5.0, 4.0], [7.0, 10.0]])
+    pq.write_table(
+        pa.table({"id": [1, 2, 3, 4], "a": x[:, 0], "b": x[:, 1], "v": x.tolist()}),
+        tmp_path / "in.parquet",
+    )
+    state = MXNormState.create(["a", "b"], alpha=0.5).update(mxnorm_spark.Moments.from_array(x))
+    state.save(tmp_path / "s.json")
+    data = str(tmp_path / "in.parquet")
+    base = ["transform", "--input", data, "--state", str(tmp_path / "s.json")]
+
+    def main(*args: str) -> tuple[int, str]:
+        code = cli.main([*args])
+        err = capsys.readouterr().err
+        return code, err
+
+    code, _ = main(*base, "--output", str(tmp_path / "keep"), "--output-cols", "a_z,b_z")
+    assert code == 0
+    out = read_parquet(tmp_path / "keep")
+    got = np.column_stack([out["a_z"], out["b_z"]])
+    np.testing.assert_array_equal(got, state.normalize(x))  # NaN stays NaN (keep)
+
+    code, _ = main(*base, "--output", str(tmp_path / "skip"), "--handle-invalid", "skip")
+    assert code == 0
+    assert read_parquet(tmp_path / "skip")["id"] == [1, 3, 4]  # replaced in place, row 2 gone
+
+    err_args = ["--output", str(tmp_path / "err"), "--handle-invalid", "error", "--engine", "arrow"]
+    code, err = main(*base, *err_args)
+    assert code == 2
+    assert err.startswith("error: column 'b' holds a NaN value and handle_invalid='error'")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+    code, err = main(*base, "--output", str(tmp_path / "x"), "--cols", "a,zz")
+    assert code == 2
+    assert (
+        err
+        == "error: column(s) ['zz'] not found; the DataFrame has columns ['id', 'a', 'b', 'v']\n"
+    )
+    code, err = main(*base, "--output", str(tmp_path / "keep"))
+    assert code == 2 and "already exists; choose another path or pass --mode overwrite" in err
+
+    # A vector column: fit names its features v[0], v[1]; transform finds it by them.
+    v_state = str(tmp_path / "v.json")
+    code, _ = main("fit", "--input", data, "--input-col", "v", "--alpha", "1", "--state", v_state)
+    assert code == 0
+    vstate = MXNormState.load(v_state)
+    assert vstate.features == ("v[0]", "v[1]")
+    ref = mxnorm_spark.Moments.from_array(x)
+    assert_state_close(vstate.mean, vstate.var, ref.mean, ref.var)
+    code, _ = main(
+        "transform", "--input", data, "--state", v_state, "--output", str(tmp_path / "vout")
+    )
+    assert code == 0
+    v = np.array(read_parquet(tmp_path / "vout")["v"], dtype=np.float64)
+    np.testing.assert_array_equal(v, vstate.normalize(x))
