@@ -522,7 +522,9 @@ class StreamConfig:
         switch=True,
     )
     trigger_interval: str | None = _opt(
-        _interval, 'run a micro-batch every interval, e.g. "10s" (default: as fast as possible)'
+        _interval,
+        'run a micro-batch every interval, e.g. "10s" (default: as fast as possible)',
+        metavar="INTERVAL",
     )
     retention: int | None = _opt(
         _int_at_least(2),
