@@ -1,0 +1,421 @@
+"""Turn the raw results of a run (``results.json``) into ``RESULTS.md`` and ``results.png``.
+
+Pure functions of the results dict, so the report can be rewritten from a saved
+``results.json`` without rerunning anything: ``python -m bench.report bench/results.json``.
+
+Ratios are taken pair by pair: repetition i of a case against repetition i of the
+baseline, both from the same run, and the median of those ratios is reported (with the
+min-max across pairs). ``x MLlib`` is a throughput ratio (> 1: faster than MLlib);
+``/ SQL`` is a time ratio (< 1: faster than hand-written SQL).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cases import LABELS, SINKS
+
+CASE_ORDER = ["mxnorm-auto", "mxnorm-sql", "mxnorm-arrow", "sql", "mllib", "numpy"]
+
+# The performance targets, as ratios in one run on wide16 (5M x 16), noop sink.
+TARGET_DATASET = "wide16"
+TARGET_SINK = "noop"
+TARGET_AUTO_VS_MLLIB = 2.5  # throughput, at least
+TARGET_AUTO_VS_SQL = 1.15  # time, at most
+TARGET_ARROW_VS_MLLIB = 1.3  # throughput, at least
+TARGET_STREAM_OVERHEAD_S = 0.5  # median per 1k-row micro-batch, under
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    lo: float
+    hi: float
+
+
+def stat(values: Sequence[float]) -> Stat | None:
+    return Stat(statistics.median(values), min(values), max(values)) if values else None
+
+
+def paired(num: Sequence[float], den: Sequence[float]) -> Stat | None:
+    """Median (min-max) of ``num[i] / den[i]`` over the repetitions both have."""
+    return stat([a / b for a, b in zip(num, den, strict=False) if b > 0])
+
+
+def _times(results: dict[str, Any], case: str, dataset: str, sink: str) -> list[float]:
+    for r in results.get("batch", []):
+        if r["case"] == case and r["dataset"] == dataset and "error" not in r:
+            return list(r["sinks"].get(sink, {}).get("times", []))
+    return []
+
+
+def _entry(results: dict[str, Any], case: str, dataset: str) -> dict[str, Any] | None:
+    for r in results.get("batch", []):
+        if r["case"] == case and r["dataset"] == dataset:
+            return dict(r)
+    return None
+
+
+def _fmt_s(s: Stat | None) -> str:
+    return "-" if s is None else f"{s.median:.2f}"
+
+
+def _fmt_range(s: Stat | None) -> str:
+    return "-" if s is None else f"{s.lo:.2f}-{s.hi:.2f}"
+
+
+def _fmt_ratio(s: Stat | None, unit: str) -> str:
+    return "-" if s is None else f"{s.median:.2f}{unit} ({s.lo:.2f}-{s.hi:.2f})"
+
+
+def _rate(rows: int, s: Stat | None) -> str:
+    if s is None or s.median <= 0:
+        return "-"
+    r = rows / s.median
+    return f"{r / 1e6:.2f}M" if r >= 1e6 else f"{r / 1e3:.0f}k"
+
+
+def datasets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(results.get("datasets", []))
+
+
+def batch_rows(results: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """One row per (case, sink) with the statistics the tables and the chart show."""
+    rows = []
+    ds = next(d for d in datasets(results) if d["name"] == dataset)
+    for case in CASE_ORDER:
+        entry = _entry(results, case, dataset)
+        if entry is None:
+            continue
+        for sink in SINKS:
+            times = _times(results, case, dataset, sink)
+            rows.append(
+                {
+                    "case": case,
+                    "sink": sink,
+                    "rows": ds["rows"],
+                    "time": stat(times),
+                    "vs_mllib": paired(_times(results, "mllib", dataset, sink), times),
+                    "vs_sql": paired(times, _times(results, "sql", dataset, sink)),
+                    "peak": entry.get("sinks", {}).get(sink, {}).get("peak_mib", {}),
+                    "check": entry.get("check", "-"),
+                    "error": entry.get("error"),
+                }
+            )
+    return rows
+
+
+def _peak(p: dict[str, float]) -> str:
+    if not p:
+        return "-"
+    return f"{p['driver']:.0f} / {p['jvm']:.0f} / {p['workers']:.0f}"
+
+
+def batch_table(results: dict[str, Any], dataset: str) -> list[str]:
+    out = [
+        "| case | sink | median s | min-max s | rows/s | x MLlib throughput "
+        "| time / SQL | peak MiB driver / JVM / py workers | output |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in batch_rows(results, dataset):
+        if r["error"]:
+            if r["sink"] == SINKS[0]:
+                out.append(f"| {r['case']} | all | failed: {r['error']} | | | | | | |")
+            continue
+        out.append(
+            f"| {r['case']} | {r['sink']} | {_fmt_s(r['time'])} | {_fmt_range(r['time'])} "
+            f"| {_rate(r['rows'], r['time'])} | {_fmt_ratio(r['vs_mllib'], 'x')} "
+            f"| {_fmt_ratio(r['vs_sql'], 'x')} | {_peak(r['peak'])} | {r['check']} |"
+        )
+    return out
+
+
+def stream_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per implementation: latency stats per batch size and the throughput run."""
+    summary: dict[str, Any] = {}
+    for r in results.get("streaming", []):
+        impl = r["impl"]
+        if "error" in r:
+            summary[impl] = {"error": r["error"]}
+            continue
+        lat = {size: stat(v["timed_ms"]) for size, v in r["latency"].items()}
+        summary[impl] = {
+            "latency": lat,
+            "throughput": r.get("throughput"),
+            "peak": r.get("peak_mib"),
+        }
+    return summary
+
+
+def stream_overhead_1k(results: dict[str, Any]) -> float | None:
+    s = stream_summary(results)
+    try:
+        ours = s["mxnorm"]["latency"]["1000"]
+        plain = s["plain"]["latency"]["1000"]
+    except (KeyError, TypeError):
+        return None
+    if ours is None or plain is None:
+        return None
+    return float((ours.median - plain.median) / 1000.0)
+
+
+def stream_table(results: dict[str, Any]) -> list[str]:
+    s = stream_summary(results)
+    if not s:
+        return ["(streaming not run)"]
+    sizes = sorted({size for v in s.values() for size in v.get("latency", {})}, key=int)
+    out = [
+        "| implementation | "
+        + " | ".join(f"{int(z):,}-row batch: median ms (min-max)" for z in sizes)
+        + " | 5M-row stream: rows/s (wall s) | peak MiB driver / JVM / py workers |",
+        "|---|" + "---:|" * len(sizes) + "---:|---:|",
+    ]
+    for impl in ("mxnorm", "plain"):
+        v = s.get(impl)
+        if v is None:
+            continue
+        if "error" in v:
+            out.append(f"| {impl} | failed: {v['error']} |" + " |" * (len(sizes) + 1))
+            continue
+        cells = []
+        for z in sizes:
+            st = v["latency"].get(z)
+            cells.append("-" if st is None else f"{st.median:.0f} ({st.lo:.0f}-{st.hi:.0f})")
+        tp = v.get("throughput") or {}
+        tp_cell = f"{tp['rows'] / tp['wall_s'] / 1e6:.2f}M ({tp['wall_s']:.1f} s)" if tp else "-"
+        out.append(
+            f"| {impl} | " + " | ".join(cells) + f" | {tp_cell} | {_peak(v.get('peak') or {})} |"
+        )
+    return out
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each performance target of the project."""
+
+    def row(case: str) -> dict[str, Any] | None:
+        if not any(d["name"] == TARGET_DATASET for d in datasets(results)):
+            return None
+        for r in batch_rows(results, TARGET_DATASET):
+            if r["case"] == case and r["sink"] == TARGET_SINK and not r["error"]:
+                return r
+        return None
+
+    out: list[tuple[str, str, str]] = []
+    auto, arrow = row("mxnorm-auto"), row("mxnorm-arrow")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    if auto and auto["vs_mllib"]:
+        v = auto["vs_mllib"].median
+        out.append(
+            (
+                f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput",
+                f"{v:.2f}x",
+                verdict(v >= TARGET_AUTO_VS_MLLIB)
+                + ("" if v >= TARGET_AUTO_VS_MLLIB else f" by {TARGET_AUTO_VS_MLLIB / v:.2f}x"),
+            )
+        )
+    else:
+        out.append((f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput", "not run", "-"))
+    if auto and auto["vs_sql"]:
+        v = auto["vs_sql"].median
+        out.append(
+            (
+                f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL",
+                f"{v:.2f}x",
+                verdict(v <= TARGET_AUTO_VS_SQL)
+                + ("" if v <= TARGET_AUTO_VS_SQL else f" by {v / TARGET_AUTO_VS_SQL:.2f}x"),
+            )
+        )
+    else:
+        out.append(
+            (f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL", "not run", "-")
+        )
+    if arrow and arrow["vs_mllib"]:
+        v = arrow["vs_mllib"].median
+        out.append(
+            (
+                f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput",
+                f"{v:.2f}x",
+                verdict(v >= TARGET_ARROW_VS_MLLIB)
+                + ("" if v >= TARGET_ARROW_VS_MLLIB else f" by {TARGET_ARROW_VS_MLLIB / v:.2f}x"),
+            )
+        )
+    else:
+        out.append((f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput", "not run", "-"))
+    over = stream_overhead_1k(results)
+    name = f"streaming overhead per 1k-row micro-batch < {TARGET_STREAM_OVERHEAD_S} s median"
+    if over is None:
+        out.append((name, "not run", "-"))
+    else:
+        out.append(
+            (
+                name,
+                f"{over:.3f} s",
+                verdict(over < TARGET_STREAM_OVERHEAD_S)
+                + (
+                    ""
+                    if over < TARGET_STREAM_OVERHEAD_S
+                    else f" by {over - TARGET_STREAM_OVERHEAD_S:.3f} s"
+                ),
+            )
+        )
+    return out
+
+
+def render_markdown(results: dict[str, Any], chart: str | None = "results.png") -> str:
+    meta = results["meta"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run on {meta['date']} with `{meta['command']}` ({meta['mode']} mode, "
+        f"{meta['reps']} timed repetitions after a warm-up, {meta['wall_s']:.0f} s in all).",
+    ]
+    if meta.get("note"):
+        lines += ["", meta["note"]]
+    lines += [
+        "",
+        "## Machine",
+        "",
+        f"- {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
+        f"{meta['machine']['memory_gib']:.0f} GiB RAM, {meta['machine']['os']}",
+        f"- load average (1 min) at start {meta['load_start']:.2f}, at end {meta['load_end']:.2f} "
+        "(above the core count means other work shared the machine: treat figures as noisy)",
+        "- " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "- Spark settings, the same for every Spark case: "
+        + ", ".join(f"`{k}={v}`" for k, v in meta["spark_conf"].items()),
+        "",
+        "## Targets (wide16 = 5M rows x 16 doubles, noop sink, ratios from the same run)",
+        "",
+        "| target | measured | verdict |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
+    if chart:
+        lines += ["", f"![median end-to-end time per case]({chart})"]
+    for ds in datasets(results):
+        shape = (
+            f"{ds['rows']:,} rows, one array<double> column of dimension {ds['features']}"
+            if ds["vector"]
+            else f"{ds['rows']:,} rows x {ds['features']} double columns"
+        )
+        lines += ["", f"## {ds['name']}: {shape}", ""]
+        lines += batch_table(results, ds["name"])
+    lines += ["", "## Streaming", "", *stream_table(results)]
+    if results.get("streaming"):
+        lines += ["", meta.get("streaming_note", "")]
+    lines += ["", "## How it is measured", "", *meta.get("method", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dss = datasets(results)
+    panels = len(dss) + (1 if results.get("streaming") else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.6 * max(panels, 1), 4.2), squeeze=False)
+    colors = {"noop": "#4c72b0", "parquet": "#dd8452"}
+    for ax, ds in zip(axes[0], dss, strict=False):
+        rows = [r for r in batch_rows(results, ds["name"]) if r["time"] is not None]
+        cases = [c for c in CASE_ORDER if any(r["case"] == c for r in rows)]
+        width = 0.4
+        for k, sink in enumerate(SINKS):
+            xs, ys, lo, hi = [], [], [], []
+            for i, c in enumerate(cases):
+                r = next((r for r in rows if r["case"] == c and r["sink"] == sink), None)
+                if r is None:
+                    continue
+                t = r["time"]
+                xs.append(i + (k - 0.5) * width)
+                ys.append(t.median)
+                lo.append(t.median - t.lo)
+                hi.append(t.hi - t.median)
+            ax.bar(
+                xs, ys, width, yerr=[lo, hi], capsize=2, color=colors[sink], label=f"{sink} sink"
+            )
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels(cases, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("seconds, end to end (median, min-max)")
+        ax.set_title(f"{ds['name']} ({ds['rows'] / 1e6:g}M rows x {ds['features']})", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    if results.get("streaming"):
+        ax = axes[0][len(dss)]
+        s = stream_summary(results)
+        impls = [i for i in ("mxnorm", "plain") if "latency" in s.get(i, {})]
+        sizes = sorted({z for i in impls for z in s[i]["latency"]}, key=int)
+        width = 0.8 / max(len(impls), 1)
+        for k, impl in enumerate(impls):
+            xs, ys = [], []
+            for i, z in enumerate(sizes):
+                st = s[impl]["latency"].get(z)
+                if st is not None:
+                    xs.append(i + (k - (len(impls) - 1) / 2) * width)
+                    ys.append(st.median / 1000)
+            label = "mxnorm stream" if impl == "mxnorm" else "plain foreachBatch (write only)"
+            ax.bar(xs, ys, width, label=label, color=["#55a868", "#8172b3"][k % 2])
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels([f"{int(z):,} rows" for z in sizes], fontsize=8)
+        ax.set_ylabel("seconds per micro-batch (median)")
+        ax.set_title("streaming latency", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"mxnorm_spark benchmarks, local[2], {results['meta']['date']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def readme_table(results: dict[str, Any]) -> list[str]:
+    """The short table for README: wide16, both sinks, median seconds and ratios."""
+    out = [
+        "| case (5M rows x 16 doubles) | noop sink s | Parquet sink s | x MLlib throughput (noop) "
+        "| time / SQL (noop) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows = batch_rows(results, TARGET_DATASET) if datasets(results) else []
+    for case in CASE_ORDER:
+        noop = next((r for r in rows if r["case"] == case and r["sink"] == "noop"), None)
+        pq_ = next((r for r in rows if r["case"] == case and r["sink"] == "parquet"), None)
+        if noop is None or noop["error"]:
+            continue
+        out.append(
+            f"| {LABELS[case]} | {_fmt_s(noop['time'])} | {_fmt_s(pq_['time'] if pq_ else None)} "
+            f"| {_fmt_ratio(noop['vs_mllib'], 'x').split(' ')[0]} "
+            f"| {_fmt_ratio(noop['vs_sql'], 'x').split(' ')[0]} |"
+        )
+    return out
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``RESULTS.md`` and ``results.png`` into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "results.png"
+    render_chart(results, png)
+    md = out_dir / "RESULTS.md"
+    md.write_text(render_markdown(results, chart=png.name))
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    src = Path(args[0] if args else Path(__file__).parent / "results.json")
+    results = json.loads(src.read_text())
+    md, png = write_report(results, src.parent)
+    print(f"wrote {md} and {png}")
+    print("\n".join(readme_table(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
