@@ -17,6 +17,11 @@ run: setup
 test: setup lint
 	$(PY) -m pytest -q
 
+# Benchmarks (< 10 min on 2 cores): writes bench/RESULTS.md and bench/results.png.
+# BENCH_ARGS=--quick for a short development run.
+bench: setup
+	MXBENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" bench/run.sh $(BENCH_ARGS)
+
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
