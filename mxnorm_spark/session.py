@@ -122,6 +122,8 @@ def build_session(
         builder = builder.master(master)
     elif submitted is None:
         builder = builder.master("local[*]")
+    # spark.log.level acts while the context starts, before setLogLevel below can.
+    props.setdefault("spark.log.level", log_level)
     for key, value in props.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
