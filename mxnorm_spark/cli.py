@@ -36,7 +36,7 @@ from mxnorm_spark.config import (
     config_from_args,
     load_config,
 )
-from mxnorm_spark.errors import ConfigError, MXNormError
+from mxnorm_spark.errors import ConfigError, MXNormError, NotFittedError
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.streaming import add_stream_parser
 
@@ -227,8 +227,10 @@ def add_inspect_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "inspect",
         help="print a saved state (no Spark needed)",
-        description="Verify and print a state file, or the newest version in a state "
-        "directory: its options and, per feature, mean, variance, scale and rows seen.",
+        description="Verify the checksum of a state file (or of the newest version in a "
+        "state directory) and print its options and, per feature, the mean, the variance, "
+        "the scale transform divides by (sqrt(var + eps) or per --zero-variance) and the "
+        "valid values seen.",
     )
     parser.add_argument("state", metavar="STATE_PATH", help="state JSON file or state directory")
     parser.add_argument(
@@ -365,12 +367,30 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     return 0
 
 
+def inspect_table(state: MXNormState) -> str:
+    """The state's options, then per feature: mean, var, the scale transform divides by, rows."""
+    try:
+        scale: Any = state.normalization_constants()[1]
+    except NotFittedError:
+        scale = None  # some feature has seen no valid value: transform would refuse
+    head = state.summary().splitlines()[0]
+    width = max(7, *(len(f) for f in state.features))
+    lines = [head, f"{'feature':<{width}}  {'mean':>22}  {'var':>22}  {'scale':>22}  {'rows':>12}"]
+    for j, f in enumerate(state.features):
+        shown = "not fitted" if scale is None else f"{scale[j]:.15g}"
+        lines.append(
+            f"{f:<{width}}  {state.mean[j]:>22.15g}  {state.var[j]:>22.15g}  {shown:>22}  "
+            f"{int(state.count[j]):>12d}"
+        )
+    return "\n".join(lines)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     state = load_state(args.state, flag="STATE_PATH")
     if args.json:
         sys.stdout.write(state.to_json())
-        return 0
-    print(state.summary())
+    else:
+        print(inspect_table(state))
     return 0
 
 

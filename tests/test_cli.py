@@ -93,6 +93,7 @@ def test_cli_fit_inspect_transform_through_subprocess(tmp_path: Path) -> None:
     assert MXNormState.from_json(shown.stdout).mean.tolist() == state.mean.tolist()
     table = run([str(BIN / "mxnorm-spark"), "inspect", "state.json"], tmp_path)
     assert "batches_seen=3" in table.stdout and table.stdout.count("\n") == 4
+    assert f"{state.normalization_constants()[1][0]:.15g}" in table.stdout  # the scale
 
     # A config error fails before Spark starts: one line, exit 2, no traceback.
     bad = tmp_path / "bad.toml"
