@@ -1,0 +1,535 @@
+"""The jobs on a real Spark standalone cluster, and what the driver holds.
+
+A module-scoped fixture starts ``scripts/cluster.sh up`` (one master, two workers with one
+core each, on 127.0.0.1, free ports so a developer's cluster on 7077 is left alone) and
+always stops it by PID. Each job (``fit``, ``transform``, ``stream`` available-now) is
+submitted twice at the same time, with the same arguments and Spark settings: to the
+cluster and to ``local[2]``; the state files and outputs must be equal to the last bit.
+
+Why the two runs can be bit-identical: partials are merged on the driver in a fixed order
+(batch value, then partition id), so only the partitioning and the row order inside each
+partition matter. The inputs are written here as Parquet files of a few KB, each below
+``spark.sql.files.openCostInBytes`` (4 MB), so Spark packs exactly one file per input
+partition on any master, and a file is always read in the same row order.
+
+The package is never installed on the "cluster": driver and executors run a Python that
+cannot import ``mxnorm_spark`` (the venv's interpreter with ``-S``: site-packages on the
+path, but no ``.pth`` files, so no editable install), and get it only from the zip that
+``scripts/package.sh --zip`` builds and ``--py-files`` ships. Every job runs with
+``--engine arrow`` so that executors execute package code (mapInArrow, Arrow UDFs);
+the ``sql`` engine would compute in the JVM alone and prove nothing about shipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from reference import assert_state_close, two_pass
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
+PACKAGE_SH = ROOT / "scripts" / "package.sh"
+FEATURES = ["a", "b", "c"]
+# One spark-submit on a shared, busy 2-core box can take a minute; a hang must still end.
+SUBMIT_TIMEOUT = 420
+
+
+def _spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def _base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+# ---- the package, shipped ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
+    out = subprocess.run(
+        [str(PACKAGE_SH), "--zip"],
+        env={**_base_env(), "DIST": str(dist), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert path.parent == dist and path.suffix == ".zip"
+    return path
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An interpreter with numpy/pandas/pyarrow but without the (editable) mxnorm_spark."""
+    path = tmp_path_factory.mktemp("bin") / "python-without-mxnorm"
+    site = sysconfig.get_paths()["purelib"]
+    path.write_text(
+        "#!/bin/sh\n"
+        "# -S: no site module, so no .pth file (the editable install) is processed.\n"
+        f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" exec "{sys.executable}" -S "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_zip_is_what_makes_the_package_importable(
+    artifact: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    probe = "import mxnorm_spark, numpy, pyarrow; print(mxnorm_spark.__file__)"
+    env = _base_env()
+    without = subprocess.run(
+        [str(bare_python), "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert without.returncode != 0
+    assert "No module named 'mxnorm_spark'" in without.stderr
+    with_zip = subprocess.run(
+        [str(bare_python), "-c", probe],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(artifact)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert with_zip.stdout.strip() == f"{artifact}/mxnorm_spark/__init__.py"
+
+
+def test_zip_is_reproducible(artifact: Path, tmp_path: Path) -> None:
+    again = subprocess.run(
+        [str(PACKAGE_SH), "--zip"],
+        env={**_base_env(), "DIST": str(tmp_path), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rebuilt = Path(again.stdout.strip().splitlines()[-1])
+    assert rebuilt.read_bytes() == artifact.read_bytes()
+    import zipfile
+
+    names = zipfile.ZipFile(rebuilt).namelist()
+    assert "mxnorm_spark/__init__.py" in names and "mxnorm_spark/moments.py" in names
+    assert not [n for n in names if "__pycache__" in n or not n.startswith("mxnorm_spark/")]
+
+
+# ---- the cluster -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    ui: str
+    state_dir: Path
+    pids: tuple[int, ...]
+
+
+def _cluster_env(state_dir: Path) -> dict[str, str]:
+    return {
+        **_base_env(),
+        "MXNORM_CLUSTER_DIR": str(state_dir),
+        # 0 = always a free port: never collide with a cluster already on 7077/8080.
+        "MXNORM_CLUSTER_PORT": "0",
+        "MXNORM_CLUSTER_UI_PORT": "0",
+        "MXNORM_CLUSTER_WORKERS": "2",
+        "PYTHON": sys.executable,
+    }
+
+
+def _is_spark_daemon(pid: int) -> bool:
+    try:
+        return b"org.apache.spark.deploy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state_dir = tmp_path_factory.mktemp("cluster")
+    env = _cluster_env(state_dir)
+    up = subprocess.run(
+        [str(CLUSTER_SH), "up"], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+    pids = tuple(int(p.read_text()) for p in sorted(state_dir.glob("*.pid")))
+    try:
+        assert up.returncode == 0, f"cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+        url = (state_dir / "master.url").read_text().strip()
+        ui = (state_dir / "master.ui").read_text().strip()
+        assert f"master URL:  {url}" in up.stdout and f"web UI:      {ui}" in up.stdout
+        assert len(pids) == 3
+        yield Cluster(url, ui, state_dir, pids)
+    finally:
+        down = subprocess.run(
+            [str(CLUSTER_SH), "down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        survivors = [pid for pid in pids if _is_spark_daemon(pid)]
+        for pid in survivors:  # never leave a JVM behind, even if the script misbehaved
+            os.kill(pid, signal.SIGKILL)
+        assert down.returncode == 0, down.stderr
+        assert not survivors, f"cluster.sh down left {survivors} running"
+
+
+def test_cluster_has_two_registered_workers(cluster: Cluster) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.ui + "/json/", timeout=10) as r:
+        info = json.load(r)
+    assert info["url"] == cluster.url
+    alive = [w for w in info["workers"] if w["state"] == "ALIVE"]
+    assert len(alive) == 2
+    assert {w["cores"] for w in alive} == {1}
+    assert all(w["host"] == "127.0.0.1" for w in alive)
+    status = subprocess.run(
+        [str(CLUSTER_SH), "status"],
+        env=_cluster_env(cluster.state_dir),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert status.returncode == 0 and cluster.url in status.stdout
+
+
+def test_cluster_up_refuses_a_taken_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        env = {**_cluster_env(tmp_path), "MXNORM_CLUSTER_PORT": str(taken)}
+        res = subprocess.run(
+            [str(CLUSTER_SH), "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    assert res.returncode != 0
+    assert f"port {taken} on 127.0.0.1 is in use" in res.stderr
+    assert not list(tmp_path.glob("*.pid"))  # nothing was started
+
+
+# ---- spark-submit, cluster and local[2] side by side -------------------------------------
+def _submit_cmd(
+    master: str, job: str, args: Sequence[str], artifact: Path, python: Path
+) -> list[str]:
+    conf = {
+        "spark.pyspark.python": str(python),
+        "spark.pyspark.driver.python": str(python),
+        "spark.driver.host": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.python.worker.reuse": "true",
+        "spark.executor.memory": "768m",
+    }
+    # Short-lived JVMs: the C1 compiler alone starts faster on a busy 2-core box, and Java
+    # 17 arithmetic is strict IEEE whichever compiler runs it.
+    fast_start = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    conf["spark.driver.extraJavaOptions"] = fast_start
+    conf["spark.executor.extraJavaOptions"] = fast_start
+    cmd = [
+        str(_spark_home() / "bin" / "spark-submit"),
+        "--master",
+        master,
+        "--py-files",
+        str(artifact),
+    ]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(ROOT / "jobs" / job), *args]
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A running cluster, the package zip, and a Python that only has the package via it."""
+
+    cluster: Cluster
+    artifact: Path
+    python: Path
+
+
+@pytest.fixture(scope="module")
+def shipped(cluster: Cluster, artifact: Path, bare_python: Path) -> Shipped:
+    return Shipped(cluster, artifact, bare_python)
+
+
+def run_both(
+    shipped: Shipped,
+    *,
+    job: str,
+    command: str,
+    args_for: Any,
+    workdir: Path,
+) -> tuple[Path, Path]:
+    """Run a job on the cluster (spark-submit) and on local[2]; return their output roots.
+
+    The local[2] run is the same command in this process, on the shared ``spark`` fixture
+    (the caller requests it), while the cluster run is under way: one JVM start less per
+    job, and the same partitioning rules (2 cores, 4 shuffle partitions, as the submission).
+    """
+    from mxnorm_spark.cli import main as cli_main
+
+    cluster, artifact, python = shipped.cluster, shipped.artifact, shipped.python
+    env = {**_base_env(), "PYSPARK_PYTHON": str(python), "PYSPARK_DRIVER_PYTHON": str(python)}
+    on_cluster, local = workdir / "cluster", workdir / "local"
+    on_cluster.mkdir()
+    local.mkdir()
+    log_path = on_cluster / "submit.log"
+    with log_path.open("w") as log:
+        # cwd is a scratch dir: the repository (with its mxnorm_spark/) is not on the path.
+        proc = subprocess.Popen(
+            _submit_cmd(cluster.url, job, args_for(on_cluster), artifact, python),
+            cwd=on_cluster,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            local_rc = cli_main([command, *args_for(local)])
+            rc = proc.wait(timeout=SUBMIT_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert local_rc == 0, f"{command} on local[2] failed (see the captured output)"
+    assert rc == 0, f"{job} on {cluster.url} exited {rc}:\n{log_path.read_text()[-4000:]}"
+    return on_cluster, local
+
+
+# ---- inputs and exact comparison ---------------------------------------------------------
+def _input_table(rng: np.random.Generator, start: int, rows: int) -> pa.Table:
+    ids = np.arange(start, start + rows, dtype=np.int64)
+    c = rng.integers(-50, 50, rows).astype(np.float64)
+    c[rng.random(rows) < 0.05] = np.nan
+    c_mask = rng.random(rows) < 0.05  # nulls
+    return pa.table(
+        {
+            "id": ids,
+            "day": (ids * 7919 % 3).astype(np.int32),  # every day in every file
+            "a": rng.normal(5.0, 3.0, rows),
+            "b": 1e9 + rng.normal(0.0, 1.0, rows),  # digits only pivot shifting keeps
+            "c": pa.array(c, mask=c_mask),
+        }
+    )
+
+
+def _write_files(directory: Path, n_files: int, rows: int, seed: int) -> list[pa.Table]:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    tables = []
+    for i in range(n_files):
+        t = _input_table(rng, i * rows, rows)
+        path = directory / f"part-{i:03d}.parquet"
+        pq.write_table(t, path)
+        # A file stream takes files oldest first: make the order explicit.
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+        tables.append(t)
+    return tables
+
+
+def _as_matrix(t: pa.Table) -> np.ndarray:
+    return np.column_stack(
+        [t[f].to_numpy(zero_copy_only=False).astype(np.float64) for f in FEATURES]
+    )
+
+
+def reference_ema(batches: Sequence[np.ndarray], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """DESIGN.md's reference loop on float64 two-pass batch moments (invalid values skipped)."""
+    mean, var = two_pass(batches[0])
+    for x in batches[1:]:
+        m, v = two_pass(x)
+        mean, var = (1 - alpha) * mean + alpha * m, (1 - alpha) * var + alpha * v
+    return mean, var
+
+
+def _read_parquet_dir(path: Path) -> pa.Table:
+    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    assert files, f"no parquet output under {path}"
+    table = pa.concat_tables([pq.read_table(p) for p in files])
+    return table.sort_by("id")
+
+
+def assert_bit_equal(a: pa.Table, b: pa.Table) -> None:
+    """Same columns, same nulls, and every double equal as a bit pattern (NaN and -0.0 too)."""
+    assert a.column_names == b.column_names
+    assert a.num_rows == b.num_rows
+    for name in a.column_names:
+        ca, cb = a[name].combine_chunks(), b[name].combine_chunks()
+        assert ca.type == cb.type, name
+        assert ca.is_null().to_pylist() == cb.is_null().to_pylist(), name
+        va = ca.fill_null(0).to_numpy(zero_copy_only=False)
+        vb = cb.fill_null(0).to_numpy(zero_copy_only=False)
+        if va.dtype.kind == "f":
+            va, vb = va.view(np.int64), vb.view(np.int64)
+        assert np.array_equal(va, vb), f"column {name} differs"
+
+
+def assert_state_files_equal(a: Path, b: Path) -> dict[str, Any]:
+    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    pa_, pb = da["payload"], db["payload"]
+    for key in ("mean", "var"):
+        assert [float(x).hex() for x in pa_[key]] == [float(x).hex() for x in pb[key]], key
+    for key in ("count", "shift", "delta", "m2"):
+        ta, tb = pa_["totals"][key], pb["totals"][key]
+        assert [float(x).hex() for x in ta] == [float(x).hex() for x in tb], key
+    assert a.read_bytes() == b.read_bytes()  # options, counters and checksum too
+    return dict(pa_)
+
+
+@pytest.fixture(scope="module")
+def batch_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[pa.Table]]:
+    d = tmp_path_factory.mktemp("batch-input") / "events"
+    return d, _write_files(d, n_files=4, rows=300, seed=11)
+
+
+# ---- the end-to-end tests ----------------------------------------------------------------
+def test_fit_on_cluster_equals_local(
+    spark: Any,
+    shipped: Shipped,
+    batch_input: tuple[Path, list[pa.Table]],
+    tmp_path: Path,
+) -> None:
+    src, tables = batch_input
+
+    def args(out: Path) -> list[str]:
+        return [
+            "--input", str(src), "--cols", ",".join(FEATURES), "--batch-col", "day",
+            "--alpha", "0.3", "--engine", "arrow", "--log-level", "ERROR",
+            "--state", str(out / "state.json"),
+        ]  # fmt: skip
+
+    on_cluster, local = run_both(
+        shipped,
+        job="fit_state.py",
+        command="fit",
+        args_for=args,
+        workdir=tmp_path,
+    )
+    payload = assert_state_files_equal(on_cluster / "state.json", local / "state.json")
+
+    # Equal is not enough: both must be right. Days in ascending order, the reference loop.
+    everything = pa.concat_tables(tables)
+    day = everything["day"].to_numpy()
+    x = _as_matrix(everything)
+    mean, var = reference_ema([x[day == d] for d in sorted(set(day.tolist()))], alpha=0.3)
+    assert_state_close(payload["mean"], payload["var"], mean, var, tol=1e-12)
+    assert payload["batches_seen"] == 3
+
+
+def test_transform_on_cluster_equals_local(
+    spark: Any,
+    shipped: Shipped,
+    batch_input: tuple[Path, list[pa.Table]],
+    tmp_path: Path,
+) -> None:
+    from mxnorm_spark import Moments, MXNormState
+
+    src, tables = batch_input
+    # A state made by the numpy core alone, so this test depends on no other job.
+    x = _as_matrix(pa.concat_tables(tables))
+    state = MXNormState.create(FEATURES, alpha=0.2).update(Moments.from_array(x[:500]))
+    state = state.update(Moments.from_array(x[500:]))
+    state_path = tmp_path / "state.json"
+    state.save(state_path)
+
+    def args(out: Path) -> list[str]:
+        return [
+            "--input", str(src), "--state", str(state_path), "--output", str(out / "norm"),
+            "--engine", "arrow", "--log-level", "ERROR",
+        ]  # fmt: skip
+
+    run_dir = tmp_path / "runs"
+    run_dir.mkdir()
+    on_cluster, local = run_both(
+        shipped,
+        job="normalize_batch.py",
+        command="transform",
+        args_for=args,
+        workdir=run_dir,
+    )
+    got = _read_parquet_dir(on_cluster / "norm")
+    assert_bit_equal(got, _read_parquet_dir(local / "norm"))
+
+    # And it is the numpy serving path's answer, bit for bit.
+    everything = pa.concat_tables(tables).sort_by("id")
+    expected = state.normalize(_as_matrix(everything))
+    for j, f in enumerate(FEATURES):
+        col = got[f].to_numpy(zero_copy_only=False).astype(np.float64)
+        want = expected[:, j]
+        assert np.array_equal(np.isnan(col), np.isnan(want)), f
+        ok = ~np.isnan(want)
+        assert np.array_equal(col[ok].view(np.int64), want[ok].view(np.int64)), f
+    assert got["id"].to_pylist() == everything["id"].to_pylist()
+
+
+def test_stream_on_cluster_equals_local(spark: Any, shipped: Shipped, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    tables = _write_files(incoming, n_files=3, rows=200, seed=23)
+
+    def args(out: Path) -> list[str]:
+        return [
+            "--input", str(incoming), "--format", "parquet", "--cols", ",".join(FEATURES),
+            "--alpha", "0.25", "--engine", "arrow", "--log-level", "ERROR",
+            "--max-files-per-trigger", "1",
+            "--available-now", "--state", str(out / "state"), "--output", str(out / "out"),
+            "--checkpoint", str(out / "checkpoint"),
+        ]  # fmt: skip
+
+    run_dir = tmp_path / "runs"
+    run_dir.mkdir()
+    on_cluster, local = run_both(
+        shipped,
+        job="stream_normalize.py",
+        command="stream",
+        args_for=args,
+        workdir=run_dir,
+    )
+    versions = sorted(p.name for p in (on_cluster / "state").glob("v-*.json"))
+    assert versions == sorted(p.name for p in (local / "state").glob("v-*.json"))
+    assert len(versions) == 3  # one file per micro-batch
+    for name in versions:
+        payload = assert_state_files_equal(on_cluster / "state" / name, local / "state" / name)
+    batch_dirs = sorted(p.name for p in (on_cluster / "out").glob("batch_id=*"))
+    assert batch_dirs == sorted(p.name for p in (local / "out").glob("batch_id=*"))
+    assert len(batch_dirs) == 3
+    for name in batch_dirs:
+        assert_bit_equal(
+            _read_parquet_dir(on_cluster / "out" / name), _read_parquet_dir(local / "out" / name)
+        )
+
+    # The final state is the reference loop over the files in order.
+    mean, var = reference_ema([_as_matrix(t) for t in tables], alpha=0.25)
+    assert_state_close(payload["mean"], payload["var"], mean, var, tol=1e-12)
