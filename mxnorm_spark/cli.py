@@ -333,7 +333,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
             batches = [value for value, _ in groups]
         written = save_state(state, cfg.state, spark)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {_describe_batches(batches)}")
-    print(state.summary())
+    print(inspect_table(state))
     print(f"state written to {written}")
     return 0
 
