@@ -49,6 +49,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -94,6 +95,7 @@ CORRUPT_COLUMN = "_mxnorm_corrupt_record"
 FORMATS = ("parquet", "csv", "json")
 HANDLE_INVALID = ("keep", "error", "skip")
 OUTPUT_ATTEMPTS = "_attempts"
+_FAILED_FILE = re.compile(r"reading file (\S+?)\.(?:\s|$)")
 # Spark sets this local property on the thread that runs a query's micro-batches.
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
@@ -825,14 +827,7 @@ class MXNormStream:
         try:
             row = data.agg(*aggs).collect()[0]
         except Exception as exc:
-            text = str(exc)
-            if "FAILED_READ_FILE" in text or "SchemaColumnConvertNotSupported" in text:
-                first = next((ln for ln in text.splitlines() if "FAILED_READ_FILE" in ln), text)
-                raise SchemaMismatchError(
-                    f"micro-batch {batch_id} cannot be read: {first.strip()[:500]}. No state "
-                    "was committed for it; remove the file from the input directory (fix it "
-                    "and add it back under a new name) and restart the stream"
-                ) from None
+            self._explain_read_failure(spark, str(exc), data.schema, batch_id)
             raise
         rows = int(row["rows"])
         source = self.source
@@ -859,6 +854,25 @@ class MXNormStream:
                 "the stream"
             )
         return rows
+
+    def _explain_read_failure(
+        self, spark: SparkSession, text: str, expected: StructType, batch_id: int
+    ) -> None:
+        """Turn Spark's failure to read a file (e.g. a parquet type change) into our error."""
+        start = text.find("[FAILED_READ_FILE")
+        if start < 0:
+            return
+        spark_message = text[start:].splitlines()[0].strip()
+        match = _FAILED_FILE.search(spark_message)
+        if match is not None and self.source is not None:
+            features = list(self.cols or [self.input_col or ""])
+            # Our own check of that file names the column and both types.
+            self.source.check_file(spark, match.group(1), expected, features)
+        raise SchemaMismatchError(
+            f"micro-batch {batch_id} cannot be read: {spark_message[:500]} No state was "
+            "committed for it; remove the file from the input directory (fix it and add it "
+            "back under a new name) and restart the stream"
+        ) from None
 
     def _check_invalid(self, moments: Moments, rows: int, batch_id: int) -> None:
         if self.handle_invalid != "error":
