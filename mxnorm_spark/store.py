@@ -283,17 +283,13 @@ class StateStore:
             raise type(exc)(f"{exc}. {self._recovery_hint(batch_id)}") from None
 
     def _recovery_hint(self, batch_id: int | None) -> str:
+        # Versions are written whole and renamed into place: damage came afterwards.
         if batch_id is None:
-            return (
-                "Versions are written whole and renamed into place, so the file was damaged "
-                "after it was written: restore it from a backup, or start over with a fresh "
-                "state directory"
-            )
+            return "If no backup exists, start over with a fresh state directory"
         return (
-            "Versions are written whole and renamed into place, so the file was damaged "
-            "after it was written: restore it from a backup, or delete it so the batch is "
-            "recomputed from the version before it (for a stream also delete the checkpoint "
-            f"entry commits/{batch_id}; see the README, 'Streaming', corrupt state)"
+            f"A stream recomputes batch {batch_id} from the version before it if this file "
+            f"and its checkpoint entry commits/{batch_id} are both deleted (README: "
+            "Streaming, a corrupt state version)"
         )
 
     # ---- writing ------------------------------------------------------------------

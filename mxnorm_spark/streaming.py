@@ -733,11 +733,16 @@ class MXNormStream:
                 return prev
             ids = self.store.batch_ids()
             if ids:
+                fix = "Restore it, or start over with a fresh checkpoint and state directory"
+                if ids[-1] == batch_id - 2:
+                    fix = (
+                        "Restore it, or delete the checkpoint entry commits/"
+                        f"{batch_id - 1} so that batch {batch_id - 1} is run again"
+                    )
                 raise StateConflictError(
                     f"micro-batch {batch_id} needs state version "
                     f"{version_file_name(batch_id - 1)} in {self.store.path}, which holds "
-                    f"{len(ids)} version(s) ({ids[0]}..{ids[-1]}): a version was deleted. "
-                    "Restore it, or start over with a fresh checkpoint and state directory"
+                    f"{len(ids)} version(s) ({ids[0]}..{ids[-1]}): a version was deleted. {fix}"
                 )
         return self.store.initial()
 
