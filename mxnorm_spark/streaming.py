@@ -634,8 +634,15 @@ class MXNormStream:
         )
 
     # ---- attaching ----------------------------------------------------------------------
-    def attach(self, writer: DataStreamWriter) -> DataStreamWriter:
-        """``writer.foreachBatch(self)``: add checkpoint, trigger and ``start()`` yourself."""
+    def attach(
+        self, writer: DataStreamWriter, source: FileSource | None = None
+    ) -> DataStreamWriter:
+        """``writer.foreachBatch(self)``: add checkpoint, trigger and ``start()`` yourself.
+
+        ``source``: the :class:`FileSource` the stream reads, to check each new file.
+        """
+        if source is not None:
+            self.source = source
         return writer.foreachBatch(self.process_batch)
 
     def start(
@@ -651,8 +658,7 @@ class MXNormStream:
         """Start the query; ``source`` (the FileSource ``df`` was read from) enables file checks."""
         if available_now and trigger_interval is not None:
             raise InvalidParameterError("give either available_now or trigger_interval")
-        self.source = source
-        writer = self.attach(df.writeStream).option("checkpointLocation", checkpoint)
+        writer = self.attach(df.writeStream, source).option("checkpointLocation", checkpoint)
         if available_now:
             writer = writer.trigger(availableNow=True)
         elif trigger_interval is not None:
@@ -942,6 +948,8 @@ class MXNormStream:
             fs.delete(final, recursive=True)
         if not fs.rename(attempt, final):
             raise OSError(f"could not rename {attempt} to {final}")
+        # Anything else left there is from a killed attempt (one writer per output).
+        fs.delete(fs.join(root, OUTPUT_ATTEMPTS), recursive=True)
         return final
 
 
@@ -1047,7 +1055,12 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
     from mxnorm_spark.session import session_from_settings
 
     # Spark's console progress bar would overwrite the per-batch progress lines.
-    quiet = {"spark.ui.showConsoleProgress": "false", **dict(settings.conf)}
+    # Adaptive execution is off in streaming queries anyway (Spark warns once when it is on).
+    quiet = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+        **dict(settings.conf),
+    }
     owned = SparkSession.getActiveSession() is None
     spark = session_from_settings(replace(settings, conf=quiet), "mxnorm-spark stream")
     try:
