@@ -750,6 +750,16 @@ class MXNormStream:
                     f"{version_file_name(batch_id - 1)} in {self.store.path}, which holds "
                     f"{len(ids)} version(s) ({ids[0]}..{ids[-1]}): a version was deleted. {fix}"
                 )
+            if self.cols is not None:
+                # Every batch of scalar columns commits a version (empty ones too), so none
+                # at all means the directory was emptied. Only a vector column whose size
+                # no row has shown yet gets here legitimately.
+                raise StateConflictError(
+                    f"micro-batch {batch_id} needs state version "
+                    f"{version_file_name(batch_id - 1)}, but {self.store.path} holds no "
+                    "version: it was emptied or replaced. Restore it, or start over with a "
+                    "fresh checkpoint and state directory"
+                )
         return self.store.initial()
 
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:

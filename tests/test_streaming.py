@@ -222,6 +222,8 @@ def test_replay_reuses_committed_state_and_replaces_output(spark: Any, tmp_path:
     with pytest.raises(StateConflictError, match="needs state version v-000000000004"):
         s.process_batch(batch(spark, d0), 5)
     assert StateStore(tmp_path / "state").batch_ids() == [0, 1]
+    with pytest.raises(StateConflictError, match="holds no version: it was emptied"):
+        updater(spark, tmp_path / "fresh").process_batch(batch(spark, d0), 3)
 
 
 def test_apply_at_before_uses_the_state_before_the_batch(spark: Any, tmp_path: Path) -> None:
