@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reference import Reference, assert_state_close
+from reference import Reference, assert_state_close, two_pass
 
 import mxnorm_spark
 from mxnorm_spark import MXNormState, cli
@@ -197,3 +197,34 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     v = np.array(read_parquet(tmp_path / "vout")["v"], dtype=np.float64)
     np.testing.assert_array_equal(v, vstate.normalize(x))
+
+
+def test_demo_on_small_data(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mxnorm_spark import demo
+
+    alpha = 0.5
+    argv = ["--output-dir", str(tmp_path), "--rows", "3000", "--days", "3", "--alpha", "0.5"]
+    argv.append("--skip-stream")  # the stream part has its own tests
+    assert demo.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mean(temperature)" in printed and str(tmp_path / "normalized") in printed
+
+    # The reference loop over the generated data, day by day (NaN-aware: 1% nulls).
+    events = read_parquet(tmp_path / "events")
+    x = np.array([events[c] for c in demo.FEATURES], dtype=np.float64).T
+    days = np.array(events["day"])
+    mean = var = None
+    for d in sorted(set(days.tolist())):
+        m, v = two_pass(x[days == d])
+        mean, var = (m, v) if mean is None else ((1 - alpha) * mean + alpha * m,
+                                                 (1 - alpha) * var + alpha * v)  # fmt: skip
+    state = MXNormState.load(tmp_path / "state.json")
+    assert mean is not None and var is not None
+    assert_state_close(state.mean, state.var, mean, var)
+    assert state.batches_seen == 3
+
+    out = read_parquet(tmp_path / "normalized")
+    z = np.array([out[f"{c}_z"] for c in demo.FEATURES], dtype=np.float64).T
+    raw = np.array([out[c] for c in demo.FEATURES], dtype=np.float64).T
+    np.testing.assert_array_equal(z, state.normalize(raw))  # the serving path's bits
+    assert len(out["day"]) == 3000 and np.isnan(raw[:, 2]).any()
