@@ -207,7 +207,7 @@ def test_demo_on_small_data(spark: Any, tmp_path: Path, capsys: pytest.CaptureFi
     argv.append("--skip-stream")  # the stream part has its own tests
     assert demo.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "mean(temperature)" in printed and str(tmp_path / "normalized") in printed
+    assert "temperature: day mean -> state" in printed and str(tmp_path / "normalized") in printed
 
     # The reference loop over the generated data, day by day (NaN-aware: 1% nulls).
     events = read_parquet(tmp_path / "events")
