@@ -28,3 +28,22 @@ lint:
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output
+
+# A Spark standalone cluster on 127.0.0.1 (master + 2 workers); see README "Running on a cluster".
+.PHONY: cluster-down cluster-status package test-cluster
+cluster-up: setup
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
+
+cluster-status:
+	@scripts/cluster.sh status
+
+# dist/: the zip for spark-submit --py-files and the wheel (PACKAGE_ARGS=--venv: packed env too).
+package: setup
+	@scripts/package.sh $(PACKAGE_ARGS)
+
+# Only the cluster tests (they are part of `make test` too).
+test-cluster: setup
+	$(PY) -m pytest -q -m cluster

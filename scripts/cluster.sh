@@ -9,7 +9,7 @@
 #   scripts/cluster.sh foreground    up, then wait; Ctrl-C stops the cluster
 #
 # Environment (all optional):
-#   MXNORM_CLUSTER_DIR      state dir: PIDs, logs, work dirs       (default build/cluster)
+#   MXNORM_CLUSTER_DIR      state dir: PIDs, logs, work dirs (default /tmp/mxnorm-spark-cluster-*)
 #   MXNORM_CLUSTER_WORKERS  number of workers                      (default 2)
 #   MXNORM_CLUSTER_CORES    cores per worker                       (default 1)
 #   MXNORM_CLUSTER_MEMORY   memory per worker                      (default 1g)
@@ -24,7 +24,9 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-state_dir="${MXNORM_CLUSTER_DIR:-$root/build/cluster}"
+# Outside the checkout's build/ so that `make clean` cannot lose the PIDs of a running
+# cluster; one directory per user and checkout.
+state_dir="${MXNORM_CLUSTER_DIR:-${TMPDIR:-/tmp}/mxnorm-spark-cluster-$(id -u)-$(printf '%s' "$root" | cksum | cut -d' ' -f1)}"
 n_workers="${MXNORM_CLUSTER_WORKERS:-2}"
 worker_cores="${MXNORM_CLUSTER_CORES:-1}"
 worker_memory="${MXNORM_CLUSTER_MEMORY:-1g}"

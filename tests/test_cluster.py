@@ -45,8 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
 PACKAGE_SH = ROOT / "scripts" / "package.sh"
 FEATURES = ["a", "b", "c"]
-# One spark-submit on a shared, busy 2-core box can take a minute; a hang must still end.
+# One spark-submit on a shared, busy 2-core box can take minutes; a hang must still end.
 SUBMIT_TIMEOUT = 420
+# Short-lived JVMs: the C1 compiler alone starts faster on a busy 2-core box, and Java 17
+# arithmetic is strict IEEE whichever compiler runs it.
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def _spark_home() -> Path:
@@ -156,6 +159,10 @@ def _cluster_env(state_dir: Path) -> dict[str, str]:
         "MXNORM_CLUSTER_PORT": "0",
         "MXNORM_CLUSTER_UI_PORT": "0",
         "MXNORM_CLUSTER_WORKERS": "2",
+        # Room for the three jobs at once: each takes one 1-core executor on each worker.
+        "MXNORM_CLUSTER_CORES": str(len(JOBS)),
+        "MXNORM_CLUSTER_MEMORY": "2g",
+        "SPARK_DAEMON_JAVA_OPTS": FAST_JVM,
         "PYTHON": sys.executable,
     }
 
@@ -167,25 +174,46 @@ def _is_spark_daemon(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state_dir = tmp_path_factory.mktemp("cluster")
-    env = _cluster_env(state_dir)
-    up = subprocess.run(
-        [str(CLUSTER_SH), "up"], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
-    pids = tuple(int(p.read_text()) for p in sorted(state_dir.glob("*.pid")))
-    try:
-        assert up.returncode == 0, f"cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
-        url = (state_dir / "master.url").read_text().strip()
-        ui = (state_dir / "master.ui").read_text().strip()
-        assert f"master URL:  {url}" in up.stdout and f"web UI:      {ui}" in up.stdout
-        assert len(pids) == 3
-        yield Cluster(url, ui, state_dir, pids)
-    finally:
+class ClusterBoot:
+    """``cluster.sh up`` started in the background; :meth:`ready` waits for it once."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = _cluster_env(state_dir)
+        self.proc = subprocess.Popen(
+            [str(CLUSTER_SH), "up"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._cluster: Cluster | None = None
+        self._output = ""
+
+    def ready(self) -> Cluster:
+        if self._cluster is None:
+            self._output, _ = self.proc.communicate(timeout=300)
+            assert self.proc.returncode == 0, f"cluster.sh up failed:\n{self._output}"
+            url = (self.state_dir / "master.url").read_text().strip()
+            ui = (self.state_dir / "master.ui").read_text().strip()
+            assert f"master URL:  {url}" in self._output
+            assert f"web UI:      {ui}" in self._output
+            self._cluster = Cluster(url, ui, self.state_dir, self.pids())
+            assert len(self._cluster.pids) == 3
+        return self._cluster
+
+    def pids(self) -> tuple[int, ...]:
+        return tuple(int(p.read_text()) for p in sorted(self.state_dir.glob("*.pid")))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # Its trap stops whatever it had started.
+            self.proc.terminate()
+            self.proc.communicate(timeout=120)
+        pids = self.pids() or (self._cluster.pids if self._cluster else ())
         down = subprocess.run(
             [str(CLUSTER_SH), "down"],
-            env=env,
+            env=self.env,
             capture_output=True,
             text=True,
             check=False,
@@ -198,25 +226,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert not survivors, f"cluster.sh down left {survivors} running"
 
 
-def test_cluster_has_two_registered_workers(cluster: Cluster) -> None:
-    import urllib.request
-
-    with urllib.request.urlopen(cluster.ui + "/json/", timeout=10) as r:
-        info = json.load(r)
-    assert info["url"] == cluster.url
-    alive = [w for w in info["workers"] if w["state"] == "ALIVE"]
-    assert len(alive) == 2
-    assert {w["cores"] for w in alive} == {1}
-    assert all(w["host"] == "127.0.0.1" for w in alive)
-    status = subprocess.run(
-        [str(CLUSTER_SH), "status"],
-        env=_cluster_env(cluster.state_dir),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert status.returncode == 0 and cluster.url in status.stdout
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterBoot]:
+    boot = ClusterBoot(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield boot
+    finally:
+        boot.stop()
 
 
 def test_cluster_up_refuses_a_taken_port(tmp_path: Path) -> None:
@@ -238,95 +254,6 @@ def test_cluster_up_refuses_a_taken_port(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert f"port {taken} on 127.0.0.1 is in use" in res.stderr
     assert not list(tmp_path.glob("*.pid"))  # nothing was started
-
-
-# ---- spark-submit, cluster and local[2] side by side -------------------------------------
-def _submit_cmd(
-    master: str, job: str, args: Sequence[str], artifact: Path, python: Path
-) -> list[str]:
-    conf = {
-        "spark.pyspark.python": str(python),
-        "spark.pyspark.driver.python": str(python),
-        "spark.driver.host": "127.0.0.1",
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.shuffle.partitions": "4",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.python.worker.reuse": "true",
-        "spark.executor.memory": "768m",
-    }
-    # Short-lived JVMs: the C1 compiler alone starts faster on a busy 2-core box, and Java
-    # 17 arithmetic is strict IEEE whichever compiler runs it.
-    fast_start = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-    conf["spark.driver.extraJavaOptions"] = fast_start
-    conf["spark.executor.extraJavaOptions"] = fast_start
-    cmd = [
-        str(_spark_home() / "bin" / "spark-submit"),
-        "--master",
-        master,
-        "--py-files",
-        str(artifact),
-    ]
-    for key, value in conf.items():
-        cmd += ["--conf", f"{key}={value}"]
-    return [*cmd, str(ROOT / "jobs" / job), *args]
-
-
-@dataclass(frozen=True)
-class Shipped:
-    """A running cluster, the package zip, and a Python that only has the package via it."""
-
-    cluster: Cluster
-    artifact: Path
-    python: Path
-
-
-@pytest.fixture(scope="module")
-def shipped(cluster: Cluster, artifact: Path, bare_python: Path) -> Shipped:
-    return Shipped(cluster, artifact, bare_python)
-
-
-def run_both(
-    shipped: Shipped,
-    *,
-    job: str,
-    command: str,
-    args_for: Any,
-    workdir: Path,
-) -> tuple[Path, Path]:
-    """Run a job on the cluster (spark-submit) and on local[2]; return their output roots.
-
-    The local[2] run is the same command in this process, on the shared ``spark`` fixture
-    (the caller requests it), while the cluster run is under way: one JVM start less per
-    job, and the same partitioning rules (2 cores, 4 shuffle partitions, as the submission).
-    """
-    from mxnorm_spark.cli import main as cli_main
-
-    cluster, artifact, python = shipped.cluster, shipped.artifact, shipped.python
-    env = {**_base_env(), "PYSPARK_PYTHON": str(python), "PYSPARK_DRIVER_PYTHON": str(python)}
-    on_cluster, local = workdir / "cluster", workdir / "local"
-    on_cluster.mkdir()
-    local.mkdir()
-    log_path = on_cluster / "submit.log"
-    with log_path.open("w") as log:
-        # cwd is a scratch dir: the repository (with its mxnorm_spark/) is not on the path.
-        proc = subprocess.Popen(
-            _submit_cmd(cluster.url, job, args_for(on_cluster), artifact, python),
-            cwd=on_cluster,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            local_rc = cli_main([command, *args_for(local)])
-            rc = proc.wait(timeout=SUBMIT_TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert local_rc == 0, f"{command} on local[2] failed (see the captured output)"
-    assert rc == 0, f"{job} on {cluster.url} exited {rc}:\n{log_path.read_text()[-4000:]}"
-    return on_cluster, local
 
 
 # ---- inputs and exact comparison ---------------------------------------------------------
@@ -409,39 +336,190 @@ def assert_state_files_equal(a: Path, b: Path) -> dict[str, Any]:
     return dict(pa_)
 
 
+# ---- the three jobs, on the cluster and on local[2] ---------------------------------------
+@dataclass(frozen=True)
+class Inputs:
+    events: Path  # 4 Parquet files, a batch column "day"
+    tables: list[pa.Table]
+    incoming: Path  # 3 Parquet files for the stream, oldest first
+    stream_tables: list[pa.Table]
+    state: Path  # a state made by the numpy core alone, for transform
+    numpy_state: Any
+
+
+def _fit_args(inputs: Inputs, out: Path) -> list[str]:
+    return [
+        "--input", str(inputs.events), "--cols", ",".join(FEATURES), "--batch-col", "day",
+        "--alpha", "0.3", "--engine", "arrow", "--log-level", "ERROR",
+        "--state", str(out / "state.json"),
+    ]  # fmt: skip
+
+
+def _transform_args(inputs: Inputs, out: Path) -> list[str]:
+    return [
+        "--input", str(inputs.events), "--state", str(inputs.state),
+        "--output", str(out / "norm"), "--engine", "arrow", "--log-level", "ERROR",
+    ]  # fmt: skip
+
+
+def _stream_args(inputs: Inputs, out: Path) -> list[str]:
+    return [
+        "--input", str(inputs.incoming), "--format", "parquet", "--cols", ",".join(FEATURES),
+        "--alpha", "0.25", "--engine", "arrow", "--log-level", "ERROR",
+        "--max-files-per-trigger", "1", "--available-now",
+        "--state", str(out / "state"), "--output", str(out / "out"),
+        "--checkpoint", str(out / "checkpoint"),
+    ]  # fmt: skip
+
+
+# command -> (spark-submit script, arguments for an output root)
+JOBS: dict[str, tuple[str, Any]] = {
+    "fit": ("fit_state.py", _fit_args),
+    "transform": ("normalize_batch.py", _transform_args),
+    "stream": ("stream_normalize.py", _stream_args),
+}
+
+
+def _submit_cmd(
+    master: str, script: str, args: Sequence[str], artifact: Path, python: Path
+) -> list[str]:
+    conf = {
+        "spark.pyspark.python": str(python),
+        "spark.pyspark.driver.python": str(python),
+        "spark.driver.host": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        # The local[2] runs use the shared fixture's 4 shuffle partitions: the same here.
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.python.worker.reuse": "true",
+        # Two 1-core executors per job, one on each worker (standalone spreads them out).
+        "spark.cores.max": "2",
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "512m",
+        "spark.driver.extraJavaOptions": FAST_JVM,
+        "spark.executor.extraJavaOptions": FAST_JVM,
+    }
+    cmd = [str(_spark_home() / "bin" / "spark-submit"), "--master", master]
+    cmd += ["--py-files", str(artifact)]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(ROOT / "jobs" / script), *args]
+
+
+@dataclass(frozen=True)
+class Runs:
+    cluster: Cluster
+    inputs: Inputs
+    roots: dict[str, tuple[Path, Path]]  # command -> (cluster output root, local root)
+    failures: dict[str, str]  # command -> why it failed
+
+
 @pytest.fixture(scope="module")
-def batch_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[pa.Table]]:
-    d = tmp_path_factory.mktemp("batch-input") / "events"
-    return d, _write_files(d, n_files=4, rows=300, seed=11)
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    from mxnorm_spark import Moments, MXNormState
+
+    d = tmp_path_factory.mktemp("inputs")
+    tables = _write_files(d / "events", n_files=4, rows=300, seed=11)
+    stream_tables = _write_files(d / "incoming", n_files=3, rows=200, seed=23)
+    x = _as_matrix(pa.concat_tables(tables))
+    state = MXNormState.create(FEATURES, alpha=0.2).update(Moments.from_array(x[:500]))
+    state = state.update(Moments.from_array(x[500:]))
+    state.save(d / "state.json")
+    return Inputs(d / "events", tables, d / "incoming", stream_tables, d / "state.json", state)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    spark: Any,
+    cluster: ClusterBoot,
+    *,
+    artifact: Path,
+    bare_python: Path,
+    inputs: Inputs,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Runs:
+    """Every job on local[2] and on the cluster, with the same arguments.
+
+    local[2] is the same command in this process, on the shared ``spark`` fixture (2 cores,
+    4 shuffle partitions), run while the cluster starts. Then the three spark-submits go to
+    the cluster at once; each gets its own two executors.
+    """
+    from mxnorm_spark.cli import main as cli_main
+
+    work = tmp_path_factory.mktemp("runs")
+    roots: dict[str, tuple[Path, Path]] = {}
+    failures: dict[str, str] = {}
+    for command, (_, args_for) in JOBS.items():
+        on_cluster, local = work / command / "cluster", work / command / "local"
+        on_cluster.mkdir(parents=True)
+        local.mkdir()
+        roots[command] = (on_cluster, local)
+        rc = cli_main([command, *args_for(inputs, local)])
+        if rc != 0:
+            failures[command] = f"{command} on local[2] exited {rc} (see the captured output)"
+
+    ready = cluster.ready()
+    env = {**_base_env(), "PYSPARK_PYTHON": str(bare_python)}
+    env["PYSPARK_DRIVER_PYTHON"] = str(bare_python)
+    procs = {}
+    for command, (script, args_for) in JOBS.items():
+        on_cluster = roots[command][0]
+        cmd = _submit_cmd(ready.url, script, args_for(inputs, on_cluster), artifact, bare_python)
+        with (on_cluster / "submit.log").open("w") as log:
+            # cwd is a scratch dir: the repository (with its mxnorm_spark/) is not on the path.
+            procs[command] = subprocess.Popen(
+                cmd, cwd=on_cluster, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+    try:
+        for command, proc in procs.items():
+            rc = proc.wait(timeout=SUBMIT_TIMEOUT)
+            if rc != 0:
+                log_text = (roots[command][0] / "submit.log").read_text()[-4000:]
+                failures[command] = f"{JOBS[command][0]} on {ready.url} exited {rc}:\n{log_text}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return Runs(ready, inputs, roots, failures)
+
+
+def _roots(runs: Runs, command: str) -> tuple[Path, Path]:
+    assert command not in runs.failures, runs.failures[command]
+    return runs.roots[command]
 
 
 # ---- the end-to-end tests ----------------------------------------------------------------
-def test_fit_on_cluster_equals_local(
-    spark: Any,
-    shipped: Shipped,
-    batch_input: tuple[Path, list[pa.Table]],
-    tmp_path: Path,
-) -> None:
-    src, tables = batch_input
+def test_cluster_ran_each_job_on_two_executors(runs: Runs) -> None:
+    import urllib.request
 
-    def args(out: Path) -> list[str]:
-        return [
-            "--input", str(src), "--cols", ",".join(FEATURES), "--batch-col", "day",
-            "--alpha", "0.3", "--engine", "arrow", "--log-level", "ERROR",
-            "--state", str(out / "state.json"),
-        ]  # fmt: skip
-
-    on_cluster, local = run_both(
-        shipped,
-        job="fit_state.py",
-        command="fit",
-        args_for=args,
-        workdir=tmp_path,
+    with urllib.request.urlopen(runs.cluster.ui + "/json/", timeout=10) as r:
+        info = json.load(r)
+    assert info["url"] == runs.cluster.url
+    alive = [w for w in info["workers"] if w["state"] == "ALIVE"]
+    assert len(alive) == 2 and all(w["host"] == "127.0.0.1" for w in alive)
+    apps = info["completedapps"] + info["activeapps"]
+    finished = [a for a in apps if a["state"] == "FINISHED"]
+    assert len(finished) == len(JOBS) - len(runs.failures), apps
+    assert all(a["cores"] == 2 for a in finished)  # 1-core executors: two processes each
+    status = subprocess.run(
+        [str(CLUSTER_SH), "status"],
+        env=_cluster_env(runs.cluster.state_dir),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
+    assert status.returncode == 0 and runs.cluster.url in status.stdout
+
+
+def test_fit_on_cluster_equals_local(runs: Runs) -> None:
+    on_cluster, local = _roots(runs, "fit")
     payload = assert_state_files_equal(on_cluster / "state.json", local / "state.json")
 
     # Equal is not enough: both must be right. Days in ascending order, the reference loop.
-    everything = pa.concat_tables(tables)
+    everything = pa.concat_tables(runs.inputs.tables)
     day = everything["day"].to_numpy()
     x = _as_matrix(everything)
     mean, var = reference_ema([x[day == d] for d in sorted(set(day.tolist()))], alpha=0.3)
@@ -449,43 +527,14 @@ def test_fit_on_cluster_equals_local(
     assert payload["batches_seen"] == 3
 
 
-def test_transform_on_cluster_equals_local(
-    spark: Any,
-    shipped: Shipped,
-    batch_input: tuple[Path, list[pa.Table]],
-    tmp_path: Path,
-) -> None:
-    from mxnorm_spark import Moments, MXNormState
-
-    src, tables = batch_input
-    # A state made by the numpy core alone, so this test depends on no other job.
-    x = _as_matrix(pa.concat_tables(tables))
-    state = MXNormState.create(FEATURES, alpha=0.2).update(Moments.from_array(x[:500]))
-    state = state.update(Moments.from_array(x[500:]))
-    state_path = tmp_path / "state.json"
-    state.save(state_path)
-
-    def args(out: Path) -> list[str]:
-        return [
-            "--input", str(src), "--state", str(state_path), "--output", str(out / "norm"),
-            "--engine", "arrow", "--log-level", "ERROR",
-        ]  # fmt: skip
-
-    run_dir = tmp_path / "runs"
-    run_dir.mkdir()
-    on_cluster, local = run_both(
-        shipped,
-        job="normalize_batch.py",
-        command="transform",
-        args_for=args,
-        workdir=run_dir,
-    )
+def test_transform_on_cluster_equals_local(runs: Runs) -> None:
+    on_cluster, local = _roots(runs, "transform")
     got = _read_parquet_dir(on_cluster / "norm")
     assert_bit_equal(got, _read_parquet_dir(local / "norm"))
 
     # And it is the numpy serving path's answer, bit for bit.
-    everything = pa.concat_tables(tables).sort_by("id")
-    expected = state.normalize(_as_matrix(everything))
+    everything = pa.concat_tables(runs.inputs.tables).sort_by("id")
+    expected = runs.inputs.numpy_state.normalize(_as_matrix(everything))
     for j, f in enumerate(FEATURES):
         col = got[f].to_numpy(zero_copy_only=False).astype(np.float64)
         want = expected[:, j]
@@ -495,28 +544,8 @@ def test_transform_on_cluster_equals_local(
     assert got["id"].to_pylist() == everything["id"].to_pylist()
 
 
-def test_stream_on_cluster_equals_local(spark: Any, shipped: Shipped, tmp_path: Path) -> None:
-    incoming = tmp_path / "incoming"
-    tables = _write_files(incoming, n_files=3, rows=200, seed=23)
-
-    def args(out: Path) -> list[str]:
-        return [
-            "--input", str(incoming), "--format", "parquet", "--cols", ",".join(FEATURES),
-            "--alpha", "0.25", "--engine", "arrow", "--log-level", "ERROR",
-            "--max-files-per-trigger", "1",
-            "--available-now", "--state", str(out / "state"), "--output", str(out / "out"),
-            "--checkpoint", str(out / "checkpoint"),
-        ]  # fmt: skip
-
-    run_dir = tmp_path / "runs"
-    run_dir.mkdir()
-    on_cluster, local = run_both(
-        shipped,
-        job="stream_normalize.py",
-        command="stream",
-        args_for=args,
-        workdir=run_dir,
-    )
+def test_stream_on_cluster_equals_local(runs: Runs) -> None:
+    on_cluster, local = _roots(runs, "stream")
     versions = sorted(p.name for p in (on_cluster / "state").glob("v-*.json"))
     assert versions == sorted(p.name for p in (local / "state").glob("v-*.json"))
     assert len(versions) == 3  # one file per micro-batch
@@ -531,5 +560,80 @@ def test_stream_on_cluster_equals_local(spark: Any, shipped: Shipped, tmp_path: 
         )
 
     # The final state is the reference loop over the files in order.
-    mean, var = reference_ema([_as_matrix(t) for t in tables], alpha=0.25)
+    mean, var = reference_ema([_as_matrix(t) for t in runs.inputs.stream_tables], alpha=0.25)
     assert_state_close(payload["mean"], payload["var"], mean, var, tol=1e-12)
+
+
+# ---- what the driver holds ---------------------------------------------------------------
+def _numbers_in(value: Any) -> int:
+    if isinstance(value, (list, tuple)):
+        return sum(_numbers_in(v) for v in value)
+    if hasattr(value, "asDict"):
+        return sum(_numbers_in(v) for v in value.asDict().values())
+    return int(isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def test_driver_receives_partitions_times_features_numbers(
+    spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 features x 200 partitions: the driver gets one partial per partition, never rows.
+
+    Every partial is 4 arrays of 1,000 float64 (count, pivot, shifted mean, M2), so the
+    driver receives 200 x 4 x 1,000 numbers (6.4 MB) however many rows the partitions hold.
+    """
+    from pyspark.sql import functions as F
+
+    from mxnorm_spark import Moments
+    from mxnorm_spark.aggregate import batch_moments
+
+    k, partitions, rows_per_partition = 1000, 200, 2
+    n = partitions * rows_per_partition
+    # Exactly representable values, so the JVM and numpy build the very same matrix.
+    df = spark.range(0, n, numPartitions=partitions).select(
+        F.transform(
+            F.sequence(F.lit(0), F.lit(k - 1)),
+            lambda j: F.pmod(F.col("id") * 7919 + j * 104729, F.lit(1000)) / 8.0 + j * 1e3,
+        ).alias("v")
+    )
+    assert df.rdd.getNumPartitions() == partitions
+
+    collected: list[list[Any]] = []
+    real_collect = type(df).collect
+
+    def spy_collect(self: Any) -> list[Any]:
+        rows = real_collect(self)
+        collected.append(rows)
+        return rows
+
+    merged: list[list[Moments]] = []
+    real_merge_all = Moments.merge_all
+
+    def spy_merge_all(parts: Any, n_features: int) -> Moments:
+        parts = list(parts)
+        merged.append(parts)
+        return real_merge_all(parts, n_features)
+
+    monkeypatch.setattr(type(df), "collect", spy_collect)
+    monkeypatch.setattr(Moments, "merge_all", staticmethod(spy_merge_all))
+    moments = batch_moments(df, input_col="v", engine="arrow")
+
+    partial_rows = [r for rows in collected for r in rows if "m2" in r.asDict()]
+    assert len(partial_rows) == partitions
+    assert {len(r["count"]) for r in partial_rows} == {k}
+    partial_numbers = sum(
+        len(r[a]) for r in partial_rows for a in ("count", "shift", "delta", "m2")
+    )
+    assert partial_numbers == partitions * 4 * k  # 800,000 numbers, 6.4 MB of float64
+    other = sum(_numbers_in(r) for rows in collected for r in rows) - partial_numbers
+    assert other <= 4 * partitions + 8  # a partition id, row count and lengths per partial
+    assert sum(len(rows) for rows in collected) <= partitions + 1  # never a data row
+    # One fold of the 200 partials (a later call may merge the result with nothing).
+    assert len(merged[0]) == partitions and all(len(p) == 1 for p in merged[1:])
+    assert {p.n_features for p in merged[0]} == {k}
+
+    ids = np.arange(n)[:, None]
+    j = np.arange(k)[None, :]
+    x = ((ids * 7919 + j * 104729) % 1000) / 8.0 + j * 1e3
+    mean, var = two_pass(x)
+    assert_state_close(moments.mean, moments.var, mean, var, tol=1e-12)
+    assert np.array_equal(moments.count, np.full(k, float(n)))
