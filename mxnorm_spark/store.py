@@ -108,8 +108,9 @@ class LocalFileSystem:
             if os.path.exists(dst):
                 return False
             os.replace(src, dst)
-            return True
-        os.unlink(src)
+        else:
+            os.unlink(src)
+        _fsync_dir(os.path.dirname(dst) or ".")
         return True
 
     def delete(self, path: str, recursive: bool = False) -> None:
@@ -125,6 +126,20 @@ class LocalFileSystem:
 
     def mkdirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
+
+
+def _fsync_dir(directory: str) -> None:
+    # A rename is durable only once its directory entry is: fsync the directory (POSIX).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class HadoopFileSystem:
