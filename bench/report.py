@@ -74,11 +74,14 @@ def _fmt_ratio(s: Stat | None, unit: str) -> str:
     return "-" if s is None else f"{s.median:.2f}{unit} ({s.lo:.2f}-{s.hi:.2f})"
 
 
+def _per_s(r: float) -> str:
+    if r >= 1e6:
+        return f"{r / 1e6:.3g}M"
+    return f"{r / 1e3:.3g}k" if r >= 1e3 else f"{r:.3g}"
+
+
 def _rate(rows: int, s: Stat | None) -> str:
-    if s is None or s.median <= 0:
-        return "-"
-    r = rows / s.median
-    return f"{r / 1e6:.2f}M" if r >= 1e6 else f"{r / 1e3:.0f}k"
+    return "-" if s is None or s.median <= 0 else _per_s(rows / s.median)
 
 
 def datasets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,6 +168,14 @@ def stream_overhead_1k(results: dict[str, Any]) -> float | None:
     return float((ours.median - plain.median) / 1000.0)
 
 
+def _stream_rows(results: dict[str, Any]) -> str:
+    for r in results.get("streaming", []):
+        tp = r.get("throughput")
+        if tp:
+            return f"{tp['rows']:,}-row ({tp['batches']} micro-batches)"
+    return "whole"
+
+
 def stream_table(results: dict[str, Any]) -> list[str]:
     s = stream_summary(results)
     if not s:
@@ -173,7 +184,8 @@ def stream_table(results: dict[str, Any]) -> list[str]:
     out = [
         "| implementation | "
         + " | ".join(f"{int(z):,}-row batch: median ms (min-max)" for z in sizes)
-        + " | 5M-row stream: rows/s (wall s) | peak MiB driver / JVM / py workers |",
+        + f" | {_stream_rows(results)} stream: rows/s (wall s)"
+        + " | peak MiB driver / JVM / py workers |",
         "|---|" + "---:|" * len(sizes) + "---:|---:|",
     ]
     for impl in ("mxnorm", "plain"):
@@ -188,7 +200,7 @@ def stream_table(results: dict[str, Any]) -> list[str]:
             st = v["latency"].get(z)
             cells.append("-" if st is None else f"{st.median:.0f} ({st.lo:.0f}-{st.hi:.0f})")
         tp = v.get("throughput") or {}
-        tp_cell = f"{tp['rows'] / tp['wall_s'] / 1e6:.2f}M ({tp['wall_s']:.1f} s)" if tp else "-"
+        tp_cell = f"{_per_s(tp['rows'] / tp['wall_s'])} ({tp['wall_s']:.1f} s)" if tp else "-"
         out.append(
             f"| {impl} | " + " | ".join(cells) + f" | {tp_cell} | {_peak(v.get('peak') or {})} |"
         )
@@ -278,6 +290,8 @@ def render_markdown(results: dict[str, Any], chart: str | None = "results.png") 
         f"Run on {meta['date']} with `{meta['command']}` ({meta['mode']} mode, "
         f"{meta['reps']} timed repetitions after a warm-up, {meta['wall_s']:.0f} s in all).",
     ]
+    if not meta.get("complete", True):
+        lines += ["", "**Partial run: interrupted before every case had run.**"]
     if meta.get("note"):
         lines += ["", meta["note"]]
     lines += [

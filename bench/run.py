@@ -17,6 +17,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,8 +72,8 @@ STREAMING_NOTE = (
     "`triggerExecution` duration per batch, the first batch(es) of each stream excluded as "
     "warm-up. `mxnorm` is the project's streaming normalizer (state update, state commit, "
     "normalized Parquet output); `plain` is a `foreachBatch` that only appends the batch to "
-    "Parquet. Overhead = median(mxnorm) - median(plain). The 5M-row stream is the wide16 "
-    "dataset, 8 micro-batches of 625k rows: rows / wall time from `start()` to the end."
+    "Parquet. Overhead = median(mxnorm) - median(plain). The throughput stream reads the "
+    "wide16 dataset, one file per micro-batch: rows / wall time from `start()` to the end."
 )
 
 
@@ -126,18 +127,20 @@ def _launch(module: str, spec: dict[str, Any], log: Path, timeout: float) -> dic
         with log.open("a") as fh:
             fh.write(f"\n==== {module} {json.dumps(spec)}\n")
             fh.flush()
+            # Its own process group, so a timeout also ends the worker's JVM and Python workers.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(spec_path), str(result_path)],
+                cwd=ROOT,
+                env=spark_env(),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", module, str(spec_path), str(result_path)],
-                    cwd=ROOT,
-                    env=spark_env(),
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                )
-                code: int | str = proc.returncode
+                code: int | str = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 code = f"timed out after {timeout:.0f} s"
         if result_path.exists():
             return dict(json.loads(result_path.read_text()))
@@ -169,6 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the report goes")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where inputs are generated")
     p.add_argument("--work-dir", type=Path, default=BENCH_DIR / "work", help="scratch outputs")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
     p.add_argument("--note", default="", help="a sentence added under the title of RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -196,6 +200,42 @@ def main(argv: list[str] | None = None) -> int:
     _progress(f"inputs under {args.data_dir} (generated once)")
     paths = {ds.name: ensure_dataset(ds, args.data_dir) for ds in chosen}
 
+    command = (
+        os.environ.get("MXBENCH_COMMAND")
+        or ("python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    )
+    machine_info, version_info = machine(), versions()
+
+    def save(
+        batch: list[dict[str, Any]], streaming: list[dict[str, Any]], complete: bool = False
+    ) -> dict[str, Any]:
+        """Write the report so far: an interrupted run still leaves what it measured."""
+        results = {
+            "meta": {
+                "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                "command": command,
+                "mode": "quick" if args.quick else "full",
+                "reps": args.reps,
+                "wall_s": time.perf_counter() - started,
+                "load_start": load_start,
+                "load_end": os.getloadavg()[0],
+                "machine": machine_info,
+                "versions": version_info,
+                "spark_conf": SPARK_CONF,
+                "method": METHOD,
+                "streaming_note": STREAMING_NOTE,
+                "note": args.note,
+                "complete": complete,
+            },
+            "datasets": [asdict(ds) for ds in chosen],
+            "batch": batch,
+            "streaming": streaming,
+        }
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        write_report(results, args.out_dir)
+        return results
+
     batch: list[dict[str, Any]] = []
     for ds in chosen:
         for case in cases:
@@ -208,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                 "sinks": list(SINKS),
                 "reps": args.reps,
             }
-            r = _launch("bench.worker", spec, log, timeout=600)
+            r = _launch("bench.worker", spec, log, timeout=args.timeout)
             r.setdefault("case", case)
             r.setdefault("dataset", ds.name)
             batch.append(r)
             _progress(f"{ds.name}: {case}: {_summary_line(r)}")
+            save(batch, [])
 
     streaming: list[dict[str, Any]] = []
     if not args.no_streaming:
@@ -225,41 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                 "bench.stream_worker",
                 {"impl": impl, "plan": plan, "work_dir": str(args.work_dir)},
                 log,
-                timeout=600,
+                timeout=args.timeout,
             )
             r.setdefault("impl", impl)
             streaming.append(r)
             _progress(f"streaming: {impl}: {r.get('error', 'done')}")
+            save(batch, streaming)
 
-    command = (
-        os.environ.get("MXBENCH_COMMAND")
-        or ("python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
-    )
-    results = {
-        "meta": {
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "command": command,
-            "mode": "quick" if args.quick else "full",
-            "reps": args.reps,
-            "wall_s": time.perf_counter() - started,
-            "load_start": load_start,
-            "load_end": os.getloadavg()[0],
-            "machine": machine(),
-            "versions": versions(),
-            "spark_conf": SPARK_CONF,
-            "method": METHOD,
-            "streaming_note": STREAMING_NOTE,
-            "note": args.note,
-        },
-        "datasets": [asdict(ds) for ds in chosen],
-        "batch": batch,
-        "streaming": streaming,
-    }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    md, png = write_report(results, args.out_dir)
+    results = save(batch, streaming, complete=True)
     shutil.rmtree(args.work_dir / "stream", ignore_errors=True)
-    _progress(f"wrote {md}, {png} in {results['meta']['wall_s']:.0f} s")
+    _progress(
+        f"wrote {args.out_dir}/RESULTS.md and results.png in {results['meta']['wall_s']:.0f} s"
+    )
     print("\n".join(readme_table(results)))
     return 0
 
