@@ -37,7 +37,7 @@ for arg in "$@"; do
     --zip) want_wheel=0 ;;
     --venv) want_venv=1 ;;
     -h | --help)
-      sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)

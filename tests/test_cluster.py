@@ -256,6 +256,26 @@ def test_cluster_up_refuses_a_taken_port(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.pid"))  # nothing was started
 
 
+def test_cluster_up_stops_what_it_started_when_start_up_fails(tmp_path: Path) -> None:
+    # No time to wait for registration: the daemons are started, then the failure path
+    # must stop every one of them by PID.
+    env = {**_cluster_env(tmp_path), "MXNORM_CLUSTER_TIMEOUT": "0"}
+    res = subprocess.run(
+        [str(CLUSTER_SH), "up"], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert res.returncode != 0
+    assert "only 0 of 2 workers registered" in res.stderr
+    assert "start-up failed" in res.stderr
+    stopped = [
+        int(line.rsplit("pid ", 1)[1].split(")")[0])
+        for line in res.stderr.splitlines()
+        if line.startswith(("stopped ", "killed "))
+    ]
+    assert len(stopped) == 3 and not list(tmp_path.glob("*.pid"))
+    assert all(not _is_spark_daemon(pid) for pid in stopped)
+    assert (tmp_path / "master.log").exists()
+
+
 # ---- inputs and exact comparison ---------------------------------------------------------
 def _input_table(rng: np.random.Generator, start: int, rows: int) -> pa.Table:
     ids = np.arange(start, start + rows, dtype=np.int64)
@@ -637,3 +657,50 @@ def test_driver_receives_partitions_times_features_numbers(
     mean, var = two_pass(x)
     assert_state_close(moments.mean, moments.var, mean, var, tol=1e-12)
     assert np.array_equal(moments.count, np.full(k, float(n)))
+
+
+# ---- a packed environment via spark.archives (opt-in: builds a ~110 MB venv) -------------
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MXNORM_TEST_PACKED_ENV") != "1",
+    reason="set MXNORM_TEST_PACKED_ENV=1: builds a venv with numpy/pandas/pyarrow from PyPI",
+)
+def test_fit_with_packed_env_via_spark_archives(
+    runs: Runs, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    dist = tmp_path_factory.mktemp("dist-env")
+    built = subprocess.run(
+        [str(PACKAGE_SH), "--venv"],
+        env={**_base_env(), "DIST": str(dist), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    env_archive = Path(built.stdout.strip().splitlines()[-1])
+    assert env_archive.name.endswith(".tar.gz")
+    out = tmp_path / "cluster"
+    out.mkdir()
+    # No --py-files: the executors' only source of mxnorm_spark (and numpy...) is the archive.
+    cmd = [
+        str(_spark_home() / "bin" / "spark-submit"), "--master", runs.cluster.url,
+        "--archives", f"{env_archive}#environment",
+        "--conf", "spark.pyspark.python=./environment/bin/python",
+        "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
+        "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.cores.max=2",
+        "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=512m",
+        str(ROOT / "jobs" / "fit_state.py"), *_fit_args(runs.inputs, out),
+    ]  # fmt: skip
+    res = subprocess.run(
+        cmd,
+        cwd=out,
+        env=_base_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=SUBMIT_TIMEOUT,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    local = _roots(runs, "fit")[1]
+    assert_state_files_equal(out / "state.json", local / "state.json")
