@@ -24,6 +24,9 @@ from mxnorm_spark import MXNormState, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# A JVM that lives seconds spends more on C2 compilation than it gains; no UI either.
+FAST_JVM = ["--conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
+            "--conf", "spark.ui.enabled=false"]  # fmt: skip
 
 # day, a, b: three batches of a backfill.
 ROWS = [
@@ -76,7 +79,7 @@ def test_cli_fit_inspect_transform_through_subprocess(tmp_path: Path) -> None:
     fit = run(
         [str(BIN / "mxnorm-spark"), "fit", "--input", str(data), "--format", "csv",
          "--cols", "a,b", "--batch-col", "day", "--alpha", "0.25", "--state", "state.json",
-         "--master", "local[1]"],
+         "--master", "local[1]", *FAST_JVM],
         tmp_path,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr
@@ -126,7 +129,8 @@ def test_jobs_through_spark_submit(tmp_path: Path) -> None:
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
     for job in ("fit_state.py", "normalize_batch.py"):
         job_path = str(ROOT / "jobs" / job)
-        done = run([submit, "--master", "local[1]", job_path, "--config", "job.toml"], tmp_path)
+        done = run([submit, "--master", "local[1]", *FAST_JVM, job_path, "--config", "job.toml"],
+                   tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr
 
     # alpha "cumulative" is the exact moments of all rows (one batch: whole input).
