@@ -392,6 +392,17 @@ def _stream_args(inputs: Inputs, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+# Settings that decide partitions and Arrow batches, hence the merge order and the bits:
+# set on the shared session for the local[2] runs (another test may have changed them) and
+# passed to every submission.
+PINNED_CONF = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.files.maxPartitionBytes": str(128 * 1024 * 1024),
+    "spark.sql.files.openCostInBytes": str(4 * 1024 * 1024),
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
 # command -> (spark-submit script, arguments for an output root)
 JOBS: dict[str, tuple[str, Any]] = {
     "fit": ("fit_state.py", _fit_args),
@@ -409,9 +420,7 @@ def _submit_cmd(
         "spark.driver.host": "127.0.0.1",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        # The local[2] runs use the shared fixture's 4 shuffle partitions: the same here.
-        "spark.sql.shuffle.partitions": "4",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        **PINNED_CONF,
         "spark.python.worker.reuse": "true",
         # Two 1-core executors per job, one on each worker (standalone spreads them out).
         "spark.cores.max": "2",
@@ -462,7 +471,7 @@ def runs(
     """Every job on local[2] and on the cluster, with the same arguments.
 
     local[2] is the same command in this process, on the shared ``spark`` fixture (2 cores,
-    4 shuffle partitions), run while the cluster starts. Then the three spark-submits go to
+    :data:`PINNED_CONF`), run while the cluster starts. Then the three spark-submits go to
     the cluster at once; each gets its own two executors.
     """
     from mxnorm_spark.cli import main as cli_main
@@ -470,14 +479,24 @@ def runs(
     work = tmp_path_factory.mktemp("runs")
     roots: dict[str, tuple[Path, Path]] = {}
     failures: dict[str, str] = {}
-    for command, (_, args_for) in JOBS.items():
-        on_cluster, local = work / command / "cluster", work / command / "local"
-        on_cluster.mkdir(parents=True)
-        local.mkdir()
-        roots[command] = (on_cluster, local)
-        rc = cli_main([command, *args_for(inputs, local)])
-        if rc != 0:
-            failures[command] = f"{command} on local[2] exited {rc} (see the captured output)"
+    saved = {key: spark.conf.get(key, None) for key in PINNED_CONF}
+    for key, value in PINNED_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        for command, (_, args_for) in JOBS.items():
+            on_cluster, local = work / command / "cluster", work / command / "local"
+            on_cluster.mkdir(parents=True)
+            local.mkdir()
+            roots[command] = (on_cluster, local)
+            rc = cli_main([command, *args_for(inputs, local)])
+            if rc != 0:
+                failures[command] = f"{command} on local[2] exited {rc} (see the captured output)"
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
     ready = cluster.ready()
     env = {**_base_env(), "PYSPARK_PYTHON": str(bare_python)}
@@ -688,7 +707,8 @@ def test_fit_with_packed_env_via_spark_archives(
         "--conf", "spark.pyspark.python=./environment/bin/python",
         "--conf", f"spark.pyspark.driver.python={sys.executable}",
         "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
-        "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.cores.max=2",
+        *[a for k, v in PINNED_CONF.items() for a in ("--conf", f"{k}={v}")],
+        "--conf", "spark.cores.max=2",
         "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=512m",
         str(ROOT / "jobs" / "fit_state.py"), *_fit_args(runs.inputs, out),
     ]  # fmt: skip
