@@ -306,7 +306,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
     check_input_path(cfg.input)
     _check_state_target(cfg.state)
     if cfg.output is not None:
-        raise ConfigError("fit --output is not implemented yet; run transform after fit")
+        check_output_path(cfg.output, cfg.mode)
     with _JobSession(settings, "mxnorm-spark fit") as spark:
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
         features = feature_names(df, cfg.cols, cfg.input_col)
@@ -331,8 +331,27 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
             for _, moments in groups:
                 state = state.update(moments)
             batches = [value for value, _ in groups]
+        if cfg.output is not None:
+            from mxnorm_spark.apply import normalize
+
+            # The whole input is one batch, so normalizing it with the state before it
+            # (the batch's own moments then) or after it is the same thing.
+            out = normalize(
+                df,
+                state,
+                cfg.cols,
+                cfg.output_cols,
+                input_col=cfg.input_col,
+                output_col=cfg.output_col,
+                handle_invalid=cfg.handle_invalid or "keep",
+                engine=cfg.engine,
+            )
+            out_format = cfg.output_format or cfg.format
+            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
         written = save_state(state, cfg.state, spark)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {_describe_batches(batches)}")
+    if cfg.output is not None:
+        print(f"normalized input written to {cfg.output} ({out_format})")
     print(inspect_table(state))
     print(f"state written to {written}")
     return 0

@@ -188,13 +188,16 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 2 and "already exists; choose another path or pass --mode overwrite" in err
 
     # A vector column: fit names its features v[0], v[1]; transform finds it by them.
-    v_state = str(tmp_path / "v.json")
-    code, _ = main("fit", "--input", data, "--input-col", "v", "--alpha", "1", "--state", v_state)
+    v_state, fit_out = str(tmp_path / "v.json"), str(tmp_path / "fit_out")
+    code, _ = main("fit", "--input", data, "--input-col", "v", "--alpha", "1", "--state", v_state,
+                   "--output", fit_out, "--output-col", "vz")  # fmt: skip
     assert code == 0
     vstate = MXNormState.load(v_state)
     assert vstate.features == ("v[0]", "v[1]")
     ref = mxnorm_spark.Moments.from_array(x)
     assert_state_close(vstate.mean, vstate.var, ref.mean, ref.var)
+    vz = np.array(read_parquet(Path(fit_out))["vz"], dtype=np.float64)
+    np.testing.assert_array_equal(vz, vstate.normalize(x))  # fit --output: the fitted state
     code, _ = main(
         "transform", "--input", data, "--state", v_state, "--output", str(tmp_path / "vout")
     )
