@@ -1,10 +1,12 @@
 """The jobs on a real Spark standalone cluster, and what the driver holds.
 
-A module-scoped fixture starts ``scripts/cluster.sh up`` (one master, two workers with one
-core each, on 127.0.0.1, free ports so a developer's cluster on 7077 is left alone) and
-always stops it by PID. Each job (``fit``, ``transform``, ``stream`` available-now) is
-submitted twice at the same time, with the same arguments and Spark settings: to the
-cluster and to ``local[2]``; the state files and outputs must be equal to the last bit.
+A module-scoped fixture starts ``scripts/cluster.sh up`` in the background (one master and
+two workers on 127.0.0.1, free ports so a developer's cluster on 7077 is left alone) and
+always stops it by PID. Each job (``fit``, ``transform``, ``stream`` available-now) runs
+with the same arguments and Spark settings on ``local[2]`` (in this process, on the shared
+session, while the cluster starts) and through ``spark-submit --master spark://...`` (the
+three at once, each with two 1-core executors, one per worker); the state files and outputs
+must be equal to the last bit, and agree with the numpy reference.
 
 Why the two runs can be bit-identical: partials are merged on the driver in a fixed order
 (batch value, then partition id), so only the partitioning and the row order inside each
