@@ -5,8 +5,10 @@
     mxnorm-spark inspect state.json [--json]
 
 Every flag of fit/transform/stream can also come from ``--config FILE.toml`` (the table
-named after the command, plus ``[spark]``); flags win over the file. Bad input prints one
-``error: ...`` line and exits with status 2; nothing is written then.
+named after the command, plus ``[spark]``); flags win over the file. Bad input (config,
+paths, columns, types, options; checked before Spark runs a job wherever possible) prints
+one ``error: ...`` line and exits with status 2; an unexpected failure keeps its traceback
+and exits with status 1.
 
 Adding a command: write ``add_<name>_parser(subparsers)`` that calls :func:`add_command`
 with its config dataclass and a ``run(config, spark_settings) -> int`` function, and list
