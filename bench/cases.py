@@ -10,6 +10,7 @@ one ``array<double>`` column for the vector dataset).
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -81,10 +82,11 @@ def _write(df: Any, sink: str, out: str) -> None:
 def mllib(ctx: Context, ds: Dataset, source: list[str], sink: str, out: str) -> None:
     from pyspark.ml.feature import StandardScaler, VectorAssembler
     from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
 
     df = ctx.spark.read.parquet(*source)
     if ds.vector:
-        assembled = df.select(array_to_vector("v").alias("features"))
+        assembled = df.select(array_to_vector(F.col("v")).alias("features"))
     else:
         assembled = VectorAssembler(inputCols=ds.columns, outputCol="features").transform(df)
     # MLlib divides by the sample (n - 1) standard deviation; the cost is the same.
@@ -130,7 +132,7 @@ def sql(ctx: Context, ds: Dataset, source: list[str], sink: str, out: str) -> No
 def mxnorm_api() -> str:
     """``estimator`` (``MXNorm().fit().transform()``) when ml.py exists, else ``functions``."""
     try:
-        import mxnorm_spark.ml  # noqa: F401
+        importlib.import_module("mxnorm_spark.ml")
     except ImportError:
         return "functions"
     return "estimator"
@@ -146,8 +148,8 @@ def _mxnorm(engine: str) -> CaseFn:
             cols, outputs = ds.columns, [f"{c}_z" for c in ds.columns]
             kw = {"output_cols": outputs}
         if mxnorm_api() == "estimator":
-            from mxnorm_spark.ml import MXNorm
-
+            # Imported by name: ml.py may not exist yet (then the functions below are used).
+            MXNorm = importlib.import_module("mxnorm_spark.ml").MXNorm
             if ds.vector:
                 est = MXNorm(inputCol="v", outputCol="z", engine=engine)
             else:
@@ -158,7 +160,7 @@ def _mxnorm(engine: str) -> CaseFn:
             from mxnorm_spark.aggregate import batch_moments, feature_names
             from mxnorm_spark.apply import normalize
 
-            in_kw = {"input_col": "v"} if ds.vector else {}
+            in_kw: dict[str, Any] = {"input_col": "v"} if ds.vector else {}
             moments = batch_moments(df, cols, engine=engine, **in_kw)
             state = MXNormState.create(feature_names(df, cols, **in_kw)).update(moments)
             result = normalize(df, state, cols, engine=engine, **{**in_kw, **kw})
