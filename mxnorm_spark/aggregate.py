@@ -6,7 +6,7 @@ order (batch value, then partition id), so the same input and partitioning give 
 bits on every run. Two engines compute the partials:
 
 * ``sql``: one JVM aggregation ``groupBy(spark_partition_id())`` of ``count``,
-  ``avg(x - p)`` and ``var_pop(x - p)`` per feature, in coordinates shifted by a pivot ``p``
+  ``sum(x - p)`` and ``var_pop(x - p)`` per feature, in coordinates shifted by a pivot ``p``
   (the given ``shift``, else the first valid value among the first rows), so data such as
   ``1e9 + N(0, 1)`` keeps its digits. No Python worker is involved.
 * ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
@@ -272,7 +272,7 @@ def _pivot(df: DataFrame, spec: InputSpec, shift: Any) -> tuple[np.ndarray, int]
 def _sql_partials(
     df: DataFrame, spec: InputSpec, pivot: np.ndarray, batch_col: str | None
 ) -> tuple[list[_Partial], int]:
-    """One JVM aggregation per partition (and batch value) of count, avg and var_pop."""
+    """One JVM aggregation per partition (and batch value) of count, sum and var_pop."""
     k = int(pivot.shape[0])
     if spec.kind == "scalar":
         values = spec.scalar_doubles()
@@ -288,9 +288,10 @@ def _sql_partials(
     aggs: list[Column] = [F.count(F.lit(1)).alias("__mx_rows"), *size_cols]
     for j, v in enumerate(values):
         d = valid_or_null(v) - F.lit(float(pivot[j]))
+        # sum rather than avg: the same value (sum / count) with one buffer slot less.
         aggs += [
             F.count(d).alias(f"n{j}"),
-            F.avg(d).alias(f"a{j}"),
+            F.sum(d).alias(f"s{j}"),
             F.var_pop(d).alias(f"v{j}"),
         ]
     keys = [F.spark_partition_id().alias("__mx_pid")]
@@ -306,7 +307,8 @@ def _sql_partials(
                 _check_dims(spec.input_col, lo, hi)
         cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
         has = cnt > 0
-        delta = np.array([r[f"a{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        total = np.array([r[f"s{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        delta = np.divide(total, cnt, out=np.zeros(k), where=has)
         var = np.array([r[f"v{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
         mom = Moments(count=cnt, shift=pivot, delta=delta, m2=var * cnt)
         batch = r["__mx_batch"] if batch_col is not None else None

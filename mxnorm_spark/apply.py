@@ -24,7 +24,8 @@ A vector/array row whose length differs from the state's feature count always fa
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
-from pyspark.sql.pandas.functions import ArrowUDFType, arrow_udf
 
 from mxnorm_spark.aggregate import InputSpec, check_engine, resolve_input
 from mxnorm_spark.errors import FeatureMismatchError, InvalidParameterError, InvalidValueError
@@ -96,41 +95,62 @@ def _check_arrow_values(values: pa.Array, column: str) -> None:
         raise InvalidValueError(_error_message(column, "an infinite"))
 
 
-def _scalar_udf(mean: float, scale: float, column: str, check: bool) -> Any:
-    m, s = pa.scalar(mean, pa.float64()), pa.scalar(scale, pa.float64())
-
-    def kernel(x: pa.Array) -> pa.Array:
-        if check:
-            _check_arrow_values(x, column)
-        return pc.divide(pc.subtract(x, m), s)
-
-    return arrow_udf(kernel, T.DoubleType(), ArrowUDFType.SCALAR)
+def _normalize_values(x: pa.Array, mean: float, scale: float, column: str, check: bool) -> pa.Array:
+    if check:
+        _check_arrow_values(x, column)
+    return pc.divide(pc.subtract(x, pa.scalar(mean)), pa.scalar(scale))
 
 
-def _vector_udf(mean: np.ndarray, scale: np.ndarray, column: str, check: bool) -> Any:
+def _normalize_lists(
+    lists: pa.Array, mean: np.ndarray, scale: np.ndarray, column: str, check: bool
+) -> pa.Array:
     dim = int(mean.shape[0])
+    valid = lists.is_valid().to_numpy(zero_copy_only=False)
+    if check and not valid.all():
+        raise InvalidValueError(_error_message(column, "a null"))
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    if np.any(lengths[valid] != dim):
+        raise FeatureMismatchError(_length_message(column, dim))
+    flat = lists.flatten()
+    if check:
+        _check_arrow_values(flat, column)
+    rows = len(flat) // dim
+    out = pc.divide(
+        pc.subtract(flat, pa.array(np.tile(mean, rows))), pa.array(np.tile(scale, rows))
+    )
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(np.where(valid, dim, 0), out=offsets[1:])
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets), out, mask=mask).cast(lists.type)
 
-    def kernel(lists: pa.Array) -> pa.Array:
-        valid = lists.is_valid().to_numpy(zero_copy_only=False)
-        if check and not valid.all():
-            raise InvalidValueError(_error_message(column, "a null"))
-        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
-        if np.any(lengths[valid] != dim):
-            raise FeatureMismatchError(_length_message(column, dim))
-        flat = lists.flatten()
-        if check:
-            _check_arrow_values(flat, column)
-        rows = len(flat) // dim
-        out = pc.divide(
-            pc.subtract(flat, pa.array(np.tile(mean, rows))), pa.array(np.tile(scale, rows))
-        )
-        offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-        np.cumsum(np.where(valid, dim, 0), out=offsets[1:])
-        return pa.ListArray.from_arrays(
-            pa.array(offsets), out, mask=pa.array(~valid) if not valid.all() else None
-        )
 
-    return arrow_udf(kernel, T.ArrayType(T.DoubleType()), ArrowUDFType.SCALAR)
+@dataclass(frozen=True)
+class _Target:
+    """One column the Arrow pass rewrites in place, with its constants (plain numpy)."""
+
+    index: int
+    column: str
+    mean: np.ndarray
+    scale: np.ndarray
+    is_list: bool
+
+
+def _arrow_map(targets: list[_Target], check: bool) -> Any:
+    """The ``mapInArrow`` function: closed over plain constants, never a session."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            arrays = list(rb.columns)
+            for t in targets:
+                x = arrays[t.index]
+                if t.is_list:
+                    arrays[t.index] = _normalize_lists(x, t.mean, t.scale, t.column, check)
+                else:
+                    m, s = float(t.mean[0]), float(t.scale[0])
+                    arrays[t.index] = _normalize_values(x, m, s, t.column, check)
+            yield pa.RecordBatch.from_arrays(arrays, schema=rb.schema)
+
+    return fn
 
 
 # ---- plans -------------------------------------------------------------------------------
@@ -150,15 +170,22 @@ def _scalar_plan(
         for x in xs[1:]:
             cond = cond & is_valid(x)
         df = df.where(cond)
-    exprs: dict[str, Column] = {}
     check = handle_invalid == "error"
-    for j, (name, x, out_name) in enumerate(zip(spec.cols, xs, outputs, strict=True)):
-        if engine == "sql":
+    if engine == "sql":
+        exprs: dict[str, Column] = {}
+        for j, (name, x, out_name) in enumerate(zip(spec.cols, xs, outputs, strict=True)):
             out = (x - F.lit(float(mean[j]))) / F.lit(float(scale[j]))
             exprs[out_name] = _raise_if_invalid(x, name, out) if check else out
-        else:
-            exprs[out_name] = _scalar_udf(float(mean[j]), float(scale[j]), name, check)(x)
-    return df.withColumns(exprs)
+        return df.withColumns(exprs)
+    # One mapInArrow over the whole row: measured faster than one Arrow UDF per column,
+    # whose results Spark must join back to rows it buffers on the side.
+    staged = df.withColumns(dict(zip(outputs, xs, strict=True)))
+    names = staged.columns
+    targets = [
+        _Target(names.index(o), c, mean[j : j + 1], scale[j : j + 1], False)
+        for j, (c, o) in enumerate(zip(spec.cols, outputs, strict=True))
+    ]
+    return staged.mapInArrow(_arrow_map(targets, check), staged.schema)
 
 
 def _vector_plan(
@@ -209,11 +236,13 @@ def _vector_plan(
             .when(bad_len, F.raise_error(F.lit(_length_message(name, dim))))
             .otherwise(vals)
         )
-    else:
-        out = _vector_udf(mean, scale, name, handle_invalid == "error")(a)
-    if spec.kind == "vector":
-        out = array_to_vector(out)
-    return df.withColumn(output, out).drop(tmp)
+        if spec.kind == "vector":
+            out = array_to_vector(out)
+        return df.withColumn(output, out).drop(tmp)
+    target = _Target(df.columns.index(tmp), name, mean, scale, True)
+    done = df.mapInArrow(_arrow_map([target], handle_invalid == "error"), df.schema)
+    out = array_to_vector(a) if spec.kind == "vector" else a
+    return done.withColumn(output, out).drop(tmp)
 
 
 def normalize(
