@@ -1,0 +1,556 @@
+"""MXNorm as a Spark ML Estimator (:class:`MXNorm`) and Model (:class:`MXNormModel`).
+
+``MXNorm.fit(df)`` computes the moments in one distributed pass
+(:mod:`mxnorm_spark.aggregate`) and folds them into an :class:`MXNormState`:
+
+* without ``batchCol`` the whole input is one batch;
+* with ``batchCol`` every distinct value is one batch, taken in ascending order (a
+  backfill); ``model.history`` holds the state after each batch.
+
+``MXNormModel.transform(df)`` normalizes with :mod:`mxnorm_spark.apply`:
+
+* a row whose ``batchCol`` value was seen in fit uses the state of its batch: with
+  ``applyAt="after"`` the state after that batch, with ``"before"`` the state before it
+  (point-in-time correct; features with no state yet use the batch's own moments);
+* every other row (no ``batchCol`` set, the column absent from ``df``, a null or a batch
+  value not seen in fit) uses the final state, which is the state "before" any new batch.
+
+Persistence writes the params with Spark's ``DefaultParamsWriter`` and the states as the
+checksummed JSON of :meth:`MXNormState.to_json` (never pickle), so ``model.write().save``,
+``MXNormModel.load`` and ``Pipeline`` save/load all round-trip.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, HasOutputCols
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from mxnorm_spark.aggregate import (
+    ENGINES,
+    batch_moments,
+    check_engine,
+    moments_by_batch,
+    resolve_input,
+    vector_names,
+)
+from mxnorm_spark.apply import HANDLE_INVALID, normalize, normalize_per_batch
+from mxnorm_spark.errors import CorruptStateError, EmptyInputError, InvalidParameterError
+from mxnorm_spark.state import (
+    APPLY_AT,
+    DECAYS,
+    VAR_UPDATES,
+    ZERO_VARIANCE_POLICIES,
+    MXNormState,
+    check_alpha,
+    check_choice,
+    check_eps,
+)
+
+__all__ = ["MXNorm", "MXNormModel"]
+
+
+# ---- typed converters (they validate, so a bad value fails at set time) ------------------
+def _to_alpha(value: Any) -> float | str:
+    if value is None or value == "cumulative":
+        return "cumulative"
+    a = check_alpha(value)
+    assert a is not None
+    return a
+
+
+def _to_eps(value: Any) -> float:
+    return check_eps(value)
+
+
+def _choice(name: str, valid: Sequence[str]) -> Any:
+    def convert(value: Any) -> str:
+        return check_choice(name, value, valid)
+
+    return convert
+
+
+class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
+    """Params shared by :class:`MXNorm` and :class:`MXNormModel`."""
+
+    alpha: Param[Any] = Param(
+        Params._dummy(),
+        "alpha",
+        "EMA weight of each batch, in (0, 1]; 'cumulative' (or None) for exact running "
+        "moments over every batch",
+        typeConverter=_to_alpha,
+    )
+    epsilon: Param[float] = Param(
+        Params._dummy(),
+        "epsilon",
+        "added to the variance before the square root, > 0",
+        typeConverter=_to_eps,
+    )
+    batchCol: Param[str] = Param(
+        Params._dummy(),
+        "batchCol",
+        "column whose distinct values are the batches, folded in ascending order",
+        typeConverter=TypeConverters.toString,
+    )
+    applyAt: Param[str] = Param(
+        Params._dummy(),
+        "applyAt",
+        "normalize a batch with the state 'after' it (default) or 'before' it",
+        typeConverter=_choice("applyAt", APPLY_AT),
+    )
+    handleInvalid: Param[str] = Param(
+        Params._dummy(),
+        "handleInvalid",
+        "null/NaN/inf input values: 'keep' (pass through), 'error' (fail naming the "
+        "column), 'skip' (drop the row)",
+        typeConverter=_choice("handleInvalid", HANDLE_INVALID),
+    )
+    varUpdate: Param[str] = Param(
+        Params._dummy(),
+        "varUpdate",
+        "'ema' (reference) or 'mixture' (adds the movement of the mean)",
+        typeConverter=_choice("varUpdate", VAR_UPDATES),
+    )
+    decay: Param[str] = Param(
+        Params._dummy(),
+        "decay",
+        "'batch' (alpha per batch) or 'rows' (alpha per row: 1 - (1 - alpha)^n)",
+        typeConverter=_choice("decay", DECAYS),
+    )
+    zeroVariance: Param[str] = Param(
+        Params._dummy(),
+        "zeroVariance",
+        "zero-variance policy: 'eps' (divide by sqrt(eps)), 'unit' (scale 1), 'zero'",
+        typeConverter=_choice("zeroVariance", ZERO_VARIANCE_POLICIES),
+    )
+    engine: Param[str] = Param(
+        Params._dummy(),
+        "engine",
+        "'auto' (fastest: sql), 'sql' (JVM expressions) or 'arrow' (Arrow batches in Python)",
+        typeConverter=_choice("engine", ENGINES),
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(
+            alpha=0.1,
+            epsilon=1e-8,
+            applyAt="after",
+            handleInvalid="keep",
+            varUpdate="ema",
+            decay="batch",
+            zeroVariance="eps",
+            engine="auto",
+        )
+
+    def getAlpha(self) -> float | str:
+        return self.getOrDefault(self.alpha)  # type: ignore[no-any-return]
+
+    def getEpsilon(self) -> float:
+        return self.getOrDefault(self.epsilon)
+
+    def getBatchCol(self) -> str | None:
+        return self.getOrDefault(self.batchCol) if self.isDefined(self.batchCol) else None
+
+    def getApplyAt(self) -> str:
+        return self.getOrDefault(self.applyAt)
+
+    def getHandleInvalid(self) -> str:
+        return self.getOrDefault(self.handleInvalid)
+
+    def getVarUpdate(self) -> str:
+        return self.getOrDefault(self.varUpdate)
+
+    def getDecay(self) -> str:
+        return self.getOrDefault(self.decay)
+
+    def getZeroVariance(self) -> str:
+        return self.getOrDefault(self.zeroVariance)
+
+    def getEngine(self) -> str:
+        return self.getOrDefault(self.engine)
+
+    def _columns(
+        self, required: bool
+    ) -> tuple[list[str] | None, list[str] | None, str | None, str | None]:
+        """``(cols, output_cols, input_col, output_col)`` from the params, checked."""
+        many, one = self.isSet(self.inputCols), self.isSet(self.inputCol)
+        if many and one:
+            raise InvalidParameterError(
+                "set either inputCols (scalar numeric columns) or inputCol (one vector or "
+                "array column), not both"
+            )
+        if many:
+            if self.isSet(self.outputCol):
+                raise InvalidParameterError("outputCol goes with inputCol; use outputCols")
+            cols = list(self.getInputCols())
+            outs = list(self.getOutputCols()) if self.isSet(self.outputCols) else None
+            if outs is not None and len(outs) != len(cols):
+                raise InvalidParameterError(
+                    f"outputCols must have one name per input column: inputCols has "
+                    f"{len(cols)} {cols} but outputCols has {len(outs)} {outs}"
+                )
+            return cols, outs, None, None
+        if one:
+            if self.isSet(self.outputCols):
+                raise InvalidParameterError("outputCols goes with inputCols; use outputCol")
+            return None, None, self.getInputCol(), self.getOutputCol()
+        if required:
+            raise InvalidParameterError(
+                "set inputCols (scalar numeric columns) or inputCol (one vector or array "
+                "column) before fit"
+            )
+        # A model made from a state alone: its features, under the given output names.
+        outs = list(self.getOutputCols()) if self.isSet(self.outputCols) else None
+        return None, outs, None, self.getOutputCol() if self.isSet(self.outputCol) else None
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "alpha": self.getAlpha(),
+            "eps": self.getEpsilon(),
+            "var_update": self.getVarUpdate(),
+            "decay": self.getDecay(),
+            "zero_variance": self.getZeroVariance(),
+        }
+
+
+# ---- the estimator -------------------------------------------------------------------------
+class MXNorm(
+    Estimator["MXNormModel"], _MXNormParams, DefaultParamsReadable["MXNorm"], DefaultParamsWritable
+):
+    """Fits an MXNorm state on a DataFrame (one batch, or one per ``batchCol`` value).
+
+    >>> est = MXNorm(inputCols=["a", "b"], outputCols=["za", "zb"], batchCol="day")
+    >>> est.getApplyAt(), est.getAlpha(), est.getBatchCol()
+    ('after', 0.1, 'day')
+    >>> try:
+    ...     MXNorm(applyAt="later")
+    ... except ValueError as e:
+    ...     print(e)
+    applyAt must be one of ['after', 'before'], got 'later'
+    """
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        outputCols: list[str] | None = None,
+        inputCol: str | None = None,
+        outputCol: str | None = None,
+        alpha: float | str | None = 0.1,
+        epsilon: float = 1e-8,
+        batchCol: str | None = None,
+        applyAt: str = "after",
+        handleInvalid: str = "keep",
+        varUpdate: str = "ema",
+        decay: str = "batch",
+        zeroVariance: str = "eps",
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        self._set(**self._input_kwargs)  # type: ignore[attr-defined]
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        outputCols: list[str] | None = None,
+        inputCol: str | None = None,
+        outputCol: str | None = None,
+        alpha: float | str | None = 0.1,
+        epsilon: float = 1e-8,
+        batchCol: str | None = None,
+        applyAt: str = "after",
+        handleInvalid: str = "keep",
+        varUpdate: str = "ema",
+        decay: str = "batch",
+        zeroVariance: str = "eps",
+        engine: str = "auto",
+    ) -> MXNorm:
+        return self._set(**self._input_kwargs)  # type: ignore[attr-defined,no-any-return]
+
+    def _set(self, **kwargs: Any) -> Any:
+        # None for alpha means "cumulative"; other None values mean "leave unset".
+        if "alpha" in kwargs and kwargs["alpha"] is None:
+            kwargs["alpha"] = "cumulative"
+        return super()._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _fit(self, dataset: DataFrame) -> MXNormModel:
+        cols, _, input_col, _ = self._columns(required=True)
+        engine = check_engine(self.getEngine())
+        batch_col = self.getBatchCol()
+        resolve_input(dataset, cols, input_col)
+        # Validate every option before any Spark job.
+        MXNormState.create(["x"], **self._options())
+        history: list[tuple[Any, MXNormState]] = []
+        batch_type: T.DataType | None = None
+        if batch_col is None:
+            moments = batch_moments(dataset, cols, input_col=input_col, engine=engine)
+            state = _fresh(cols, input_col, moments.n_features, self._options())
+            state = state.update(moments)
+        else:
+            groups = moments_by_batch(dataset, cols, batch_col, input_col=input_col, engine=engine)
+            batch_type = dataset.schema[batch_col].dataType
+            state = _fresh(cols, input_col, groups[0][1].n_features, self._options())
+            for value, moments in groups:
+                state = state.update(moments)
+                history.append((value, state))
+        never = [f for f, ok in zip(state.features, state.initialized, strict=True) if not ok]
+        if never:
+            raise EmptyInputError(
+                f"feature(s) {never} have no valid value (only null, NaN or inf) in the fit "
+                "data, so they cannot be normalized; drop them or fix the data"
+            )
+        model = MXNormModel(state, history, batch_type)
+        return self._copyValues(model)  # type: ignore[no-any-return]
+
+
+def _fresh(
+    cols: list[str] | None, input_col: str | None, k: int, options: dict[str, Any]
+) -> MXNormState:
+    features = list(cols) if cols is not None else vector_names(str(input_col), k)
+    return MXNormState.create(features, **options)
+
+
+def _constants(
+    state: MXNormState, fallback: MXNormState | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalization constants of a history state, which may lack features.
+
+    A feature without state in a batch has no valid value in it, so its rows hold only
+    null/NaN/inf; mean 0 and variance 1 pass those through unchanged.
+    """
+
+    def filled(s: MXNormState) -> MXNormState:
+        return replace(
+            s,
+            mean=np.where(np.isnan(s.mean), 0.0, s.mean),
+            var=np.where(np.isnan(s.var), 1.0, s.var),
+        )
+
+    if fallback is None:
+        return filled(state).normalization_constants()
+    return state.normalization_constants(filled(fallback))
+
+
+# ---- the model ---------------------------------------------------------------------------
+class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
+    """A fitted MXNorm state (``.state``) and, with ``batchCol``, the state after each
+    batch (``.history``, ascending batch values)."""
+
+    def __init__(
+        self,
+        state: MXNormState | None = None,
+        history: Sequence[tuple[Any, MXNormState]] | None = None,
+        batch_type: T.DataType | None = None,
+    ) -> None:
+        super().__init__()
+        self._state = state
+        self._history = list(history or [])
+        self._batch_type = batch_type
+
+    @classmethod
+    def from_state(cls, state: MXNormState, **params: Any) -> MXNormModel:
+        """A model that normalizes with ``state`` (e.g. one loaded from a state file).
+
+        ``params`` are Param names (``inputCols``, ``outputCols``, ``inputCol``,
+        ``outputCol``, ``handleInvalid``, ``engine``, ...). Without input columns the
+        state's own features are used.
+        """
+        if not isinstance(state, MXNormState):
+            raise InvalidParameterError(
+                f"from_state expects an MXNormState, got {type(state).__name__}"
+            )
+        model = cls(state)
+        unknown = sorted(k for k in params if not model.hasParam(k))
+        if unknown:
+            valid = sorted(p.name for p in model.params)
+            raise InvalidParameterError(f"unknown param(s) {unknown}; valid: {valid}")
+        model._set(
+            alpha=state.alpha if state.alpha is not None else "cumulative",
+            epsilon=state.eps,
+            varUpdate=state.var_update,
+            decay=state.decay,
+            zeroVariance=state.zero_variance,
+        )
+        model._set(**{k: v for k, v in params.items() if v is not None})
+        return model
+
+    @property
+    def state(self) -> MXNormState:
+        if self._state is None:
+            raise InvalidParameterError("this MXNormModel holds no state; fit or load one")
+        return self._state
+
+    @property
+    def history(self) -> list[tuple[Any, MXNormState]]:
+        """``(batch value, state after that batch)`` in ascending order; empty without
+        ``batchCol``."""
+        return list(self._history)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        cols, outs, input_col, output_col = self._columns(required=False)
+        state = self.state
+        opts: dict[str, Any] = {
+            "cols": cols,
+            "output_cols": outs,
+            "input_col": input_col,
+            "output_col": output_col,
+            "handle_invalid": self.getHandleInvalid(),
+            "engine": self.getEngine(),
+        }
+        batch_col = self.getBatchCol()
+        if batch_col is None or not self._history or batch_col not in dataset.columns:
+            return normalize(dataset, state, **opts)
+        before = self.getApplyAt() == "before"
+        table = []
+        prev: MXNormState | None = None
+        for value, after in self._history:
+            mean, scale = _constants(prev, after) if before and prev else _constants(after)
+            table.append((value, mean, scale))
+            prev = after
+        default = state.normalization_constants()
+        return normalize_per_batch(
+            dataset, state.features, table, default, batch_col=batch_col, **opts
+        )
+
+    def copy(self, extra: Any = None) -> MXNormModel:
+        that = super().copy(extra)
+        that._state, that._history, that._batch_type = (
+            self._state,
+            list(self._history),
+            self._batch_type,
+        )
+        return that  # type: ignore[no-any-return]
+
+    # ---- persistence ----------------------------------------------------------------
+    def write(self) -> MLWriter:
+        return _ModelWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[MXNormModel]:
+        return _ModelReader()
+
+
+_HISTORY_TYPE = "mxnorm_spark.MXNormModel.history"
+
+
+def _encode_batch(value: Any) -> dict[str, Any]:
+    """A batch value as tagged JSON (exact for ints, floats, decimals, dates, times)."""
+    if isinstance(value, bool):
+        return {"bool": value}
+    if isinstance(value, int):
+        return {"int": value}
+    if isinstance(value, float):
+        return {"float": value.hex()}
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
+    if isinstance(value, _dt.datetime):
+        return {"datetime": value.isoformat()}
+    if isinstance(value, _dt.date):
+        return {"date": value.isoformat()}
+    if isinstance(value, str):
+        return {"str": value}
+    raise InvalidParameterError(f"cannot persist batch value {value!r} of type {type(value)}")
+
+
+def _decode_batch(tagged: dict[str, Any]) -> Any:
+    ((kind, v),) = tagged.items()
+    decoders: dict[str, Any] = {
+        "bool": bool,
+        "int": int,
+        "float": float.fromhex,
+        "decimal": Decimal,
+        "datetime": _dt.datetime.fromisoformat,
+        "date": _dt.date.fromisoformat,
+        "str": str,
+    }
+    return decoders[kind](v)
+
+
+def _write_text(spark: SparkSession, path: str, text: str) -> None:
+    spark.createDataFrame([(text,)], "value string").coalesce(1).write.text(path)
+
+
+def _read_text(spark: SparkSession, path: str) -> str:
+    row = spark.read.text(path, wholetext=True).first()
+    if row is None:
+        raise CorruptStateError(f"{path} is empty")
+    return str(row[0])
+
+
+class _ModelWriter(MLWriter):
+    def __init__(self, instance: MXNormModel) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        model = self.instance
+        DefaultParamsWriter.saveMetadata(model, path, self.sparkSession)
+        _write_text(self.sparkSession, os.path.join(path, "state"), model.state.to_json())
+        if model.history:
+            assert model._batch_type is not None
+            doc = {
+                "type": _HISTORY_TYPE,
+                "batch_type": model._batch_type.json(),
+                "batches": [
+                    {"batch": _encode_batch(b), "state": s.to_json()} for b, s in model.history
+                ],
+            }
+            text = json.dumps(doc, allow_nan=False)
+            _write_text(self.sparkSession, os.path.join(path, "history"), text)
+
+
+class _ModelReader(MLReader[MXNormModel]):
+    def load(self, path: str) -> MXNormModel:
+        spark = self.sparkSession
+        metadata = DefaultParamsReader.loadMetadata(path, spark)
+        state_path = os.path.join(path, "state")
+        state = MXNormState.from_json(_read_text(spark, state_path), source=state_path)
+        history: list[tuple[Any, MXNormState]] = []
+        batch_type = None
+        history_path = os.path.join(path, "history")
+        if _exists(spark, history_path):
+            doc = json.loads(_read_text(spark, history_path))
+            if not isinstance(doc, dict) or doc.get("type") != _HISTORY_TYPE:
+                raise CorruptStateError(f"{history_path} is not an MXNorm model history")
+            batch_type = T._parse_datatype_json_string(doc["batch_type"])
+            for entry in doc["batches"]:
+                s = MXNormState.from_json(entry["state"], source=history_path)
+                history.append((_decode_batch(entry["batch"]), s))
+        model = MXNormModel(state, history, batch_type)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        return model
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return bool(fs.exists(jpath))
