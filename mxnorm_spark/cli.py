@@ -303,7 +303,7 @@ def _describe_batches(values: list[Any]) -> str:
 
 
 def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
-    from mxnorm_spark.aggregate import batch_moments, feature_names, moments_by_batch
+    from mxnorm_spark.ml import MXNorm
 
     check_input_path(cfg.input)
     _check_state_target(cfg.state)
@@ -311,51 +311,34 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         check_output_path(cfg.output, cfg.mode)
     with _JobSession(settings, "mxnorm-spark fit") as spark:
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
-        features = feature_names(df, cfg.cols, cfg.input_col)
-        state = MXNormState.create(
-            features,
-            cfg.alpha,
-            cfg.eps,
-            var_update=cfg.var_update,  # type: ignore[arg-type]
-            decay=cfg.decay,  # type: ignore[arg-type]
-            zero_variance=cfg.zero_variance,  # type: ignore[arg-type]
+        estimator = MXNorm(
+            inputCols=None if cfg.cols is None else list(cfg.cols),
+            outputCols=None if cfg.output_cols is None else list(cfg.output_cols),
+            inputCol=cfg.input_col,
+            # Without a name the vector output would get Spark's generated default name.
+            outputCol=cfg.output_col or cfg.input_col,
+            alpha=cfg.alpha,
+            epsilon=cfg.eps,
+            batchCol=cfg.batch_col,
+            applyAt=cfg.apply_at or "after",
+            handleInvalid=cfg.handle_invalid or "keep",
+            varUpdate=cfg.var_update,
+            decay=cfg.decay,
+            zeroVariance=cfg.zero_variance,
+            engine=cfg.engine,
         )
-        if cfg.batch_col is None:
-            state = state.update(
-                batch_moments(df, cfg.cols, input_col=cfg.input_col, engine=cfg.engine)
-            )
-            batches = ["whole input"]
-        else:
-            groups = moments_by_batch(
-                df, cfg.cols, cfg.batch_col, input_col=cfg.input_col, engine=cfg.engine
-            )
-            # Batch-column values are not stream batch ids, so none is recorded in the state.
-            for _, moments in groups:
-                state = state.update(moments)
-            batches = [value for value, _ in groups]
+        model = estimator.fit(df)
+        state = model.state
+        batches = [value for value, _ in model.history] if cfg.batch_col else ["whole input"]
+        out_format = cfg.output_format or cfg.format
         if cfg.output is not None:
-            from mxnorm_spark.apply import normalize
-
-            # The whole input is one batch, so normalizing it with the state before it
-            # (the batch's own moments then) or after it is the same thing.
-            out = normalize(
-                df,
-                state,
-                cfg.cols,
-                cfg.output_cols,
-                input_col=cfg.input_col,
-                output_col=cfg.output_col,
-                handle_invalid=cfg.handle_invalid or "keep",
-                engine=cfg.engine,
-            )
-            out_format = cfg.output_format or cfg.format
-            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)
         written = save_state(state, cfg.state, spark)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {_describe_batches(batches)}")
-    if cfg.output is not None:
-        print(f"normalized input written to {cfg.output} ({out_format})")
     print(inspect_table(state))
     print(f"state written to {written}")
+    if cfg.output is not None:
+        print(f"normalized input written to {cfg.output} ({out_format})")
     return 0
 
 

@@ -372,7 +372,8 @@ class FitConfig:
     )
     output: str | None = _opt(
         _text,
-        "also write the input normalized with the fitted state here (not with --batch-col)",
+        "also write the normalized input here: with --batch-col each batch with its own "
+        "state (see --apply-at), else with the fitted state",
         metavar="PATH",
     )
     output_format: str | None = _opt(_FORMAT, "format of --output (default: --format)")
@@ -381,6 +382,11 @@ class FitConfig:
     )
     output_col: str | None = _opt(
         _text, "with --output and --input-col: output column (default: replace it)"
+    )
+    apply_at: str | None = _opt(
+        _choice(APPLY_AT),
+        "with --output and --batch-col: normalize each batch with the state after it "
+        "(default) or before it (point-in-time: no look-ahead)",
     )
     handle_invalid: str | None = _opt(
         _choice(HANDLE_INVALID),
@@ -413,15 +419,10 @@ class FitConfig:
                 raise ConfigError(
                     f"{', '.join(given)} only apply to the normalized output: add output"
                 )
-        elif self.batch_col is not None:
-            raise ConfigError(
-                "fit output with batch_col (each batch normalized with its own state) is not "
-                "supported yet; fit, then run transform, which uses the final state"
-            )
         _check_outputs(self)
 
 
-_OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "handle_invalid")
+_OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "apply_at", "handle_invalid")
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,11 @@ A real local Spark job end to end, on data it generates with Spark itself:
 1. 1.2 million sensor readings over 12 days, written as Parquet: ``temperature`` drifts
    upwards day by day, the spread of ``pressure`` grows, ``latency_ms`` is skewed and has
    1% nulls;
-2. an MXNorm backfill over the batch column ``day``: one distributed pass computes every
-   day's moments (:func:`~mxnorm_spark.aggregate.moments_by_batch`), folded day by day
-   (ascending) into the EMA state;
-3. the per-day evolution of the state and the fitted state itself;
-4. the data normalized with the fitted state (:func:`~mxnorm_spark.apply.normalize`) and
-   written as Parquet, with a per-day summary of the normalized columns;
+2. a backfill with the Spark ML estimator ``MXNorm(batchCol="day")``: one distributed
+   pass computes every day's moments, folded day by day (ascending) into the EMA state;
+3. the per-day evolution of the state (``model.history``) and the fitted state itself;
+4. the data normalized point-in-time (``applyAt="before"``: each day with the state from
+   before it) and written as Parquet, with a per-day summary of the normalized columns;
 5. the state saved as JSON, readable with ``mxnorm-spark inspect``;
 6. a short available-now Structured Streaming run over four new days of files,
    warm-started from that state (:func:`mxnorm_spark.streaming.demo_stream`), with its
@@ -27,9 +26,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState
 
 if TYPE_CHECKING:
@@ -66,15 +64,19 @@ def generate_events(spark: SparkSession, rows: int, days: int, seed: int = 7) ->
     )
 
 
-def _evolution_table(history: Sequence[tuple[object, Moments, MXNormState]]) -> str:
+def _evolution_table(history: Sequence[tuple[Any, MXNormState]]) -> str:
+    """The state after each day beside the generator's true values (see generate_events)."""
     lines = [
-        f"{'day':>4}  {'rows':>8}  {'temperature: day mean -> state':>31}  "
-        f"{'pressure: day var -> state':>27}  {'latency_ms: state mean':>22}"
+        f"{'day':>4}  {'rows':>8}  {'mean(temperature)':>17} {'(true)':>7}  "
+        f"{'var(pressure)':>13} {'(true)':>7}  {'mean(latency_ms)':>16}"
     ]
-    for day, m, s in history:
+    seen = 0
+    for day, s in history:
+        d = int(day)
+        rows, seen = int(s.count[0]) - seen, int(s.count[0])
         lines.append(
-            f"{day!s:>4}  {int(m.count[0]):>8d}  {m.mean[0]:>14.4f} -> {s.mean[0]:>12.4f}  "
-            f"{m.var[1]:>10.4f} -> {s.var[1]:>12.4f}  {s.mean[2]:>22.4f}"
+            f"{d:>4}  {rows:>8d}  {s.mean[0]:>17.4f} {20 + 0.75 * d:>7.2f}  "
+            f"{s.var[1]:>13.4f} {(1 + 0.25 * d) ** 2:>7.2f}  {s.mean[2]:>16.4f}"
         )
     return "\n".join(lines)
 
@@ -96,8 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.aggregate import moments_by_batch
-    from mxnorm_spark.apply import normalize
+    from mxnorm_spark.ml import MXNorm
     from mxnorm_spark.session import build_session
 
     out = Path(args.output_dir).resolve()
@@ -115,29 +116,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         events = spark.read.parquet(str(events_path))
 
-        print("\n== 2. backfill: the moments of every day in one distributed pass, folded")
-        print(f"       day by day (ascending) into the EMA state, alpha={args.alpha}")
-        per_day = moments_by_batch(events, list(FEATURES), "day")
-        state = MXNormState.create(FEATURES, alpha=args.alpha)
-        history = []
-        for day, moments in per_day:
-            state = state.update(moments)
-            history.append((day, moments, state))
+        print("\n== 2. backfill: MXNorm(batchCol='day') computes every day's moments in one")
+        print(f"       distributed pass and folds them day by day, alpha={args.alpha}")
+        outputs = [f"{c}_z" for c in FEATURES]
+        estimator = MXNorm(
+            inputCols=list(FEATURES),
+            outputCols=outputs,
+            batchCol="day",
+            alpha=args.alpha,
+            applyAt="before",
+        )
+        model = estimator.fit(events)
+        state = model.state
 
         print("\n== 3. the state after each day: temperature drifts +0.75/day and the spread")
         print("       of pressure grows; the EMA follows both with the lag alpha gives it")
-        print(_evolution_table(history))
+        print(_evolution_table(model.history))
         print("\nthe fitted state:")
         print(state.summary())
 
-        print(f"\n== 4. normalizing with the fitted state -> {normalized_path}")
-        outputs = [f"{c}_z" for c in FEATURES]
-        normalize(events, state, list(FEATURES), outputs).write.mode("overwrite").parquet(
-            str(normalized_path)
-        )
+        print(f"\n== 4. normalizing point-in-time -> {normalized_path}")
+        model.transform(events).write.mode("overwrite").parquet(str(normalized_path))
         normalized = spark.read.parquet(str(normalized_path))
-        print("per day: the latest days come out near mean 0 / sd 1, the older ones show")
-        print("the drift the state has moved on from")
+        print("applyAt='before': each day is normalized with the state from before it, as a")
+        print("model serving that day would see it (day 0 with its own moments). The drift")
+        print("shows as the offset of temperature_z and the growing sd of pressure_z:")
         # One row per day: the only data collected to the driver.
         normalized.groupBy("day").agg(
             F.count("*").alias("rows"),

@@ -8,6 +8,7 @@ Results are checked against the DESIGN.md reference loop and plain numpy.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,13 +61,23 @@ def write_csv(path: Path, rows: list[tuple[Any, ...]]) -> Path:
     return path
 
 
-def reference_by_day(rows: list[tuple[Any, ...]], alpha: float) -> Reference:
+def reference_by_day(
+    rows: list[tuple[Any, ...]], alpha: float
+) -> tuple[Reference, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The reference loop over the days, and the (mean, var) each day is normalized with
+    under applyAt="before" (the state before it; the first day its own moments)."""
     ref = Reference(alpha=alpha)
     x = np.array([[a, b] for _, a, b in rows])
     days = np.array([d for d, _, _ in rows])
-    for d in sorted(set(days)):
+    before = {}
+    for d in sorted(set(days.tolist())):
+        if ref.mean is None:
+            before[d] = (x[days == d].mean(0), x[days == d].var(0))
+        else:
+            assert ref.var is not None
+            before[d] = (ref.mean, ref.var)
         ref.adapt(x[days == d])
-    return ref
+    return ref, before
 
 
 def read_parquet(path: Path) -> dict[str, list[Any]]:
@@ -74,22 +85,31 @@ def read_parquet(path: Path) -> dict[str, list[Any]]:
 
 
 @pytest.mark.slow
-def test_cli_fit_inspect_transform_through_subprocess(tmp_path: Path) -> None:
+def test_cli_fit_and_inspect_through_subprocess(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "events.csv", ROWS)
     fit = run(
         [str(BIN / "mxnorm-spark"), "fit", "--input", str(data), "--format", "csv",
          "--cols", "a,b", "--batch-col", "day", "--alpha", "0.25", "--state", "state.json",
-         "--master", "local[1]", *FAST_JVM],
+         "--output", "train", "--output-format", "json", "--output-cols", "a_z,b_z",
+         "--apply-at", "before", "--master", "local[1]", *FAST_JVM],
         tmp_path,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     assert "3 batches (1 .. 3)" in fit.stdout and "state written to" in fit.stdout
 
-    ref = reference_by_day(ROWS, 0.25)
+    ref, before = reference_by_day(ROWS, 0.25)
     state = MXNormState.load(tmp_path / "state.json")
     assert state.features == ("a", "b") and state.alpha == 0.25 and state.batches_seen == 3
     assert ref.mean is not None and ref.var is not None
     assert_state_close(state.mean, state.var, ref.mean, ref.var)
+    # --output with --apply-at before: each day normalized with the state before it.
+    lines = [json.loads(line) for f in sorted((tmp_path / "train").glob("*.json"))
+             for line in f.read_text().splitlines()]  # fmt: skip
+    assert sorted((r["day"], r["a"]) for r in lines) == sorted((d, a) for d, a, _ in ROWS)
+    for r in lines:
+        mean, var = before[r["day"]]
+        want = (np.array([r["a"], r["b"]]) - mean) / np.sqrt(var + 1e-8)
+        np.testing.assert_allclose([r["a_z"], r["b_z"]], want, rtol=1e-9)
 
     shown = run([sys.executable, "-m", "mxnorm_spark", "inspect", "state.json", "--json"], tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -214,15 +234,17 @@ def test_demo_on_small_data(spark: Any, tmp_path: Path, capsys: pytest.CaptureFi
     argv.append("--skip-stream")  # the stream part has its own tests
     assert demo.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "temperature: day mean -> state" in printed and str(tmp_path / "normalized") in printed
+    assert "mean(temperature)" in printed and str(tmp_path / "normalized") in printed
 
     # The reference loop over the generated data, day by day (NaN-aware: 1% nulls).
     events = read_parquet(tmp_path / "events")
     x = np.array([events[c] for c in demo.FEATURES], dtype=np.float64).T
     days = np.array(events["day"])
+    before: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     mean = var = None
     for d in sorted(set(days.tolist())):
         m, v = two_pass(x[days == d])
+        before[d] = (m, v) if mean is None else (mean, var)  # applyAt="before"
         mean, var = (m, v) if mean is None else ((1 - alpha) * mean + alpha * m,
                                                  (1 - alpha) * var + alpha * v)  # fmt: skip
     state = MXNormState.load(tmp_path / "state.json")
@@ -233,5 +255,7 @@ def test_demo_on_small_data(spark: Any, tmp_path: Path, capsys: pytest.CaptureFi
     out = read_parquet(tmp_path / "normalized")
     z = np.array([out[f"{c}_z"] for c in demo.FEATURES], dtype=np.float64).T
     raw = np.array([out[c] for c in demo.FEATURES], dtype=np.float64).T
-    np.testing.assert_array_equal(z, state.normalize(raw))  # the serving path's bits
+    mu = np.array([before[d][0] for d in out["day"]])
+    sd = np.sqrt(np.array([before[d][1] for d in out["day"]]) + 1e-8)
+    np.testing.assert_allclose(z, (raw - mu) / sd, rtol=1e-9, atol=1e-12)
     assert len(out["day"]) == 3000 and np.isnan(raw[:, 2]).any()

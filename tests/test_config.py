@@ -74,7 +74,7 @@ def test_values_are_typed_and_defaults_filled() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[fit]\nalpah = 0.1\n", "unknown key 'alpah' in [fit]; valid keys: alpha, batch_col"),
+        ("[fit]\nalpah = 0.1\n", "unknown key 'alpah' in [fit]; valid keys: alpha, apply_at"),
         ("[fitt]\n", "unknown table [fitt]; valid tables: [spark], [fit], [transform], [stream]"),
         ("[transform]\nmode = 'replace'\n", "[transform] mode: expected one of"),
         ("[fit]\nalpha = '0.1'\n", '[fit] alpha: expected a number in (0, 1] or "cumulative"'),
@@ -102,8 +102,7 @@ def test_bad_config_is_rejected_with_the_key(text: str, message: str) -> None:
     [
         ("input_col = 'v'\n", "either cols (scalar columns) or input_col"),
         ("var_update = 'mixture'\nalpha = 'cumulative'\n", "takes no var_update or decay"),
-        ("handle_invalid = 'skip'\n", "handle_invalid only apply to the normalized output"),
-        ("output = 'o'\nbatch_col = 'd'\n", "fit output with batch_col (each batch normalized"),
+        ("apply_at = 'before'\n", "apply_at only apply to the normalized output: add output"),
         ("output = 'o'\noutput_cols = ['x']\n", "output_cols has 1 names but cols has 2"),
     ],
 )
