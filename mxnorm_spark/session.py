@@ -93,7 +93,8 @@ def build_session(
 
     ``master=None`` keeps spark-submit's master, or runs ``local[*]`` outside spark-submit.
     An active session is reused with only the explicit ``conf`` / ``properties_file``
-    settings applied (runtime SQL settings take effect; others need a new session).
+    settings applied (runtime SQL settings take effect; others need a new session) and
+    its log level left alone.
     For a local run, ``SPARK_LOCAL_IP`` and ``PYSPARK_PYTHON`` default to 127.0.0.1 and
     this interpreter, so the Python workers import the same environment.
     """
@@ -108,9 +109,10 @@ def build_session(
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     props = session_conf(effective, conf, properties_file)
-    if SparkSession.getActiveSession() is not None:
+    reusing = SparkSession.getActiveSession() is not None
+    if reusing:
         # Reusing a session (a notebook, a test suite, an embedding job): only what the
-        # caller asked for explicitly is applied, never our defaults.
+        # caller asked for explicitly is applied, never our defaults or log level.
         props = {k: v for k, v in props.items() if k in _explicit(conf, properties_file)}
     elif submitted is not None:
         # What the user told spark-submit beats our defaults; only explicit settings
@@ -122,12 +124,14 @@ def build_session(
         builder = builder.master(master)
     elif submitted is None:
         builder = builder.master("local[*]")
-    # spark.log.level acts while the context starts, before setLogLevel below can.
-    props.setdefault("spark.log.level", log_level)
+    if not reusing:
+        # spark.log.level acts while the context starts, before setLogLevel below can.
+        props.setdefault("spark.log.level", log_level)
     for key, value in props.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(log_level)
+    if not reusing:
+        spark.sparkContext.setLogLevel(log_level)
     return spark
 
 
