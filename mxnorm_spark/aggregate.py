@@ -82,7 +82,8 @@ class InputSpec:
         assert self.input_col is not None
         c = quote(self.input_col)
         if self.kind == "vector":
-            return vector_to_array(c)
+            # vector_to_array fails on a null vector instead of returning null.
+            return F.when(c.isNotNull(), vector_to_array(c))
         return c.cast(T.ArrayType(T.DoubleType()))
 
     def scalar_doubles(self) -> list[Column]:

@@ -223,6 +223,13 @@ def _targets_where(
     )
 
 
+def to_vector(arr: Column) -> Column:
+    """``array<double>`` to a dense ml vector; null stays null (``array_to_vector`` fails)."""
+    from pyspark.ml.functions import array_to_vector
+
+    return F.when(arr.isNotNull(), array_to_vector(arr))
+
+
 # ---- plans -------------------------------------------------------------------------------
 def _scalar_plan(
     df: DataFrame,
@@ -266,8 +273,6 @@ def _vector_plan(
     handle_invalid: str,
     engine: str,
 ) -> DataFrame:
-    from pyspark.ml.functions import array_to_vector
-
     assert spec.input_col is not None
     name, dim = spec.input_col, constants.n_features
     tmp = "__mx_arr"
@@ -305,14 +310,14 @@ def _vector_plan(
             .otherwise(vals)
         )
         if spec.kind == "vector":
-            out = array_to_vector(out)
+            out = to_vector(out)
         return df.withColumn(output, out).drop(tmp)
     names = df.columns
     target = _targets_where(
         names, constants, index=names.index(tmp), column=name, is_list=True, feature=0
     )
     done = df.mapInArrow(_arrow_map([target], handle_invalid == "error"), df.schema)
-    out = array_to_vector(a) if spec.kind == "vector" else a
+    out = to_vector(a) if spec.kind == "vector" else a
     return done.withColumn(output, out).drop(tmp)
 
 

@@ -1,0 +1,207 @@
+"""Distributed moments (aggregate.py) against numpy two-pass and exact arithmetic."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+from reference import assert_state_close, exact_var, two_pass
+
+from mxnorm_spark import (
+    EmptyInputError,
+    FeatureMismatchError,
+    InvalidParameterError,
+    InvalidValueError,
+    MissingColumnError,
+    NonNumericError,
+)
+from mxnorm_spark.aggregate import batch_moments, feature_names, moments_by_batch
+
+pytestmark = pytest.mark.spark
+ENGINES = ["sql", "arrow"]
+INF, NAN = float("inf"), float("nan")
+
+
+def bits(a: np.ndarray) -> list[int]:
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.int64).tolist()
+
+
+def with_jobs(spark: Any, fn: Any) -> tuple[Any, int]:
+    """``fn()`` and the number of Spark jobs it ran."""
+    sc = spark.sparkContext
+    group = f"count-{id(fn)}"
+    sc.setJobGroup(group, "counted")
+    try:
+        out = fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return out, len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.fixture(scope="module")
+def mixed(spark: Any) -> tuple[Any, np.ndarray]:
+    """Every accepted numeric type, with null, NaN and +/-inf sprinkled in, 3 partitions."""
+    rng = np.random.default_rng(3)
+    n = 60
+    x = np.column_stack(
+        [
+            rng.integers(-50, 50, n),  # byte
+            rng.integers(-1000, 1000, n),  # short
+            rng.integers(-(10**6), 10**6, n),  # int
+            rng.integers(-(10**12), 10**12, n),  # long
+            rng.normal(3, 2, n).astype(np.float32),  # float
+            rng.normal(-7, 0.5, n),  # double
+            np.round(rng.normal(100, 10, n), 3),  # decimal(10,3)
+        ]
+    ).astype(np.float64)
+    rows = []
+    for i, r in enumerate(x):
+        row: list[Any] = [int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5])]
+        row.append(Decimal(f"{r[6]:.3f}"))
+        x[i, 6] = float(row[-1])
+        rows.append(row)
+    # Invalid values: nulls in integer/decimal columns, NaN/inf in floating ones.
+    for i, j in [(1, 0), (5, 2), (7, 6), (11, 3)]:
+        rows[i][j] = None
+        x[i, j] = np.nan
+    for i, j, v in [(2, 4, NAN), (3, 5, INF), (9, 5, -INF), (13, 4, INF), (17, 5, NAN)]:
+        rows[i][j] = v
+        x[i, j] = np.nan
+    schema = "b byte, s short, i int, l long, f float, d double, m decimal(10,3)"
+    df = spark.createDataFrame(rows, schema).repartition(3)
+    return df, x
+
+
+COLS = ["b", "s", "i", "l", "f", "d", "m"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scalar_moments_equal_numpy_two_pass(mixed: Any, engine: str) -> None:
+    df, x = mixed
+    m = batch_moments(df, COLS, engine=engine)
+    ref_mean, ref_var = two_pass(x)
+    assert m.count.tolist() == np.isfinite(x).sum(axis=0).tolist()
+    assert_state_close(m.mean, m.var, ref_mean, ref_var, 1e-12)
+
+
+def test_engines_agree_and_repeat_bit_for_bit(mixed: Any) -> None:
+    df, _ = mixed
+    runs = {e: [batch_moments(df, COLS, engine=e) for _ in range(2)] for e in ENGINES}
+    for first, second in runs.values():  # same input and partitioning: same bits
+        for name in ("count", "shift", "delta", "m2"):
+            assert bits(getattr(first, name)) == bits(getattr(second, name))
+    sql, arrow = runs["sql"][0], runs["arrow"][0]
+    assert_state_close(sql.mean, sql.var, arrow.mean, arrow.var, 1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_large_offset_keeps_its_variance(spark: Any, engine: str) -> None:
+    rng = np.random.default_rng(11)
+    values = 1e9 + rng.normal(0.0, 1.0, 2000)
+    df = spark.createDataFrame([(float(v),) for v in values], "x double").repartition(4)
+    m = batch_moments(df, ["x"], engine=engine)
+    exact = exact_var(values)
+    assert abs(float(m.var[0]) - float(exact)) / float(exact) < 1e-12  # 1e-9 required
+    assert abs(float(m.mean[0]) - float(np.mean(values - 1e9)) - 1e9) < 1e-6
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_skew_into_one_of_200_partitions(spark: Any, engine: str) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, (300, 2))
+    df = spark.createDataFrame([(0, float(a), float(b)) for a, b in x], "k int, a double, c double")
+    skewed = df.repartition(200, "k")  # every row hashes to one partition; 199 are empty
+    assert skewed.rdd.getNumPartitions() == 200
+    m = batch_moments(skewed, ["a", "c"], engine=engine)
+    assert_state_close(m.mean, m.var, *two_pass(x), 1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["vector", "array"])
+def test_vector_and_array_columns(spark: Any, engine: str, kind: str) -> None:
+    from mxnorm_spark.apply import to_vector
+
+    rng = np.random.default_rng(9)
+    x = rng.normal([1.0, -4.0, 1e6], [1.0, 0.1, 5.0], (40, 3))
+    x[3, 1] = np.nan
+    rows = [([float(v) for v in r],) for r in x] + [(None,)]  # a null row is skipped
+    df = spark.createDataFrame(rows, "arr array<double>").repartition(2)
+    col = "arr"
+    if kind == "vector":
+        df = df.withColumn("vec", to_vector(df["arr"])).drop("arr")
+        col = "vec"
+    m = batch_moments(df, input_col=col, engine=engine)
+    assert m.n_features == 3
+    assert_state_close(m.mean, m.var, *two_pass(x), 1e-12)
+    assert feature_names(df, input_col=col) == [f"{col}[0]", f"{col}[1]", f"{col}[2]"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_moments_by_batch_one_pass_in_ascending_order(spark: Any, engine: str) -> None:
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(21)
+    days = [dt.date(2024, 1, d) for d in (3, 1, 2, 5, 4)]
+    data = {d: rng.normal(i, 1 + i, (8 + i, 2)) for i, d in enumerate(days)}
+    rows = [(d, float(a), float(b)) for d, x in data.items() for a, b in x]
+    df = spark.createDataFrame(rows, "day date, a double, c double").repartition(3)
+    groups, jobs = with_jobs(spark, lambda: moments_by_batch(df, ["a", "c"], "day", engine=engine))
+    one = df.withColumn("day", F.lit(days[0]))
+    _, jobs_one = with_jobs(spark, lambda: moments_by_batch(one, ["a", "c"], "day", engine=engine))
+    assert jobs == jobs_one  # one distributed pass, not one job per batch value
+    assert [d for d, _ in groups] == sorted(days)
+    for d, m in groups:
+        assert_state_close(m.mean, m.var, *two_pass(data[d]), 1e-12)
+
+
+def test_batch_column_with_nulls_fails(spark: Any) -> None:
+    df = spark.createDataFrame([(1, 1.0), (None, 2.0)], "b int, x double")
+    with pytest.raises(InvalidValueError, match="batch column 'b' is null"):
+        moments_by_batch(df, ["x"], "b")
+
+
+def test_shift_and_empty_input(spark: Any) -> None:
+    df = spark.createDataFrame([(1e9 + 1,), (1e9 + 3,), (None,)], "x double")
+    for engine in ENGINES:
+        m = batch_moments(df, ["x"], engine=engine, shift=[1e9])
+        assert m.count.tolist() == [2.0] and m.var.tolist() == [1.0]
+    empty = df.where("x < 0")
+    for engine in ENGINES:
+        with pytest.raises(EmptyInputError, match="no rows"):
+            batch_moments(empty, ["x"], engine=engine)
+        got = batch_moments(empty, ["x"], engine=engine, allow_empty=True)
+        assert got.count.tolist() == [0.0]
+    all_invalid = spark.createDataFrame([(None,), (NAN,)], "x double")
+    assert batch_moments(all_invalid, ["x"]).count.tolist() == [0.0]
+
+
+def test_errors_name_the_problem_before_any_job(spark: Any) -> None:
+    df = spark.createDataFrame([(1.0, "s", [1.0])], "x double, name string, arr array<double>")
+
+    def check() -> None:
+        with pytest.raises(MissingColumnError, match=r"\['nope'\].*\['x', 'name', 'arr'\]"):
+            batch_moments(df, ["x", "nope"])
+        with pytest.raises(NonNumericError, match=r"'name' \(string\)"):
+            batch_moments(df, ["x", "name"])
+        with pytest.raises(NonNumericError, match="input_col 'name' has type string"):
+            batch_moments(df, input_col="name")
+        with pytest.raises(InvalidParameterError, match=r"engine must be one of"):
+            batch_moments(df, ["x"], engine="gpu")
+        with pytest.raises(InvalidParameterError, match="exactly one of cols"):
+            batch_moments(df, ["x"], input_col="arr")
+        with pytest.raises(InvalidParameterError, match="got the string 'x'"):
+            batch_moments(df, "x")  # type: ignore[arg-type]
+        with pytest.raises(MissingColumnError, match="nope"):
+            moments_by_batch(df, ["x"], "nope")
+
+    assert with_jobs(spark, check)[1] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_vectors_of_varying_length_fail(spark: Any, engine: str) -> None:
+    df = spark.createDataFrame([([1.0, 2.0],), ([1.0, 2.0, 3.0],)], "arr array<double>")
+    with pytest.raises(FeatureMismatchError, match=r"'arr' holds vectors of varying length"):
+        batch_moments(df.repartition(1), input_col="arr", engine=engine)
