@@ -421,10 +421,42 @@ def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return md, png
 
 
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs done one after the other (e.g. a rerun of the cases that failed).
+
+    Later runs win for the same (case, dataset) and for streaming; the metadata is the
+    first run's, with the wall time summed and the last run's end load.
+    """
+    meta = dict(parts[0]["meta"])
+    meta["wall_s"] = sum(p["meta"]["wall_s"] for p in parts)
+    meta["load_end"] = parts[-1]["meta"]["load_end"]
+    meta["complete"] = all(p["meta"].get("complete", True) for p in parts)
+    meta["command"] = " ; ".join(dict.fromkeys(p["meta"]["command"] for p in parts))
+    datasets_: dict[str, Any] = {}
+    batch: dict[tuple[str, str], Any] = {}
+    streaming: list[Any] = []
+    for p in parts:
+        datasets_.update({d["name"]: d for d in p.get("datasets", [])})
+        batch.update({(r["case"], r["dataset"]): r for r in p.get("batch", [])})
+        streaming = p.get("streaming") or streaming
+    return {
+        "meta": meta,
+        "datasets": list(datasets_.values()),
+        "batch": list(batch.values()),
+        "streaming": streaming,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report [RESULTS.json]`` or ``--merge OUT.json A.json B.json ...``."""
     args = sys.argv[1:] if argv is None else argv
-    src = Path(args[0] if args else Path(__file__).parent / "results.json")
-    results = json.loads(src.read_text())
+    if args and args[0] == "--merge":
+        src = Path(args[1])
+        results = merge([json.loads(Path(a).read_text()) for a in args[2:]])
+        src.write_text(json.dumps(results, indent=1))
+    else:
+        src = Path(args[0] if args else Path(__file__).parent / "results.json")
+        results = json.loads(src.read_text())
     md, png = write_report(results, src.parent)
     print(f"wrote {md} and {png}")
     print("\n".join(readme_table(results)))

@@ -143,7 +143,10 @@ def _launch(module: str, spec: dict[str, Any], log: Path, timeout: float) -> dic
                 proc.wait()
                 code = f"timed out after {timeout:.0f} s"
         if result_path.exists():
-            return dict(json.loads(result_path.read_text()))
+            result = dict(json.loads(result_path.read_text()))
+            if isinstance(code, str):
+                result["check"] = f"{code}, after the repetitions shown"
+            return result
         return {"error": f"worker exited with {code} and no result (see {log})"}
 
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def _rows(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(
+    spec: dict[str, Any], progress: Callable[[dict[str, Any]], object] | None = None
+) -> dict[str, Any]:
     name = spec["case"]
     ds = Dataset(**spec["dataset"])
     data = Path(spec["data_path"])
@@ -67,6 +70,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 elapsed = time.perf_counter() - t0
             result["sinks"][sink]["times"].append(elapsed)
             peaks[sink] = peaks[sink].max(mem.peaks)
+            result["sinks"][sink]["peak_mib"] = peaks[sink].as_mib()
+            if progress is not None:  # a run stopped by the time limit keeps what it measured
+                progress(result)
     for sink, peak in peaks.items():
         result["sinks"][sink]["peak_mib"] = peak.as_mib()
 
@@ -80,8 +86,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text())
+    out = Path(args[1])
     try:
-        result = run(spec)
+        result = run(spec, lambda r: out.write_text(json.dumps(r, indent=1)))
     except Exception as exc:
         result = {
             "case": spec["case"],
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
             "traceback": traceback.format_exc(),
         }
-    Path(args[1]).write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
     return 0
 
 
