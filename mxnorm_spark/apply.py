@@ -133,13 +133,16 @@ def _check_arrow_values(values: pa.Array, column: str) -> None:
 
 @dataclass(frozen=True)
 class _Target:
-    """One column the Arrow pass rewrites in place, and where its constants come from.
+    """One column the Arrow pass computes, and where its constants come from.
 
-    ``mean``/``scale`` are plain numpy (literal constants, sliced to the feature(s) of this
-    column); otherwise ``mean_index``/``scale_index`` locate per-row ``list<double>``
-    columns and ``feature`` the element of a scalar column.
+    It reads column ``source`` of the batch and writes output column ``index`` (an
+    existing position is replaced, a new one appended). ``mean``/``scale`` are plain numpy
+    (literal constants, sliced to the feature(s) of this column); otherwise
+    ``mean_index``/``scale_index`` locate per-row ``list<double>`` columns and ``feature``
+    the element of a scalar column.
     """
 
+    source: int
     index: int
     column: str
     is_list: bool
@@ -189,30 +192,48 @@ def _normalize_lists(t: _Target, lists: pa.Array, rb: pa.RecordBatch, check: boo
     return pa.ListArray.from_arrays(pa.array(offsets), out, mask=mask).cast(lists.type)
 
 
-def _arrow_map(targets: list[_Target], check: bool) -> Any:
-    """The ``mapInArrow`` function: closed over plain constants, never a session."""
+def _arrow_map(targets: list[_Target], names: list[str], check: bool) -> Any:
+    """The ``mapInArrow`` function: closed over plain constants, never a session.
+
+    ``names`` are the output columns: the input ones, then the appended outputs.
+    """
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for rb in batches:
+            width = rb.num_columns
             arrays = list(rb.columns)
             for t in targets:
-                x = rb.column(t.index)
+                x = rb.column(t.source)
                 if t.is_list:
-                    arrays[t.index] = _normalize_lists(t, x, rb, check)
+                    z = _normalize_lists(t, x, rb, check)
                 else:
-                    arrays[t.index] = _normalize_array(t, x, rb, check)
-            yield pa.RecordBatch.from_arrays(arrays, schema=rb.schema)
+                    z = _normalize_array(t, x, rb, check)
+                if t.index < width:
+                    arrays[t.index] = z
+                else:
+                    arrays.append(z)
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
 
     return fn
 
 
-def _targets_where(
-    names: list[str], c: Constants, *, index: int, column: str, is_list: bool, feature: int
+def _target(
+    names: list[str],
+    c: Constants,
+    *,
+    source: int,
+    index: int,
+    column: str,
+    is_list: bool,
+    feature: int,
 ) -> _Target:
     if c.mean is not None and c.scale is not None:
         sl = slice(None) if is_list else slice(feature, feature + 1)
-        return _Target(index, column, is_list, c.n_features, feature, c.mean[sl], c.scale[sl])
+        return _Target(
+            source, index, column, is_list, c.n_features, feature, c.mean[sl], c.scale[sl]
+        )
     return _Target(
+        source,
         index,
         column,
         is_list,
@@ -254,14 +275,41 @@ def _scalar_plan(
             exprs[out_name] = _raise_if_invalid(x, name, out) if check else out
         return df.withColumns(exprs)
     # One mapInArrow over the whole row: measured faster than one Arrow UDF per column,
-    # whose results Spark must join back to rows it buffers on the side.
-    staged = df.withColumns(dict(zip(outputs, xs, strict=True)))
+    # whose results Spark must join back to rows it buffers on the side. Only inputs that
+    # are not double yet are cast (in the JVM) into temporary columns; outputs replace a
+    # column of the same name or are appended, so no column crosses to Python twice.
+    cast = {
+        f"__mx_in{j}": x
+        for j, (c, x) in enumerate(zip(spec.cols, xs, strict=True))
+        if not isinstance(df.schema[c].dataType, T.DoubleType)
+    }
+    staged = df.withColumns(cast) if cast else df
     names = staged.columns
-    targets = [
-        _targets_where(names, constants, index=names.index(o), column=c, is_list=False, feature=j)
-        for j, (c, o) in enumerate(zip(spec.cols, outputs, strict=True))
-    ]
-    return staged.mapInArrow(_arrow_map(targets, check), staged.schema)
+    fields = list(staged.schema.fields)
+    targets = []
+    for j, (c, o) in enumerate(zip(spec.cols, outputs, strict=True)):
+        source = names.index(f"__mx_in{j}" if f"__mx_in{j}" in cast else c)
+        field = T.StructField(o, T.DoubleType(), True)
+        if o in names:
+            index = names.index(o)
+            fields[index] = field
+        else:
+            index = len(fields)
+            fields.append(field)
+        targets.append(
+            _target(
+                names,
+                constants,
+                source=source,
+                index=index,
+                column=c,
+                is_list=False,
+                feature=j,
+            )
+        )
+    schema = T.StructType(fields)
+    fn = _arrow_map(targets, [f.name for f in fields], check)
+    return staged.mapInArrow(fn, schema).drop(*cast)
 
 
 def _vector_plan(
@@ -313,10 +361,9 @@ def _vector_plan(
             out = to_vector(out)
         return df.withColumn(output, out).drop(tmp)
     names = df.columns
-    target = _targets_where(
-        names, constants, index=names.index(tmp), column=name, is_list=True, feature=0
-    )
-    done = df.mapInArrow(_arrow_map([target], handle_invalid == "error"), df.schema)
+    at = names.index(tmp)
+    target = _target(names, constants, source=at, index=at, column=name, is_list=True, feature=0)
+    done = df.mapInArrow(_arrow_map([target], names, handle_invalid == "error"), df.schema)
     out = to_vector(a) if spec.kind == "vector" else a
     return done.withColumn(output, out).drop(tmp)
 
