@@ -397,7 +397,8 @@ def readme_table(results: dict[str, Any]) -> list[str]:
         "| time / SQL (noop) |",
         "|---|---:|---:|---:|---:|",
     ]
-    rows = batch_rows(results, TARGET_DATASET) if datasets(results) else []
+    present = any(d["name"] == TARGET_DATASET for d in datasets(results))
+    rows = batch_rows(results, TARGET_DATASET) if present else []
     for case in CASE_ORDER:
         noop = next((r for r in rows if r["case"] == case and r["sink"] == "noop"), None)
         pq_ = next((r for r in rows if r["case"] == case and r["sink"] == "parquet"), None)
