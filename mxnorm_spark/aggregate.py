@@ -12,7 +12,8 @@ bits on every run. Two engines compute the partials:
 * ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
   shifted coordinates) on every Arrow record batch, merged within the partition.
 
-``auto`` picks ``sql`` (faster for every input kind, measured; see README ``## Spark batch``).
+``auto`` picks ``sql`` for scalar columns and ``arrow`` for a vector/array column (each
+measured faster there; see README ``## Spark batch``).
 
 Invalid values (null, NaN, +/-inf) never enter the moments. Input columns may be scalar
 numeric columns (byte, short, int, long, float, double, decimal: read as float64), or one
@@ -141,9 +142,17 @@ def resolve_input(df: DataFrame, cols: Sequence[str] | None, input_col: str | No
     return InputSpec("scalar", names)
 
 
-def check_engine(engine: str) -> Literal["arrow", "sql"]:
-    """Validate ``engine`` and resolve ``auto`` to the faster engine (``sql``)."""
+def check_engine(
+    engine: str, kind: str = "scalar", *, moments: bool = False
+) -> Literal["arrow", "sql"]:
+    """Validate ``engine`` and resolve ``auto`` to the engine measured faster.
+
+    That is ``sql``, except for the moments of a vector or array column, where one numpy
+    reshape per Arrow batch beats one ``get(array, i)`` aggregate per element.
+    """
     check_choice("engine", engine, ENGINES)
+    if engine == "auto":
+        return "arrow" if moments and kind != "scalar" else "sql"
     return "arrow" if engine == "arrow" else "sql"
 
 
@@ -504,8 +513,9 @@ def _compute(
     batch_col: str | None,
     allow_empty: bool,
 ) -> tuple[list[tuple[Any, Moments]], int]:
+    check_engine(engine)
     spec = resolve_input(df, cols, input_col)
-    eng = check_engine(engine)
+    eng = check_engine(engine, spec.kind, moments=True)
     if batch_col is not None:
         _check_batch_col(df, batch_col)
         if spec.kind == "scalar" and batch_col in spec.cols:

@@ -192,6 +192,31 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
     def getEngine(self) -> str:
         return self.getOrDefault(self.engine)
 
+    # Setters for what a fitted model may still change (fit-only options are on MXNorm).
+    def setInputCols(self, value: list[str]) -> Any:
+        return self._set(inputCols=value)
+
+    def setOutputCols(self, value: list[str]) -> Any:
+        return self._set(outputCols=value)
+
+    def setInputCol(self, value: str) -> Any:
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> Any:
+        return self._set(outputCol=value)
+
+    def setBatchCol(self, value: str) -> Any:
+        return self._set(batchCol=value)
+
+    def setApplyAt(self, value: str) -> Any:
+        return self._set(applyAt=value)
+
+    def setHandleInvalid(self, value: str) -> Any:
+        return self._set(handleInvalid=value)
+
+    def setEngine(self, value: str) -> Any:
+        return self._set(engine=value)
+
     def _columns(
         self, required: bool
     ) -> tuple[list[str] | None, list[str] | None, str | None, str | None]:
@@ -293,6 +318,21 @@ class MXNorm(
     ) -> MXNorm:
         return self._set(**self._input_kwargs)  # type: ignore[attr-defined,no-any-return]
 
+    def setAlpha(self, value: float | str | None) -> MXNorm:
+        return self._set(alpha="cumulative" if value is None else value)  # type: ignore[no-any-return]
+
+    def setEpsilon(self, value: float) -> MXNorm:
+        return self._set(epsilon=value)  # type: ignore[no-any-return]
+
+    def setVarUpdate(self, value: str) -> MXNorm:
+        return self._set(varUpdate=value)  # type: ignore[no-any-return]
+
+    def setDecay(self, value: str) -> MXNorm:
+        return self._set(decay=value)  # type: ignore[no-any-return]
+
+    def setZeroVariance(self, value: str) -> MXNorm:
+        return self._set(zeroVariance=value)  # type: ignore[no-any-return]
+
     def _set(self, **kwargs: Any) -> Any:
         # None for alpha means "cumulative"; other None values mean "leave unset".
         if "alpha" in kwargs and kwargs["alpha"] is None:
@@ -301,7 +341,8 @@ class MXNorm(
 
     def _fit(self, dataset: DataFrame) -> MXNormModel:
         cols, _, input_col, _ = self._columns(required=True)
-        engine = check_engine(self.getEngine())
+        engine = self.getEngine()
+        check_engine(engine)
         batch_col = self.getBatchCol()
         resolve_input(dataset, cols, input_col)
         # Validate every option before any Spark job.

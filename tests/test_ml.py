@@ -128,6 +128,21 @@ def test_vector_input_without_batches(spark: Any, days: Any) -> None:
     assert bits(z) == bits(model.state.normalize(batches[30]))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_array_backfill_equals_scalar_columns_bit_for_bit(days: Any, engine: str) -> None:
+    from pyspark.sql import functions as F
+
+    df, _ = days
+    arr = df.withColumn("f", F.array("a", "c"))
+    scalar = MXNorm(inputCols=["a", "c"], outputCols=["za", "zc"], batchCol="day", engine=engine)
+    vector = MXNorm(inputCol="f", outputCol="f", batchCol="day", applyAt="before", engine=engine)
+    want = scalar.setApplyAt("before").fit(df).transform(df).orderBy("id").collect()
+    model = vector.fit(arr)
+    assert model.state.features == ("f[0]", "f[1]")
+    got = model.transform(arr).orderBy("id").collect()
+    assert [list(r.f) for r in got] == [[r.za, r.zc] for r in want]
+
+
 def test_pipeline_and_model_persistence_round_trip(days: Any, tmp_path: Path) -> None:
     from pyspark.ml import Pipeline, PipelineModel
 
