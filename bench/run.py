@@ -55,6 +55,9 @@ METHOD = [
     "- Ratios are pair by pair: repetition i of a case against repetition i of the "
     "baseline in the same run, median (min-max) of those ratios. `x MLlib` is a throughput "
     "ratio (higher is better); `time / SQL` a time ratio (lower is better).",
+    "- A case still running after `--timeout` seconds (default 300) is stopped with its JVM; "
+    "the table keeps the repetitions it finished and says so in `output` (a full-data pass "
+    "that never finished shows as failed).",
     "- Peak memory: a psutil thread samples every 0.1 s the RSS of the driver, of the JVM "
     "and of all Python processes under the JVM (summed; forked workers share pages, so "
     "this is an upper bound), maximum over the timed repetitions.",
@@ -175,7 +178,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the report goes")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where inputs are generated")
     p.add_argument("--work-dir", type=Path, default=BENCH_DIR / "work", help="scratch outputs")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
+    p.add_argument(
+        "--timeout", type=float, default=300, help="seconds per case (a process); stops it there"
+    )
     p.add_argument("--note", default="", help="a sentence added under the title of RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 1:
