@@ -337,7 +337,13 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
 
     dss = datasets(results)
     panels = len(dss) + (1 if results.get("streaming") else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.6 * max(panels, 1), 4.2), squeeze=False)
+    ncols = 2 if panels > 2 else max(panels, 1)
+    nrows = -(-max(panels, 1) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.2 * nrows), squeeze=False)
+    flat = list(grid.flat)
+    for extra in flat[panels:]:
+        extra.set_visible(False)
+    axes = [flat]
     colors = {"noop": "#4c72b0", "parquet": "#dd8452"}
     for ax, ds in zip(axes[0], dss, strict=False):
         rows = [r for r in batch_rows(results, ds["name"]) if r["time"] is not None]
