@@ -22,6 +22,7 @@ numeric columns (byte, short, int, long, float, double, decimal: read as float64
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -429,7 +430,7 @@ def _arrow_moments_fn(
                     enc = pc.dictionary_encode(rb.column(0), null_encoding="encode")
                     codes = enc.indices.to_numpy(zero_copy_only=False)
                     keys = enc.dictionary.to_pylist()
-                    groups = [(keys[c], rb.filter(pa.array(codes == c))) for c in range(len(keys))]
+                    groups = _split_by_code(rb, codes, keys)
                 else:
                     groups = [(None, rb)]
                 for key, part in groups:
@@ -451,6 +452,21 @@ def _arrow_moments_fn(
             yield _partial_batch(by_batch, batch_type, list(acc.values()), pid)
 
     return fn
+
+
+def _split_by_code(
+    rb: pa.RecordBatch, codes: np.ndarray, keys: list[Any]
+) -> list[tuple[Any, pa.RecordBatch]]:
+    """The rows of each batch value, in one stable sort (not one filter per value)."""
+    if len(keys) == 1:
+        return [(keys[0], rb)]
+    order = np.argsort(codes, kind="stable")
+    ordered = rb.take(pa.array(order))
+    sorted_codes = codes[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_codes)) + 1).tolist(), len(order)]
+    return [
+        (keys[int(sorted_codes[a])], ordered.slice(a, b - a)) for a, b in itertools.pairwise(bounds)
+    ]
 
 
 class _VaryingLength(Exception):
