@@ -172,7 +172,7 @@ def _stream_rows(results: dict[str, Any]) -> str:
     for r in results.get("streaming", []):
         tp = r.get("throughput")
         if tp:
-            return f"{tp['rows']:,}-row ({tp['batches']} micro-batches)"
+            return f"{tp['rows']:,}-row ({tp.get('batches', '?')} micro-batches)"
     return "whole"
 
 

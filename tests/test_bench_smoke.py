@@ -133,13 +133,13 @@ def test_worker_and_report_round_trip(data: dict[str, Path], tmp_path: Path) -> 
             {
                 "impl": "plain",
                 "latency": {"1000": {"timed_ms": [100, 120, 110]}},
-                "throughput": {"rows": 10, "wall_s": 1.0},
+                "throughput": {"rows": 10, "batches": 2, "wall_s": 1.0},
                 "peak_mib": {},
             },
             {
                 "impl": "mxnorm",
                 "latency": {"1000": {"timed_ms": [400, 420, 410]}},
-                "throughput": {"rows": 10, "wall_s": 2.0},
+                "throughput": {"rows": 10, "batches": 2, "wall_s": 2.0},
                 "peak_mib": {},
             },
         ],
@@ -155,5 +155,6 @@ def test_worker_and_report_round_trip(data: dict[str, Path], tmp_path: Path) -> 
     assert "| default engine time <= 1.15x hand-written SQL | 1.00x | met |" in text
     assert "streaming overhead per 1k-row micro-batch < 0.5 s median | 0.300 s | met" in text
     assert "failed: Boom: broken" in text
+    assert "10-row (2 micro-batches) stream" in text
     assert "| mxnorm-auto | noop | 4.00" in text
     assert any("mxnorm_spark, engine=auto" in line for line in report.readme_table(results))
