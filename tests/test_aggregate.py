@@ -47,7 +47,7 @@ def with_jobs(spark: Any, fn: Any) -> tuple[Any, int]:
 
 @pytest.fixture(scope="module")
 def mixed(spark: Any) -> tuple[Any, np.ndarray]:
-    """Every accepted numeric type, with null, NaN and +/-inf sprinkled in, 3 partitions."""
+    """Every accepted numeric type, with null, NaN and +/-inf sprinkled in, 2 partitions."""
     rng = np.random.default_rng(3)
     n = 60
     x = np.column_stack(
@@ -75,7 +75,8 @@ def mixed(spark: Any) -> tuple[Any, np.ndarray]:
         rows[i][j] = v
         x[i, j] = np.nan
     schema = "b byte, s short, i int, l long, f float, d double, m decimal(10,3)"
-    df = spark.createDataFrame(rows, schema).repartition(3)
+    df = spark.createDataFrame(rows, schema)
+    assert df.rdd.getNumPartitions() == 2
     return df, x
 
 
@@ -97,7 +98,7 @@ def test_scalar_moments_equal_numpy_and_repeat_bit_for_bit(mixed: Any) -> None:
 def test_large_offset_keeps_its_variance(spark: Any, engine: str) -> None:
     rng = np.random.default_rng(11)
     values = 1e9 + rng.normal(0.0, 1.0, 2000)
-    df = spark.createDataFrame([(float(v),) for v in values], "x double").repartition(4)
+    df = spark.createDataFrame([(float(v),) for v in values], "x double")
     m = batch_moments(df, ["x"], engine=engine)
     exact = exact_var(values)
     assert abs(float(m.var[0]) - float(exact)) / float(exact) < 1e-12  # 1e-9 required
@@ -127,7 +128,7 @@ def test_vector_and_array_columns(spark: Any, engine: str, kind: str) -> None:
     x = rng.normal([1.0, -4.0, 1e6], [1.0, 0.1, 5.0], (40, 3))
     x[3, 1] = np.nan
     rows = [([float(v) for v in r],) for r in x] + [(None,)]  # a null row is skipped
-    df = spark.createDataFrame(rows, "arr array<double>").repartition(2)
+    df = spark.createDataFrame(rows, "arr array<double>")
     col = "arr"
     if kind == "vector":
         df = df.withColumn("vec", to_vector(df["arr"])).drop("arr")
@@ -146,7 +147,7 @@ def test_moments_by_batch_one_pass_in_ascending_order(spark: Any, engine: str) -
     days = [dt.date(2024, 1, d) for d in (3, 1, 2, 5, 4)]
     data = {d: rng.normal(i, 1 + i, (8 + i, 2)) for i, d in enumerate(days)}
     rows = [(d, float(a), float(b)) for d, x in data.items() for a, b in x]
-    df = spark.createDataFrame(rows, "day date, a double, c double").repartition(3)
+    df = spark.createDataFrame(rows, "day date, a double, c double")
     groups, jobs = with_jobs(spark, lambda: moments_by_batch(df, ["a", "c"], "day", engine=engine))
     one = df.withColumn("day", F.lit(days[0]))
     _, jobs_one = with_jobs(spark, lambda: moments_by_batch(one, ["a", "c"], "day", engine=engine))
@@ -203,4 +204,4 @@ def test_errors_name_the_problem_before_any_job(spark: Any) -> None:
 def test_vectors_of_varying_length_fail(spark: Any, engine: str) -> None:
     df = spark.createDataFrame([([1.0, 2.0],), ([1.0, 2.0, 3.0],)], "arr array<double>")
     with pytest.raises(FeatureMismatchError, match=r"'arr' holds vectors of varying length"):
-        batch_moments(df.repartition(1), input_col="arr", engine=engine)
+        batch_moments(df.coalesce(1), input_col="arr", engine=engine)

@@ -53,7 +53,7 @@ def data(spark: Any) -> tuple[Any, np.ndarray, MXNormState]:
         )
     a[9], b[4] = np.nan, np.nan
     x = np.column_stack([a, b, c])
-    df = spark.createDataFrame(rows, "id int, a double, b int, c decimal(6,2)").repartition(2)
+    df = spark.createDataFrame(rows, "id int, a double, b int, c decimal(6,2)")
     state = MXNormState.create(["a", "b", "c"]).update(Moments.from_array(x[:12]))
     state = state.update(Moments.from_array(x[12:]))
     return df, x, state
@@ -85,7 +85,7 @@ def test_vector_and_array_output_their_own_kind(spark: Any, kind: str) -> None:
     x = rng.normal([0.0, 50.0, -3.0], [1.0, 10.0, 0.01], (12, 3))
     x[1, 2] = np.nan
     rows = [(i, [float(v) for v in r]) for i, r in enumerate(x)] + [(99, None)]
-    df = spark.createDataFrame(rows, "id int, f array<double>").repartition(2)
+    df = spark.createDataFrame(rows, "id int, f array<double>")
     if kind == "vector":
         df = df.withColumn("f", to_vector(df["f"]))
     state = MXNormState.create(["f[0]", "f[1]", "f[2]"]).update(batch_moments(df, input_col="f"))
@@ -134,9 +134,7 @@ def test_single_batch_equals_scikit_learn_standard_scaler(spark: Any) -> None:
     df = spark.createDataFrame(
         [tuple(float(v) for v in r) for r in x], "p double, q double, r double"
     )
-    state = MXNormState.create(["p", "q", "r"], eps=1e-8).update(
-        batch_moments(df.repartition(3), ["p", "q", "r"])
-    )
+    state = MXNormState.create(["p", "q", "r"], eps=1e-8).update(batch_moments(df, ["p", "q", "r"]))
     sk = StandardScaler().fit(x)
     np.testing.assert_allclose(state.mean, sk.mean_, rtol=1e-13, atol=0)
     np.testing.assert_allclose(state.var, sk.var_, rtol=1e-12, atol=0)

@@ -28,7 +28,7 @@ def bits(a: Any) -> list[int]:
 
 @pytest.fixture(scope="module")
 def days(spark: Any) -> tuple[Any, dict[int, np.ndarray]]:
-    """Batches 30, 10, 20 (out of order in the data) of two drifting features, 3 partitions.
+    """Batches 30, 10, 20 (out of order in the data) of two drifting features, 2 partitions.
 
     Feature ``c`` has no valid value in the first batch (day 10).
     """
@@ -43,7 +43,7 @@ def days(spark: Any) -> tuple[Any, dict[int, np.ndarray]]:
     for day, x in batches.items():
         for i, (a, c) in enumerate(x):
             rows.append((day, day * 100 + i, float(a), None if np.isnan(c) else float(c)))
-    df = spark.createDataFrame(rows, "day int, id int, a double, c double").repartition(3)
+    df = spark.createDataFrame(rows, "day int, id int, a double, c double")
     return df, batches
 
 
