@@ -6,9 +6,11 @@ order (batch value, then partition id), so the same input and partitioning give 
 bits on every run. Two engines compute the partials:
 
 * ``sql``: one JVM aggregation ``groupBy(spark_partition_id())`` of ``count``,
-  ``sum(x - p)`` and ``var_pop(x - p)`` per feature, in coordinates shifted by a pivot ``p``
-  (the given ``shift``, else the first valid value among the first rows), so data such as
-  ``1e9 + N(0, 1)`` keeps its digits. No Python worker is involved.
+  ``sum(x - p)`` and ``sum((x - p)**2)`` per feature, in coordinates shifted by a pivot
+  ``p`` (the given ``shift``, else the median of the first valid values), so data such as
+  ``1e9 + N(0, 1)`` keeps its digits. Where a group's mean turns out to lie more than
+  ~1.7 standard deviations from ``p`` (cancellation would cost digits), a second pass
+  re-centres on that mean. No Python worker is involved.
 * ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
   shifted coordinates) on every Arrow record batch, merged within the partition.
 
@@ -59,7 +61,7 @@ _NUMERIC = (
     T.DecimalType,
 )
 _MAX = float(np.finfo(np.float64).max)
-# Rows read to find a pivot per feature: the first valid value among them.
+# Rows read to find a pivot per feature: the median of the valid values among them.
 _PIVOT_ROWS = 16
 
 
@@ -237,11 +239,45 @@ def _fold(partials: list[_Partial], k: int, batch_col: str | None) -> list[tuple
     return out
 
 
+# ---- SQL text ----------------------------------------------------------------------------
+# The sql engine builds its expressions as SQL text: one py4j call per expression instead of
+# one per Column operation (hundreds per job), which dominated small micro-batches. Pivots
+# are double literals written with repr, which round-trips every finite float64 exactly.
+def sql_name(name: str) -> str:
+    """``name`` as a SQL identifier (backticks doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_double(value: float) -> str:
+    """A finite float64 as an exact SQL double literal."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"not a finite double: {v!r}")
+    return f"{v!r}D"
+
+
+_SQL_MAX = sql_double(_MAX)
+
+
+def sql_valid(x: str, then: str | None = None) -> str:
+    """``then`` (default ``x``) where ``x`` is finite, else null (NaN > +inf in Spark)."""
+    return f"CASE WHEN abs({x}) <= {_SQL_MAX} THEN {x if then is None else then} END"
+
+
+def _value_exprs(spec: InputSpec, k: int, arr_col: str = "__mx_arr") -> list[str]:
+    """Per-feature float64 value expressions, over ``arr_col`` for vector/array input."""
+    if spec.kind == "scalar":
+        return [f"CAST({sql_name(c)} AS DOUBLE)" for c in spec.cols]
+    return [f"get({arr_col}, {j})" for j in range(k)]
+
+
 def _pivot(df: DataFrame, spec: InputSpec, shift: Any) -> tuple[np.ndarray, int] | None:
     """A pivot per feature and the feature count, or None when ``df`` has no row.
 
-    Uses ``shift`` where it is finite; features without one take the first valid value
-    among the first few rows (0 if none), read with one cheap ``limit`` job.
+    Uses ``shift`` where it is finite; features without one take the median of the valid
+    values among the first few rows (0 if none), read with one cheap ``limit`` job. Any
+    finite pivot gives exact moments (a far one costs a second pass, see
+    :func:`_sql_partials`); one near the centre of the data saves it.
     """
     given: np.ndarray | None = None
     if shift is not None:
@@ -253,8 +289,8 @@ def _pivot(df: DataFrame, spec: InputSpec, shift: Any) -> tuple[np.ndarray, int]
         if bool(np.isfinite(given).all()):
             return given, int(given.shape[0])
     if spec.kind == "scalar":
-        rows = df.select(*[valid_or_null(c) for c in spec.scalar_doubles()]).limit(_PIVOT_ROWS)
-        got = rows.collect()
+        exprs = [sql_valid(x) for x in _value_exprs(spec, len(spec.cols))]
+        got = df.selectExpr(*exprs).limit(_PIVOT_ROWS).collect()
         if not got:
             return None
         values = np.array([[np.nan if v is None else v for v in r] for r in got], dtype=float)
@@ -270,45 +306,79 @@ def _pivot(df: DataFrame, spec: InputSpec, shift: Any) -> tuple[np.ndarray, int]
             vec = [np.nan if v is None else v for v in r["a"]][:k]
             values[i, : len(vec)] = vec
     values[~np.isfinite(values)] = np.nan
+    has = ~np.isnan(values).all(axis=0)
     first = np.zeros(k)
-    for j in range(k):
-        ok = np.flatnonzero(~np.isnan(values[:, j]))
-        if ok.size:
-            first[j] = values[ok[0], j]
+    if has.any():
+        # The median of a few values: not thrown far off by one outlier among them.
+        first[has] = np.nanmedian(values[:, has], axis=0)
     if given is not None:
         first = np.where(np.isfinite(given), given, first)
     return first, k
 
 
+# A pivot p off the mean by more than sqrt(_MAX_AMPLIFICATION - 1) standard deviations
+# gets a second pass with p = mean. The shifted sums lose log10(1 + (mean - p)**2 / var)
+# digits to cancellation; at 4 that keeps the variance within ~1e-13 relative for
+# partitions of millions of rows (measured, tests/test_aggregate.py).
+_MAX_AMPLIFICATION = 4.0
+
+
+def _amplification(groups: list[tuple[Any, Moments]], pivots: dict[Any, np.ndarray]) -> float:
+    """The worst cancellation factor ``1 + (mean - p)**2 / var`` over groups and features."""
+    worst = 1.0
+    for batch, m in groups:
+        has = m.count > 0
+        if not has.any():
+            continue
+        off = (m.mean - pivots[_hashable(batch)])[has]
+        var = m.var[has]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(off == 0.0, 1.0, 1.0 + off * off / var)
+        worst = max(worst, float(np.max(np.where(np.isnan(f), np.inf, f))))
+    return worst
+
+
 def _sql_partials(
-    df: DataFrame, spec: InputSpec, pivot: np.ndarray, batch_col: str | None
-) -> tuple[list[_Partial], int]:
-    """One JVM aggregation per partition (and batch value) of count, sum and var_pop."""
-    k = int(pivot.shape[0])
-    if spec.kind == "scalar":
-        values = spec.scalar_doubles()
-        size_cols: list[Column] = []
-        base = df
-    else:
-        arr = spec.as_double_array()
-        base = df.withColumn("__mx_arr", arr)
-        a = F.col("__mx_arr")
-        values = [F.get(a, i) for i in range(k)]
-        n = F.size(a)
-        size_cols = [F.min(n).alias("__mx_lo"), F.max(n).alias("__mx_hi")]
-    aggs: list[Column] = [F.count(F.lit(1)).alias("__mx_rows"), *size_cols]
-    for j, v in enumerate(values):
-        d = valid_or_null(v) - F.lit(float(pivot[j]))
-        # sum rather than avg: the same value (sum / count) with one buffer slot less.
-        aggs += [
-            F.count(d).alias(f"n{j}"),
-            F.sum(d).alias(f"s{j}"),
-            F.var_pop(d).alias(f"v{j}"),
-        ]
-    keys = [F.spark_partition_id().alias("__mx_pid")]
+    df: DataFrame,
+    spec: InputSpec,
+    pivot: np.ndarray | dict[Any, np.ndarray],
+    batch_col: str | None,
+    k: int,
+) -> list[_Partial]:
+    """One JVM aggregation per partition (and batch value) of count, sum(d) and sum(d*d).
+
+    ``d = x - p`` for a pivot ``p`` per feature: one array for all rows, or (with a batch
+    column) one per batch value, joined in. Shifted sums are exact while ``p`` is within
+    a few standard deviations of the mean (checked by the caller), and cost a fraction
+    of ``var_pop``'s division per row.
+    """
+    base = df
+    if spec.kind != "scalar":
+        base = base.withColumn("__mx_arr", spec.as_double_array())
+    keys = ["spark_partition_id() AS __mx_pid"]
     if batch_col is not None:
-        keys.insert(0, quote(batch_col).alias("__mx_batch"))
-    rows = base.groupBy(*keys).agg(*aggs).collect()
+        keys.insert(0, f"{sql_name(batch_col)} AS __mx_batch")
+    if isinstance(pivot, dict):
+        assert batch_col is not None
+        base = _join_pivots(base, batch_col, pivot, k)
+        pivots = [f"__mx_p{j}" for j in range(k)]
+    else:
+        pivots = [sql_double(p) for p in pivot]
+    values = _value_exprs(spec, k)
+    shifted = [
+        sql_valid(x, f"{x} - {p}") + f" AS __mx_d{j}"
+        for j, (x, p) in enumerate(zip(values, pivots, strict=True))
+    ]
+    size = ["size(__mx_arr) AS __mx_size"] if spec.kind != "scalar" else []
+    projected = base.selectExpr(*keys, *size, *shifted)
+    aggs = ["count(1) AS __mx_rows"]
+    if size:
+        aggs += ["min(__mx_size) AS __mx_lo", "max(__mx_size) AS __mx_hi"]
+    for j in range(k):
+        d = f"__mx_d{j}"
+        aggs += [f"count({d}) AS n{j}", f"sum({d}) AS s{j}", f"sum({d} * {d}) AS q{j}"]
+    group = ["__mx_pid"] if batch_col is None else ["__mx_batch", "__mx_pid"]
+    rows = projected.groupBy(*group).agg(*[F.expr(a) for a in aggs]).collect()
     partials = []
     for r in rows:
         if spec.kind != "scalar" and r["__mx_hi"] is not None:
@@ -316,15 +386,32 @@ def _sql_partials(
             if r["__mx_lo"] != r["__mx_hi"] or r["__mx_hi"] != k:
                 lo, hi = min(r["__mx_lo"], k), max(r["__mx_hi"], k)
                 _check_dims(spec.input_col, lo, hi)
+        batch = r["__mx_batch"] if batch_col is not None else None
+        p = pivot[_hashable(batch)] if isinstance(pivot, dict) else pivot
         cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
         has = cnt > 0
-        total = np.array([r[f"s{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
-        delta = np.divide(total, cnt, out=np.zeros(k), where=has)
-        var = np.array([r[f"v{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
-        mom = Moments(count=cnt, shift=pivot, delta=delta, m2=var * cnt)
-        batch = r["__mx_batch"] if batch_col is not None else None
+        s1 = np.array([r[f"s{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        s2 = np.array([r[f"q{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = np.where(has, s1 / cnt, 0.0)
+            m2 = np.where(has, np.maximum(s2 - s1 * delta, 0.0), 0.0)
+        mom = Moments(count=cnt, shift=p, delta=delta, m2=m2)
         partials.append(_Partial(batch, int(r["__mx_pid"]), int(r["__mx_rows"]), mom))
-    return partials, k
+    return partials
+
+
+def _join_pivots(df: DataFrame, batch_col: str, pivots: dict[Any, np.ndarray], k: int) -> DataFrame:
+    """``df`` with columns ``__mx_p0..`` holding its batch's pivots (a broadcast join)."""
+    batch_type = df.schema[batch_col].dataType
+    schema = T.StructType(
+        [T.StructField("__mx_key", batch_type, True)]
+        + [T.StructField(f"__mx_p{j}", T.DoubleType(), False) for j in range(k)]
+    )
+    keys = {_hashable(b): b for b in pivots}
+    rows = [(keys[h], *map(float, p)) for h, p in pivots.items()]
+    table = df.sparkSession.createDataFrame(rows, schema)
+    joined = df.join(F.broadcast(table), quote(batch_col).eqNullSafe(F.col("__mx_key")))
+    return joined.drop("__mx_key")
 
 
 def _arrow_partials(
@@ -543,7 +630,20 @@ def _compute(
         piv = _pivot(df, spec, given)
         if piv is None:
             return _empty(spec, given, allow_empty)
-        partials, k = _sql_partials(df, spec, piv[0], batch_col)
+        pivot, k = piv
+        partials = _sql_partials(df, spec, pivot, batch_col, k)
+        if partials and sum(p.rows for p in partials) > 0:
+            groups = _fold(partials, k, batch_col)
+            if (
+                _amplification(groups, {_hashable(b): pivot for b, _ in groups})
+                <= _MAX_AMPLIFICATION
+            ):
+                return groups, k
+            # The pivot was far from the mean: a second pass centred on each group's mean.
+            centres = {_hashable(b): _centre(m, pivot) for b, m in groups}
+            again: np.ndarray | dict[Any, np.ndarray]
+            again = centres[_hashable(None)] if batch_col is None else centres
+            partials = _sql_partials(df, spec, again, batch_col, k)
     else:
         if spec.kind == "scalar" and given is not None and given.shape[0] != len(spec.cols):
             raise FeatureMismatchError(
@@ -559,6 +659,11 @@ def _compute(
     if not partials or sum(p.rows for p in partials) == 0:
         return _empty(spec, given, allow_empty)
     return _fold(partials, k, batch_col), k
+
+
+def _centre(m: Moments, pivot: np.ndarray) -> np.ndarray:
+    """The group's mean as its new pivot (the old pivot where a feature has no value)."""
+    return np.where(m.count > 0, m.mean, pivot)
 
 
 def _empty(

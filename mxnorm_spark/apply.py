@@ -35,7 +35,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.aggregate import InputSpec, check_engine, quote, resolve_input
+from mxnorm_spark.aggregate import (
+    InputSpec,
+    check_engine,
+    quote,
+    resolve_input,
+    sql_double,
+    sql_name,
+)
 from mxnorm_spark.errors import (
     FeatureMismatchError,
     InvalidParameterError,
@@ -119,6 +126,15 @@ class Constants:
         if self.scale is not None:
             return F.lit(float(self.scale[j]))
         return F.get(F.col(str(self.scale_col)), j)
+
+    def sql(self, j: int) -> tuple[str, str]:
+        """Feature ``j``'s mean and scale as SQL text (exact literals, or array elements)."""
+        if self.mean is not None and self.scale is not None:
+            return sql_double(self.mean[j]), sql_double(self.scale[j])
+        return (
+            f"get({sql_name(str(self.mean_col))}, {j})",
+            f"get({sql_name(str(self.scale_col))}, {j})",
+        )
 
 
 # ---- arrow kernels (run in the Python workers) -------------------------------------------
@@ -265,16 +281,16 @@ def _scalar_plan(
     engine: str,
 ) -> DataFrame:
     xs = spec.scalar_doubles()
+    # SQL text: one py4j call per expression, not one per Column operation.
+    texts = [f"CAST({sql_name(c)} AS DOUBLE)" for c in spec.cols]
     if handle_invalid == "skip":
-        cond = is_valid(xs[0])
-        for x in xs[1:]:
-            cond = cond & is_valid(x)
-        df = df.where(cond)
+        df = df.where(" AND ".join(f"abs({x}) <= {sql_double(_MAX)}" for x in texts))
     check = handle_invalid == "error"
     if engine == "sql":
         exprs: dict[str, Column] = {}
         for j, (name, x, out_name) in enumerate(zip(spec.cols, xs, outputs, strict=True)):
-            out = (x - constants.mean_expr(j)) / constants.scale_expr(j)
+            mean, scale = constants.sql(j)
+            out = F.expr(f"({texts[j]} - {mean}) / {scale}")
             exprs[out_name] = _raise_if_invalid(x, name, out) if check else out
         return df.withColumns(exprs)
     # One mapInArrow over the whole row: measured faster than one Arrow UDF per column,

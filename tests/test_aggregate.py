@@ -205,3 +205,50 @@ def test_vectors_of_varying_length_fail(spark: Any, engine: str) -> None:
     df = spark.createDataFrame([([1.0, 2.0],), ([1.0, 2.0, 3.0],)], "arr array<double>")
     with pytest.raises(FeatureMismatchError, match=r"'arr' holds vectors of varying length"):
         batch_moments(df.coalesce(1), input_col="arr", engine=engine)
+
+
+def test_sql_double_literals_round_trip_exactly(spark: Any) -> None:
+    from mxnorm_spark.aggregate import sql_double
+
+    rng = np.random.default_rng(17)
+    raw = rng.integers(0, 2**63 - 1, 200, dtype=np.int64).view(np.float64)
+    values = [float(v) for v in raw if np.isfinite(v)]
+    values += [5e-324, -2.2250738585072014e-308, 1.7976931348623157e308, 0.1, 1e22, -3.0]
+    row = spark.sql("SELECT " + ", ".join(f"{sql_double(v)} AS c{i}" for i, v in enumerate(values)))
+    got = [float(v) for v in row.first()]
+    assert bits(np.array(got)) == bits(np.array(values))
+    with pytest.raises(ValueError, match="not a finite double"):
+        sql_double(float("nan"))
+
+
+def test_sql_pivot_far_from_the_mean_gets_a_second_pass(spark: Any) -> None:
+    rng = np.random.default_rng(23)
+    bulk = 1e9 + rng.normal(0.0, 1.0, 3000)
+    df = spark.createDataFrame([(float(v),) for v in bulk], "x double").coalesce(1)
+    # A given pivot 1e9 standard deviations off: one pass of shifted sums keeps no digit
+    # of the variance; the pass re-centred on the mean keeps them all.
+    m, jobs = with_jobs(spark, lambda: batch_moments(df, ["x"], engine="sql", shift=[0.0]))
+    exact = exact_var(bulk)
+    assert abs(float(m.var[0]) - float(exact)) / float(exact) < 1e-12
+    assert abs(float(m.mean[0]) - float(np.mean(bulk - 1e9)) - 1e9) < 1e-6
+    _, jobs_near = with_jobs(spark, lambda: batch_moments(df, ["x"], engine="sql", shift=[1e9]))
+    assert jobs == jobs_near + 1  # one more pass, only where needed
+    # First rows far below the bulk: the pivot taken from them is re-centred too.
+    values = np.concatenate([np.zeros(20), bulk])
+    far = spark.createDataFrame([(float(v),) for v in values], "x double").coalesce(1)
+    m = batch_moments(far, ["x"], engine="sql")
+    exact = exact_var(values)
+    assert abs(float(m.var[0]) - float(exact)) / float(exact) < 1e-12
+
+
+def test_sql_backfill_drifting_batches_recentres_each_batch(spark: Any) -> None:
+    rng = np.random.default_rng(29)
+    data = {b: 1e7 * b + rng.normal(0.0, 0.5 + b, 50) for b in range(6)}
+    rows = [(b, float(v)) for b, x in data.items() for v in x]
+    df = spark.createDataFrame(rows, "b int, x double").repartition(3)
+    groups = moments_by_batch(df, ["x"], "b", engine="sql")
+    assert [b for b, _ in groups] == list(range(6))
+    for b, m in groups:
+        exact = exact_var(data[b])
+        assert abs(float(m.var[0]) - float(exact)) / float(exact) < 1e-12, b
+        assert abs(float(m.mean[0]) - float(np.mean(data[b]))) < 1e-12 * 1e7 * max(b, 1)
