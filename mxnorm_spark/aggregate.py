@@ -344,13 +344,20 @@ def _sql_partials(
     pivot: np.ndarray | dict[Any, np.ndarray],
     batch_col: str | None,
     k: int,
-) -> list[_Partial]:
+    *,
+    checked: bool,
+) -> list[_Partial] | None:
     """One JVM aggregation per partition (and batch value) of count, sum(d) and sum(d*d).
 
     ``d = x - p`` for a pivot ``p`` per feature: one array for all rows, or (with a batch
     column) one per batch value, joined in. Shifted sums are exact while ``p`` is within
     a few standard deviations of the mean (checked by the caller), and cost a fraction
     of ``var_pop``'s division per row.
+
+    ``checked=False`` is the fast path for scalar columns: raw values, one row count and
+    one "any null" flag instead of a validity test and a count per feature (together
+    measured ~30% of the aggregation's time). It returns None when a null, NaN or
+    infinite value (or an overflow) shows, and the caller runs the checked pass.
     """
     base = df
     if spec.kind != "scalar":
@@ -365,20 +372,32 @@ def _sql_partials(
     else:
         pivots = [sql_double(p) for p in pivot]
     values = _value_exprs(spec, k)
+    assert checked or spec.kind == "scalar"
     shifted = [
-        sql_valid(x, f"{x} - {p}") + f" AS __mx_d{j}"
+        (sql_valid(x, f"{x} - {p}") if checked else f"{x} - {p}") + f" AS __mx_d{j}"
         for j, (x, p) in enumerate(zip(values, pivots, strict=True))
     ]
-    size = ["size(__mx_arr) AS __mx_size"] if spec.kind != "scalar" else []
-    projected = base.selectExpr(*keys, *size, *shifted)
+    extra = ["size(__mx_arr) AS __mx_size"] if spec.kind != "scalar" else []
+    if not checked:
+        extra.append(" OR ".join(f"{sql_name(c)} IS NULL" for c in spec.cols) + " AS __mx_null")
+    projected = base.selectExpr(*keys, *extra, *shifted)
     aggs = ["count(1) AS __mx_rows"]
-    if size:
+    if spec.kind != "scalar":
         aggs += ["min(__mx_size) AS __mx_lo", "max(__mx_size) AS __mx_hi"]
+    if not checked:
+        aggs.append("bool_or(__mx_null) AS __mx_null")
     for j in range(k):
         d = f"__mx_d{j}"
-        aggs += [f"count({d}) AS n{j}", f"sum({d}) AS s{j}", f"sum({d} * {d}) AS q{j}"]
+        aggs += [f"sum({d}) AS s{j}", f"sum({d} * {d}) AS q{j}"]
+        if checked:
+            aggs.append(f"count({d}) AS n{j}")
     group = ["__mx_pid"] if batch_col is None else ["__mx_batch", "__mx_pid"]
     rows = projected.groupBy(*group).agg(*[F.expr(a) for a in aggs]).collect()
+    if not checked and any(
+        r["__mx_null"] or not all(math.isfinite(r[f"{c}{j}"]) for j in range(k) for c in "sq")
+        for r in rows
+    ):
+        return None
     partials = []
     for r in rows:
         if spec.kind != "scalar" and r["__mx_hi"] is not None:
@@ -388,7 +407,10 @@ def _sql_partials(
                 _check_dims(spec.input_col, lo, hi)
         batch = r["__mx_batch"] if batch_col is not None else None
         p = pivot[_hashable(batch)] if isinstance(pivot, dict) else pivot
-        cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
+        if checked:
+            cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
+        else:
+            cnt = np.full(k, float(r["__mx_rows"]))
         has = cnt > 0
         s1 = np.array([r[f"s{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
         s2 = np.array([r[f"q{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
@@ -631,7 +653,12 @@ def _compute(
         if piv is None:
             return _empty(spec, given, allow_empty)
         pivot, k = piv
-        partials = _sql_partials(df, spec, pivot, batch_col, k)
+        checked = spec.kind != "scalar"
+        partials = _sql_partials(df, spec, pivot, batch_col, k, checked=checked)
+        if partials is None:  # invalid values: the pass that tests every value
+            checked = True
+            partials = _sql_partials(df, spec, pivot, batch_col, k, checked=True)
+        assert partials is not None
         if partials and sum(p.rows for p in partials) > 0:
             groups = _fold(partials, k, batch_col)
             if (
@@ -643,7 +670,10 @@ def _compute(
             centres = {_hashable(b): _centre(m, pivot) for b, m in groups}
             again: np.ndarray | dict[Any, np.ndarray]
             again = centres[_hashable(None)] if batch_col is None else centres
-            partials = _sql_partials(df, spec, again, batch_col, k)
+            partials = _sql_partials(df, spec, again, batch_col, k, checked=checked)
+            if partials is None:
+                partials = _sql_partials(df, spec, again, batch_col, k, checked=True)
+            assert partials is not None
     else:
         if spec.kind == "scalar" and given is not None and given.shape[0] != len(spec.cols):
             raise FeatureMismatchError(
