@@ -2,11 +2,12 @@
 
 :class:`MXNormStream` is a ``foreachBatch`` updater. For each micro-batch it
 
-1. reads the micro-batch once (persisted) and counts it; for a file stream it also checks
-   every new file against the stream's schema (:class:`SchemaMismatchError` names the file
-   and the column);
-2. computes the batch moments (:func:`~mxnorm_spark.aggregate.batch_moments`, pivoted on
-   the current state mean) and folds them into the state of the previous batch id;
+1. reads the micro-batch once (persisted); for a file stream a first job counts it and
+   checks every new file against the stream's schema (:class:`SchemaMismatchError` names
+   the file and the column);
+2. computes the batch moments and its row count in one job
+   (:func:`~mxnorm_spark.aggregate.batch_moments_and_rows`, pivoted on the current state
+   mean) and folds them into the state of the previous batch id;
 3. commits the new state durably as version ``v-<batch id>.json`` of the
    :class:`~mxnorm_spark.store.StateStore`;
 4. normalizes the micro-batch (``apply_at="after"``: with the new state; ``"before"``: with
@@ -765,7 +766,7 @@ class MXNormStream:
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         from pyspark import StorageLevel
 
-        from mxnorm_spark.aggregate import batch_moments
+        from mxnorm_spark.aggregate import batch_moments_and_rows
 
         t0 = time.perf_counter()
         spark = batch_df.sparkSession
@@ -782,7 +783,10 @@ class MXNormStream:
 
         data = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            rows = self._scan(spark, data, batch_id)
+            # Files to check or corrupt records to find: a first job that counts and checks
+            # the batch. Otherwise the moments job counts it too: one job less per batch.
+            scan = FILE_COLUMN in data.columns or CORRUPT_COLUMN in data.columns
+            rows: int | None = self._scan(spark, data, batch_id) if scan else None
             payload = data.drop(FILE_COLUMN, CORRUPT_COLUMN)
             if prev is None:
                 prev = self._fresh_state(payload)
@@ -792,15 +796,19 @@ class MXNormStream:
                 # A vector column with no row yet: nothing to fold and no feature count.
                 new = None
             else:
-                if rows:
-                    moments = batch_moments(
-                        payload,
-                        self.cols,
-                        input_col=self.input_col,
-                        engine=self.engine,
-                        shift=prev.mean,
-                        allow_empty=True,
-                    )
+                if rows != 0:
+                    try:
+                        moments, rows = batch_moments_and_rows(
+                            payload,
+                            self.cols,
+                            input_col=self.input_col,
+                            engine=self.engine,
+                            shift=prev.mean,
+                            allow_empty=True,
+                        )
+                    except Exception as exc:
+                        self._explain_read_failure(spark, str(exc), data.schema, batch_id)
+                        raise
                     self._check_invalid(moments, rows, batch_id)
                 else:
                     moments = Moments.empty(prev.n_features)
@@ -808,6 +816,8 @@ class MXNormStream:
                 _fault("before_commit", batch_id, spark)
                 self.store.commit(batch_id, new)
                 _fault("after_commit", batch_id, spark)
+            if rows is None:  # a replayed batch, or a vector column still without rows
+                rows = data.count()
             out_dir = None
             if rows and new is not None:
                 out_dir = self._write(payload, new, prev, batch_id, spark)
