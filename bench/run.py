@@ -1,6 +1,7 @@
 """Run the benchmarks and write ``bench/RESULTS.md``, ``bench/results.png``, ``bench/results.json``.
 
-    .venv/bin/python -m bench.run            # full run, < 10 min on 2 cores
+    .venv/bin/python -m bench.run            # wide16 + streaming, < 10 min on 2 cores
+    .venv/bin/python -m bench.run --datasets wide16,wide256,vec64   # every input, ~40 min
     .venv/bin/python -m bench.run --quick    # small inputs, for development (~2 min)
 
 Inputs are generated once under ``bench/data/`` (gitignored). Every (case, dataset) runs
@@ -173,7 +174,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small inputs, for development")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (>= 3)")
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated cases")
-    p.add_argument("--datasets", default="wide16,wide256,vec64", help="comma-separated datasets")
+    p.add_argument(
+        "--datasets",
+        default="wide16",
+        help="comma-separated datasets: wide16 (default: the targets), wide256, vec64",
+    )
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming comparison")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the report goes")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where inputs are generated")

@@ -26,7 +26,7 @@ from bench.data import Dataset, ensure_dataset
 from bench.memory import PeakMemory, Peaks
 
 # (rows per micro-batch, files = micro-batches, warm-up batches excluded from the figures)
-FULL_SIZES = [(1_000, 12, 2), (100_000, 6, 1), (1_000_000, 4, 1)]
+FULL_SIZES = [(1_000, 30, 5), (100_000, 6, 1), (1_000_000, 4, 1)]
 QUICK_SIZES = [(1_000, 6, 2), (20_000, 4, 1)]
 
 

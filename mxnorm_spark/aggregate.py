@@ -14,8 +14,11 @@ bits on every run. Two engines compute the partials:
 * ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
   shifted coordinates) on every Arrow record batch, merged within the partition.
 
-``auto`` picks ``sql`` for scalar columns and ``arrow`` for a vector/array column (each
-measured faster there; see README ``## Spark batch``).
+``auto`` picks ``sql`` for up to 32 scalar columns and ``arrow`` for more, or for a
+vector/array column (each measured faster there; see README ``## Spark batch``). An input
+of at most 32,768 values it computes on the driver instead, from the one small ``limit``
+job that otherwise gives the ``sql`` engine its pivot: a micro-batch of 1k rows costs one
+quick job instead of a distributed aggregation.
 
 Invalid values (null, NaN, +/-inf) never enter the moments. Input columns may be scalar
 numeric columns (byte, short, int, long, float, double, decimal: read as float64), or one
@@ -63,6 +66,11 @@ _NUMERIC = (
 _MAX = float(np.finfo(np.float64).max)
 # Rows read to find a pivot per feature: the median of the valid values among them.
 _PIVOT_ROWS = 16
+# Spark compiles no whole-stage code for an operator with more than 100 input or output
+# fields (spark.sql.codegen.maxFields). More than this many features are therefore
+# aggregated as one row per (partition, feature), with four fields, not three fields per
+# feature (measured 1.5x faster on 256 columns); ``auto`` takes the arrow engine there.
+_WIDE = 32
 
 
 # ---- input resolution (schema only: no Spark job) ----------------------------------------
@@ -146,16 +154,18 @@ def resolve_input(df: DataFrame, cols: Sequence[str] | None, input_col: str | No
 
 
 def check_engine(
-    engine: str, kind: str = "scalar", *, moments: bool = False
+    engine: str, kind: str = "scalar", *, moments: bool = False, features: int = 0
 ) -> Literal["arrow", "sql"]:
     """Validate ``engine`` and resolve ``auto`` to the engine measured faster.
 
     That is ``sql``, except for the moments of a vector or array column, where one numpy
-    reshape per Arrow batch beats one ``get(array, i)`` aggregate per element.
+    reshape per Arrow batch beats one ``get(array, i)`` aggregate per element, and of
+    more than 32 scalar columns, past which Spark compiles no whole-stage code for the
+    aggregation (bench/RESULTS.md, wide256).
     """
     check_choice("engine", engine, ENGINES)
     if engine == "auto":
-        return "arrow" if moments and kind != "scalar" else "sql"
+        return "arrow" if moments and (kind != "scalar" or features > _WIDE) else "sql"
     return "arrow" if engine == "arrow" else "sql"
 
 
@@ -381,31 +391,16 @@ def _sql_partials(
         pivots = [sql_double(p) for p in pivot]
     values = _value_exprs(spec, k)
     assert checked or spec.kind == "scalar"
-    shifted = [
-        (sql_valid(x, f"{x} - {p}") if checked else f"{x} - {p}") + f" AS __mx_d{j}"
-        for j, (x, p) in enumerate(zip(values, pivots, strict=True))
-    ]
-    extra = ["size(__mx_arr) AS __mx_size"] if spec.kind != "scalar" else []
-    if not checked:
-        extra.append(" OR ".join(f"{sql_name(c)} IS NULL" for c in spec.cols) + " AS __mx_null")
-    projected = base.selectExpr(*keys, *extra, *shifted)
-    aggs = ["count(1) AS __mx_rows"]
-    if spec.kind != "scalar":
-        aggs += ["min(__mx_size) AS __mx_lo", "max(__mx_size) AS __mx_hi"]
-    if not checked:
-        aggs.append("bool_or(__mx_null) AS __mx_null")
-    for j in range(k):
-        d = f"__mx_d{j}"
-        aggs += [f"sum({d}) AS s{j}", f"sum({d} * {d}) AS q{j}"]
-        if checked:
-            aggs.append(f"count({d}) AS n{j}")
     group = ["__mx_pid"] if batch_col is None else ["__mx_batch", "__mx_pid"]
-    rows = projected.groupBy(*group).agg(*[F.expr(a) for a in aggs]).collect()
-    if not checked and any(
-        r["__mx_null"] or not all(math.isfinite(r[f"{c}{j}"]) for j in range(k) for c in "sq")
-        for r in rows
-    ):
-        return None
+    sized = spec.kind != "scalar"
+    rows: list[dict[str, Any]] | None
+    if k > _WIDE:
+        rows = _long_aggregate(base, keys, group, values, pivots, sized=sized)
+    else:
+        nulls = [] if checked else list(spec.cols)
+        rows = _wide_aggregate(base, keys, group, values, pivots, sized=sized, nulls=nulls)
+        if rows is None:
+            return None
     partials = []
     for r in rows:
         if spec.kind != "scalar" and r["__mx_hi"] is not None:
@@ -415,10 +410,7 @@ def _sql_partials(
                 _check_dims(spec.input_col, lo, hi)
         batch = r["__mx_batch"] if batch_col is not None else None
         p = pivot[_hashable(batch)] if isinstance(pivot, dict) else pivot
-        if checked:
-            cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
-        else:
-            cnt = np.full(k, float(r["__mx_rows"]))
+        cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
         has = cnt > 0
         s1 = np.array([r[f"s{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
         s2 = np.array([r[f"q{j}"] if h else 0.0 for j, h in enumerate(has)], dtype=float)
@@ -428,6 +420,83 @@ def _sql_partials(
         mom = Moments(count=cnt, shift=p, delta=delta, m2=m2)
         partials.append(_Partial(batch, int(r["__mx_pid"]), int(r["__mx_rows"]), mom))
     return partials
+
+
+def _wide_aggregate(
+    base: DataFrame,
+    keys: list[str],
+    group: list[str],
+    values: list[str],
+    pivots: list[str],
+    *,
+    sized: bool,
+    nulls: list[str],
+) -> list[dict[str, Any]] | None:
+    """One row per group key: ``__mx_rows`` and ``n{j}``, ``s{j}``, ``q{j}`` per feature.
+
+    With ``nulls`` (the scalar columns) the values are not tested: one "any null" flag
+    replaces the per-feature counts, and None comes back when a null, NaN or inf shows.
+    """
+    k = len(values)
+    checked = not nulls
+    shifted = [
+        (sql_valid(x, f"{x} - {p}") if checked else f"{x} - {p}") + f" AS __mx_d{j}"
+        for j, (x, p) in enumerate(zip(values, pivots, strict=True))
+    ]
+    extra = ["size(__mx_arr) AS __mx_size"] if sized else []
+    if not checked:
+        extra.append(" OR ".join(f"{sql_name(c)} IS NULL" for c in nulls) + " AS __mx_null")
+    projected = base.selectExpr(*keys, *extra, *shifted)
+    aggs = ["count(1) AS __mx_rows"]
+    if sized:
+        aggs += ["min(__mx_size) AS __mx_lo", "max(__mx_size) AS __mx_hi"]
+    if not checked:
+        aggs.append("bool_or(__mx_null) AS __mx_null")
+    for j in range(k):
+        d = f"__mx_d{j}"
+        aggs += [f"sum({d}) AS s{j}", f"sum({d} * {d}) AS q{j}"]
+        if checked:
+            aggs.append(f"count({d}) AS n{j}")
+    got = projected.groupBy(*group).agg(*[F.expr(a) for a in aggs]).collect()
+    rows = [r.asDict() for r in got]
+    if checked:
+        return rows
+    for r in rows:
+        if r["__mx_null"] or not all(math.isfinite(r[f"{c}{j}"]) for j in range(k) for c in "sq"):
+            return None
+        r.update({f"n{j}": r["__mx_rows"] for j in range(k)})
+    return rows
+
+
+def _long_aggregate(
+    base: DataFrame,
+    keys: list[str],
+    group: list[str],
+    values: list[str],
+    pivots: list[str],
+    *,
+    sized: bool,
+) -> list[dict[str, Any]]:
+    """As :func:`_wide_aggregate` (values tested), from one row per group key and feature."""
+    shifted = [sql_valid(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
+    extra = ["size(__mx_arr) AS __mx_size"] if sized else []
+    exploded = base.selectExpr(
+        *keys, *extra, f"posexplode(array({', '.join(shifted)})) AS (__mx_j, __mx_d)"
+    )
+    aggs = ["count(1) AS rows", "count(__mx_d) AS n", "sum(__mx_d) AS s"]
+    aggs.append("sum(__mx_d * __mx_d) AS q")
+    if sized:
+        aggs += ["min(__mx_size) AS lo", "max(__mx_size) AS hi"]
+    got = exploded.groupBy(*group, "__mx_j").agg(*[F.expr(a) for a in aggs]).collect()
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in got:
+        key = tuple(_hashable(r[g]) for g in group)
+        row = out.setdefault(key, {g: r[g] for g in group} | {"__mx_rows": r["rows"]})
+        j = r["__mx_j"]
+        row[f"n{j}"], row[f"s{j}"], row[f"q{j}"] = r["n"], r["s"], r["q"]
+        if sized:  # the same rows under every feature index
+            row["__mx_lo"], row["__mx_hi"] = r["lo"], r["hi"]
+    return list(out.values())
 
 
 def _join_pivots(df: DataFrame, batch_col: str, pivots: dict[Any, np.ndarray], k: int) -> DataFrame:
@@ -698,7 +767,7 @@ def _compute(
     """The moments of each batch value (or of all rows), the feature count, the row count."""
     check_engine(engine)
     spec = resolve_input(df, cols, input_col)
-    eng = check_engine(engine, spec.kind, moments=True)
+    eng = check_engine(engine, spec.kind, moments=True, features=len(spec.cols))
     if batch_col is not None:
         _check_batch_col(df, batch_col)
         if spec.kind == "scalar" and batch_col in spec.cols:

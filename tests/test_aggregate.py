@@ -272,3 +272,51 @@ def test_sql_invalid_values_take_the_checked_pass(spark: Any, bad: float | None)
     assert m_dirty.count.tolist() == [41.0, 40.0]
     with_bad = np.vstack([x[:7], [[1.0, np.nan]], x[7:]])
     assert_state_close(m_dirty.mean, m_dirty.var, *two_pass(with_bad), 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "array"])
+def test_sql_many_features_one_row_per_feature(spark: Any, kind: str) -> None:
+    # More than 32 features: the sql engine aggregates one row per (partition, feature).
+    from mxnorm_spark.aggregate import check_engine
+
+    rng = np.random.default_rng(37)
+    k = 40
+    x = rng.normal(np.arange(k) * 100.0, 1.0 + np.arange(k), (60, k))
+    x[5, 3], x[9, 30] = np.nan, np.inf
+    if kind == "scalar":
+        names = [f"f{j}" for j in range(k)]
+        df = spark.createDataFrame([tuple(map(float, r)) for r in x], names).repartition(3)
+        m = batch_moments(df, names, engine="sql")
+    else:
+        df = spark.createDataFrame([([float(v) for v in r],) for r in x], "a array<double>")
+        m = batch_moments(df.repartition(3), input_col="a", engine="sql")
+    assert m.count.tolist() == [59.0 if j in (3, 30) else 60.0 for j in range(k)]
+    assert_state_close(m.mean, m.var, *two_pass(x), 1e-12)
+    assert check_engine("auto", "scalar", moments=True, features=k) == "arrow"
+    assert check_engine("auto", "scalar", moments=True, features=32) == "sql"
+
+
+@pytest.mark.parametrize("rows", [10, 3000])
+def test_auto_small_input_is_computed_on_the_driver(spark: Any, rows: int) -> None:
+    # 2 columns: up to 16,384 rows are computed on the driver after a limit job.
+    rng = np.random.default_rng(41)
+    x = rng.normal([3.0, 1e6], [2.0, 0.5], (rows, 2))
+    x[1, 0] = np.nan
+    df = spark.createDataFrame([tuple(map(float, r)) for r in x], "a double, c double")
+    m, jobs = with_jobs(spark, lambda: batch_moments(df, ["a", "c"]))
+    _, jobs_sql = with_jobs(spark, lambda: batch_moments(df, ["a", "c"], engine="sql"))
+    assert jobs < jobs_sql  # the limit job(s) only: no aggregation
+    assert_state_close(m.mean, m.var, *two_pass(x), 1e-12)
+    assert m.count.tolist() == [rows - 1.0, float(rows)]
+
+
+def test_auto_large_input_goes_through_spark(spark: Any) -> None:
+    n = 40_000  # above the local size for 2 columns
+    df = spark.range(0, n, 1, 3).selectExpr(
+        "CAST(id % 97 AS DOUBLE) * 0.25 AS a", "1e6D + CAST(id % 13 AS DOUBLE) AS c"
+    )
+    ids = np.arange(n)
+    x = np.column_stack([(ids % 97) * 0.25, 1e6 + (ids % 13)])
+    m, jobs = with_jobs(spark, lambda: batch_moments(df, ["a", "c"]))
+    assert jobs > 1
+    assert_state_close(m.mean, m.var, *two_pass(x), 1e-12)
