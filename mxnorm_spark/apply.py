@@ -9,7 +9,8 @@
   or an estimator), computing with ``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE
   float64, nulls kept). This is the same arithmetic as the pure-numpy serving path.
 
-``auto`` picks ``sql``, measured faster for every input kind (README ``## Spark batch``).
+``auto`` picks ``sql``, except for a vector/array column with no other vector column
+alongside, where one Arrow UDF is faster (README ``### Engines``).
 
 ``handle_invalid`` decides what happens to null, NaN and +/-inf input values:
 
@@ -488,6 +489,14 @@ def _prepare(
     output = spec.input_col if output_col is None else output_col
     if not isinstance(output, str) or not output:
         raise InvalidParameterError(f"output_col must be a column name, got {output_col!r}")
+    if engine == "auto":
+        # A list column goes to Python through one Arrow UDF when no vector (UDT) column
+        # rides along: fit + transform of vec64 took 5.1 s that way against 8.3 s with one
+        # get() expression per element (bench/full/RESULTS.md). With a UDT column left,
+        # Spark needs mapInArrow over the whole row, slower than the expressions.
+        kept = [f for f in df.schema.fields if f.name != spec.input_col or output != f.name]
+        if not any(isinstance(f.dataType, T.UserDefinedType) for f in kept):
+            eng = "arrow"
     return _Plan(spec, [output], handle_invalid, eng)
 
 

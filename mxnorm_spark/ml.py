@@ -148,7 +148,8 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
     engine: Param[str] = Param(
         Params._dummy(),
         "engine",
-        "'auto' (fastest: sql), 'sql' (JVM expressions) or 'arrow' (Arrow batches in Python)",
+        "'auto' (the faster per input kind), 'sql' (JVM expressions) or 'arrow' (Arrow "
+        "batches in Python)",
         typeConverter=_choice("engine", ENGINES),
     )
 
