@@ -19,7 +19,7 @@ test: setup lint
 
 # Benchmarks. `make bench` (< 10 min on 2 cores): the 5M x 16 input the targets are set on,
 # every case, and the streaming comparison; writes bench/RESULTS.md and bench/results.png.
-# `make bench-full` adds 500k x 256 and 1M x 64 (vector): ~40 min here; writes bench/full/.
+# `make bench-full` adds 500k x 256 and 1M x 64 (vector): ~33 min here; writes bench/full/.
 # BENCH_ARGS=--quick for a short development run.
 bench: setup
 	MXBENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" bench/run.sh $(BENCH_ARGS)

@@ -1,7 +1,7 @@
 """Run the benchmarks and write ``bench/RESULTS.md``, ``bench/results.png``, ``bench/results.json``.
 
     .venv/bin/python -m bench.run            # wide16 + streaming, < 10 min on 2 cores
-    .venv/bin/python -m bench.run --datasets wide16,wide256,vec64   # every input, ~40 min
+    .venv/bin/python -m bench.run --datasets wide16,wide256,vec64   # every input, ~33 min
     .venv/bin/python -m bench.run --quick    # small inputs, for development (~2 min)
 
 Inputs are generated once under ``bench/data/`` (gitignored). Every (case, dataset) runs

@@ -9,5 +9,5 @@ py=.venv/bin/python
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="$PWD/$py" PYSPARK_DRIVER_PYTHON="$PWD/$py"
 # Recorded in RESULTS.md as the command that produced it.
-export MXBENCH_COMMAND="${MXBENCH_COMMAND:-bench/run.sh}${*:+ $*}"
+export MXBENCH_COMMAND="${MXBENCH_COMMAND:-bench/run.sh${*:+ $*}}"
 exec "$py" -m bench.run "$@"
