@@ -161,7 +161,7 @@ def check_engine(
     That is ``sql``, except for the moments of a vector or array column, where one numpy
     reshape per Arrow batch beats one ``get(array, i)`` aggregate per element, and of
     more than 32 scalar columns, past which Spark compiles no whole-stage code for the
-    aggregation (bench/RESULTS.md, wide256).
+    aggregation (bench/full/RESULTS.md, wide256).
     """
     check_choice("engine", engine, ENGINES)
     if engine == "auto":
@@ -336,8 +336,9 @@ def _pivot(
 
 # A pivot p off the mean by more than sqrt(_MAX_AMPLIFICATION - 1) standard deviations
 # gets a second pass with p = mean. The shifted sums lose log10(1 + (mean - p)**2 / var)
-# digits to cancellation; at 4 that keeps the variance within ~1e-13 relative for
-# partitions of millions of rows (measured, tests/test_aggregate.py).
+# digits to cancellation, at most 0.6 at 4: with the rounding of a sequential sum over
+# millions of rows that is still ~1e-13 of the variance (an estimate; the tests check
+# 1e-12 against exact arithmetic).
 _MAX_AMPLIFICATION = 4.0
 
 
