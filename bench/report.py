@@ -224,44 +224,37 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    if auto and auto["vs_mllib"]:
-        v = auto["vs_mllib"].median
-        out.append(
-            (
-                f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput",
-                f"{v:.2f}x",
-                verdict(v >= TARGET_AUTO_VS_MLLIB)
-                + ("" if v >= TARGET_AUTO_VS_MLLIB else f" by {TARGET_AUTO_VS_MLLIB / v:.2f}x"),
-            )
-        )
-    else:
-        out.append((f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput", "not run", "-"))
-    if auto and auto["vs_sql"]:
-        v = auto["vs_sql"].median
-        out.append(
-            (
-                f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL",
-                f"{v:.2f}x",
-                verdict(v <= TARGET_AUTO_VS_SQL)
-                + ("" if v <= TARGET_AUTO_VS_SQL else f" by {v / TARGET_AUTO_VS_SQL:.2f}x"),
-            )
-        )
-    else:
-        out.append(
-            (f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL", "not run", "-")
-        )
-    if arrow and arrow["vs_mllib"]:
-        v = arrow["vs_mllib"].median
-        out.append(
-            (
-                f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput",
-                f"{v:.2f}x",
-                verdict(v >= TARGET_ARROW_VS_MLLIB)
-                + ("" if v >= TARGET_ARROW_VS_MLLIB else f" by {TARGET_ARROW_VS_MLLIB / v:.2f}x"),
-            )
-        )
-    else:
-        out.append((f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput", "not run", "-"))
+    def ratio(name: str, r: dict[str, Any] | None, key: str, bound: float, most: bool) -> None:
+        """A ratio target: at least ``bound`` (throughput) or, with ``most``, at most (time)."""
+        if not (r and r[key]):
+            out.append((name, "not run", "-"))
+            return
+        v = r[key].median
+        ok = v <= bound if most else v >= bound
+        by = v / bound if most else bound / v
+        out.append((name, f"{v:.2f}x", verdict(ok) + ("" if ok else f" by {by:.2f}x")))
+
+    ratio(
+        f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput",
+        auto,
+        "vs_mllib",
+        TARGET_AUTO_VS_MLLIB,
+        most=False,
+    )
+    ratio(
+        f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL",
+        auto,
+        "vs_sql",
+        TARGET_AUTO_VS_SQL,
+        most=True,
+    )
+    ratio(
+        f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput",
+        arrow,
+        "vs_mllib",
+        TARGET_ARROW_VS_MLLIB,
+        most=False,
+    )
     over = stream_overhead_1k(results)
     name = f"streaming overhead per 1k-row micro-batch < {TARGET_STREAM_OVERHEAD_S} s median"
     if over is None:
