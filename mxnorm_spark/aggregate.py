@@ -269,12 +269,17 @@ def sql_double(value: float) -> str:
 _SQL_MAX = sql_double(_MAX)
 
 
+def sql_is_valid(x: str) -> str:
+    """True where ``x`` is finite; false or null otherwise (NaN orders above +inf in Spark)."""
+    return f"abs({x}) <= {_SQL_MAX}"
+
+
 def sql_valid(x: str, then: str | None = None) -> str:
-    """``then`` (default ``x``) where ``x`` is finite, else null (NaN > +inf in Spark)."""
-    return f"CASE WHEN abs({x}) <= {_SQL_MAX} THEN {x if then is None else then} END"
+    """``then`` (default ``x``) where ``x`` is finite, else null."""
+    return f"CASE WHEN {sql_is_valid(x)} THEN {x if then is None else then} END"
 
 
-def _value_exprs(spec: InputSpec, k: int, arr_col: str = "__mx_arr") -> list[str]:
+def sql_values(spec: InputSpec, k: int, arr_col: str = "__mx_arr") -> list[str]:
     """Per-feature float64 value expressions, over ``arr_col`` for vector/array input."""
     if spec.kind == "scalar":
         return [f"CAST({sql_name(c)} AS DOUBLE)" for c in spec.cols]
@@ -307,7 +312,7 @@ def _pivot(
             [first_rows.column(j).to_numpy(zero_copy_only=False) for j in range(k)]
         ).astype(np.float64)
     elif spec.kind == "scalar":
-        exprs = [sql_valid(x) for x in _value_exprs(spec, len(spec.cols))]
+        exprs = [sql_valid(x) for x in sql_values(spec, len(spec.cols))]
         got = df.selectExpr(*exprs).limit(_PIVOT_ROWS).collect()
         if not got:
             return None
@@ -390,7 +395,7 @@ def _sql_partials(
         pivots = [f"__mx_p{j}" for j in range(k)]
     else:
         pivots = [sql_double(p) for p in pivot]
-    values = _value_exprs(spec, k)
+    values = sql_values(spec, k)
     assert checked or spec.kind == "scalar"
     group = ["__mx_pid"] if batch_col is None else ["__mx_batch", "__mx_pid"]
     sized = spec.kind != "scalar"
@@ -792,12 +797,7 @@ def _compute(
         if piv is None:
             return (*_empty(spec, given, allow_empty), 0)
         pivot, k = piv
-        checked = spec.kind != "scalar"
-        partials = _sql_partials(df, spec, pivot, batch_col, k, checked=checked)
-        if partials is None:  # invalid values: the pass that tests every value
-            checked = True
-            partials = _sql_partials(df, spec, pivot, batch_col, k, checked=True)
-        assert partials is not None
+        partials, checked = _sql_pass(df, spec, pivot, batch_col, k, checked=spec.kind != "scalar")
         if partials and sum(p.rows for p in partials) > 0:
             groups = _fold(partials, k, batch_col)
             if (
@@ -809,16 +809,32 @@ def _compute(
             centres = {_hashable(b): _centre(m, pivot) for b, m in groups}
             again: np.ndarray | dict[Any, np.ndarray]
             again = centres[_hashable(None)] if batch_col is None else centres
-            partials = _sql_partials(df, spec, again, batch_col, k, checked=checked)
-            if partials is None:
-                partials = _sql_partials(df, spec, again, batch_col, k, checked=True)
-            assert partials is not None
+            partials, _ = _sql_pass(df, spec, again, batch_col, k, checked=checked)
     else:
         found = _arrow_partials(df, spec, given, batch_col)
         return _finish_arrow(found, spec, given, batch_col=batch_col, allow_empty=allow_empty)
     if not partials or sum(p.rows for p in partials) == 0:
         return (*_empty(spec, given, allow_empty), 0)
     return _fold(partials, k, batch_col), k, sum(p.rows for p in partials)
+
+
+def _sql_pass(
+    df: DataFrame,
+    spec: InputSpec,
+    pivot: np.ndarray | dict[Any, np.ndarray],
+    batch_col: str | None,
+    k: int,
+    *,
+    checked: bool,
+) -> tuple[list[_Partial], bool]:
+    """:func:`_sql_partials`, unchecked first unless ``checked``; the checked pass when an
+    invalid value shows. Also returns whether the values had to be tested."""
+    partials = None if checked else _sql_partials(df, spec, pivot, batch_col, k, checked=False)
+    if partials is not None:
+        return partials, False
+    checked_partials = _sql_partials(df, spec, pivot, batch_col, k, checked=True)
+    assert checked_partials is not None  # the checked pass never gives up
+    return checked_partials, True
 
 
 def _finish_arrow(

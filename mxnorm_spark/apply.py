@@ -42,7 +42,9 @@ from mxnorm_spark.aggregate import (
     quote,
     resolve_input,
     sql_double,
+    sql_is_valid,
     sql_name,
+    sql_values,
 )
 from mxnorm_spark.errors import (
     FeatureMismatchError,
@@ -283,9 +285,9 @@ def _scalar_plan(
 ) -> DataFrame:
     xs = spec.scalar_doubles()
     # SQL text: one py4j call per expression, not one per Column operation.
-    texts = [f"CAST({sql_name(c)} AS DOUBLE)" for c in spec.cols]
+    texts = sql_values(spec, len(spec.cols))
     if handle_invalid == "skip":
-        df = df.where(" AND ".join(f"abs({x}) <= {sql_double(_MAX)}" for x in texts))
+        df = df.where(" AND ".join(sql_is_valid(x) for x in texts))
     check = handle_invalid == "error"
     if engine == "sql":
         exprs: dict[str, Column] = {}
