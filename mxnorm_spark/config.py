@@ -47,24 +47,23 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from mxnorm_spark.errors import ConfigError, InvalidParameterError
-from mxnorm_spark.state import (
+from mxnorm_spark.choices import (
     APPLY_AT,
     DECAYS,
+    ENGINES,
+    FORMATS,
+    HANDLE_INVALID,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
-    check_alpha,
-    check_eps,
 )
+from mxnorm_spark.errors import ConfigError, InvalidParameterError
+from mxnorm_spark.state import StateOptions, check_alpha, check_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-FORMATS = ("parquet", "csv", "json")
-ENGINES = ("auto", "arrow", "sql")
-HANDLE_INVALID = ("keep", "error", "skip")
 WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
@@ -191,7 +190,7 @@ def _interval(value: Any, key: str) -> str:
     return f"{number} {name}"
 
 
-def _choice(valid: tuple[str, ...], *, fold: Callable[[str], str] = str) -> Checker:
+def _one_of(valid: tuple[str, ...], *, fold: Callable[[str], str] = str) -> Checker:
     def check(value: Any, key: str) -> str:
         if not isinstance(value, str) or fold(value) not in valid:
             raise _fail(key, f"one of {list(valid)}", value)
@@ -274,8 +273,8 @@ def _required(check: Checker, help: str, *, metavar: str | None = None) -> Any:
     return field(metadata=_meta(check, help, metavar=metavar))
 
 
-_FORMAT = _choice(FORMATS, fold=str.lower)
-_ENGINE = _choice(ENGINES, fold=str.lower)
+_FORMAT = _one_of(FORMATS, fold=str.lower)
+_ENGINE = _one_of(ENGINES, fold=str.lower)
 _HELP_ALPHA = 'EMA weight of each batch, in (0, 1], or "cumulative" for exact running moments'
 _HELP_ENGINE = (
     "moments/normalization engine: auto, arrow or sql (moments agree within 1e-12, "
@@ -295,7 +294,7 @@ class SparkSettings:
         _text, "Spark master, e.g. local[2] (default: from spark-submit, else local[*])"
     )
     app_name: str | None = _opt(_text, "Spark application name")
-    log_level: str = _opt(_choice(LOG_LEVELS, fold=str.upper), "Spark log level", default="WARN")
+    log_level: str = _opt(_one_of(LOG_LEVELS, fold=str.upper), "Spark log level", default="WARN")
     properties_file: str | None = _opt(
         _text,
         "Spark properties file (spark-defaults.conf format), e.g. conf/spark-local.conf",
@@ -357,15 +356,15 @@ class FitConfig:
     alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
     eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = _opt(
-        _choice(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+        _one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
     )
     decay: str = _opt(
-        _choice(DECAYS),
+        _one_of(DECAYS),
         "batch: alpha per batch; rows: 1-(1-alpha)**rows per batch",
         default="batch",
     )
     zero_variance: str = _opt(
-        _choice(ZERO_VARIANCE_POLICIES),
+        _one_of(ZERO_VARIANCE_POLICIES),
         "zero-variance features: eps (divide by sqrt(eps)), unit (scale 1) or zero (output 0)",
         default="eps",
     )
@@ -389,16 +388,16 @@ class FitConfig:
         _text, "with --output and --input-col: output column (default: replace it)", metavar="COL"
     )
     apply_at: str | None = _opt(
-        _choice(APPLY_AT),
+        _one_of(APPLY_AT),
         "with --output and --batch-col: normalize each batch with the state after it "
         "(default) or before it (point-in-time: no look-ahead)",
     )
     handle_invalid: str | None = _opt(
-        _choice(HANDLE_INVALID),
+        _one_of(HANDLE_INVALID),
         "with --output: null/NaN/inf values: keep (default), error or skip the row",
     )
     mode: str = _opt(
-        _choice(WRITE_MODES, fold=str.lower),
+        _one_of(WRITE_MODES, fold=str.lower),
         "with --output: if it exists: errorifexists, overwrite, append or ignore",
         default="errorifexists",
     )
@@ -410,6 +409,13 @@ class FitConfig:
         repeat=True,
         flag="--write-option",
     )
+
+    @property
+    def state_options(self) -> StateOptions:
+        """The five state options as one validated value."""
+        return StateOptions(
+            self.alpha, self.eps, self.var_update, self.decay, self.zero_variance  # type: ignore[arg-type]
+        )
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -450,13 +456,13 @@ class TransformConfig:
         _text, "output column for --input-col (default: replace it)", metavar="COL"
     )
     handle_invalid: str = _opt(
-        _choice(HANDLE_INVALID),
+        _one_of(HANDLE_INVALID),
         "null/NaN/inf values: keep (stay as they are), error, or skip the row",
         default="keep",
     )
     engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
     mode: str = _opt(
-        _choice(WRITE_MODES, fold=str.lower),
+        _one_of(WRITE_MODES, fold=str.lower),
         "if the output exists: errorifexists, overwrite, append or ignore",
         default="errorifexists",
     )
@@ -495,23 +501,23 @@ class StreamConfig:
     alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
     eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = _opt(
-        _choice(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+        _one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
     )
     decay: str = _opt(
-        _choice(DECAYS), "batch: alpha per batch; rows: 1-(1-alpha)**rows", default="batch"
+        _one_of(DECAYS), "batch: alpha per batch; rows: 1-(1-alpha)**rows", default="batch"
     )
     zero_variance: str = _opt(
-        _choice(ZERO_VARIANCE_POLICIES),
+        _one_of(ZERO_VARIANCE_POLICIES),
         "zero-variance features: eps, unit or zero",
         default="eps",
     )
     apply_at: str = _opt(
-        _choice(APPLY_AT),
+        _one_of(APPLY_AT),
         "normalize each micro-batch with the state after it (default) or before it",
         default="after",
     )
     handle_invalid: str = _opt(
-        _choice(HANDLE_INVALID), "null/NaN/inf values: keep, error or skip", default="keep"
+        _one_of(HANDLE_INVALID), "null/NaN/inf values: keep, error or skip", default="keep"
     )
     engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
     initial_state: str | None = _opt(
@@ -544,6 +550,13 @@ class StreamConfig:
     write_options: Mapping[str, str] = _opt(
         _options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
     )
+
+    @property
+    def state_options(self) -> StateOptions:
+        """The five state options as one validated value."""
+        return StateOptions(
+            self.alpha, self.eps, self.var_update, self.decay, self.zero_variance  # type: ignore[arg-type]
+        )
 
     def __post_init__(self) -> None:
         _check_columns(self)

@@ -49,25 +49,25 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from mxnorm_spark.aggregate import (
-    ENGINES,
     batch_moments,
     check_engine,
     moments_by_batch,
     resolve_input,
     vector_names,
 )
-from mxnorm_spark.apply import HANDLE_INVALID, normalize, normalize_per_batch
-from mxnorm_spark.errors import CorruptStateError, EmptyInputError, InvalidParameterError
-from mxnorm_spark.state import (
+from mxnorm_spark.apply import normalize, normalize_per_batch
+from mxnorm_spark.choices import (
     APPLY_AT,
     DECAYS,
+    ENGINES,
+    HANDLE_INVALID,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
-    MXNormState,
-    check_alpha,
     check_choice,
-    check_eps,
 )
+from mxnorm_spark.errors import CorruptStateError, EmptyInputError, InvalidParameterError
+from mxnorm_spark.state import MXNormState, StateOptions, check_alpha, check_eps
+from mxnorm_spark.store import filesystem
 
 __all__ = ["MXNorm", "MXNormModel"]
 
@@ -85,7 +85,7 @@ def _to_eps(value: Any) -> float:
     return check_eps(value)
 
 
-def _choice(name: str, valid: Sequence[str]) -> Any:
+def _choice_converter(name: str, valid: Sequence[str]) -> Any:
     def convert(value: Any) -> str:
         return check_choice(name, value, valid)
 
@@ -118,39 +118,39 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
         Params._dummy(),
         "applyAt",
         "normalize a batch with the state 'after' it (default) or 'before' it",
-        typeConverter=_choice("applyAt", APPLY_AT),
+        typeConverter=_choice_converter("applyAt", APPLY_AT),
     )
     handleInvalid: Param[str] = Param(
         Params._dummy(),
         "handleInvalid",
         "null/NaN/inf input values: 'keep' (pass through), 'error' (fail naming the "
         "column), 'skip' (drop the row)",
-        typeConverter=_choice("handleInvalid", HANDLE_INVALID),
+        typeConverter=_choice_converter("handleInvalid", HANDLE_INVALID),
     )
     varUpdate: Param[str] = Param(
         Params._dummy(),
         "varUpdate",
         "'ema' (reference) or 'mixture' (adds the movement of the mean)",
-        typeConverter=_choice("varUpdate", VAR_UPDATES),
+        typeConverter=_choice_converter("varUpdate", VAR_UPDATES),
     )
     decay: Param[str] = Param(
         Params._dummy(),
         "decay",
         "'batch' (alpha per batch) or 'rows' (alpha per row: 1 - (1 - alpha)^n)",
-        typeConverter=_choice("decay", DECAYS),
+        typeConverter=_choice_converter("decay", DECAYS),
     )
     zeroVariance: Param[str] = Param(
         Params._dummy(),
         "zeroVariance",
         "zero-variance policy: 'eps' (divide by sqrt(eps)), 'unit' (scale 1), 'zero'",
-        typeConverter=_choice("zeroVariance", ZERO_VARIANCE_POLICIES),
+        typeConverter=_choice_converter("zeroVariance", ZERO_VARIANCE_POLICIES),
     )
     engine: Param[str] = Param(
         Params._dummy(),
         "engine",
         "'auto' (the faster per input kind), 'sql' (JVM expressions) or 'arrow' (Arrow "
         "batches in Python)",
-        typeConverter=_choice("engine", ENGINES),
+        typeConverter=_choice_converter("engine", ENGINES),
     )
 
     def __init__(self, *args: Any) -> None:
@@ -252,14 +252,14 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
         outs = list(self.getOutputCols()) if self.isSet(self.outputCols) else None
         return None, outs, None, self.getOutputCol() if self.isSet(self.outputCol) else None
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "alpha": self.getAlpha(),
-            "eps": self.getEpsilon(),
-            "var_update": self.getVarUpdate(),
-            "decay": self.getDecay(),
-            "zero_variance": self.getZeroVariance(),
-        }
+    def _state_options(self) -> StateOptions:
+        return StateOptions(
+            alpha=check_alpha(self.getAlpha()),
+            eps=self.getEpsilon(),
+            var_update=self.getVarUpdate(),  # type: ignore[arg-type]  # checked by its Param
+            decay=self.getDecay(),  # type: ignore[arg-type]
+            zero_variance=self.getZeroVariance(),  # type: ignore[arg-type]
+        )
 
 
 # ---- the estimator -------------------------------------------------------------------------
@@ -347,17 +347,17 @@ class MXNorm(
         batch_col = self.getBatchCol()
         resolve_input(dataset, cols, input_col)
         # Validate every option before any Spark job.
-        MXNormState.create(["x"], **self._options())
+        options = self._state_options()
         history: list[tuple[Any, MXNormState]] = []
         batch_type: T.DataType | None = None
         if batch_col is None:
             moments = batch_moments(dataset, cols, input_col=input_col, engine=engine)
-            state = _fresh(cols, input_col, moments.n_features, self._options())
+            state = _fresh(cols, input_col, moments.n_features, options)
             state = state.update(moments)
         else:
             groups = moments_by_batch(dataset, cols, batch_col, input_col=input_col, engine=engine)
             batch_type = dataset.schema[batch_col].dataType
-            state = _fresh(cols, input_col, groups[0][1].n_features, self._options())
+            state = _fresh(cols, input_col, groups[0][1].n_features, options)
             for value, moments in groups:
                 state = state.update(moments)
                 history.append((value, state))
@@ -372,10 +372,10 @@ class MXNorm(
 
 
 def _fresh(
-    cols: list[str] | None, input_col: str | None, k: int, options: dict[str, Any]
+    cols: list[str] | None, input_col: str | None, k: int, options: StateOptions
 ) -> MXNormState:
     features = list(cols) if cols is not None else vector_names(str(input_col), k)
-    return MXNormState.create(features, **options)
+    return MXNormState.create(features, options=options)
 
 
 def _constants(
@@ -591,8 +591,4 @@ class _ModelReader(MLReader[MXNormModel]):
 
 
 def _exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    jpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return bool(fs.exists(jpath))
+    return filesystem(path, spark).exists(path)

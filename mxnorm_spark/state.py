@@ -40,16 +40,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from mxnorm_spark.choices import (
+    APPLY_AT,
+    DECAYS,
+    VAR_UPDATES,
+    ZERO_VARIANCE_POLICIES,
+    ApplyAt,
+    Decay,
+    VarUpdate,
+    ZeroVariance,
+    check_choice,
+)
 from mxnorm_spark.errors import (
     CorruptStateError,
     FeatureMismatchError,
@@ -59,28 +66,8 @@ from mxnorm_spark.errors import (
 )
 from mxnorm_spark.moments import FloatArray, Moments, as_float_matrix
 
-VarUpdate = Literal["ema", "mixture"]
-Decay = Literal["batch", "rows"]
-ZeroVariance = Literal["eps", "unit", "zero"]
-ApplyAt = Literal["after", "before"]
-
 STATE_TYPE = "mxnorm_spark.MXNormState"
 SCHEMA_VERSION = 1
-VAR_UPDATES = ("ema", "mixture")
-DECAYS = ("batch", "rows")
-ZERO_VARIANCE_POLICIES = ("eps", "unit", "zero")
-APPLY_AT = ("after", "before")
-
-# A state directory holds one committed version per batch id, v-<12 digits>.json.
-VERSION_FILE = re.compile(r"^v-(\d{12})\.json$")
-
-
-def version_file_name(batch_id: int) -> str:
-    """File name of the committed state for ``batch_id`` inside a state directory."""
-    if batch_id < 0:
-        raise InvalidParameterError(f"batch_id must be >= 0, got {batch_id}")
-    return f"v-{batch_id:012d}.json"
-
 
 def check_alpha(alpha: Any) -> float | None:
     """Validate ``alpha``: a float in (0, 1], or None / "cumulative" for running moments."""
@@ -105,10 +92,61 @@ def check_eps(eps: Any) -> float:
     return e
 
 
-def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise InvalidParameterError(f"{name} must be one of {list(valid)}, got {value!r}")
-    return str(value)
+@dataclass(frozen=True)
+class StateOptions:
+    """The five options of an MXNorm state, validated once and carried as one value.
+
+    ``alpha`` is a float in (0, 1], or None (``"cumulative"`` is accepted and stored as
+    None) for exact running moments; cumulative takes no ``var_update`` or ``decay``.
+
+    >>> StateOptions(alpha="cumulative").alpha is None
+    True
+    >>> StateOptions(alpha=0.5, var_update="mixture").to_dict()["var_update"]
+    'mixture'
+    >>> StateOptions(decay="hours")
+    Traceback (most recent call last):
+    ...
+    mxnorm_spark.errors.InvalidParameterError: decay must be one of ['batch', 'rows'], got 'hours'
+    """
+
+    alpha: float | None = 0.1
+    eps: float = 1e-8
+    var_update: VarUpdate = "ema"
+    decay: Decay = "batch"
+    zero_variance: ZeroVariance = "eps"
+
+    def __post_init__(self) -> None:
+        alpha = check_alpha(self.alpha)
+        var_update = check_choice("var_update", self.var_update, VAR_UPDATES)
+        decay = check_choice("decay", self.decay, DECAYS)
+        if alpha is None and (var_update != "ema" or decay != "batch"):
+            raise InvalidParameterError(
+                "alpha=None (cumulative) computes exact running moments; it takes no "
+                f"var_update or decay option (got var_update={var_update!r}, decay={decay!r})"
+            )
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "eps", check_eps(self.eps))
+        object.__setattr__(self, "var_update", var_update)
+        object.__setattr__(self, "decay", decay)
+        object.__setattr__(
+            self,
+            "zero_variance",
+            check_choice("zero_variance", self.zero_variance, ZERO_VARIANCE_POLICIES),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "var_update": self.var_update,
+            "decay": self.decay,
+            "zero_variance": self.zero_variance,
+        }
+
+    def differences(self, other: StateOptions, label: str = "other") -> list[str]:
+        """``name=value (label: value)`` for each option where ``other`` differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}={mine[k]!r} ({label}: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
 
 
 def _check_features(features: Sequence[str]) -> tuple[str, ...]:
@@ -145,11 +183,7 @@ class MXNormState:
     """
 
     features: tuple[str, ...]
-    alpha: float | None
-    eps: float
-    var_update: VarUpdate
-    decay: Decay
-    zero_variance: ZeroVariance
+    options: StateOptions
     mean: FloatArray
     var: FloatArray
     totals: Moments
@@ -166,8 +200,9 @@ class MXNormState:
         var_update: VarUpdate = "ema",
         decay: Decay = "batch",
         zero_variance: ZeroVariance = "eps",
+        options: StateOptions | None = None,
     ) -> MXNormState:
-        """A state with no data yet.
+        """A state with no data yet; ``options`` replaces the five option arguments.
 
         >>> MXNormState.create(["x"], alpha=0)
         Traceback (most recent call last):
@@ -175,23 +210,12 @@ class MXNormState:
         mxnorm_spark.errors.InvalidParameterError: alpha must be in (0, 1], got 0
         """
         names = _check_features(features)
-        a = check_alpha(alpha)
-        vu = check_choice("var_update", var_update, VAR_UPDATES)
-        dc = check_choice("decay", decay, DECAYS)
-        zv = check_choice("zero_variance", zero_variance, ZERO_VARIANCE_POLICIES)
-        if a is None and (vu != "ema" or dc != "batch"):
-            raise InvalidParameterError(
-                "alpha=None (cumulative) computes exact running moments; it takes no "
-                f"var_update or decay option (got var_update={vu!r}, decay={dc!r})"
-            )
+        if options is None:
+            options = StateOptions(alpha, eps, var_update, decay, zero_variance)  # type: ignore[arg-type]
         nan = np.full(len(names), np.nan)
         return cls(
             features=names,
-            alpha=a,
-            eps=check_eps(eps),
-            var_update=vu,  # type: ignore[arg-type]
-            decay=dc,  # type: ignore[arg-type]
-            zero_variance=zv,  # type: ignore[arg-type]
+            options=options,
             mean=_readonly(nan),
             var=_readonly(nan),
             totals=Moments.empty(len(names)),
@@ -209,6 +233,26 @@ class MXNormState:
             )
 
     # ---- reading ------------------------------------------------------------------
+    @property
+    def alpha(self) -> float | None:
+        return self.options.alpha
+
+    @property
+    def eps(self) -> float:
+        return self.options.eps
+
+    @property
+    def var_update(self) -> VarUpdate:
+        return self.options.var_update
+
+    @property
+    def decay(self) -> Decay:
+        return self.options.decay
+
+    @property
+    def zero_variance(self) -> ZeroVariance:
+        return self.options.zero_variance
+
     @property
     def n_features(self) -> int:
         return len(self.features)
@@ -340,11 +384,7 @@ class MXNormState:
 
         return {
             "features": list(self.features),
-            "alpha": self.alpha,
-            "eps": self.eps,
-            "var_update": self.var_update,
-            "decay": self.decay,
-            "zero_variance": self.zero_variance,
+            **self.options.to_dict(),
             "mean": floats(self.mean),
             "var": floats(self.var),
             "totals": self.totals.to_dict(),
@@ -395,16 +435,14 @@ class MXNormState:
                 "it was written; restore it, or delete it to fall back to an older version"
             )
         try:
-            features = _check_features(payload["features"])
-            alpha = check_alpha(payload["alpha"])
             state = cls(
-                features=features,
-                alpha=alpha,
-                eps=check_eps(payload["eps"]),
-                var_update=check_choice("var_update", payload["var_update"], VAR_UPDATES),  # type: ignore[arg-type]
-                decay=check_choice("decay", payload["decay"], DECAYS),  # type: ignore[arg-type]
-                zero_variance=check_choice(  # type: ignore[arg-type]
-                    "zero_variance", payload["zero_variance"], ZERO_VARIANCE_POLICIES
+                features=_check_features(payload["features"]),
+                options=StateOptions(
+                    alpha=payload["alpha"],
+                    eps=payload["eps"],
+                    var_update=payload["var_update"],
+                    decay=payload["decay"],
+                    zero_variance=payload["zero_variance"],
                 ),
                 mean=_readonly([np.nan if v is None else v for v in payload["mean"]]),
                 var=_readonly([np.nan if v is None else v for v in payload["var"]]),
@@ -416,46 +454,12 @@ class MXNormState:
             raise CorruptStateError(f"{source} has a malformed payload: {exc}") from exc
         return state
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the state to a local file atomically (temporary file, then rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> MXNormState:
-        """Load a state file, or the newest committed version in a local state directory."""
-        p = Path(path)
-        if p.is_dir():
-            versions = sorted(f for f in os.listdir(p) if VERSION_FILE.match(f))
-            if not versions:
-                raise CorruptStateError(
-                    f"state directory {p} holds no committed version (v-<batch id>.json)"
-                )
-            p = p / versions[-1]
-        try:
-            text = p.read_bytes()
-        except FileNotFoundError as exc:
-            raise CorruptStateError(f"state file {p} does not exist") from exc
-        return cls.from_json(text, source=f"state file {p}")
-
     def summary(self) -> str:
         """A human-readable table of the state."""
+        options = ", ".join(f"{k}={v}" for k, v in self.options.to_dict().items())
         head = (
-            f"MXNormState: {self.n_features} features, alpha={self.alpha}, eps={self.eps}, "
-            f"var_update={self.var_update}, decay={self.decay}, "
-            f"zero_variance={self.zero_variance}, batches_seen={self.batches_seen}, "
-            f"last_batch_id={self.last_batch_id}"
+            f"MXNormState: {self.n_features} features, {options}, "
+            f"batches_seen={self.batches_seen}, last_batch_id={self.last_batch_id}"
         )
         width = max(7, *(len(f) for f in self.features))
         lines = [head, f"{'feature':<{width}}  {'mean':>22}  {'var':>22}  {'rows':>12}"]

@@ -37,12 +37,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlparse
 
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.state import VERSION_FILE, MXNormState, version_file_name
+from mxnorm_spark.state import MXNormState
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -50,8 +52,45 @@ if TYPE_CHECKING:
 INITIAL_FILE = "init.json"
 OWNER_FILE = "_owner.json"
 _TMP_SUFFIX = ".tmp"
+# A state directory holds one committed version per batch id, v-<12 digits>.json.
+VERSION_FILE = re.compile(r"^v-(\d{12})\.json$")
+# Schemes a Python filesystem layer (pyarrow.fs) reaches with no JVM: these work on Spark
+# Connect and in serving. Anything else (s3a://, wasbs://, ...) needs Hadoop: classic only.
+ARROW_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 
-__all__ = ["INITIAL_FILE", "FileSystem", "HadoopFileSystem", "LocalFileSystem", "StateStore"]
+__all__ = [
+    "INITIAL_FILE",
+    "VERSION_FILE",
+    "ArrowFileSystem",
+    "FileSystem",
+    "HadoopFileSystem",
+    "LocalFileSystem",
+    "StateStore",
+    "filesystem",
+    "is_local",
+    "read_state",
+    "version_file_name",
+    "write_state",
+]
+
+
+def version_file_name(batch_id: int) -> str:
+    """File name of the committed state for ``batch_id`` inside a state directory."""
+    if batch_id < 0:
+        raise InvalidParameterError(f"batch_id must be >= 0, got {batch_id}")
+    return f"v-{batch_id:012d}.json"
+
+
+def is_local(path: str) -> bool:
+    """A plain path or a ``file:`` URI (one-letter schemes are Windows drive letters)."""
+    scheme = urlparse(str(path)).scheme
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def local_path(path: str) -> str:
+    """The local file system path of a plain path or ``file:`` URI."""
+    path = str(path)
+    return unquote(urlparse(path).path) if path.startswith("file:") else path
 
 
 class FileSystem(Protocol):
@@ -61,44 +100,90 @@ class FileSystem(Protocol):
     def exists(self, path: str) -> bool: ...
     def is_dir(self, path: str) -> bool: ...
     def list_names(self, directory: str) -> list[str]: ...
+    def list_files(self, directory: str) -> list[tuple[str, float]]: ...
     def read_bytes(self, path: str) -> bytes | None: ...
     def write_bytes(self, path: str, data: bytes) -> None: ...
     def rename(self, src: str, dst: str) -> bool: ...
+    def replace(self, src: str, dst: str) -> None: ...
+    def qualified(self, path: str) -> str: ...
     def delete(self, path: str, recursive: bool = False) -> None: ...
     def mkdirs(self, path: str) -> None: ...
+    def create_exclusive(self, path: str, data: bytes) -> bool: ...
+    def write_atomic(self, path: str, data: bytes) -> None: ...
 
 
-class LocalFileSystem:
+class _StagedWrites:
+    """Whole-file writes where a rename is atomic (local disks, HDFS): stage, then rename.
+
+    A reader sees a file whole or not at all; a writer killed in between leaves only a
+    hidden temporary file (``StateStore.remove_temporaries``).
+    """
+
+    def _staging_name(self: Any, path: str) -> str:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return f"{parent or '.'}/.{name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+
+    def create_exclusive(self: Any, path: str, data: bytes) -> bool:
+        """Write ``path`` whole unless something is there already (then return False)."""
+        tmp = self._staging_name(path)
+        try:
+            self.write_bytes(tmp, data)
+            return bool(self.rename(tmp, path))
+        finally:
+            if self.exists(tmp):
+                self.delete(tmp)
+
+    def write_atomic(self: Any, path: str, data: bytes) -> None:
+        """Replace ``path`` whole: readers see the old bytes or the new ones."""
+        tmp = self._staging_name(path)
+        try:
+            self.write_bytes(tmp, data)
+            self.replace(tmp, path)
+        finally:
+            if self.exists(tmp):
+                self.delete(tmp)
+
+
+class LocalFileSystem(_StagedWrites):
     """Plain local paths through Python's ``os`` (no JVM)."""
 
     def join(self, directory: str, name: str) -> str:
         return os.path.join(directory, name)
 
+    def list_files(self, directory: str) -> list[tuple[str, float]]:
+        """``(name, modification time)`` of the regular files in ``directory``."""
+        try:
+            entries = list(os.scandir(local_path(directory)))
+        except FileNotFoundError:
+            return []
+        return [(e.name, e.stat().st_mtime) for e in entries if e.is_file()]
+
     def exists(self, path: str) -> bool:
-        return os.path.exists(path)
+        return os.path.exists(local_path(path))
 
     def is_dir(self, path: str) -> bool:
-        return os.path.isdir(path)
+        return os.path.isdir(local_path(path))
 
     def list_names(self, directory: str) -> list[str]:
         try:
-            return os.listdir(directory)
+            return os.listdir(local_path(directory))
         except FileNotFoundError:
             return []
 
     def read_bytes(self, path: str) -> bytes | None:
         try:
-            return Path(path).read_bytes()
+            return Path(local_path(path)).read_bytes()
         except FileNotFoundError:
             return None
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        with open(path, "wb") as fh:
+        with open(local_path(path), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
 
     def rename(self, src: str, dst: str) -> bool:
+        src, dst = local_path(src), local_path(dst)
         # os.link fails when dst exists: the same no-overwrite rule as HDFS, without a race.
         try:
             os.link(src, dst)
@@ -113,8 +198,16 @@ class LocalFileSystem:
         _fsync_dir(os.path.dirname(dst) or ".")
         return True
 
+    def replace(self, src: str, dst: str) -> None:
+        src, dst = local_path(src), local_path(dst)
+        os.replace(src, dst)
+        _fsync_dir(os.path.dirname(dst) or ".")
+
+    def qualified(self, path: str) -> str:
+        return path
+
     def delete(self, path: str, recursive: bool = False) -> None:
-        p = Path(path)
+        p = Path(local_path(path))
         if p.is_dir() and recursive:
             import shutil
 
@@ -125,7 +218,7 @@ class LocalFileSystem:
             p.unlink(missing_ok=True)
 
     def mkdirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(local_path(path), exist_ok=True)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -142,7 +235,174 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-class HadoopFileSystem:
+class ArrowFileSystem(_StagedWrites):
+    """URIs through ``pyarrow.fs`` (S3, GCS, Azure, HDFS with libhdfs): no JVM needed.
+
+    ``s3://`` honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (an S3-compatible
+    server) and ``AWS_REGION``; credentials come from the usual AWS variables and files.
+    Paths are full URIs under the root the instance was made for.
+    """
+
+    def __init__(self, root: str) -> None:
+        from pyarrow import fs as pafs
+
+        parsed = urlparse(root)
+        self._scheme = parsed.scheme
+        if parsed.scheme == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            self._region = region or "us-east-1"
+            kwargs: dict[str, Any] = {"region": self._region}
+            if endpoint:
+                ep = urlparse(endpoint)
+                kwargs.update(endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "https")
+            self._fs: Any = pafs.S3FileSystem(**kwargs)
+        else:
+            self._fs, _ = pafs.FileSystem.from_uri(root)
+
+    def _path(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme != self._scheme:
+            raise InvalidParameterError(f"{uri} is not a {self._scheme}:// URI")
+        if self._scheme in ("abfs", "abfss"):  # container@account.dfs... -> container/path
+            return parsed.netloc.split("@", 1)[0] + parsed.path
+        return (parsed.netloc + parsed.path).rstrip("/")
+
+    def _info(self, uri: str) -> Any:
+        return self._fs.get_file_info(self._path(uri))
+
+    def join(self, directory: str, name: str) -> str:
+        return f"{directory.rstrip('/')}/{name}"
+
+    def exists(self, path: str) -> bool:
+        from pyarrow import fs as pafs
+
+        return bool(self._info(path).type != pafs.FileType.NotFound)
+
+    def is_dir(self, path: str) -> bool:
+        from pyarrow import fs as pafs
+
+        return bool(self._info(path).type == pafs.FileType.Directory)
+
+    def list_names(self, directory: str) -> list[str]:
+        return [name for name, _ in self.list_files(directory, files_only=False)]
+
+    def list_files(self, directory: str, files_only: bool = True) -> list[tuple[str, float]]:
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(self._path(directory), allow_not_found=True)
+        return [
+            (info.base_name, info.mtime.timestamp() if info.mtime is not None else 0.0)
+            for info in self._fs.get_file_info(selector)
+            if not files_only or info.type == pafs.FileType.File
+        ]
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with self._fs.open_input_stream(self._path(path)) as fh:
+                return bytes(fh.read())
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self._fs.open_output_stream(self._path(path)) as fh:
+            fh.write(data)
+
+    def rename(self, src: str, dst: str) -> bool:
+        if self.exists(dst):
+            return False
+        self._fs.move(self._path(src), self._path(dst))
+        return True
+
+    def replace(self, src: str, dst: str) -> None:
+        self._fs.move(self._path(src), self._path(dst))
+
+    def qualified(self, path: str) -> str:
+        return path
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        if self.is_dir(path):
+            self._fs.delete_dir(self._path(path))
+        elif self.exists(path):
+            self._fs.delete_file(self._path(path))
+
+    def mkdirs(self, path: str) -> None:
+        if self._scheme == "hdfs":
+            self._fs.create_dir(self._path(path), recursive=True)
+        # Object stores have no directories: a key's prefix exists once a key is under it.
+
+    # On an object store one PUT is atomic (a reader gets the old object or the new one
+    # whole) and a rename is a copy, so the final object is written directly.
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        if self._scheme == "hdfs":
+            return super().create_exclusive(path, data)
+        if self._scheme == "s3":
+            return self._s3_put_if_absent(path, data)
+        # GCS/Azure through pyarrow.fs have no conditional create: check, then write. Two
+        # writers racing in that window are caught by the read-back in StateStore.
+        if self.exists(path):
+            return False
+        self.write_bytes(path, data)
+        return True
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        if self._scheme == "hdfs":
+            super().write_atomic(path, data)
+        else:
+            self.write_bytes(path, data)
+
+    def _s3_put_if_absent(self, path: str, data: bytes) -> bool:
+        """One conditional PUT (``If-None-Match: *``): created, or False if the key exists."""
+        try:
+            import boto3
+            from botocore.exceptions import ClientError
+        except ImportError:  # without boto3: check, then write (see create_exclusive)
+            if self.exists(path):
+                return False
+            self.write_bytes(path, data)
+            return True
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=self._region)
+        bucket, _, key = self._path(path).partition("/")
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+        return True
+
+
+def filesystem(path: str, spark: SparkSession | None = None) -> FileSystem:
+    """The file system that reaches ``path``.
+
+    Local paths and ``file:`` URIs: Python's ``os``. ``s3://``, ``gs://``, ``abfs://``:
+    ``pyarrow.fs`` (works on Spark Connect and with no Spark). Other schemes (``hdfs://``,
+    ``s3a://``, ...) go through the Hadoop ``FileSystem`` of a classic ``spark`` session;
+    ``hdfs://`` without one tries ``pyarrow.fs`` (it needs libhdfs).
+    """
+    if is_local(path):
+        return LocalFileSystem()
+    scheme = urlparse(path).scheme
+    if scheme in ARROW_SCHEMES:
+        return ArrowFileSystem(path)
+    if spark is not None and _is_classic(spark):
+        return HadoopFileSystem(spark, path)
+    if scheme == "hdfs":
+        return ArrowFileSystem(path)
+    raise InvalidParameterError(
+        f"{path}: the {scheme}:// scheme is reachable only through Hadoop, which needs a "
+        f"classic SparkSession (not Spark Connect); use one of {', '.join(ARROW_SCHEMES)}:// "
+        "or a local path"
+    )
+
+
+def _is_classic(spark: SparkSession) -> bool:
+    return getattr(spark, "_jvm", None) is not None and hasattr(spark, "_jsc")
+
+
+class HadoopFileSystem(_StagedWrites):
     """Paths through the Hadoop ``FileSystem`` of a SparkSession (any scheme it supports).
 
     For ``file:`` paths the raw local file system is used: Hadoop's checksummed local file
@@ -185,6 +445,16 @@ class HadoopFileSystem:
             return []
         return [str(s.getPath().getName()) for s in self._fs.listStatus(p)]
 
+    def list_files(self, directory: str) -> list[tuple[str, float]]:
+        p = self._path(directory)
+        if not self._fs.exists(p):
+            return []
+        return [
+            (str(s.getPath().getName()), int(s.getModificationTime()) / 1000.0)
+            for s in self._fs.listStatus(p)
+            if s.isFile()
+        ]
+
     def read_bytes(self, path: str) -> bytes | None:
         p = self._path(path)
         if not self._fs.exists(p):
@@ -211,6 +481,12 @@ class HadoopFileSystem:
         if self._fs.exists(self._path(dst)):
             return False
         return bool(self._fs.rename(self._path(src), self._path(dst)))
+
+    def replace(self, src: str, dst: str) -> None:
+        if self.exists(dst):
+            self.delete(dst)
+        if not self._fs.rename(self._path(src), self._path(dst)):
+            raise OSError(f"could not rename {src} to {dst}")
 
     def delete(self, path: str, recursive: bool = False) -> None:
         self._fs.delete(self._path(path), recursive)
@@ -243,9 +519,9 @@ class StateStore:
             )
         self.path = str(path)
         self.retention = retention
-        self.fs: FileSystem = (
-            LocalFileSystem() if spark is None else HadoopFileSystem(spark, self.path)
-        )
+        self.fs: FileSystem = filesystem(self.path, spark)
+        if isinstance(self.fs, LocalFileSystem):
+            self.path = local_path(self.path)
 
     def __repr__(self) -> str:
         return f"StateStore({self.path!r}, retention={self.retention})"
@@ -372,19 +648,12 @@ class StateStore:
                 "to another stream: give each stream its own state directory"
             )
         self.fs.mkdirs(self.path)
-        name = target.rstrip("/").rsplit("/", 1)[-1]
-        tmp = self.fs.join(self.path, f".{name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-        try:
-            self.fs.write_bytes(tmp, data)
-            # Losing a race with another writer is fine only if it wrote the same bytes.
-            if not self.fs.rename(tmp, target) and self.fs.read_bytes(target) != data:
-                raise StateConflictError(
-                    f"{target} was written concurrently with a different state for {what}; "
-                    "only one writer may use a state directory"
-                )
-        finally:
-            if self.fs.exists(tmp):
-                self.fs.delete(tmp)
+        # Losing a race with another writer is fine only if it wrote the same bytes.
+        if not self.fs.create_exclusive(target, data) and self.fs.read_bytes(target) != data:
+            raise StateConflictError(
+                f"{target} was written concurrently with a different state for {what}; "
+                "only one writer may use a state directory"
+            )
 
     def _apply_retention(self) -> None:
         if self.retention is None:
@@ -402,3 +671,192 @@ class StateStore:
         for name in self.fs.list_names(self.path):
             if name.startswith(".") and name.endswith(_TMP_SUFFIX):
                 self.fs.delete(self.fs.join(self.path, name))
+
+
+# ---- one state file ---------------------------------------------------------------------
+def read_state(
+    path: str | os.PathLike[str],
+    spark: SparkSession | None = None,
+    *,
+    batch_id: int | None = None,
+) -> MXNormState:
+    """The state at ``path``: a state file, or a state directory (a stream's store).
+
+    A directory gives its newest committed version, or the version of ``batch_id``; with no
+    version at all, its warm-start state (``init.json``). This is the one fallback rule
+    every reader of a path follows. Raises :class:`CorruptStateError` naming the path when
+    there is no state there or the file fails its checks.
+    """
+    path = str(path)
+    fs = filesystem(path, spark)
+    where = local_path(path) if isinstance(fs, LocalFileSystem) else path
+    if not fs.is_dir(where):
+        data = fs.read_bytes(where)
+        if data is None:
+            raise CorruptStateError(f"state file {where} does not exist")
+        if batch_id is not None:
+            raise InvalidParameterError(
+                f"{where} is one state file; a batch id selects a version of a state directory"
+            )
+        return MXNormState.from_json(data, source=f"state file {where}")
+    store = StateStore(path, spark)
+    if batch_id is not None:
+        state = store.get(batch_id)
+        if state is None:
+            raise CorruptStateError(
+                f"state directory {where} holds no version for batch {batch_id} "
+                f"(committed: {_describe_ids(store.batch_ids())})"
+            )
+        return state
+    state = store.latest() or store.initial()
+    if state is None:
+        raise CorruptStateError(
+            f"state directory {where} holds no committed version (v-<batch id>.json) "
+            f"and no {INITIAL_FILE}"
+        )
+    return state
+
+
+def _describe_ids(ids: list[int]) -> str:
+    if not ids:
+        return "none"
+    return str(ids[0]) if len(ids) == 1 else f"{len(ids)} versions, {ids[0]}..{ids[-1]}"
+
+
+def write_state(
+    state: MXNormState, path: str | os.PathLike[str], spark: SparkSession | None = None
+) -> str:
+    """Write one state file, replacing any file there, and return where it went.
+
+    The bytes go to a temporary name beside the target and are renamed into place, so a
+    reader sees the old file or the new one, never part of one. Locally the rename is
+    atomic; on an object store the new object is complete before the old one is replaced.
+    """
+    path = str(path)
+    fs = filesystem(path, spark)
+    target = local_path(path) if isinstance(fs, LocalFileSystem) else path
+    if fs.is_dir(target):
+        raise InvalidParameterError(
+            f"{path} is a directory; a state is written to one JSON file, e.g. "
+            f"{fs.join(target, 'state.json')}"
+        )
+    parent = target.rstrip("/").rpartition("/")[0] or "."
+    fs.mkdirs(parent)
+    fs.write_atomic(target, state.to_json().encode("utf-8"))
+    return fs.qualified(target)
+
+
+# ---- input files of a file stream -------------------------------------------------------
+# A file source checks each new file before its micro-batch is folded: its first line (csv
+# header, first json record) or its parquet footer. Only those bytes are read, through the
+# file system that reaches the file, so local and pyarrow.fs paths need no JVM.
+_LINE_CHUNK = 64 * 1024
+
+
+def file_exists(uri: str, spark: SparkSession | None = None) -> bool:
+    """Whether the file at ``uri`` (a path, or a URI as Spark's ``input_file_name()`` gives it)
+    exists."""
+    fs = filesystem(uri, spark)
+    return fs.exists(local_path(uri) if isinstance(fs, LocalFileSystem) else uri)
+
+
+def read_first_line(
+    uri: str, encoding: str = "UTF-8", spark: SparkSession | None = None
+) -> str | None:
+    """The first line of the file at ``uri`` that is not blank (no line break), or None.
+
+    Reads only as far as that line. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``.
+    """
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    text = ""
+    with _open_input(uri, spark) as fh:
+        while True:
+            chunk = fh.read(_LINE_CHUNK)
+            text += decoder.decode(bytes(chunk), final=not chunk)
+            *complete, text = re.split(r"\r\n|\r|\n", text)
+            if not chunk:
+                complete.append(text)  # the last line needs no line break
+            for line in complete:
+                if line.strip():
+                    return line
+            if not chunk:
+                return None
+
+
+def read_parquet_schema(uri: str, spark: SparkSession | None = None) -> Any:
+    """The Arrow schema (``pyarrow.Schema``) of the parquet file at ``uri``, from its footer."""
+    import pyarrow.parquet as pq
+
+    with _open_input(uri, spark) as fh:
+        return pq.read_schema(fh)
+
+
+def _open_input(uri: str, spark: SparkSession | None) -> Any:
+    """A seekable binary reader of the file at ``uri`` (a context manager)."""
+    fs = filesystem(uri, spark)
+    if isinstance(fs, LocalFileSystem):
+        return open(local_path(uri), "rb")
+    if isinstance(fs, ArrowFileSystem):
+        return fs._fs.open_input_file(fs._path(uri))
+    if isinstance(fs, HadoopFileSystem):
+        return _HadoopInput(fs, uri)
+    raise InvalidParameterError(f"{uri}: no reader for this file system")
+
+
+class _HadoopInput:
+    """A read-only, seekable Python file over a Hadoop input stream (classic Spark only).
+
+    Enough of the file protocol for ``pyarrow.parquet.read_schema`` (which seeks to the
+    footer) and for reading a first line, so neither reads the whole file.
+    """
+
+    def __init__(self, fs: HadoopFileSystem, uri: str) -> None:
+        path = fs._path(uri)
+        self._size = int(fs._fs.getFileStatus(path).getLen())
+        self._stream = fs._fs.open(path)
+        self._pos = 0
+        self.closed = False
+
+    def __enter__(self) -> _HadoopInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+            self.closed = True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def size(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(base + offset, self._size))
+        self._stream.seek(self._pos)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._pos
+        size = min(size, self._size - self._pos)
+        if size <= 0:
+            return b""
+        data = bytes(self._stream.readNBytes(size))  # java.io.InputStream (Java 11+)
+        self._pos += len(data)
+        return data

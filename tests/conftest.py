@@ -36,3 +36,29 @@ def spark() -> Iterator[Any]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto) on 127.0.0.1; the AWS variables point at it."""
+    from s3server import ENV, moto_server
+
+    saved = {k: os.environ.get(k) for k in [*ENV, "AWS_ENDPOINT_URL"]}
+    with moto_server() as endpoint:
+        os.environ.update(ENV, AWS_ENDPOINT_URL=endpoint)
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the test S3 server: ``s3://<name>``."""
+    from s3server import new_bucket
+
+    return f"s3://{new_bucket(s3_endpoint)}"

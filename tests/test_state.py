@@ -19,6 +19,7 @@ from mxnorm_spark import (
     ShapeError,
     UnsupportedSchemaVersionError,
 )
+from mxnorm_spark.store import read_state, write_state
 
 FEATURES = ["a", "b", "c"]
 
@@ -148,7 +149,7 @@ def test_json_round_trip_is_bit_exact(tmp_path: Path) -> None:
     for f in ("count", "shift", "delta", "m2"):
         assert getattr(back.totals, f).tobytes() == getattr(s.totals, f).tobytes()
     assert (back.alpha, back.eps, back.var_update, back.last_batch_id) == (0.3, 1e-6, "mixture", 11)
-    loaded = MXNormState.load(s.save(tmp_path / "state.json"))
+    loaded = read_state(write_state(s, tmp_path / "state.json"))
     assert loaded.to_json() == s.to_json()
     # a state with unseen features keeps its NaNs through JSON
     fresh = MXNormState.from_json(MXNormState.create(["x"]).to_json())
@@ -157,14 +158,14 @@ def test_json_round_trip_is_bit_exact(tmp_path: Path) -> None:
 
 def test_flipped_digit_is_rejected(tmp_path: Path) -> None:
     s = MXNormState.create(["x"]).update(Moments.from_array(np.array([[1.25], [3.5]])))
-    path = s.save(tmp_path / "s.json")
+    path = Path(write_state(s, tmp_path / "s.json"))
     text = path.read_text()
     i = text.index('"mean"')
     j = next(k for k in range(i, len(text)) if text[k].isdigit())
     tampered = text[:j] + ("7" if text[j] != "7" else "8") + text[j + 1 :]
     path.write_text(tampered)
     with pytest.raises(CorruptStateError, match="fails its checksum"):
-        MXNormState.load(path)
+        read_state(path)
 
 
 def test_corrupt_unknown_and_truncated_files(tmp_path: Path) -> None:
@@ -178,18 +179,18 @@ def test_corrupt_unknown_and_truncated_files(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedSchemaVersionError, match=r"schema_version 99.*only version 1"):
         MXNormState.from_json(json.dumps(doc))
     with pytest.raises(CorruptStateError, match="does not exist"):
-        MXNormState.load(tmp_path / "missing.json")
+        read_state(tmp_path / "missing.json")
     with pytest.raises(CorruptStateError, match="no committed version"):
-        MXNormState.load(tmp_path)
+        read_state(tmp_path)
 
 
 def test_load_directory_takes_newest_version(tmp_path: Path) -> None:
     s = MXNormState.create(["x"])
     for i in range(3):
         s = s.update(Moments.from_array(np.array([[float(i)], [i + 2.0]])), batch_id=i)
-        s.save(tmp_path / f"v-{i:012d}.json")
+        write_state(s, tmp_path / f"v-{i:012d}.json")
     (tmp_path / ".v-000000000003.json.tmp").write_text("partial")
-    assert MXNormState.load(tmp_path).last_batch_id == 2
+    assert read_state(tmp_path).last_batch_id == 2
 
 
 @pytest.mark.parametrize(

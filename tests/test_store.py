@@ -1,4 +1,4 @@
-"""The state store: immutable checksummed versions per batch id, local and through Hadoop."""
+"""The state store: immutable checksummed versions per batch id, local, Hadoop and s3://."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from mxnorm_spark import CorruptStateError, InvalidParameterError, Moments, MXNormState
 from mxnorm_spark.errors import StateConflictError
-from mxnorm_spark.store import INITIAL_FILE, StateStore
+from mxnorm_spark.store import INITIAL_FILE, StateStore, filesystem, read_state
 
 
 def states(n: int, seed: int = 0) -> list[MXNormState]:
@@ -27,20 +27,49 @@ def states(n: int, seed: int = 0) -> list[MXNormState]:
     return out
 
 
-@pytest.fixture(params=["local", "hadoop"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """A store factory: plain local files, or the Hadoop FileSystem of the Spark session."""
+class Backend:
+    """Where a store lives: plain local files, Hadoop's FileSystem, or s3:// (moto)."""
 
-    def make(retention: int | None = None, sub: str = "state") -> StateStore:
-        if request.param == "local":
-            return StateStore(tmp_path / sub, retention=retention)
-        spark = request.getfixturevalue("spark")
-        return StateStore(f"file://{tmp_path / sub}", spark, retention=retention)
+    def __init__(self, kind: str, root: str, spark: Any = None) -> None:
+        self.kind, self.root, self.spark = kind, root, spark
 
-    return make
+    def uri(self, sub: str) -> str:
+        return f"{self.root}/{sub}"
+
+    def store(self, retention: int | None = None, sub: str = "state") -> StateStore:
+        return StateStore(self.uri(sub), self.spark, retention=retention)
+
+    def names(self, sub: str = "state") -> list[str]:
+        """Every object or file in ``sub`` (hidden ones too)."""
+        if self.kind != "s3":
+            return sorted(os.listdir(self.uri(sub).removeprefix("file://")))
+        fs = filesystem(self.uri(sub))
+        return sorted(fs.list_names(self.uri(sub)))
+
+    def read(self, sub: str, name: str) -> bytes:
+        data = filesystem(self.uri(sub)).read_bytes(self.uri(f"{sub}/{name}"))
+        assert data is not None
+        return data
+
+    def write(self, sub: str, name: str, data: bytes) -> None:
+        filesystem(self.uri(sub)).write_bytes(self.uri(f"{sub}/{name}"), data)
 
 
-def test_commit_get_latest_bit_exact(make_store: Any, tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "hadoop", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend("local", str(tmp_path))
+    if request.param == "hadoop":
+        return Backend("hadoop", f"file://{tmp_path}", request.getfixturevalue("spark"))
+    return Backend("s3", request.getfixturevalue("s3_bucket"))
+
+
+@pytest.fixture
+def make_store(backend: Backend) -> Any:
+    return backend.store
+
+
+def test_commit_get_latest_bit_exact(make_store: Any, backend: Backend) -> None:
     store = make_store()
     assert store.latest() is None and store.batch_ids() == [] and store.get(0) is None
     written = states(4)
@@ -56,9 +85,9 @@ def test_commit_get_latest_bit_exact(make_store: Any, tmp_path: Path) -> None:
     assert before is not None and before[0] == 2 and before[1].to_json() == written[2].to_json()
     assert store.before(0) is None
     # Only committed versions: no temporary files, no Hadoop .crc side files.
-    assert sorted(os.listdir(tmp_path / "state")) == [f"v-{b:012d}.json" for b in range(4)]
+    assert backend.names() == [f"v-{b:012d}.json" for b in range(4)]
     # The core loader reads the same directory (newest version).
-    assert MXNormState.load(tmp_path / "state").to_json() == written[-1].to_json()
+    assert read_state(backend.uri("state"), backend.spark).to_json() == written[-1].to_json()
 
 
 def test_retention_keeps_newest_versions(make_store: Any) -> None:
@@ -81,14 +110,14 @@ def test_versions_are_immutable(make_store: Any) -> None:
     assert got is not None and got.to_json() == s0.to_json()
 
 
-def test_flipped_digit_is_reported_with_the_file(make_store: Any, tmp_path: Path) -> None:
+def test_flipped_digit_is_reported_with_the_file(make_store: Any, backend: Backend) -> None:
     store = make_store()
     for b, s in enumerate(states(3)):
         store.commit(b, s)
-    victim = tmp_path / "state" / "v-000000000002.json"
-    doc = json.loads(victim.read_text())
+    victim = "v-000000000002.json"
+    doc = json.loads(backend.read("state", victim))
     doc["payload"]["mean"][0] += 1e-9  # a plausible-looking number: only the checksum knows
-    victim.write_text(json.dumps(doc))
+    backend.write("state", victim, json.dumps(doc).encode())
     with pytest.raises(CorruptStateError) as info:
         store.latest()
     msg = str(info.value)
@@ -98,11 +127,11 @@ def test_flipped_digit_is_reported_with_the_file(make_store: Any, tmp_path: Path
     assert store.get(1) is not None
 
 
-def test_truncated_file_is_reported(make_store: Any, tmp_path: Path) -> None:
+def test_truncated_file_is_reported(make_store: Any, backend: Backend) -> None:
     store = make_store()
     store.commit(0, states(1)[0])
-    victim = tmp_path / "state" / "v-000000000000.json"
-    victim.write_bytes(victim.read_bytes()[:100])
+    victim = "v-000000000000.json"
+    backend.write("state", victim, backend.read("state", victim)[:100])
     with pytest.raises(CorruptStateError, match=r"v-000000000000\.json is not valid JSON"):
         store.get(0)
 
@@ -141,5 +170,45 @@ def test_initial_file_is_not_loaded_as_a_version(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.set_initial(states(1)[0])
     assert (tmp_path / INITIAL_FILE).exists()
+    assert store.latest() is None and store.batch_ids() == []
+    # read_state's one fallback rule: no version yet, so the warm-start state.
+    assert read_state(tmp_path).to_json() == states(1)[0].to_json()
+    (tmp_path / INITIAL_FILE).unlink()
     with pytest.raises(CorruptStateError, match="holds no committed version"):
-        MXNormState.load(tmp_path)
+        read_state(tmp_path)
+
+
+def test_create_exclusive_refuses_an_existing_file(backend: Backend) -> None:
+    # The primitive under every commit: a second create of the same name must lose, on
+    # every backend (s3://: a conditional PUT), leaving the first bytes in place.
+    fs = filesystem(backend.uri("x"), backend.spark)
+    fs.mkdirs(backend.uri("x"))
+    target = backend.uri("x/v.json")
+    assert fs.create_exclusive(target, b"first") is True
+    assert fs.create_exclusive(target, b"second") is False
+    assert backend.read("x", "v.json") == b"first"
+    assert backend.names("x") == ["v.json"]  # no staging file left behind
+
+
+def test_state_file_replaced_whole(backend: Backend) -> None:
+    from mxnorm_spark.store import write_state
+
+    s0, s1 = states(2)
+    target = backend.uri("fit/state.json")
+    write_state(s0, target, backend.spark)
+    write_state(s1, target, backend.spark)
+    assert read_state(target, backend.spark).to_json() == s1.to_json()
+    assert backend.names("fit") == ["state.json"]
+    with pytest.raises(CorruptStateError, match="does not exist"):
+        read_state(backend.uri("fit/missing.json"), backend.spark)
+
+
+def test_read_state_pins_a_version(make_store: Any, backend: Backend) -> None:
+    store = make_store()
+    written = states(3)
+    for b, s in enumerate(written):
+        store.commit(b, s)
+    uri = backend.uri("state")
+    assert read_state(uri, backend.spark, batch_id=1).to_json() == written[1].to_json()
+    with pytest.raises(CorruptStateError, match=r"no version for batch 7 \(committed: 3 versions"):
+        read_state(uri, backend.spark, batch_id=7)
