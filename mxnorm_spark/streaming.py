@@ -2,9 +2,10 @@
 
 :class:`MXNormStream` is a ``foreachBatch`` updater. For each micro-batch it
 
-1. reads the micro-batch once (persisted); for a file stream a first job counts it and
-   checks every new file against the stream's schema (:class:`SchemaMismatchError` names
-   the file and the column);
+1. reads the micro-batch once (persisted); for a file stream
+   (:class:`~mxnorm_spark.sources.FileSource`) a first job counts it and checks every new
+   file against the stream's schema (:class:`SchemaMismatchError` names the file and the
+   column);
 2. computes the batch moments and its row count in one job
    (:func:`~mxnorm_spark.aggregate.batch_moments_and_rows`, pivoted on the current state
    mean) and folds them into the state of the previous batch id;
@@ -13,7 +14,8 @@
 4. normalizes the micro-batch (``apply_at="after"``: with the new state; ``"before"``: with
    the state before the batch) and writes it to ``OUTPUT/batch_id=<12 digits>/``, written
    aside and renamed into place, replacing any earlier attempt whole;
-5. reports one progress line: batch id, rows, duration, largest change of a feature's mean.
+5. reports one progress line (:class:`~mxnorm_spark.progress.BatchReport`): batch id, rows,
+   duration, largest change of a feature's mean.
 
 Exactly once: Spark re-runs the last micro-batch after a crash. A batch id that already has
 a committed version reuses it (the batch is never folded twice) and rewrites its output,
@@ -23,10 +25,12 @@ bit-identical to an uninterrupted run. An empty micro-batch commits an unchanged
 
 Attach it to any streaming DataFrame::
 
+    from mxnorm_spark.state import StateOptions
     from mxnorm_spark.streaming import MXNormStream
 
     stream = MXNormStream(spark, "s3a://bucket/mxnorm/state", cols=["amount", "latency"],
-                          output="s3a://bucket/mxnorm/normalized", alpha=0.1)
+                          output="s3a://bucket/mxnorm/normalized",
+                          options=StateOptions(alpha=0.1))
     query = (stream.attach(events.writeStream)          # events: any streaming DataFrame
              .option("checkpointLocation", "s3a://bucket/mxnorm/checkpoint")
              .trigger(processingTime="1 minute")
@@ -34,24 +38,20 @@ Attach it to any streaming DataFrame::
 
 or let it read a directory of files (schema checked per file)::
 
+    from mxnorm_spark.sources import FileSource
+
     source = FileSource("data/incoming", "parquet", max_files_per_trigger=1)
     reports = stream.run(source.read(spark, cols=["amount", "latency"]),
                          checkpoint="chk/", available_now=True, source=source)
 
-A test-only fault hook kills the driver (and its JVM) with SIGKILL at a chosen point:
-``MXNORM_FAULT=before_commit:3`` (also ``after_commit``, ``during_write``, ``after_write``;
-several as a comma-separated list).
+The crash-safety tests kill the driver at chosen points (:func:`mxnorm_spark.progress.fault`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import re
-import signal
 import time
 import uuid
 from collections import deque
@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mxnorm_spark.choices import APPLY_AT, FORMATS, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
     EmptyInputError,
     InvalidParameterError,
@@ -72,13 +73,24 @@ from mxnorm_spark.errors import (
     StateConflictError,
 )
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import (
-    APPLY_AT,
-    MXNormState,
-    check_choice,
+from mxnorm_spark.progress import BatchReport, fault, largest_mean_change, print_report
+from mxnorm_spark.sources import (
+    CORRUPT_COLUMN,
+    FILE_COLUMN,
+    INTERNAL_COLUMNS,
+    FileSource,
+    corrupt_record_error,
+)
+from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.store import (
+    FileSystem,
+    LocalFileSystem,
+    StateStore,
+    filesystem,
+    local_path,
+    read_state,
     version_file_name,
 )
-from mxnorm_spark.store import HadoopFileSystem, StateStore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -88,28 +100,15 @@ if TYPE_CHECKING:
 
     from mxnorm_spark.config import SparkSettings, StreamConfig
 
-FAULT_ENV = "MXNORM_FAULT"
-FAULT_POINTS = ("before_commit", "after_commit", "during_write", "after_write")
-# Internal columns a FileSource adds; never written to the output.
-FILE_COLUMN = "_mxnorm_file"
-CORRUPT_COLUMN = "_mxnorm_corrupt_record"
-FORMATS = ("parquet", "csv", "json")
-HANDLE_INVALID = ("keep", "error", "skip")
 OUTPUT_ATTEMPTS = "_attempts"
 _FAILED_FILE = re.compile(r"reading file (\S+?)\.(?:\s|$)")
 # Spark sets this local property on the thread that runs a query's micro-batches.
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
 __all__ = [
-    "FAULT_ENV",
-    "FAULT_POINTS",
-    "BatchReport",
-    "FileSource",
     "MXNormStream",
-    "add_stream_parser",
+    "StreamOutput",
     "batch_output_dir",
-    "demo_stream",
-    "run_stream",
 ]
 
 
@@ -118,377 +117,60 @@ def batch_output_dir(batch_id: int) -> str:
     return f"batch_id={batch_id:012d}"
 
 
-# ---- progress ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class BatchReport:
-    """What one micro-batch did; :meth:`line` is the progress line a stream prints."""
+class StreamOutput:
+    """Where the normalized micro-batches go, and under which column names.
 
-    batch_id: int
-    rows: int
-    seconds: float
-    replayed: bool
-    state_version: str | None
-    max_mean_change: float | None = None
-    changed_feature: str | None = None
-    output: str | None = None
-
-    def line(self) -> str:
-        head = f"[mxnorm] batch {self.batch_id}: {self.rows:,} rows in {self.seconds:.2f} s"
-        if self.state_version is None:
-            return f"{head}, empty before any data: no state yet"
-        if self.replayed:
-            tail = f"replayed: reused committed {self.state_version}"
-        elif self.rows == 0:
-            tail = f"empty: state unchanged, committed {self.state_version}"
-        elif self.max_mean_change is None:
-            tail = f"state initialized, committed {self.state_version}"
-        else:
-            tail = (
-                f"largest mean change {self.max_mean_change:.3g} sd ({self.changed_feature}), "
-                f"committed {self.state_version}"
-            )
-        return f"{head}, {tail}"
-
-
-def print_report(report: BatchReport) -> None:
-    print(report.line(), flush=True)
-
-
-def _largest_mean_change(
-    before: MXNormState, after: MXNormState
-) -> tuple[float | None, str | None]:
-    """Largest |mean change| of a feature, in standard deviations of the state before."""
-    had = before.initialized
-    if not had.any():
-        return None, None
-    _, scale = before.normalization_constants(fallback=after)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        change = np.abs(after.mean - before.mean) / scale
-    change = np.where(had & np.isfinite(change), change, -1.0)
-    j = int(np.argmax(change))
-    return (float(change[j]), before.features[j]) if change[j] >= 0 else (None, None)
-
-
-# ---- the fault hook (tests) -------------------------------------------------------------
-def _fault(point: str, batch_id: int, spark: SparkSession | None = None) -> None:
-    """Kill this driver and its JVM with SIGKILL if ``MXNORM_FAULT`` names this point."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        name, _, bid = item.strip().partition(":")
-        if name == point and bid.strip() == str(batch_id):
-            print(f"[mxnorm] fault hook: SIGKILL at {point} of batch {batch_id}", flush=True)
-            if spark is not None and spark._jvm is not None:
-                # The JVM would exit by itself once its parent is gone, but running its
-                # shutdown hooks first; a real crash gives it no such chance.
-                jvm_pid = int(spark._jvm.java.lang.ProcessHandle.current().pid())
-                os.kill(jvm_pid, signal.SIGKILL)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---- file sources -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class FileSource:
-    """A directory of parquet, csv or json files read as a stream, with a fixed schema.
-
-    ``schema`` (a DDL string or StructType) is optional: by default it is taken from the
-    oldest file present when the stream starts; the feature columns of csv and json
-    sources are read as double. Every new file is checked against it before its batch
-    is folded: a missing column, a column of another type (parquet) or a value that is not
-    a number (csv, json) stops the stream with :class:`SchemaMismatchError` naming the file
-    and the column. CSV and JSON are read in PERMISSIVE mode so that such records are seen
-    and reported, never dropped. Files that disappear before a replayed batch is re-read
-    are skipped (``ignoreMissingFiles``), which is how a rejected file is taken out.
+    Exactly one of ``path`` (a directory: one sub-directory per batch id, written as
+    ``format`` with ``write_options``) or ``sink`` (``sink(df, batch_id)`` writes each
+    normalized micro-batch itself and must replace that batch's earlier output: replays).
+    ``cols`` names the outputs of scalar features (default: in place), ``col`` that of a
+    vector or array input.
     """
 
-    path: str
+    path: str | None = None
+    sink: Callable[[DataFrame, int], None] | None = None
     format: str = "parquet"
-    options: Mapping[str, str] = field(default_factory=dict)
-    schema: str | StructType | None = None
-    max_files_per_trigger: int | None = None
+    write_options: Mapping[str, str] = field(default_factory=dict)
+    cols: Sequence[str] | None = None
+    col: str | None = None
 
     def __post_init__(self) -> None:
-        check_choice("format", self.format, FORMATS)
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-        m = self.max_files_per_trigger
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise InvalidParameterError(f"max_files_per_trigger must be >= 1, got {m!r}")
-
-    def _reader_options(self) -> dict[str, str]:
-        opts = dict(self.options)
-        opts.pop("inferSchema", None)
-        if self.format == "csv":
-            opts.setdefault("header", "true")
-        if self.format in ("csv", "json"):
-            opts["mode"] = "PERMISSIVE"
-            opts["columnNameOfCorruptRecord"] = CORRUPT_COLUMN
-        return opts
-
-    def resolve_schema(self, spark: SparkSession, cols: Sequence[str] | None = None) -> StructType:
-        """The schema the stream reads with (features as double for csv and json)."""
-        from pyspark.sql import types as T
-
-        if isinstance(self.schema, T.StructType):
-            schema = self.schema
-        elif isinstance(self.schema, str):
-            parsed = T._parse_datatype_string(self.schema)
-            if not isinstance(parsed, T.StructType):
-                raise InvalidParameterError(f"schema must describe columns, got {self.schema!r}")
-            schema = parsed
-        else:
-            first = self._oldest_file(spark)
-            opts = {k: v for k, v in self._reader_options().items() if k != "mode"}
-            opts.pop("columnNameOfCorruptRecord", None)
-            schema = spark.read.format(self.format).options(**opts).load(first).schema
-            if self.format in ("csv", "json") and cols:
-                schema = T.StructType(
-                    [
-                        T.StructField(f.name, T.DoubleType(), True) if f.name in cols else f
-                        for f in schema.fields
-                    ]
-                )
-        return schema
-
-    def _oldest_file(self, spark: SparkSession) -> str:
-        jvm = spark._jvm
-        assert jvm is not None
-        path = jvm.org.apache.hadoop.fs.Path(self.path)
-        fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
-        files = []
-        if fs.exists(path):
-            for status in fs.listStatus(path):
-                name = str(status.getPath().getName())
-                if status.isFile() and not name.startswith(("_", ".")):
-                    files.append((int(status.getModificationTime()), name, status))
-        if not files:
-            raise EmptyInputError(
-                f"input {self.path} holds no {self.format} file yet, so the stream cannot "
-                "learn its schema; add one file first, or give the schema explicitly"
+        if (self.path is None) == (self.sink is None):
+            raise InvalidParameterError(
+                "give exactly one of output (a directory, one sub-directory per batch id) "
+                "or sink (a function writing each normalized micro-batch)"
             )
-        return str(min(files, key=lambda t: (t[0], t[1]))[2].getPath().toString())
-
-    def read(
-        self,
-        spark: SparkSession,
-        cols: Sequence[str] | None = None,
-        input_col: str | None = None,
-    ) -> DataFrame:
-        """The streaming DataFrame: the files' columns plus internal file/corrupt columns."""
-        from pyspark.sql import functions as F
-        from pyspark.sql import types as T
-
-        schema = self.resolve_schema(spark, cols)
-        names = [f.name for f in schema.fields]
-        wanted = list(cols or []) + ([input_col] if input_col else [])
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            from mxnorm_spark.errors import MissingColumnError
-
-            raise MissingColumnError(missing, names)
-        if self.format in ("csv", "json"):
-            schema = T.StructType([*schema.fields, T.StructField(CORRUPT_COLUMN, T.StringType())])
-        reader = (
-            spark.readStream.format(self.format).schema(schema).options(**self._reader_options())
-        )
-        # A file taken out after its batch was planned (a rejected file) must not fail
-        # the replay of that batch.
-        reader = reader.option("ignoreMissingFiles", "true")
-        if self.max_files_per_trigger is not None:
-            reader = reader.option("maxFilesPerTrigger", str(self.max_files_per_trigger))
-        return reader.load(self.path).withColumn(FILE_COLUMN, F.input_file_name())
-
-    # ---- per-file checks ----------------------------------------------------------------
-    def check_file(
-        self,
-        spark: SparkSession,
-        uri: str,
-        expected: StructType,
-        features: Sequence[str],
-    ) -> None:
-        """Raise :class:`SchemaMismatchError` if the file at ``uri`` does not fit ``expected``."""
-        jvm = spark._jvm
-        assert jvm is not None
-        path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
-        conf = spark._jsc.hadoopConfiguration()
-        if not path.getFileSystem(conf).exists(path):
-            return
-        if self.format == "parquet":
-            self._check_parquet(spark, path, conf, uri, expected)
-        elif self.format == "csv":
-            self._check_csv_header(spark, path, conf, uri, expected)
-        else:
-            self._check_json_keys(spark, path, conf, uri, features)
-
-    def _check_parquet(
-        self, spark: SparkSession, path: Any, conf: Any, uri: str, expected: StructType
-    ) -> None:
-        from pyspark.sql import types as T
-
-        jvm = spark._jvm
-        assert jvm is not None
-        try:
-            reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
-                jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(path, conf)
-            )
-            try:
-                message = reader.getFooter().getFileMetaData().getSchema()
-            finally:
-                reader.close()
-            converter = jvm.org.apache.spark.sql.execution.datasources.parquet
-            sql_conf = jvm.org.apache.spark.sql.internal.SQLConf.get()
-            found_json = converter.ParquetToSparkSchemaConverter(sql_conf).convert(message).json()
-            found = T.StructType.fromJson(json.loads(found_json))
-        except Exception as exc:  # an unreadable footer: not a parquet file at all
-            raise SchemaMismatchError(
-                f"file {uri} cannot be read as parquet ({str(exc).splitlines()[0]}); "
-                "remove it from the input directory and restart the stream"
-            ) from None
-        have = {f.name: f.dataType for f in found.fields}
-        for f in expected.fields:
-            if f.name in (FILE_COLUMN, CORRUPT_COLUMN):
-                continue
-            if f.name not in have:
-                raise _mismatch(uri, f.name, "is missing", sorted(have))
-            if have[f.name] != f.dataType:
-                raise _mismatch(
-                    uri,
-                    f.name,
-                    f"has type {have[f.name].simpleString()} where the stream reads "
-                    f"{f.dataType.simpleString()}",
-                )
-
-    def _first_line(self, spark: SparkSession, path: Any, conf: Any) -> str | None:
-        jvm = spark._jvm
-        assert jvm is not None
-        stream = path.getFileSystem(conf).open(path)
-        try:
-            reader = jvm.java.io.BufferedReader(
-                jvm.java.io.InputStreamReader(stream, self.options.get("encoding", "UTF-8"))
-            )
-            line = reader.readLine()
-            while line is not None and not str(line).strip():
-                line = reader.readLine()
-        finally:
-            stream.close()
-        return None if line is None else str(line)
-
-    def _check_csv_header(
-        self, spark: SparkSession, path: Any, conf: Any, uri: str, expected: StructType
-    ) -> None:
-        if self.options.get("header", "true").lower() != "true":
-            return
-        line = self._first_line(spark, path, conf)
-        if line is None:
-            return
-        sep = self.options.get("sep", self.options.get("delimiter", ","))
-        header = next(csv.reader(io.StringIO(line), delimiter=sep), [])
-        header = [h.strip() for h in header]
-        names = [f.name for f in expected.fields if f.name not in (FILE_COLUMN, CORRUPT_COLUMN)]
-        for name in names:
-            if name not in header:
-                raise _mismatch(uri, name, "is missing from its header", header)
-        if header != names:
-            raise SchemaMismatchError(
-                f"file {uri}: its header {header} does not list the stream's columns {names} "
-                "in the same order (CSV columns are read by position); rewrite the file with "
-                "that header, remove it from the input directory and restart the stream"
-            )
-
-    def _check_json_keys(
-        self, spark: SparkSession, path: Any, conf: Any, uri: str, features: Sequence[str]
-    ) -> None:
-        line = self._first_line(spark, path, conf)
-        if line is None:
-            return
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return  # reported with its column by the corrupt-record check
-        if isinstance(record, dict):
-            for name in features:
-                if name not in record:
-                    raise _mismatch(uri, name, "is missing from its first record", sorted(record))
+        check_choice("output_format", self.format, FORMATS)
+        object.__setattr__(self, "write_options", MappingProxyType(dict(self.write_options)))
+        if self.cols is not None:
+            object.__setattr__(self, "cols", tuple(self.cols))
 
 
-def _mismatch(
-    uri: str, column: str, what: str, present: Sequence[str] | None = None
-) -> SchemaMismatchError:
-    has = f" (it has {list(present)})" if present is not None else ""
-    return SchemaMismatchError(
-        f"file {uri}: column {column!r} {what}{has}. No state was committed for this "
-        "micro-batch and no output written; remove the file from the input directory "
-        "(fix it and add it back under a new name) and restart the stream"
-    )
-
-
-def _corrupt_column(fmt: str, record: str, expected: StructType) -> tuple[str, str] | None:
-    """The first column of a rejected csv/json record whose value is not of its type."""
-    from pyspark.sql import types as T
-
-    fields = [f for f in expected.fields if f.name not in (FILE_COLUMN, CORRUPT_COLUMN)]
-    numeric = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType)
-    values: dict[str, Any] = {}
-    if fmt == "json":
-        try:
-            doc = json.loads(record)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
-            return None
-        values = doc
-    else:
-        row = next(csv.reader(io.StringIO(record)), [])
-        values = {f.name: v for f, v in zip(fields, row, strict=False)}
-    for f in fields:
-        v = values.get(f.name)
-        if v is None or v == "" or not isinstance(f.dataType, numeric):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-            return f.name, repr(v)
-        if isinstance(v, str):
-            try:
-                float(v)
-            except ValueError:
-                return f.name, repr(v)
-    return None
-
-
-# ---- the updater ------------------------------------------------------------------------
 class MXNormStream:
     """A ``foreachBatch`` updater: MXNorm state per micro-batch, committed exactly once.
 
-    ``state_dir`` holds the committed versions (see :class:`StateStore`); ``output`` gets
-    one directory per batch id (``batch_id=<12 digits>``, readable as one table with a
-    ``batch_id`` column). Instead of ``output`` a ``sink(df, batch_id)`` may write the
-    normalized micro-batch itself: it must replace that batch's earlier output (replays).
-    ``initial_state`` (a state, or a path to one) warm-starts an empty state directory,
-    e.g. with the result of ``mxnorm-spark fit --batch-col``.
+    ``store`` holds the committed versions: a :class:`StateStore` (e.g. with a
+    ``retention``) or its directory. ``output`` is a directory (one sub-directory per batch
+    id, ``batch_id=<12 digits>``, readable as one table with a ``batch_id`` column) or a
+    :class:`StreamOutput`. ``options`` are the state's options (default
+    ``StateOptions()``). ``initial_state`` (a state, or a path to one) warm-starts an empty
+    state directory, e.g. with the result of ``mxnorm-spark fit --batch-col``.
     """
 
     def __init__(
         self,
         spark: SparkSession,
-        state_dir: str,
+        store: StateStore | str,
         *,
         cols: Sequence[str] | None = None,
         input_col: str | None = None,
-        output: str | None = None,
-        sink: Callable[[DataFrame, int], None] | None = None,
-        output_cols: Sequence[str] | None = None,
-        output_col: str | None = None,
-        output_format: str = "parquet",
-        write_options: Mapping[str, str] | None = None,
-        alpha: float | str | None = 0.1,
-        eps: float = 1e-8,
-        var_update: str = "ema",
-        decay: str = "batch",
-        zero_variance: str = "eps",
+        output: StreamOutput | str,
+        options: StateOptions | None = None,
         apply_at: str = "after",
         handle_invalid: str = "keep",
         engine: str = "auto",
         initial_state: MXNormState | str | None = None,
-        retention: int | None = None,
         progress: Callable[[BatchReport], None] | None = print_report,
     ) -> None:
         from mxnorm_spark.aggregate import check_engine
@@ -500,43 +182,28 @@ class MXNormStream:
             )
         if isinstance(cols, str):
             raise InvalidParameterError(f"cols must be a list of names, got the string {cols!r}")
-        if (output is None) == (sink is None):
-            raise InvalidParameterError(
-                "give exactly one of output (a directory, one sub-directory per batch id) "
-                "or sink (a function writing each normalized micro-batch)"
-            )
         self.spark = spark
         self.cols = None if cols is None else tuple(cols)
         self.input_col = input_col
-        self.output = output
-        self.sink = sink
-        self.output_cols = None if output_cols is None else tuple(output_cols)
-        self.output_col = output_col
-        self.output_format = check_choice("output_format", output_format, FORMATS)
-        self.write_options = dict(write_options or {})
+        self.output = output if isinstance(output, StreamOutput) else StreamOutput(path=output)
+        self.options = options if options is not None else StateOptions()
         self.apply_at = check_choice("apply_at", apply_at, APPLY_AT)
-        self.handle_invalid = check_choice(
-            "handle_invalid", handle_invalid, ("keep", "error", "skip")
-        )
+        self.handle_invalid = check_choice("handle_invalid", handle_invalid, HANDLE_INVALID)
         check_engine(engine)
         self.engine = engine
         self.progress = progress
-        # Validates alpha, eps and the options once, with the usual messages.
-        self._template = MXNormState.create(
-            ["_"],
-            alpha,
-            eps,
-            var_update=var_update,  # type: ignore[arg-type]
-            decay=decay,  # type: ignore[arg-type]
-            zero_variance=zero_variance,  # type: ignore[arg-type]
-        )
-        self.store = StateStore(state_dir, spark, retention=retention)
+        self.store = store if isinstance(store, StateStore) else StateStore(store, spark)
         self.source: FileSource | None = None
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
         self._claimed = False
         self._checked_files: set[str] = set()
-        self._output_fs = None if output is None else HadoopFileSystem(spark, output)
+        self._output_fs: FileSystem | None = None
+        self._output_root: str | None = None
+        if self.output.path is not None:
+            self._output_fs = filesystem(self.output.path, spark)
+            local = isinstance(self._output_fs, LocalFileSystem)
+            self._output_root = local_path(self.output.path) if local else self.output.path
         self._open(initial_state)
 
     # ---- start-up checks ----------------------------------------------------------------
@@ -548,7 +215,7 @@ class MXNormStream:
             given = (
                 initial_state
                 if isinstance(initial_state, MXNormState)
-                else self._load_state(initial_state)
+                else read_state(initial_state, self.spark)
             )
             self._check_compatible(given, f"initial state {initial_state}")
         if latest is not None:
@@ -565,36 +232,12 @@ class MXNormStream:
         elif init is not None:
             self._check_compatible(init, f"initial state of {self.store.path}")
         self.store.remove_temporaries()
-        if self._output_fs is not None and self.output is not None:
-            self._output_fs.delete(self._output_fs.join(self.output, OUTPUT_ATTEMPTS), True)
-
-    def _load_state(self, path: str) -> MXNormState:
-        fs = HadoopFileSystem(self.spark, path)
-        if fs.is_dir(path):
-            store = StateStore(path, self.spark)
-            state = store.latest() or store.initial()
-            if state is None:
-                raise EmptyInputError(f"initial state directory {path} holds no state version")
-            return state
-        data = fs.read_bytes(path)
-        if data is None:
-            raise EmptyInputError(f"initial state {path} does not exist")
-        return MXNormState.from_json(data, source=f"state file {path}")
+        if self._output_fs is not None and self._output_root is not None:
+            self._output_fs.delete(self._output_fs.join(self._output_root, OUTPUT_ATTEMPTS), True)
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
-        t = self._template
-        wanted = {
-            "alpha": t.alpha,
-            "eps": t.eps,
-            "var_update": t.var_update,
-            "decay": t.decay,
-            "zero_variance": t.zero_variance,
-        }
-        diff = [
-            f"{k}={getattr(state, k)!r} (stream: {v!r})"
-            for k, v in wanted.items()
-            if getattr(state, k) != v
-        ]
+        theirs, ours = state.options.to_dict(), self.options.to_dict()
+        diff = [f"{k}={theirs[k]!r} (stream: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
         if diff:
             raise InvalidParameterError(
                 f"{where} was built with {', '.join(diff)}; run the stream with the same "
@@ -617,7 +260,6 @@ class MXNormStream:
         """A state with no data yet, or None for a vector column whose size is unknown."""
         from mxnorm_spark.aggregate import feature_names
 
-        t = self._template
         if self.cols is not None:
             features: list[str] = list(self.cols)
         else:
@@ -625,14 +267,7 @@ class MXNormStream:
                 features = feature_names(data, input_col=self.input_col)
             except EmptyInputError:
                 return None
-        return MXNormState.create(
-            features,
-            t.alpha,
-            t.eps,
-            var_update=t.var_update,
-            decay=t.decay,
-            zero_variance=t.zero_variance,
-        )
+        return MXNormState.create(features, options=self.options)
 
     # ---- attaching ----------------------------------------------------------------------
     def attach(
@@ -644,7 +279,7 @@ class MXNormStream:
         """
         if source is not None:
             self.source = source
-        return writer.foreachBatch(self.process_batch)
+        return writer.foreachBatch(self.foreach_batch)
 
     def start(
         self,
@@ -706,7 +341,7 @@ class MXNormStream:
         return list(self.reports)[first:]
 
     # ---- one micro-batch ----------------------------------------------------------------
-    def process_batch(self, batch_df: DataFrame, batch_id: int) -> None:
+    def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         """The ``foreachBatch`` function (also callable directly with a static DataFrame)."""
         try:
             self._process(batch_df, int(batch_id))
@@ -715,11 +350,12 @@ class MXNormStream:
             raise
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        self.process_batch(batch_df, batch_id)
+        self.foreach_batch(batch_df, batch_id)
 
     def _claim(self, spark: SparkSession, batch_id: int) -> None:
         if self._claimed:
             return
+        # Classic Spark only (sparkContext): Spark Connect has no local properties here.
         query_id = spark.sparkContext.getLocalProperty(_QUERY_ID_PROPERTY)
         if query_id:
             if self.store.owner() is None and batch_id > 0:
@@ -731,6 +367,15 @@ class MXNormStream:
                 )
             self.store.claim(str(query_id))
         self._claimed = True
+
+    def _check_not_behind(self, batch_id: int) -> None:
+        latest = self.store.latest_batch_id()
+        if latest is not None and latest > batch_id:
+            raise StateConflictError(
+                f"state directory {self.store.path} already holds batch {latest}, newer than "
+                f"micro-batch {batch_id}: the checkpoint is older than the state. Use the "
+                "checkpoint that produced this state, or a fresh state directory"
+            )
 
     def _state_before(self, batch_id: int) -> MXNormState | None:
         """The state a batch folds into: the version of the previous batch id."""
@@ -766,73 +411,100 @@ class MXNormStream:
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         from pyspark import StorageLevel
 
-        from mxnorm_spark.aggregate import batch_moments_and_rows
-
         t0 = time.perf_counter()
         spark = batch_df.sparkSession
         self._claim(spark, batch_id)
-        latest = self.store.latest_batch_id()
-        if latest is not None and latest > batch_id:
-            raise StateConflictError(
-                f"state directory {self.store.path} already holds batch {latest}, newer than "
-                f"micro-batch {batch_id}: the checkpoint is older than the state. Use the "
-                "checkpoint that produced this state, or a fresh state directory"
-            )
+        self._check_not_behind(batch_id)
         committed = self.store.get(batch_id)
         prev = self._state_before(batch_id)
-
+        new: MXNormState | None = None
         data = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             # Files to check or corrupt records to find: a first job that counts and checks
             # the batch. Otherwise the moments job counts it too: one job less per batch.
             scan = FILE_COLUMN in data.columns or CORRUPT_COLUMN in data.columns
             rows: int | None = self._scan(spark, data, batch_id) if scan else None
-            payload = data.drop(FILE_COLUMN, CORRUPT_COLUMN)
+            payload = data.drop(*INTERNAL_COLUMNS)
             if prev is None:
                 prev = self._fresh_state(payload)
             if committed is not None:
                 new = committed
-            elif prev is None:
-                # A vector column with no row yet: nothing to fold and no feature count.
-                new = None
-            else:
-                if rows != 0:
-                    try:
-                        moments, rows = batch_moments_and_rows(
-                            payload,
-                            self.cols,
-                            input_col=self.input_col,
-                            engine=self.engine,
-                            shift=prev.mean,
-                            allow_empty=True,
-                        )
-                    except Exception as exc:
-                        self._explain_read_failure(spark, str(exc), data.schema, batch_id)
-                        raise
-                    self._check_invalid(moments, rows, batch_id)
-                else:
-                    moments = Moments.empty(prev.n_features)
-                new = prev.update(moments, batch_id)
-                _fault("before_commit", batch_id, spark)
-                self.store.commit(batch_id, new)
-                _fault("after_commit", batch_id, spark)
+            elif prev is not None:  # else a vector column with no row yet: nothing to fold
+                new, rows = self._fold_and_commit(
+                    spark, batch_id, data, payload=payload, prev=prev, rows=rows
+                )
             if rows is None:  # a replayed batch, or a vector column still without rows
                 rows = data.count()
             out_dir = None
             if rows and new is not None:
                 out_dir = self._write(payload, new, prev, batch_id, spark)
-            _fault("after_write", batch_id, spark)
+            fault("after_write", batch_id, spark)
         finally:
             data.unpersist()
+        self._report(
+            batch_id,
+            rows,
+            started=t0,
+            replayed=committed is not None,
+            prev=prev,
+            new=new,
+            out_dir=out_dir,
+        )
 
+    def _fold_and_commit(
+        self,
+        spark: SparkSession,
+        batch_id: int,
+        data: DataFrame,
+        *,
+        payload: DataFrame,
+        prev: MXNormState,
+        rows: int | None,
+    ) -> tuple[MXNormState, int | None]:
+        """Fold the batch's moments into ``prev`` and commit the result as its version."""
+        from mxnorm_spark.aggregate import batch_moments_and_rows
+
+        if rows != 0:
+            try:
+                moments, rows = batch_moments_and_rows(
+                    payload,
+                    self.cols,
+                    input_col=self.input_col,
+                    engine=self.engine,
+                    shift=prev.mean,
+                    allow_empty=True,
+                )
+            except Exception as exc:
+                self._explain_read_failure(spark, str(exc), data.schema, batch_id)
+                raise
+            self._check_invalid(moments, rows, batch_id)
+        else:
+            moments = Moments.empty(prev.n_features)
+        new = prev.update(moments, batch_id)
+        fault("before_commit", batch_id, spark)
+        self.store.commit(batch_id, new)
+        fault("after_commit", batch_id, spark)
+        return new, rows
+
+    def _report(
+        self,
+        batch_id: int,
+        rows: int,
+        *,
+        started: float,
+        replayed: bool,
+        prev: MXNormState | None,
+        new: MXNormState | None,
+        out_dir: str | None,
+    ) -> None:
         change, feature = (None, None)
-        if committed is None and new is not None and prev is not None and rows:
-            change, feature = _largest_mean_change(prev, new)
+        if not replayed and new is not None and prev is not None and rows:
+            change, feature = largest_mean_change(prev, new)
         report = BatchReport(
             batch_id=batch_id,
             rows=rows,
-            seconds=time.perf_counter() - t0,
-            replayed=committed is not None,
+            seconds=time.perf_counter() - started,
+            replayed=replayed,
             state_version=None if new is None else version_file_name(batch_id),
             max_mean_change=change,
             changed_feature=feature,
@@ -842,6 +514,7 @@ class MXNormStream:
         if self.progress is not None:
             self.progress(report)
 
+    # ---- checks of a micro-batch --------------------------------------------------------
     def _scan(self, spark: SparkSession, data: DataFrame, batch_id: int) -> int:
         """Count the micro-batch (materializing the cache) and check its files."""
         from pyspark.sql import functions as F
@@ -860,31 +533,21 @@ class MXNormStream:
         except Exception as exc:
             self._explain_read_failure(spark, str(exc), data.schema, batch_id)
             raise
-        rows = int(row["rows"])
-        source = self.source
-        if has_files and source is not None:
-            expected = data.schema
-            features = list(self.cols or [self.input_col or ""])
-            for uri in sorted(row["files"]):
-                if uri and uri not in self._checked_files:
-                    source.check_file(spark, uri, expected, features)
-                    self._checked_files.add(uri)
+        if has_files and self.source is not None:
+            self._check_files(spark, sorted(row["files"]), data.schema)
         if has_corrupt and row["bad"] is not None:
-            uri, record = row["bad"]["file"], row["bad"]["record"]
-            fmt = source.format if source is not None else "csv"
-            found = _corrupt_column(fmt, record, data.schema)
-            what = (
-                f"column {found[0]!r} holds {found[1]}, not a number"
-                if found is not None
-                else "a record does not match the stream's schema"
-            )
-            raise SchemaMismatchError(
-                f"file {uri}: {what} (record: {record.strip()[:200]!r}). No state was "
-                "committed for this micro-batch and no output written; remove the file from "
-                "the input directory (fix it and add it back under a new name) and restart "
-                "the stream"
-            )
-        return rows
+            fmt = self.source.format if self.source is not None else "csv"
+            raise corrupt_record_error(row["bad"]["file"], row["bad"]["record"], fmt, data.schema)
+        return int(row["rows"])
+
+    def _check_files(self, spark: SparkSession, uris: Sequence[str], expected: StructType) -> None:
+        """Check each file not seen before against the stream's schema."""
+        assert self.source is not None
+        features = list(self.cols or [self.input_col or ""])
+        for uri in uris:
+            if uri and uri not in self._checked_files:
+                self.source.check_file(spark, uri, expected, features)
+                self._checked_files.add(uri)
 
     def _explain_read_failure(
         self, spark: SparkSession, text: str, expected: StructType, batch_id: int
@@ -899,11 +562,7 @@ class MXNormStream:
             features = list(self.cols or [self.input_col or ""])
             # Our own check of that file names the column and both types.
             self.source.check_file(spark, match.group(1), expected, features)
-        raise SchemaMismatchError(
-            f"micro-batch {batch_id} cannot be read: {spark_message[:500]} No state was "
-            "committed for it; remove the file from the input directory (fix it and add it "
-            "back under a new name) and restart the stream"
-        ) from None
+        raise _unreadable_batch_error(batch_id, spark_message)
 
     def _check_invalid(self, moments: Moments, rows: int, batch_id: int) -> None:
         if self.handle_invalid != "error":
@@ -926,6 +585,7 @@ class MXNormStream:
             return list(self.cols)
         return [f"{self.input_col}[{i}]" for i in range(moments.n_features)]
 
+    # ---- the output ---------------------------------------------------------------------
     def _write(
         self,
         payload: DataFrame,
@@ -934,6 +594,7 @@ class MXNormStream:
         batch_id: int,
         spark: SparkSession,
     ) -> str | None:
+        """Normalize the batch and hand it to the sink, or publish it under the output."""
         from mxnorm_spark.apply import normalize
 
         if self.apply_at == "after" or prev is None:
@@ -944,24 +605,29 @@ class MXNormStream:
             payload,
             state,
             self.cols,
-            self.output_cols,
+            self.output.cols,
             input_col=self.input_col,
-            output_col=self.output_col,
+            output_col=self.output.col,
             handle_invalid=self.handle_invalid,
             engine=self.engine,
             fallback=fallback,
         )
-        if self.sink is not None:
-            self.sink(out, batch_id)
+        if self.output.sink is not None:
+            self.output.sink(out, batch_id)
             return None
-        fs, root = self._output_fs, self.output
+        return self._publish(out, batch_id, spark)
+
+    def _publish(self, out: DataFrame, batch_id: int, spark: SparkSession) -> str:
+        """Write the batch aside, then rename it to ``batch_id=<id>``, replacing it whole."""
+        fs, root = self._output_fs, self._output_root
         assert fs is not None and root is not None
         final = fs.join(root, batch_output_dir(batch_id))
         attempt = fs.join(
             fs.join(root, OUTPUT_ATTEMPTS), f"{batch_output_dir(batch_id)}-{uuid.uuid4().hex}"
         )
-        out.write.format(self.output_format).options(**self.write_options).save(attempt)
-        _fault("during_write", batch_id, spark)
+        writer = out.write.format(self.output.format).options(**self.output.write_options)
+        writer.save(attempt)
+        fault("during_write", batch_id, spark)
         # The attempt is complete: replace the batch's earlier output whole. A crash in
         # between leaves the batch without output, and the replay writes it again.
         if fs.exists(final):
@@ -971,6 +637,15 @@ class MXNormStream:
         # Anything else left there is from a killed attempt (one writer per output).
         fs.delete(fs.join(root, OUTPUT_ATTEMPTS), recursive=True)
         return final
+
+
+def _unreadable_batch_error(batch_id: int, spark_message: str) -> SchemaMismatchError:
+    """A micro-batch Spark failed to read, where no check of ours found the cause."""
+    return SchemaMismatchError(
+        f"micro-batch {batch_id} cannot be read: {spark_message[:500]} No state was "
+        "committed for it; remove the file from the input directory (fix it and add it "
+        "back under a new name) and restart the stream"
+    )
 
 
 # ---- the demo ---------------------------------------------------------------------------
@@ -1041,11 +716,7 @@ def demo_stream(
         str(root / "state"),
         cols=features,
         output=str(root / "output"),
-        alpha=initial_state.alpha,
-        eps=initial_state.eps,
-        var_update=initial_state.var_update,
-        decay=initial_state.decay,
-        zero_variance=initial_state.zero_variance,
+        options=initial_state.options,
         initial_state=initial_state,
     )
     stream.run(source.read(spark, features), str(root / "checkpoint"), source=source)
@@ -1091,26 +762,31 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
             max_files_per_trigger=cfg.max_files_per_trigger,
         )
         out_format = cfg.output_format or cfg.format
-        stream = MXNormStream(
-            spark,
-            cfg.state,
-            cols=cfg.cols,
-            input_col=cfg.input_col,
-            output=cfg.output,
-            output_cols=cfg.output_cols,
-            output_col=cfg.output_col,
-            output_format=out_format,
+        output = StreamOutput(
+            path=cfg.output,
+            format=out_format,
             write_options={**DEFAULT_WRITE_OPTIONS.get(out_format, {}), **dict(cfg.write_options)},
+            cols=cfg.output_cols,
+            col=cfg.output_col,
+        )
+        options = StateOptions(
             alpha=cfg.alpha,
             eps=cfg.eps,
-            var_update=cfg.var_update,
-            decay=cfg.decay,
-            zero_variance=cfg.zero_variance,
+            var_update=cfg.var_update,  # type: ignore[arg-type]
+            decay=cfg.decay,  # type: ignore[arg-type]
+            zero_variance=cfg.zero_variance,  # type: ignore[arg-type]
+        )
+        stream = MXNormStream(
+            spark,
+            StateStore(cfg.state, spark, retention=cfg.retention),
+            cols=cfg.cols,
+            input_col=cfg.input_col,
+            output=output,
+            options=options,
             apply_at=cfg.apply_at,
             handle_invalid=cfg.handle_invalid,
             engine=cfg.engine,
             initial_state=cfg.initial_state,
-            retention=cfg.retention,
         )
         df = source.read(spark, cfg.cols, cfg.input_col)
         trigger = "available-now" if cfg.available_now else (cfg.trigger_interval or "continuous")

@@ -26,15 +26,11 @@ from mxnorm_spark.errors import (
     SchemaMismatchError,
     StateConflictError,
 )
-from mxnorm_spark.store import StateStore
-from mxnorm_spark.streaming import (
-    CORRUPT_COLUMN,
-    FILE_COLUMN,
-    BatchReport,
-    FileSource,
-    MXNormStream,
-    batch_output_dir,
-)
+from mxnorm_spark.progress import BatchReport
+from mxnorm_spark.sources import CORRUPT_COLUMN, FILE_COLUMN, FileSource
+from mxnorm_spark.state import StateOptions
+from mxnorm_spark.store import StateStore, write_state
+from mxnorm_spark.streaming import MXNormStream, batch_output_dir
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +98,7 @@ def file_stream(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         str(root / "state"),
         cols=COLS,
         output=str(root / "out"),
-        alpha=0.3,
+        options=StateOptions(alpha=0.3),
         progress=lambda r: lines.append(r.line()),
     )
     reports = stream.run(source.read(spark, COLS), str(root / "chk"), source=source)
@@ -194,7 +190,7 @@ def test_one_progress_line_per_batch(file_stream: dict[str, Any]) -> None:
 # ---- the foreachBatch function called directly ----------------------------------------------
 def updater(spark: Any, root: Path, **kw: Any) -> MXNormStream:
     kw.setdefault("progress", None)
-    kw.setdefault("alpha", 0.3)
+    kw.setdefault("options", StateOptions(alpha=0.3))
     return MXNormStream(spark, str(root / "state"), cols=COLS, output=str(root / "out"), **kw)
 
 
@@ -205,12 +201,12 @@ def batch(spark: Any, df: pd.DataFrame) -> Any:
 def test_replay_reuses_committed_state_and_replaces_output(spark: Any, tmp_path: Path) -> None:
     d0, d1, other = frame(20, 0, 1, 0), frame(15, 1, 2, 20), frame(9, 5, 3, 99)
     s = updater(spark, tmp_path)
-    s.process_batch(batch(spark, d0), 0)
-    s.process_batch(batch(spark, d1), 1)
+    s.foreach_batch(batch(spark, d0), 0)
+    s.foreach_batch(batch(spark, d1), 1)
     committed = (tmp_path / "state" / "v-000000000001.json").read_text()
     # Spark re-runs batch 1 after a crash: its committed state is reused, never refolded,
     # even if the replayed data differed; its output is replaced whole.
-    s.process_batch(batch(spark, other), 1)
+    s.foreach_batch(batch(spark, other), 1)
     assert (tmp_path / "state" / "v-000000000001.json").read_text() == committed
     assert s.reports[-1].replayed and "replayed: reused committed" in s.reports[-1].line()
     out = read_output(spark, tmp_path / "out")
@@ -218,19 +214,19 @@ def test_replay_reuses_committed_state_and_replaces_output(spark: Any, tmp_path:
     assert len(out) == len(d0) + len(other)
     # A checkpoint older than the state, or a deleted version, is refused.
     with pytest.raises(StateConflictError, match="already holds batch 1, newer than"):
-        s.process_batch(batch(spark, d0), 0)
+        s.foreach_batch(batch(spark, d0), 0)
     with pytest.raises(StateConflictError, match="needs state version v-000000000004"):
-        s.process_batch(batch(spark, d0), 5)
+        s.foreach_batch(batch(spark, d0), 5)
     assert StateStore(tmp_path / "state").batch_ids() == [0, 1]
     with pytest.raises(StateConflictError, match="holds no version: it was emptied"):
-        updater(spark, tmp_path / "fresh").process_batch(batch(spark, d0), 3)
+        updater(spark, tmp_path / "fresh").foreach_batch(batch(spark, d0), 3)
 
 
 def test_apply_at_before_uses_the_state_before_the_batch(spark: Any, tmp_path: Path) -> None:
     d0, d1 = frame(30, 0, 4, 0), frame(25, 1, 5, 30)
     s = updater(spark, tmp_path, apply_at="before")
-    s.process_batch(batch(spark, d0), 0)
-    s.process_batch(batch(spark, d1), 1)
+    s.foreach_batch(batch(spark, d0), 0)
+    s.foreach_batch(batch(spark, d1), 1)
     out = read_output(spark, tmp_path / "out")
     ref = Reference(alpha=0.3)
     ref.adapt(x_of(d0))  # batch 0 has no state before it: its own moments
@@ -249,12 +245,17 @@ def test_warm_start_from_a_backfill_state(spark: Any, tmp_path: Path) -> None:
 
     for df in frames[:2]:
         fitted = fitted.update(batch_moments(batch(spark, df), COLS))
-    fitted.save(tmp_path / "fitted.json")
+    write_state(fitted, tmp_path / "fitted.json")
     with pytest.raises(InvalidParameterError, match=r"alpha=0.3 \(stream: 0.5\)"):
-        updater(spark, tmp_path / "x", alpha=0.5, initial_state=str(tmp_path / "fitted.json"))
+        updater(
+            spark,
+            tmp_path / "x",
+            options=StateOptions(alpha=0.5),
+            initial_state=str(tmp_path / "fitted.json"),
+        )
     s = updater(spark, tmp_path, initial_state=str(tmp_path / "fitted.json"))
     for b, df in enumerate(frames[2:]):
-        s.process_batch(batch(spark, df), b)
+        s.foreach_batch(batch(spark, df), b)
     ref = Reference(alpha=0.3)
     for df in frames:
         ref.adapt(x_of(df))
@@ -266,7 +267,7 @@ def test_warm_start_from_a_backfill_state(spark: Any, tmp_path: Path) -> None:
 
 def test_corrupt_state_version_stops_the_stream_at_start(spark: Any, tmp_path: Path) -> None:
     s = updater(spark, tmp_path)
-    s.process_batch(batch(spark, frame(10, 0, 1, 0)), 0)
+    s.foreach_batch(batch(spark, frame(10, 0, 1, 0)), 0)
     victim = tmp_path / "state" / "v-000000000000.json"
     doc = json.loads(victim.read_text())
     doc["payload"]["var"][1] *= 1.0000001
@@ -283,7 +284,7 @@ def test_invalid_values_with_handle_invalid_error_commit_nothing(
     d.loc[3, "b"] = np.nan
     s = updater(spark, tmp_path, handle_invalid="error")
     with pytest.raises(InvalidValueError, match=r"'b': 1"):
-        s.process_batch(batch(spark, d), 0)
+        s.foreach_batch(batch(spark, d), 0)
     assert StateStore(tmp_path / "state").batch_ids() == []
 
 
@@ -324,7 +325,7 @@ def test_bad_csv_or_json_file_is_named_and_nothing_committed(
     s = updater(spark, tmp_path)
     s.source = source
     with pytest.raises(SchemaMismatchError) as info:
-        s.process_batch(file_batch(spark, source), 0)
+        s.foreach_batch(file_batch(spark, source), 0)
     msg = str(info.value)
     assert f"bad.{fmt}" in msg and f"column {column!r}" in msg and what in msg
     assert "No state was committed" in msg
