@@ -1,0 +1,64 @@
+"""The numpy core imports without pyspark: the serving path needs no JVM (DESIGN.md 3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(code: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_import_mxnorm_spark_leaves_pyspark_out() -> None:
+    proc = run(
+        "import mxnorm_spark, sys; "
+        "assert 'pyspark' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith('pyspark'))"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_core_modules_import_when_pyspark_cannot() -> None:
+    proc = run(
+        "\n".join(
+            [
+                "import sys",
+                "sys.modules['pyspark'] = None  # any import of pyspark now raises ImportError",
+                "try:",
+                "    import pyspark.sql",
+                "except ImportError:",
+                "    pass",
+                "else:",
+                "    raise SystemExit('the pyspark block did not hold')",
+                "import numpy as np",
+                "import mxnorm_spark",
+                "import mxnorm_spark.moments",
+                "import mxnorm_spark.state",
+                "import mxnorm_spark.store",
+                "from mxnorm_spark import Moments, MXNormState",
+                "m = Moments.from_array(np.array([[1.0], [3.0]]))",
+                "s = MXNormState.create(['x']).update(m)",
+                "assert MXNormState.from_json(s.to_json()).mean.tolist() == [2.0]",
+                "print('ok')",
+            ]
+        )
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
