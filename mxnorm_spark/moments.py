@@ -188,7 +188,9 @@ class Moments:
             # Re-express the other's mean in this shift: shifts are close, so the
             # difference is exact (Sterbenz) and the sum stays in small coordinates.
             db = (other.shift - self.shift) + other.delta
-            d = db - self.delta
+            # Zero where a side is empty: those lanes are discarded below, and squaring a
+            # huge mean there would only raise an overflow warning (empty partitions).
+            d = np.where(both, db - self.delta, 0.0)
             w = np.where(both, nb / n, 0.0)
             delta = self.delta + d * w
             m2 = self.m2 + other.m2 + d * d * na * w

@@ -143,13 +143,6 @@ def test_every_split_point_merges_to_the_case(case: Case) -> None:
     check(Moments.merge_all(rows, np.shape(x)[1]), case, "row by row")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Moments.merge computes d*d*na in the masked lanes too and its np.errstate does "
-    "not cover over=: a partial with |mean| > ~1.3e154 merged with an empty one (a "
-    "common empty Spark partition) emits 'RuntimeWarning: overflow encountered in "
-    "multiply', though the result is right",
-)
 def test_merge_with_empty_warns_nothing_for_huge_values() -> None:
     huge = Moments.from_array(np.array([[1e200], [1e200]]))
     with warnings.catch_warnings():
