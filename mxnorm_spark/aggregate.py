@@ -31,7 +31,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,177 +40,46 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mxnorm_spark.columns import (
+    ENGINES,
+    WIDE_FEATURES,
+    InputSpec,
+    check_batch_col,
+    check_dims,
+    check_engine,
+    feature_names,
+    quote,
+    resolve_input,
+    sql_double,
+    sql_finite_or_null,
+    sql_name,
+    sql_values,
+    vector_names,
+)
 from mxnorm_spark.errors import (
     EmptyInputError,
     FeatureMismatchError,
     InvalidParameterError,
     InvalidValueError,
-    MissingColumnError,
-    NonNumericError,
 )
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import check_choice
 
-Engine = Literal["auto", "arrow", "sql"]
-ENGINES = ("auto", "arrow", "sql")
+# Re-exported: other modules import these from here.
+__all__ = [
+    "ENGINES",
+    "batch_moments",
+    "batch_moments_and_rows",
+    "check_engine",
+    "feature_names",
+    "moments_by_batch",
+    "resolve_input",
+    "sql_double",
+    "vector_names",
+]
 
-_NUMERIC = (
-    T.ByteType,
-    T.ShortType,
-    T.IntegerType,
-    T.LongType,
-    T.FloatType,
-    T.DoubleType,
-    T.DecimalType,
-)
-_MAX = float(np.finfo(np.float64).max)
+
 # Rows read to find a pivot per feature: the median of the valid values among them.
 _PIVOT_ROWS = 16
-# Spark compiles no whole-stage code for an operator with more than 100 input or output
-# fields (spark.sql.codegen.maxFields). More than this many features are therefore
-# aggregated as one row per (partition, feature), with four fields, not three fields per
-# feature (measured 1.5x faster on 256 columns); ``auto`` takes the arrow engine there.
-_WIDE = 32
-
-
-# ---- input resolution (schema only: no Spark job) ----------------------------------------
-def quote(name: str) -> Column:
-    """A column reference that takes ``name`` literally (dots, spaces, backticks)."""
-    return F.col("`" + name.replace("`", "``") + "`")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the feature input of a DataFrame is: scalar columns, or one vector/array column."""
-
-    kind: Literal["scalar", "vector", "array"]
-    cols: tuple[str, ...]
-    input_col: str | None = None
-
-    def as_double_array(self) -> Column:
-        """The vector/array column as ``array<double>`` (null rows stay null)."""
-        from pyspark.ml.functions import vector_to_array
-
-        assert self.input_col is not None
-        c = quote(self.input_col)
-        if self.kind == "vector":
-            # vector_to_array fails on a null vector instead of returning null.
-            return F.when(c.isNotNull(), vector_to_array(c))
-        return c.cast(T.ArrayType(T.DoubleType()))
-
-    def scalar_doubles(self) -> list[Column]:
-        return [quote(c).cast(T.DoubleType()) for c in self.cols]
-
-
-def _is_numeric(dt: T.DataType) -> bool:
-    return isinstance(dt, _NUMERIC)
-
-
-def resolve_input(df: DataFrame, cols: Sequence[str] | None, input_col: str | None) -> InputSpec:
-    """Check the feature columns against the schema; raise a named error before any job."""
-    fields = {f.name: f.dataType for f in df.schema.fields}
-    if (cols is None) == (input_col is None):
-        raise InvalidParameterError(
-            "give exactly one of cols (scalar numeric columns) or input_col (one vector or "
-            f"array column); got cols={cols!r}, input_col={input_col!r}"
-        )
-    if input_col is not None:
-        if not isinstance(input_col, str):
-            raise InvalidParameterError(f"input_col must be a column name, got {input_col!r}")
-        if input_col not in fields:
-            raise MissingColumnError([input_col], list(fields))
-        dt = fields[input_col]
-        from pyspark.ml.linalg import VectorUDT
-
-        if isinstance(dt, VectorUDT):
-            return InputSpec("vector", (), input_col)
-        if isinstance(dt, T.ArrayType) and _is_numeric(dt.elementType):
-            return InputSpec("array", (), input_col)
-        raise NonNumericError(
-            f"input_col {input_col!r} has type {dt.simpleString()}; expected a "
-            "pyspark.ml.linalg vector or an array of numbers. For scalar columns pass cols=[...]"
-        )
-    if isinstance(cols, str):
-        raise InvalidParameterError(
-            f"cols must be a list of column names, got the string {cols!r}; use [{cols!r}]"
-        )
-    names = tuple(cols)  # type: ignore[arg-type]
-    if not names:
-        raise InvalidParameterError("cols must name at least one column")
-    dup = sorted({c for c in names if names.count(c) > 1})
-    if dup:
-        raise InvalidParameterError(f"cols must be unique; repeated: {dup}")
-    missing = [c for c in names if c not in fields]
-    if missing:
-        raise MissingColumnError(missing, list(fields))
-    bad = [f"{c!r} ({fields[c].simpleString()})" for c in names if not _is_numeric(fields[c])]
-    if bad:
-        raise NonNumericError(
-            f"column(s) {', '.join(bad)} are not numeric; MXNorm reads byte, short, int, "
-            "long, float, double and decimal columns. Cast or drop them, or assemble "
-            "vectors with input_col=..."
-        )
-    return InputSpec("scalar", names)
-
-
-def check_engine(
-    engine: str, kind: str = "scalar", *, moments: bool = False, features: int = 0
-) -> Literal["arrow", "sql"]:
-    """Validate ``engine`` and resolve ``auto`` to the engine measured faster.
-
-    That is ``sql``, except for the moments of a vector or array column, where one numpy
-    reshape per Arrow batch beats one ``get(array, i)`` aggregate per element, and of
-    more than 32 scalar columns, past which Spark compiles no whole-stage code for the
-    aggregation (bench/full/RESULTS.md, wide256).
-    """
-    check_choice("engine", engine, ENGINES)
-    if engine == "auto":
-        return "arrow" if moments and (kind != "scalar" or features > _WIDE) else "sql"
-    return "arrow" if engine == "arrow" else "sql"
-
-
-def valid_or_null(x: Column) -> Column:
-    """``x`` where it is finite, else null (Spark orders NaN above +inf, so NaN fails too)."""
-    return F.when(F.abs(x) <= F.lit(_MAX), x)
-
-
-def vector_names(input_col: str, dim: int) -> list[str]:
-    return [f"{input_col}[{i}]" for i in range(dim)]
-
-
-def feature_names(
-    df: DataFrame, cols: Sequence[str] | None = None, input_col: str | None = None
-) -> list[str]:
-    """Feature names: ``cols`` as given, or ``input_col[i]`` for each vector/array element.
-
-    For a vector or array column the dimension is read from the data (one small
-    aggregation of the row lengths); rows of different lengths raise
-    :class:`FeatureMismatchError`, and no non-null row raises :class:`EmptyInputError`.
-    """
-    spec = resolve_input(df, cols, input_col)
-    if spec.kind == "scalar":
-        return list(spec.cols)
-    assert spec.input_col is not None
-    n = F.size(spec.as_double_array())
-    row = df.agg(F.min(n).alias("lo"), F.max(n).alias("hi")).collect()[0]
-    dim = _check_dims(spec.input_col, row["lo"], row["hi"])
-    return vector_names(spec.input_col, dim)
-
-
-def _check_dims(input_col: str, lo: int | None, hi: int | None) -> int:
-    if lo is None or hi is None:
-        raise EmptyInputError(
-            f"input_col {input_col!r} has no non-null row, so its dimension is unknown; "
-            "fit on data where it has values"
-        )
-    if lo != hi:
-        raise FeatureMismatchError(
-            f"input_col {input_col!r} holds vectors of varying length ({lo} to {hi}); every "
-            "row must have the same number of elements"
-        )
-    if lo == 0:
-        raise FeatureMismatchError(f"input_col {input_col!r} holds empty vectors")
-    return int(lo)
 
 
 # ---- partials ----------------------------------------------------------------------------
@@ -249,43 +118,6 @@ def _fold(partials: list[_Partial], k: int, batch_col: str | None) -> list[tuple
     return out
 
 
-# ---- SQL text ----------------------------------------------------------------------------
-# The sql engine builds its expressions as SQL text: one py4j call per expression instead of
-# one per Column operation (hundreds per job), which dominated small micro-batches. Pivots
-# are double literals written with repr, which round-trips every finite float64 exactly.
-def sql_name(name: str) -> str:
-    """``name`` as a SQL identifier (backticks doubled)."""
-    return "`" + name.replace("`", "``") + "`"
-
-
-def sql_double(value: float) -> str:
-    """A finite float64 as an exact SQL double literal."""
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"not a finite double: {v!r}")
-    return f"{v!r}D"
-
-
-_SQL_MAX = sql_double(_MAX)
-
-
-def sql_is_valid(x: str) -> str:
-    """True where ``x`` is finite; false or null otherwise (NaN orders above +inf in Spark)."""
-    return f"abs({x}) <= {_SQL_MAX}"
-
-
-def sql_valid(x: str, then: str | None = None) -> str:
-    """``then`` (default ``x``) where ``x`` is finite, else null."""
-    return f"CASE WHEN {sql_is_valid(x)} THEN {x if then is None else then} END"
-
-
-def sql_values(spec: InputSpec, k: int, arr_col: str = "__mx_arr") -> list[str]:
-    """Per-feature float64 value expressions, over ``arr_col`` for vector/array input."""
-    if spec.kind == "scalar":
-        return [f"CAST({sql_name(c)} AS DOUBLE)" for c in spec.cols]
-    return [f"get({arr_col}, {j})" for j in range(k)]
-
-
 def _pivot(
     df: DataFrame, spec: InputSpec, shift: Any, first_rows: pa.Table | None = None
 ) -> tuple[np.ndarray, int] | None:
@@ -312,7 +144,7 @@ def _pivot(
             [first_rows.column(j).to_numpy(zero_copy_only=False) for j in range(k)]
         ).astype(np.float64)
     elif spec.kind == "scalar":
-        exprs = [sql_valid(x) for x in sql_values(spec, len(spec.cols))]
+        exprs = [sql_finite_or_null(x) for x in sql_values(spec, len(spec.cols))]
         got = df.selectExpr(*exprs).limit(_PIVOT_ROWS).collect()
         if not got:
             return None
@@ -400,7 +232,7 @@ def _sql_partials(
     group = ["__mx_pid"] if batch_col is None else ["__mx_batch", "__mx_pid"]
     sized = spec.kind != "scalar"
     rows: list[dict[str, Any]] | None
-    if k > _WIDE:
+    if k > WIDE_FEATURES:
         rows = _long_aggregate(base, keys, group, values, pivots, sized=sized)
     else:
         nulls = [] if checked else list(spec.cols)
@@ -413,7 +245,7 @@ def _sql_partials(
             assert spec.input_col is not None
             if r["__mx_lo"] != r["__mx_hi"] or r["__mx_hi"] != k:
                 lo, hi = min(r["__mx_lo"], k), max(r["__mx_hi"], k)
-                _check_dims(spec.input_col, lo, hi)
+                check_dims(spec.input_col, lo, hi)
         batch = r["__mx_batch"] if batch_col is not None else None
         p = pivot[_hashable(batch)] if isinstance(pivot, dict) else pivot
         cnt = np.array([r[f"n{j}"] for j in range(k)], dtype=np.float64)
@@ -446,7 +278,7 @@ def _wide_aggregate(
     k = len(values)
     checked = not nulls
     shifted = [
-        (sql_valid(x, f"{x} - {p}") if checked else f"{x} - {p}") + f" AS __mx_d{j}"
+        (sql_finite_or_null(x, f"{x} - {p}") if checked else f"{x} - {p}") + f" AS __mx_d{j}"
         for j, (x, p) in enumerate(zip(values, pivots, strict=True))
     ]
     extra = ["size(__mx_arr) AS __mx_size"] if sized else []
@@ -484,7 +316,7 @@ def _long_aggregate(
     sized: bool,
 ) -> list[dict[str, Any]]:
     """As :func:`_wide_aggregate` (values tested), from one row per group key and feature."""
-    shifted = [sql_valid(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
+    shifted = [sql_finite_or_null(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
     extra = ["size(__mx_arr) AS __mx_size"] if sized else []
     exploded = base.selectExpr(
         *keys, *extra, f"posexplode(array({', '.join(shifted)})) AS (__mx_j, __mx_d)"
@@ -568,9 +400,9 @@ def _read_partials(
         k = len(spec.cols)
     elif lo:
         assert spec.input_col is not None
-        k = _check_dims(spec.input_col, min(lo), max(hi))
+        k = check_dims(spec.input_col, min(lo), max(hi))
         if shift is not None and shift.shape[0] != k:
-            _check_dims(spec.input_col, min(k, shift.shape[0]), max(k, shift.shape[0]))
+            check_dims(spec.input_col, min(k, shift.shape[0]), max(k, shift.shape[0]))
     else:
         k = None if shift is None else int(shift.shape[0])
     for r in rows:
@@ -748,18 +580,6 @@ def _partial_batch(
 
 
 # ---- public API --------------------------------------------------------------------------
-def _check_batch_col(df: DataFrame, batch_col: str) -> None:
-    fields = {f.name: f.dataType for f in df.schema.fields}
-    if not isinstance(batch_col, str) or batch_col not in fields:
-        raise MissingColumnError([str(batch_col)], list(fields))
-    dt = fields[batch_col]
-    if not isinstance(dt, T.AtomicType) or isinstance(dt, (T.BinaryType, T.BooleanType)):
-        raise InvalidParameterError(
-            f"batch column {batch_col!r} has type {dt.simpleString()}; it must be an ordered "
-            "scalar (number, string, date or timestamp)"
-        )
-
-
 def _compute(
     df: DataFrame,
     cols: Sequence[str] | None,
@@ -775,7 +595,7 @@ def _compute(
     spec = resolve_input(df, cols, input_col)
     eng = check_engine(engine, spec.kind, moments=True, features=len(spec.cols))
     if batch_col is not None:
-        _check_batch_col(df, batch_col)
+        check_batch_col(df, batch_col)
         if spec.kind == "scalar" and batch_col in spec.cols:
             raise InvalidParameterError(
                 f"batch column {batch_col!r} is also listed as a feature column"
@@ -850,7 +670,7 @@ def _finish_arrow(
         if not partials:
             return (*_empty(spec, given, allow_empty), 0)
         assert spec.input_col is not None
-        _check_dims(spec.input_col, None, None)
+        check_dims(spec.input_col, None, None)
     k = int(maybe_k)  # type: ignore[arg-type]
     if not partials or sum(p.rows for p in partials) == 0:
         return (*_empty(spec, given, allow_empty), 0)

@@ -36,15 +36,19 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.aggregate import (
+from mxnorm_spark.choices import check_choice
+from mxnorm_spark.columns import (
+    HANDLE_INVALID,
     InputSpec,
     check_engine,
+    is_finite,
     quote,
     resolve_input,
     sql_double,
-    sql_is_valid,
+    sql_is_finite,
     sql_name,
     sql_values,
+    to_vector,
 )
 from mxnorm_spark.errors import (
     FeatureMismatchError,
@@ -52,10 +56,8 @@ from mxnorm_spark.errors import (
     InvalidValueError,
     MissingColumnError,
 )
-from mxnorm_spark.state import MXNormState, check_choice
+from mxnorm_spark.state import MXNormState
 
-HANDLE_INVALID = ("keep", "error", "skip")
-_MAX = float(np.finfo(np.float64).max)
 _VECTOR_FEATURE = re.compile(r"^(.*)\[(\d+)\]$")
 
 
@@ -87,16 +89,11 @@ def _length_message(column: str, dim: int) -> str:
     )
 
 
-def is_valid(x: Column) -> Column:
-    """True where ``x`` is finite; false or null otherwise (NaN orders above +inf in Spark)."""
-    return F.abs(x) <= F.lit(_MAX)
-
-
 def _raise_if_invalid(x: Column, column: str, out: Column) -> Column:
     return (
         F.when(x.isNull(), F.raise_error(F.lit(_error_message(column, "a null"))))
         .when(F.isnan(x), F.raise_error(F.lit(_error_message(column, "a NaN"))))
-        .when(~is_valid(x), F.raise_error(F.lit(_error_message(column, "an infinite"))))
+        .when(~is_finite(x), F.raise_error(F.lit(_error_message(column, "an infinite"))))
         .otherwise(out)
     )
 
@@ -266,13 +263,6 @@ def _target(
     )
 
 
-def to_vector(arr: Column) -> Column:
-    """``array<double>`` to a dense ml vector; null stays null (``array_to_vector`` fails)."""
-    from pyspark.ml.functions import array_to_vector
-
-    return F.when(arr.isNotNull(), array_to_vector(arr))
-
-
 # ---- plans -------------------------------------------------------------------------------
 def _scalar_plan(
     df: DataFrame,
@@ -287,7 +277,7 @@ def _scalar_plan(
     # SQL text: one py4j call per expression, not one per Column operation.
     texts = sql_values(spec, len(spec.cols))
     if handle_invalid == "skip":
-        df = df.where(" AND ".join(sql_is_valid(x) for x in texts))
+        df = df.where(" AND ".join(sql_is_finite(x) for x in texts))
     check = handle_invalid == "error"
     if engine == "sql":
         exprs: dict[str, Column] = {}
@@ -350,7 +340,7 @@ def _vector_plan(
     a = F.col(tmp)
     bad_len = F.size(a) != F.lit(dim)
     if handle_invalid == "skip":
-        df = df.where(a.isNotNull() & (bad_len | F.forall(a, is_valid)))
+        df = df.where(a.isNotNull() & (bad_len | F.forall(a, is_finite)))
     if engine == "sql":
         vals = F.array(
             *[(F.get(a, i) - constants.mean_expr(i)) / constants.scale_expr(i) for i in range(dim)]
@@ -366,7 +356,7 @@ def _vector_plan(
                     F.raise_error(F.lit(_error_message(name, "a NaN"))),
                 )
                 .when(
-                    F.exists(a, lambda x: ~is_valid(x)),
+                    F.exists(a, lambda x: ~is_finite(x)),
                     F.raise_error(F.lit(_error_message(name, "an infinite"))),
                 )
                 .otherwise(vals)
@@ -568,8 +558,6 @@ def normalize_per_batch(
     (or is null) use ``default``. The table is joined in as a small broadcast DataFrame,
     so the arithmetic is the same ``(x - mean) / scale`` as :func:`normalize`.
     """
-    from mxnorm_spark.aggregate import quote
-
     plan = _prepare(
         df,
         features,
