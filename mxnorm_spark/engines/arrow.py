@@ -1,0 +1,485 @@
+"""The ``arrow`` engine: numpy and pyarrow in the Python workers, over Arrow record batches.
+
+Moments: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
+shifted coordinates) on every Arrow record batch, merged within the partition; one typed
+row per partition (and batch value) comes back to the driver. The same kernel runs on the
+driver for a small input (:func:`moments_on_driver`).
+
+Normalization: one ``mapInArrow`` pass (or an Arrow UDF for a list column) closed over
+plain numpy arrays (never over a session or an estimator), computing with
+``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE float64, nulls kept). This is the same
+arithmetic as the pure-numpy serving path.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mxnorm_spark.columns import ARRAY_COL, InputSpec, check_dims, quote, to_vector
+from mxnorm_spark.engines import (
+    Constants,
+    PartitionMoments,
+    batch_key,
+    invalid_value_message,
+    vector_length_message,
+)
+from mxnorm_spark.errors import FeatureMismatchError, InvalidValueError
+from mxnorm_spark.moments import Moments
+
+BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+_MOMENT_FIELDS = ("count", "shift", "delta", "m2")
+
+
+# ---- moments: driver side ----------------------------------------------------------------
+def kernel_input(df: DataFrame, spec: InputSpec, batch_col: str | None) -> DataFrame:
+    """The columns the moments kernel reads: ``__mx_batch``, then ``x0..`` or the array."""
+    selected: list[Column] = []
+    if batch_col is not None:
+        selected.append(quote(batch_col).alias("__mx_batch"))
+    if spec.kind == "scalar":
+        selected += [c.alias(f"x{j}") for j, c in enumerate(spec.scalar_doubles())]
+    else:
+        selected.append(spec.as_double_array().alias(ARRAY_COL))
+    return df.select(*selected)
+
+
+def partition_moments(
+    df: DataFrame, spec: InputSpec, shift: np.ndarray | None, batch_col: str | None
+) -> tuple[list[PartitionMoments], int | None]:
+    """``mapInArrow``: numpy moments per record batch, one typed row per partition and batch.
+
+    Also returns the feature count (None for vector input with no non-null row).
+    """
+    src = kernel_input(df, spec, batch_col)
+    batch_type = src.schema["__mx_batch"].dataType if batch_col is not None else None
+    dbl = T.ArrayType(T.DoubleType(), containsNull=False)
+    out_fields = [
+        T.StructField("pid", T.IntegerType(), False),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("lo", T.IntegerType(), True),
+        T.StructField("hi", T.IntegerType(), True),
+        *[T.StructField(name, dbl, False) for name in _MOMENT_FIELDS],
+    ]
+    if batch_type is not None:
+        out_fields.insert(0, T.StructField("batch", batch_type, True))
+    schema = T.StructType(out_fields)
+    kernel = moments_kernel(spec.kind == "scalar", shift, batch_col is not None)
+    rows = src.mapInArrow(kernel, schema).collect()
+    return _read_partials([r.asDict() for r in rows], spec, shift, batch_col is not None)
+
+
+def moments_on_driver(
+    table: pa.Table, spec: InputSpec, shift: np.ndarray | None
+) -> tuple[list[PartitionMoments], int | None]:
+    """:func:`partition_moments` of rows already read (as :func:`kernel_input` selects
+    them, no batch column): the same numbers as a one-partition ``mapInArrow``."""
+    kernel = moments_kernel(spec.kind == "scalar", shift, False)
+    out = list(kernel(iter(table.to_batches())))
+    partials = pa.Table.from_batches(out).to_pylist() if out else []
+    return _read_partials(partials, spec, shift, False)
+
+
+def _read_partials(
+    rows: list[dict[str, Any]], spec: InputSpec, shift: np.ndarray | None, by_batch: bool
+) -> tuple[list[PartitionMoments], int | None]:
+    """The kernel's partial rows as :class:`PartitionMoments`, and the feature count."""
+    partials = []
+    lo = [r["lo"] for r in rows if r["lo"] is not None]
+    hi = [r["hi"] for r in rows if r["hi"] is not None]
+    k: int | None
+    if spec.kind == "scalar":
+        k = len(spec.cols)
+    elif lo:
+        assert spec.input_col is not None
+        k = check_dims(spec.input_col, min(lo), max(hi))
+        if shift is not None and shift.shape[0] != k:
+            check_dims(spec.input_col, min(k, shift.shape[0]), max(k, shift.shape[0]))
+    else:
+        k = None if shift is None else int(shift.shape[0])
+    for r in rows:
+        if not r["count"]:  # a partition whose vector rows were all null
+            if k is None:
+                continue
+            mom = Moments.empty(k)
+        else:
+            mom = Moments(r["count"], r["shift"], r["delta"], r["m2"])
+        batch = r["batch"] if by_batch else None
+        partials.append(PartitionMoments(batch, int(r["pid"]), int(r["rows"]), mom))
+    return partials, k
+
+
+# ---- moments: the kernel (runs in the Python workers) ------------------------------------
+@dataclass
+class _BatchPartial:
+    """What one partition accumulates for one batch value."""
+
+    batch: Any
+    rows: int = 0
+    lo: int | None = None  # the shortest and longest vector row seen
+    hi: int | None = None
+    moments: Moments | None = None
+
+    def add(self, rows: int, mom: Moments | None, dim: int | None) -> None:
+        self.rows += rows
+        if dim is not None:
+            self.lo = dim if self.lo is None else min(self.lo, dim)
+            self.hi = dim if self.hi is None else max(self.hi, dim)
+        if mom is not None:
+            if self.moments is not None and self.moments.n_features != mom.n_features:
+                raise _VaryingLength(self.moments.n_features, mom.n_features)
+            self.moments = mom if self.moments is None else self.moments.merge(mom)
+
+
+class _VaryingLength(Exception):
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__(f"{lo} != {hi}")
+        self.lo, self.hi = lo, hi
+
+
+def moments_kernel(scalar: bool, shift: np.ndarray | None, by_batch: bool) -> BatchFunction:
+    """The ``mapInArrow`` function; closed over plain numpy values only."""
+
+    def moments_per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        pid = ctx.partitionId() if ctx is not None else 0
+        acc: dict[Any, _BatchPartial] = {}
+        batch_type = None
+        try:
+            for rb in batches:
+                if rb.num_rows == 0:
+                    continue
+                if by_batch:
+                    batch_type = rb.schema.field(0).type
+                    groups = _split_by_batch_value(rb)
+                else:
+                    groups = [(None, rb)]
+                for key, part in groups:
+                    mom, dim = _record_batch_moments(part, scalar, shift, by_batch)
+                    acc.setdefault(batch_key(key), _BatchPartial(key)).add(part.num_rows, mom, dim)
+        except _VaryingLength as exc:
+            # Report it as a partial row so the driver raises the named error.
+            failed = _BatchPartial(None, 0, exc.lo, exc.hi, None)
+            yield _partials_record_batch(by_batch, batch_type, [failed], pid)
+            return
+        if acc:
+            yield _partials_record_batch(by_batch, batch_type, list(acc.values()), pid)
+
+    return moments_per_partition
+
+
+def _feature_matrix(
+    rb: pa.RecordBatch, scalar: bool, by_batch: bool
+) -> tuple[np.ndarray, int | None]:
+    """Features x rows float64 (invalid -> NaN) and the row length of vector input."""
+    start = 1 if by_batch else 0
+    if scalar:
+        cols = [rb.column(j).to_numpy(zero_copy_only=False) for j in range(start, rb.num_columns)]
+        return np.vstack(cols) if cols else np.empty((0, rb.num_rows)), None
+    lst = rb.column(start)
+    ok = lst.is_valid()
+    present = lst.filter(ok)
+    if len(present) == 0:
+        return np.empty((0, 0)), None
+    lengths = pc.list_value_length(present).to_numpy()
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo != hi:
+        raise _VaryingLength(lo, hi)
+    flat = present.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(present), lo).T, lo
+
+
+def _record_batch_moments(
+    rb: pa.RecordBatch, scalar: bool, shift: np.ndarray | None, by_batch: bool
+) -> tuple[Moments | None, int | None]:
+    mat, dim = _feature_matrix(rb, scalar, by_batch)
+    if mat.shape[1] == 0 and not scalar:
+        return None, None
+    if shift is not None and mat.shape[0] != shift.shape[0]:
+        raise _VaryingLength(min(mat.shape[0], shift.shape[0]), max(mat.shape[0], shift.shape[0]))
+    return Moments.from_columns(mat, shift), dim
+
+
+def _split_by_batch_value(rb: pa.RecordBatch) -> list[tuple[Any, pa.RecordBatch]]:
+    """The rows of each batch value (column 0), in one stable sort (not one filter per value)."""
+    enc = pc.dictionary_encode(rb.column(0), null_encoding="encode")
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    keys = enc.dictionary.to_pylist()
+    if len(keys) == 1:
+        return [(keys[0], rb)]
+    order = np.argsort(codes, kind="stable")
+    ordered = rb.take(pa.array(order))
+    sorted_codes = codes[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_codes)) + 1).tolist(), len(order)]
+    return [
+        (keys[int(sorted_codes[a])], ordered.slice(a, b - a)) for a, b in itertools.pairwise(bounds)
+    ]
+
+
+def _partials_record_batch(
+    by_batch: bool, batch_type: Any, partials: list[_BatchPartial], pid: int
+) -> pa.RecordBatch:
+    cols: dict[str, pa.Array] = {}
+    if by_batch:
+        cols["batch"] = pa.array([p.batch for p in partials], type=batch_type)
+    lst = pa.list_(pa.field("element", pa.float64(), nullable=False))
+    cols["pid"] = pa.array([pid] * len(partials), type=pa.int32())
+    cols["rows"] = pa.array([p.rows for p in partials], type=pa.int64())
+    cols["lo"] = pa.array([p.lo for p in partials], type=pa.int32())
+    cols["hi"] = pa.array([p.hi for p in partials], type=pa.int32())
+    for name in _MOMENT_FIELDS:
+        values = [[] if p.moments is None else getattr(p.moments, name).tolist() for p in partials]
+        cols[name] = pa.array(values, type=lst)
+    return pa.RecordBatch.from_pydict(cols)
+
+
+# ---- normalization: driver side ----------------------------------------------------------
+def normalize_scalars(
+    df: DataFrame,
+    spec: InputSpec,
+    outputs: Sequence[str],
+    constants: Constants,
+    *,
+    check: bool,
+) -> DataFrame:
+    """``(x - mean) / scale`` per scalar column in one ``mapInArrow``; with ``check`` an
+    invalid value fails the job, naming the column."""
+    xs = spec.scalar_doubles()
+    # One mapInArrow over the whole row: measured faster than one Arrow UDF per column,
+    # whose results Spark must join back to rows it buffers on the side. Only inputs that
+    # are not double yet are cast (in the JVM) into temporary columns; outputs replace a
+    # column of the same name or are appended, so no column crosses to Python twice.
+    cast = {
+        f"__mx_in{j}": x
+        for j, (c, x) in enumerate(zip(spec.cols, xs, strict=True))
+        if not isinstance(df.schema[c].dataType, T.DoubleType)
+    }
+    staged = df.withColumns(cast) if cast else df
+    names = staged.columns
+    fields = list(staged.schema.fields)
+    columns = []
+    for j, (c, o) in enumerate(zip(spec.cols, outputs, strict=True)):
+        source = names.index(f"__mx_in{j}" if f"__mx_in{j}" in cast else c)
+        field = T.StructField(o, T.DoubleType(), True)
+        if o in names:
+            index = names.index(o)
+            fields[index] = field
+        else:
+            index = len(fields)
+            fields.append(field)
+        columns.append(
+            _column_to_normalize(
+                names, constants, source=source, index=index, column=c, is_list=False, feature=j
+            )
+        )
+    schema = T.StructType(fields)
+    kernel = _normalize_kernel(columns, [f.name for f in fields], check)
+    return staged.mapInArrow(kernel, schema).drop(*cast)
+
+
+def normalize_vector(
+    df: DataFrame,
+    spec: InputSpec,
+    output: str,
+    constants: Constants,
+    *,
+    check: bool,
+) -> DataFrame:
+    """Normalize the :data:`ARRAY_COL` column of ``df`` in Python; a null row stays null
+    (fails with ``check``), a row of another length fails."""
+    assert spec.input_col is not None
+    name = spec.input_col
+    a = F.col(ARRAY_COL)
+    order = [c for c in df.columns if c != ARRAY_COL]
+    # Normalizing in place, the input column is no longer needed once copied to ARRAY_COL.
+    rest = df.drop(name) if output == name else df
+    if not any(isinstance(f.dataType, T.UserDefinedType) for f in rest.schema.fields):
+        # An Arrow UDF ships only the list column to Python (mapInArrow ships every column
+        # both ways: measured ~6x slower with list columns); Spark's Arrow UDFs refuse
+        # plans that carry a UDT (vector) column, so this needs none left.
+        udf = _list_arrow_udf(constants, name, check)
+        done = rest.withColumn(ARRAY_COL, udf(*_list_udf_args(a, constants)))
+    else:
+        names = df.columns
+        at = names.index(ARRAY_COL)
+        column = _column_to_normalize(
+            names, constants, source=at, index=at, column=name, is_list=True, feature=0
+        )
+        done = df.mapInArrow(_normalize_kernel([column], names, check), df.schema)
+    out = to_vector(a) if spec.kind == "vector" else a
+    done = done.withColumn(output, out)
+    return done.select(*[quote(c) for c in [*order, *([] if output in order else [output])]])
+
+
+def _list_udf_args(a: Column, constants: Constants) -> list[Column]:
+    if constants.mean is not None:
+        return [a]
+    return [a, F.col(str(constants.mean_col)), F.col(str(constants.scale_col))]
+
+
+def _list_arrow_udf(constants: Constants, column: str, check: bool) -> Any:
+    """An Arrow UDF normalizing one ``list<double>`` column (closed over plain numpy)."""
+    from pyspark.sql.pandas.functions import arrow_udf
+
+    literal = constants.mean is not None
+    target = _ColumnToNormalize(
+        0,
+        0,
+        column,
+        True,
+        constants.n_features,
+        0,
+        constants.mean,
+        constants.scale,
+        mean_index=-1 if literal else 1,
+        scale_index=-1 if literal else 2,
+    )
+
+    def normalize_with_literals(x: pa.Array) -> pa.Array:
+        return _normalize_list_array(target, x, None, check)
+
+    def normalize_with_row_constants(x: pa.Array, m: pa.Array, s: pa.Array) -> pa.Array:
+        rb = pa.RecordBatch.from_arrays([x, m, s], names=["x", "m", "s"])
+        return _normalize_list_array(target, x, rb, check)
+
+    kernel = normalize_with_literals if literal else normalize_with_row_constants
+    return arrow_udf(kernel, T.ArrayType(T.DoubleType()))  # type: ignore[call-overload]
+
+
+# ---- normalization: the kernels (run in the Python workers) ------------------------------
+@dataclass(frozen=True)
+class _ColumnToNormalize:
+    """One column the Arrow pass computes, and where its constants come from.
+
+    It reads column ``source`` of the batch and writes output column ``index`` (an
+    existing position is replaced, a new one appended). ``mean``/``scale`` are plain numpy
+    (literal constants, sliced to the feature(s) of this column); otherwise
+    ``mean_index``/``scale_index`` locate per-row ``list<double>`` columns and ``feature``
+    the element of a scalar column.
+    """
+
+    source: int
+    index: int
+    column: str
+    is_list: bool
+    dim: int
+    feature: int = 0
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    mean_index: int = -1
+    scale_index: int = -1
+
+
+def _column_to_normalize(
+    names: list[str],
+    c: Constants,
+    *,
+    source: int,
+    index: int,
+    column: str,
+    is_list: bool,
+    feature: int,
+) -> _ColumnToNormalize:
+    if c.mean is not None and c.scale is not None:
+        sl = slice(None) if is_list else slice(feature, feature + 1)
+        return _ColumnToNormalize(
+            source, index, column, is_list, c.n_features, feature, c.mean[sl], c.scale[sl]
+        )
+    return _ColumnToNormalize(
+        source,
+        index,
+        column,
+        is_list,
+        c.n_features,
+        feature,
+        mean_index=names.index(str(c.mean_col)),
+        scale_index=names.index(str(c.scale_col)),
+    )
+
+
+def _normalize_kernel(columns: list[_ColumnToNormalize], names: list[str], check: bool) -> Any:
+    """The ``mapInArrow`` function: closed over plain constants, never a session.
+
+    ``names`` are the output columns: the input ones, then the appended outputs.
+    """
+
+    def normalize_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            width = rb.num_columns
+            arrays = list(rb.columns)
+            for t in columns:
+                x = rb.column(t.source)
+                if t.is_list:
+                    z = _normalize_list_array(t, x, rb, check)
+                else:
+                    z = _normalize_scalar_array(t, x, rb, check)
+                if t.index < width:
+                    arrays[t.index] = z
+                else:
+                    arrays.append(z)
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+    return normalize_batches
+
+
+def _check_finite(values: pa.Array, column: str) -> None:
+    if values.null_count:
+        raise InvalidValueError(invalid_value_message(column, "a null"))
+    if pc.any(pc.is_nan(values)).as_py():
+        raise InvalidValueError(invalid_value_message(column, "a NaN"))
+    if pc.any(pc.is_inf(values)).as_py():
+        raise InvalidValueError(invalid_value_message(column, "an infinite"))
+
+
+def _normalize_scalar_array(
+    t: _ColumnToNormalize, x: pa.Array, rb: pa.RecordBatch, check: bool
+) -> pa.Array:
+    if t.mean is not None and t.scale is not None:
+        m: Any = pa.scalar(float(t.mean[0]))
+        s: Any = pa.scalar(float(t.scale[0]))
+    else:
+        m = pc.list_element(rb.column(t.mean_index), t.feature)
+        s = pc.list_element(rb.column(t.scale_index), t.feature)
+    if check:
+        _check_finite(x, t.column)
+    return pc.divide(pc.subtract(x, m), s)
+
+
+def _normalize_list_array(
+    t: _ColumnToNormalize, lists: pa.Array, rb: pa.RecordBatch | None, check: bool
+) -> pa.Array:
+    dim = t.dim
+    valid = lists.is_valid().to_numpy(zero_copy_only=False)
+    if check and not valid.all():
+        raise InvalidValueError(invalid_value_message(t.column, "a null"))
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    if np.any(lengths[valid] != dim):
+        raise FeatureMismatchError(vector_length_message(t.column, dim))
+    flat = lists.flatten()
+    if check:
+        _check_finite(flat, t.column)
+    rows = len(flat) // dim
+    if t.mean is not None and t.scale is not None:
+        m: Any = pa.array(np.tile(t.mean, rows))
+        s: Any = pa.array(np.tile(t.scale, rows))
+    else:
+        assert rb is not None
+        keep = pa.array(valid)
+        m = rb.column(t.mean_index).filter(keep).flatten()
+        s = rb.column(t.scale_index).filter(keep).flatten()
+    out = pc.divide(pc.subtract(flat, m), s)
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(np.where(valid, dim, 0), out=offsets[1:])
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets), out, mask=mask).cast(lists.type)
