@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
 FILE_COLUMN = "_mxnorm_file"
 CORRUPT_COLUMN = "_mxnorm_corrupt_record"
 INTERNAL_COLUMNS = (FILE_COLUMN, CORRUPT_COLUMN)
+# How Spark names the file it failed to read.
+_FAILED_FILE = re.compile(r"reading file (\S+?)\.(?:\s|$)")
 
 __all__ = [
     "CORRUPT_COLUMN",
     "FILE_COLUMN",
     "INTERNAL_COLUMNS",
     "FileSource",
-    "corrupt_record_error",
+    "count_and_check_batch",
+    "explain_read_failure",
 ]
 
 
@@ -226,6 +230,78 @@ class FileSource:
                     raise _mismatch(uri, name, "is missing from its first record", sorted(record))
 
 
+# ---- checks of a micro-batch -------------------------------------------------------------
+def count_and_check_batch(
+    spark: SparkSession,
+    data: DataFrame,
+    batch_id: int,
+    *,
+    source: FileSource | None,
+    features: Sequence[str],
+    checked: set[str],
+) -> int:
+    """Count a micro-batch of a file stream (materializing its cache) and check it.
+
+    Every file not in ``checked`` is checked against the batch's schema (and added to
+    ``checked``); a corrupt csv/json record (PERMISSIVE mode) is reported with its column.
+    """
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    has_files = FILE_COLUMN in data.columns
+    has_corrupt = CORRUPT_COLUMN in data.columns
+    if has_files:
+        aggs.append(F.collect_set(FILE_COLUMN).alias("files"))
+    if has_corrupt:
+        bad = F.col(CORRUPT_COLUMN)
+        sample = F.struct(F.col(FILE_COLUMN).alias("file"), bad.alias("record"))
+        aggs.append(F.first(F.when(bad.isNotNull(), sample), ignorenulls=True).alias("bad"))
+    try:
+        row = data.agg(*aggs).collect()[0]
+    except Exception as exc:
+        explain_read_failure(
+            spark, str(exc), data.schema, batch_id, source=source, features=features
+        )
+        raise
+    if has_files and source is not None:
+        for uri in sorted(row["files"]):
+            if uri and uri not in checked:
+                source.check_file(spark, uri, data.schema, features)
+                checked.add(uri)
+    if has_corrupt and row["bad"] is not None:
+        fmt = source.format if source is not None else "csv"
+        raise _corrupt_record_error(row["bad"]["file"], row["bad"]["record"], fmt, data.schema)
+    return int(row["rows"])
+
+
+def explain_read_failure(
+    spark: SparkSession,
+    message: str,
+    expected: StructType,
+    batch_id: int,
+    *,
+    source: FileSource | None,
+    features: Sequence[str],
+) -> None:
+    """Turn Spark's failure to read a file (e.g. a parquet type change) into our error.
+
+    Returns when ``message`` is no such failure (the caller re-raises the original).
+    """
+    start = message.find("[FAILED_READ_FILE")
+    if start < 0:
+        return
+    spark_message = message[start:].splitlines()[0].strip()
+    match = _FAILED_FILE.search(spark_message)
+    if match is not None and source is not None:
+        # Our own check of that file names the column and both types.
+        source.check_file(spark, match.group(1), expected, features)
+    raise SchemaMismatchError(
+        f"micro-batch {batch_id} cannot be read: {spark_message[:500]} No state was "
+        "committed for it; remove the file from the input directory (fix it and add it "
+        "back under a new name) and restart the stream"
+    ) from None
+
+
 # ---- Arrow types as Spark reads them from parquet ----------------------------------------
 def _spark_type(arrow_type: Any) -> DataType | None:
     """The Spark type of a parquet column (given as its Arrow type), or None if unknown.
@@ -256,11 +332,25 @@ def _spark_type(arrow_type: Any) -> DataType | None:
 def _same_type(found: DataType, expected: DataType) -> bool:
     from pyspark.sql import types as T
 
-    if found == expected:
+    # Arrow and Spark may disagree on the nullability of nested values; Spark reads either.
+    if _nullable(found) == _nullable(expected):
         return True
     # Spark writes timestamps as INT96, which Arrow reads without a time zone but Spark
     # reads as TIMESTAMP: a zoneless timestamp is no evidence of a mismatch.
     return isinstance(found, T.TimestampNTZType) and isinstance(expected, T.TimestampType)
+
+
+def _nullable(dt: DataType) -> DataType:
+    """``dt`` with every nested element, value and field nullable (and no field metadata)."""
+    from pyspark.sql import types as T
+
+    if isinstance(dt, T.ArrayType):
+        return T.ArrayType(_nullable(dt.elementType), True)
+    if isinstance(dt, T.MapType):
+        return T.MapType(_nullable(dt.keyType), _nullable(dt.valueType), True)
+    if isinstance(dt, T.StructType):
+        return T.StructType([T.StructField(f.name, _nullable(f.dataType)) for f in dt.fields])
+    return dt
 
 
 # ---- errors ------------------------------------------------------------------------------
@@ -275,7 +365,7 @@ def _mismatch(
     )
 
 
-def corrupt_record_error(
+def _corrupt_record_error(
     uri: str, record: str, fmt: str, expected: StructType
 ) -> SchemaMismatchError:
     """The error for a csv/json record that PERMISSIVE mode set aside as corrupt."""

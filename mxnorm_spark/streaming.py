@@ -49,19 +49,13 @@ The crash-safety tests kill the driver at chosen points (:func:`mxnorm_spark.pro
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mxnorm_spark.choices import APPLY_AT, FORMATS, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
@@ -69,7 +63,6 @@ from mxnorm_spark.errors import (
     InvalidParameterError,
     InvalidValueError,
     MXNormError,
-    SchemaMismatchError,
     StateConflictError,
 )
 from mxnorm_spark.moments import Moments
@@ -79,7 +72,8 @@ from mxnorm_spark.sources import (
     FILE_COLUMN,
     INTERNAL_COLUMNS,
     FileSource,
-    corrupt_record_error,
+    count_and_check_batch,
+    explain_read_failure,
 )
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import (
@@ -96,12 +90,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
     from pyspark.sql.streaming.readwriter import DataStreamWriter
-    from pyspark.sql.types import StructType
-
-    from mxnorm_spark.config import SparkSettings, StreamConfig
 
 OUTPUT_ATTEMPTS = "_attempts"
-_FAILED_FILE = re.compile(r"reading file (\S+?)\.(?:\s|$)")
 # Spark sets this local property on the thread that runs a query's micro-batches.
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
@@ -423,7 +413,16 @@ class MXNormStream:
             # Files to check or corrupt records to find: a first job that counts and checks
             # the batch. Otherwise the moments job counts it too: one job less per batch.
             scan = FILE_COLUMN in data.columns or CORRUPT_COLUMN in data.columns
-            rows: int | None = self._scan(spark, data, batch_id) if scan else None
+            rows: int | None = None
+            if scan:
+                rows = count_and_check_batch(
+                    spark,
+                    data,
+                    batch_id,
+                    source=self.source,
+                    features=self._checked_features(),
+                    checked=self._checked_files,
+                )
             payload = data.drop(*INTERNAL_COLUMNS)
             if prev is None:
                 prev = self._fresh_state(payload)
@@ -475,7 +474,14 @@ class MXNormStream:
                     allow_empty=True,
                 )
             except Exception as exc:
-                self._explain_read_failure(spark, str(exc), data.schema, batch_id)
+                explain_read_failure(
+                    spark,
+                    str(exc),
+                    data.schema,
+                    batch_id,
+                    source=self.source,
+                    features=self._checked_features(),
+                )
                 raise
             self._check_invalid(moments, rows, batch_id)
         else:
@@ -515,54 +521,8 @@ class MXNormStream:
             self.progress(report)
 
     # ---- checks of a micro-batch --------------------------------------------------------
-    def _scan(self, spark: SparkSession, data: DataFrame, batch_id: int) -> int:
-        """Count the micro-batch (materializing the cache) and check its files."""
-        from pyspark.sql import functions as F
-
-        aggs = [F.count(F.lit(1)).alias("rows")]
-        has_files = FILE_COLUMN in data.columns
-        has_corrupt = CORRUPT_COLUMN in data.columns
-        if has_files:
-            aggs.append(F.collect_set(FILE_COLUMN).alias("files"))
-        if has_corrupt:
-            bad = F.col(CORRUPT_COLUMN)
-            sample = F.struct(F.col(FILE_COLUMN).alias("file"), bad.alias("record"))
-            aggs.append(F.first(F.when(bad.isNotNull(), sample), ignorenulls=True).alias("bad"))
-        try:
-            row = data.agg(*aggs).collect()[0]
-        except Exception as exc:
-            self._explain_read_failure(spark, str(exc), data.schema, batch_id)
-            raise
-        if has_files and self.source is not None:
-            self._check_files(spark, sorted(row["files"]), data.schema)
-        if has_corrupt and row["bad"] is not None:
-            fmt = self.source.format if self.source is not None else "csv"
-            raise corrupt_record_error(row["bad"]["file"], row["bad"]["record"], fmt, data.schema)
-        return int(row["rows"])
-
-    def _check_files(self, spark: SparkSession, uris: Sequence[str], expected: StructType) -> None:
-        """Check each file not seen before against the stream's schema."""
-        assert self.source is not None
-        features = list(self.cols or [self.input_col or ""])
-        for uri in uris:
-            if uri and uri not in self._checked_files:
-                self.source.check_file(spark, uri, expected, features)
-                self._checked_files.add(uri)
-
-    def _explain_read_failure(
-        self, spark: SparkSession, text: str, expected: StructType, batch_id: int
-    ) -> None:
-        """Turn Spark's failure to read a file (e.g. a parquet type change) into our error."""
-        start = text.find("[FAILED_READ_FILE")
-        if start < 0:
-            return
-        spark_message = text[start:].splitlines()[0].strip()
-        match = _FAILED_FILE.search(spark_message)
-        if match is not None and self.source is not None:
-            features = list(self.cols or [self.input_col or ""])
-            # Our own check of that file names the column and both types.
-            self.source.check_file(spark, match.group(1), expected, features)
-        raise _unreadable_batch_error(batch_id, spark_message)
+    def _checked_features(self) -> list[str]:
+        return list(self.cols or [self.input_col or ""])
 
     def _check_invalid(self, moments: Moments, rows: int, batch_id: int) -> None:
         if self.handle_invalid != "error":
@@ -637,204 +597,3 @@ class MXNormStream:
         # Anything else left there is from a killed attempt (one writer per output).
         fs.delete(fs.join(root, OUTPUT_ATTEMPTS), recursive=True)
         return final
-
-
-def _unreadable_batch_error(batch_id: int, spark_message: str) -> SchemaMismatchError:
-    """A micro-batch Spark failed to read, where no check of ours found the cause."""
-    return SchemaMismatchError(
-        f"micro-batch {batch_id} cannot be read: {spark_message[:500]} No state was "
-        "committed for it; remove the file from the input directory (fix it and add it "
-        "back under a new name) and restart the stream"
-    )
-
-
-# ---- the demo ---------------------------------------------------------------------------
-def write_demo_files(
-    directory: str | os.PathLike[str],
-    days: Sequence[int],
-    rows_per_day: int,
-    seed: int = 11,
-) -> list[str]:
-    """Drifting sensor readings, one parquet file per day, oldest first (local paths).
-
-    The same distributions as the batch demo: ``temperature`` drifts +0.75 per day, the
-    spread of ``pressure`` grows, ``latency_ms`` is log-normal with 1% nulls.
-    """
-    import pandas as pd
-
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    written = []
-    base = time.time() - 10 * len(days)
-    for i, day in enumerate(days):
-        n = rows_per_day
-        latency = np.exp(3.0 + 0.5 * rng.standard_normal(n))
-        latency[rng.random(n) < 0.01] = np.nan
-        frame = pd.DataFrame(
-            {
-                "day": np.full(n, day, dtype=np.int32),
-                "sensor": (np.arange(n) % 50).astype(np.int32),
-                "temperature": 20.0 + 0.75 * day + 2.0 * rng.standard_normal(n),
-                "pressure": 1013.0 + (1.0 + 0.25 * day) * rng.standard_normal(n),
-                "latency_ms": latency,
-            }
-        )
-        path = root / f"day-{day:03d}.parquet"
-        frame.to_parquet(path, index=False)
-        # The file source takes new files oldest first: make the order explicit.
-        os.utime(path, (base + 10 * i, base + 10 * i))
-        written.append(str(path))
-    return written
-
-
-def demo_stream(
-    spark: SparkSession,
-    initial_state: MXNormState,
-    workdir: str | os.PathLike[str],
-    *,
-    first_day: int = 12,
-    days: int = 4,
-    rows_per_day: int = 25_000,
-) -> MXNormState:
-    """A short available-now stream over generated files, warm-started from a backfill.
-
-    Writes ``days`` files (days ``first_day``...) into ``WORKDIR/input`` and streams them one
-    file per micro-batch into ``WORKDIR/state`` and ``WORKDIR/output``, printing a progress
-    line per batch and the state after each. Starts from scratch each time (``WORKDIR`` is
-    replaced). Returns the final state.
-    """
-    import shutil
-
-    root = Path(workdir)
-    shutil.rmtree(root, ignore_errors=True)
-    write_demo_files(root / "input", range(first_day, first_day + days), rows_per_day)
-    features = list(initial_state.features)
-    source = FileSource(str(root / "input"), "parquet", max_files_per_trigger=1)
-    stream = MXNormStream(
-        spark,
-        str(root / "state"),
-        cols=features,
-        output=str(root / "output"),
-        options=initial_state.options,
-        initial_state=initial_state,
-    )
-    stream.run(source.read(spark, features), str(root / "checkpoint"), source=source)
-    heads = [f"mean({f})" for f in features]
-    width = max(len(h) for h in heads)
-
-    def row(label: str, values: Any) -> str:
-        return f"{label:<12}" + "".join(f"  {v:>{width}.4f}" for v in values)
-
-    print("\n" + f"{'state after':<12}" + "".join(f"  {h:>{width}}" for h in heads))
-    print(row("backfill", initial_state.mean))
-    final = initial_state
-    for b in stream.store.batch_ids():
-        state = stream.store.get(b)
-        assert state is not None
-        final = state
-        print(row(f"batch {b}", state.mean))
-    return final
-
-
-# ---- the `stream` command ---------------------------------------------------------------
-def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
-    """``mxnorm-spark stream``: a file stream normalized with exactly-once MXNorm state."""
-    from pyspark.sql import SparkSession
-
-    from mxnorm_spark.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS
-    from mxnorm_spark.session import session_from_settings
-
-    # Spark's console progress bar would overwrite the per-batch progress lines.
-    # Adaptive execution is off in streaming queries anyway (Spark warns once when it is on).
-    quiet = {
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.adaptive.enabled": "false",
-        **dict(settings.conf),
-    }
-    owned = SparkSession.getActiveSession() is None
-    spark = session_from_settings(replace(settings, conf=quiet), "mxnorm-spark stream")
-    try:
-        source = FileSource(
-            cfg.input,
-            cfg.format,
-            {**DEFAULT_READ_OPTIONS.get(cfg.format, {}), **dict(cfg.read_options)},
-            max_files_per_trigger=cfg.max_files_per_trigger,
-        )
-        out_format = cfg.output_format or cfg.format
-        output = StreamOutput(
-            path=cfg.output,
-            format=out_format,
-            write_options={**DEFAULT_WRITE_OPTIONS.get(out_format, {}), **dict(cfg.write_options)},
-            cols=cfg.output_cols,
-            col=cfg.output_col,
-        )
-        options = StateOptions(
-            alpha=cfg.alpha,
-            eps=cfg.eps,
-            var_update=cfg.var_update,  # type: ignore[arg-type]
-            decay=cfg.decay,  # type: ignore[arg-type]
-            zero_variance=cfg.zero_variance,  # type: ignore[arg-type]
-        )
-        stream = MXNormStream(
-            spark,
-            StateStore(cfg.state, spark, retention=cfg.retention),
-            cols=cfg.cols,
-            input_col=cfg.input_col,
-            output=output,
-            options=options,
-            apply_at=cfg.apply_at,
-            handle_invalid=cfg.handle_invalid,
-            engine=cfg.engine,
-            initial_state=cfg.initial_state,
-        )
-        df = source.read(spark, cfg.cols, cfg.input_col)
-        trigger = "available-now" if cfg.available_now else (cfg.trigger_interval or "continuous")
-        print(
-            f"[mxnorm] streaming {cfg.format} files from {cfg.input} ({trigger}); state in "
-            f"{cfg.state}, output in {cfg.output}",
-            flush=True,
-        )
-        reports = stream.run(
-            df,
-            cfg.checkpoint,
-            available_now=cfg.available_now,
-            trigger_interval=cfg.trigger_interval,
-            source=source,
-        )
-        state = stream.store.latest()
-        rows = sum(r.rows for r in reports)
-        print(f"[mxnorm] stream stopped after {len(reports)} micro-batch(es), {rows:,} rows")
-        if state is not None:
-            print(state.summary())
-    finally:
-        if owned:
-            spark.stop()
-    return 0
-
-
-def add_stream_parser(subparsers: Any) -> None:
-    """Register ``mxnorm-spark stream`` (called from :data:`mxnorm_spark.cli.COMMANDS`)."""
-    from mxnorm_spark.cli import add_command
-    from mxnorm_spark.config import StreamConfig
-
-    parser = add_command(
-        subparsers,
-        "stream",
-        StreamConfig,
-        run_stream,
-        help="normalize a stream of files micro-batch by micro-batch, state exactly once",
-        description=(
-            "Watch a directory for new parquet/csv/json files with Structured Streaming. Per\n"
-            "micro-batch: fold its moments into the MXNorm state, commit the state as\n"
-            "STATE/v-<batch id>.json, normalize the batch and write it to\n"
-            "OUTPUT/batch_id=<batch id>/. A restart after a crash resumes from the\n"
-            "checkpoint: no batch is folded twice and no row is lost or duplicated.\n\n"
-            "example:\n"
-            "  mxnorm-spark stream --input incoming/ --format parquet --cols a,b \\\n"
-            "      --output normalized/ --state state/ --checkpoint chk/ \\\n"
-            "      --max-files-per-trigger 1 --available-now"
-        ),
-    )
-    # A short alias of --initial-state.
-    parser.add_argument("--init-state", dest="initial_state", help=argparse.SUPPRESS)
