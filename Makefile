@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test lint setup bench bench-full cluster-up clean
+.PHONY: run test lint setup bench bench-full seed-claim cluster-up clean
 
 setup:
 	@scripts/bootstrap.sh test,dev
@@ -27,6 +27,11 @@ bench: setup
 bench-full: setup
 	MXBENCH_COMMAND="make bench-full$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 		bench/run.sh --datasets wide16,wide256,vec64 --out-dir bench/full $(BENCH_ARGS)
+
+# The article's training claim (< 10 min on 2 cores, no Spark, no download): raw vs static
+# z-score vs MXNorm in mini-batch training; writes bench/seed_claim/RESULTS.md + accuracy.png.
+seed-claim: setup
+	SEED_CLAIM_COMMAND="make seed-claim" $(PY) -m bench.seed_claim.run
 
 lint:
 	$(VENV)/bin/ruff check .
