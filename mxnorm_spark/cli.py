@@ -18,29 +18,35 @@ it in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
 
 from mxnorm_spark import __version__
-from mxnorm_spark import errors as _errors
 from mxnorm_spark.config import (
     DEFAULT_READ_OPTIONS,
     DEFAULT_WRITE_OPTIONS,
     FitConfig,
     SparkSettings,
+    StreamConfig,
     TransformConfig,
-    add_arguments,
     config_from_args,
     load_config,
 )
-from mxnorm_spark.errors import ConfigError, MXNormError, NotFittedError
-from mxnorm_spark.state import MXNormState
-from mxnorm_spark.streaming import add_stream_parser
+from mxnorm_spark.config_fields import add_arguments
+from mxnorm_spark.errors import (
+    ConfigError,
+    CorruptStateError,
+    MXNormError,
+    NotFittedError,
+    error_in_text,
+)
+from mxnorm_spark.sources import FileSource
+from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
+from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -50,28 +56,18 @@ EXIT_USAGE = 2
 
 
 # ---- helpers shared by the commands -------------------------------------------------------
-def _is_local(path: str) -> bool:
-    scheme = urlparse(path).scheme
-    # One-letter schemes are Windows drive letters, not URIs.
-    return scheme in ("", "file") or len(scheme) == 1
-
-
-def _local_path(path: str) -> Path:
-    return Path(urlparse(path).path if path.startswith("file:") else path)
-
-
 def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[{")
 
 
 def check_input_path(path: str, flag: str = "--input") -> None:
     """Fail before Spark starts when a local input path does not exist."""
-    if _is_local(path) and not _has_glob(path) and not _local_path(path).exists():
+    if is_local(path) and not _has_glob(path) and not Path(local_path(path)).exists():
         raise ConfigError(f"{flag} {path}: no such file or directory")
 
 
 def check_output_path(path: str, mode: str, flag: str = "--output") -> None:
-    if mode == "errorifexists" and _is_local(path) and _local_path(path).exists():
+    if mode == "errorifexists" and is_local(path) and Path(local_path(path)).exists():
         raise ConfigError(
             f"{flag} {path} already exists; choose another path or pass --mode overwrite"
         )
@@ -90,62 +86,28 @@ def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> 
 
 
 def save_state(state: MXNormState, path: str, spark: SparkSession | None = None) -> str:
-    """Write one state JSON file, replacing it; remote URIs go through Spark's Hadoop FS.
-
-    Locally the file is written under a temporary name and renamed (atomic). Remotely the
-    new file is complete before the old one is replaced.
-    """
-    if _is_local(path):
-        target = _local_path(path)
-        _check_state_target(path)
-        return str(state.save(target))
-    if spark is None:
-        raise ConfigError(f"--state {path}: a remote state path needs a SparkSession")
-    from mxnorm_spark.store import HadoopFileSystem
-
-    fs = HadoopFileSystem(spark, path)
-    parent, _, name = path.rstrip("/").rpartition("/")
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-    fs.write_bytes(tmp, state.to_json().encode("utf-8"))
-    if fs.exists(path):
-        fs.delete(path)
-    if not fs.rename(tmp, path):
-        raise ConfigError(f"--state {path}: could not rename {tmp} into place")
-    return fs.qualified(path)
+    """Write the state JSON file of ``--state``, replacing it atomically (see write_state)."""
+    _check_state_target(path)
+    return write_state(state, path, spark)
 
 
 def load_state(path: str, spark: SparkSession | None = None, flag: str = "--state") -> MXNormState:
-    """A state file, or the newest version in a state directory (a stream's store).
+    """A state file, or the newest version in a state directory (see read_state).
 
-    Remote paths (``hdfs://``, ``s3a://``...) need ``spark``; there a path ending in
-    ``.json`` is a file and anything else a state directory.
+    Local paths and ``s3://``/``gs://``/``abfs://`` URIs need no Spark; other schemes
+    (``hdfs://``, ``s3a://``) are read through ``spark``'s Hadoop file system.
     """
-    from mxnorm_spark.store import StateStore
-
-    if _is_local(path):
-        local = _local_path(path)
-        if not local.exists():
-            raise ConfigError(f"{flag} {path}: no such file or directory")
-        if not local.is_dir():
-            return MXNormState.load(local)
-        store = StateStore(local)
-    elif spark is None:
-        raise ConfigError(f"{flag} {path}: reading a remote state needs Spark; copy it locally")
-    elif path.endswith(".json"):
-        from mxnorm_spark.store import HadoopFileSystem
-
-        data = HadoopFileSystem(spark, path).read_bytes(path)
-        if data is None:
-            raise ConfigError(f"{flag} {path}: no such file")
-        return MXNormState.from_json(data, source=f"state file {path}")
-    else:
-        store = StateStore(path, spark)
-    state = store.latest() or store.initial()
-    if state is None:
-        raise ConfigError(
-            f"{flag} {path} is a directory without a committed state version (v-<batch id>.json)"
-        )
-    return state
+    if is_local(path) and not Path(local_path(path)).exists():
+        raise ConfigError(f"{flag} {path}: no such file or directory")
+    try:
+        return read_state(path, spark)
+    except CorruptStateError as exc:
+        if "holds no committed version" in str(exc):
+            raise ConfigError(
+                f"{flag} {path} is a directory without a committed state version "
+                "(v-<batch id>.json)"
+            ) from None
+        raise
 
 
 # ---- command registration ---------------------------------------------------------------
@@ -225,6 +187,29 @@ def add_transform_parser(subparsers: Any) -> None:
     )
 
 
+def add_stream_parser(subparsers: Any) -> None:
+    parser = add_command(
+        subparsers,
+        "stream",
+        StreamConfig,
+        run_stream,
+        help="normalize a stream of files micro-batch by micro-batch, state exactly once",
+        description=(
+            "Watch a directory for new parquet/csv/json files with Structured Streaming. Per\n"
+            "micro-batch: fold its moments into the MXNorm state, commit the state as\n"
+            "STATE/v-<batch id>.json, normalize the batch and write it to\n"
+            "OUTPUT/batch_id=<batch id>/. A restart after a crash resumes from the\n"
+            "checkpoint: no batch is folded twice and no row is lost or duplicated.\n\n"
+            "example:\n"
+            "  mxnorm-spark stream --input incoming/ --format parquet --cols a,b \\\n"
+            "      --output normalized/ --state state/ --checkpoint chk/ \\\n"
+            "      --max-files-per-trigger 1 --available-now"
+        ),
+    )
+    # A short alias of --initial-state.
+    parser.add_argument("--init-state", dest="initial_state", help=argparse.SUPPRESS)
+
+
 def add_inspect_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "inspect",
@@ -241,8 +226,7 @@ def add_inspect_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run_inspect)
 
 
-# The subcommands, in --help order. The `stream` command (Structured Streaming) is
-# registered by mxnorm_spark.streaming.
+# The subcommands, in --help order.
 COMMANDS: list[Callable[[Any], None]] = [
     add_fit_parser,
     add_transform_parser,
@@ -287,10 +271,11 @@ class _JobSession:
 
 
 def _check_state_target(path: str) -> None:
-    if _is_local(path) and _local_path(path).is_dir():
+    if is_local(path) and Path(local_path(path)).is_dir():
         raise ConfigError(
             f"--state {path} is a directory; fit writes one JSON file, e.g. "
-            f"{_local_path(path) / 'state.json'} (a stream can start from it with --initial-state)"
+            f"{Path(local_path(path)) / 'state.json'} "
+            "(a stream can start from it with --initial-state)"
         )
 
 
@@ -348,7 +333,7 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     check_input_path(cfg.input)
     check_output_path(cfg.output, cfg.mode)
     # A local state is read (and verified) before Spark starts; a remote one needs Spark.
-    state = load_state(cfg.state) if _is_local(cfg.state) else None
+    state = load_state(cfg.state) if is_local(cfg.state) else None
     out_format = cfg.output_format or cfg.format
     with _JobSession(settings, "mxnorm-spark transform") as spark:
         state = state or load_state(cfg.state, spark)
@@ -368,6 +353,77 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
         f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
         f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to {cfg.output}"
     )
+    return 0
+
+
+def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MXNormStream]:
+    """The file source and the exactly-once updater of ``mxnorm-spark stream``."""
+    source = FileSource(
+        cfg.input,
+        cfg.format,
+        {**DEFAULT_READ_OPTIONS.get(cfg.format, {}), **dict(cfg.read_options)},
+        max_files_per_trigger=cfg.max_files_per_trigger,
+    )
+    out_format = cfg.output_format or cfg.format
+    output = StreamOutput(
+        path=cfg.output,
+        format=out_format,
+        write_options={**DEFAULT_WRITE_OPTIONS.get(out_format, {}), **dict(cfg.write_options)},
+        cols=cfg.output_cols,
+        col=cfg.output_col,
+    )
+    options = StateOptions(
+        alpha=cfg.alpha,
+        eps=cfg.eps,
+        var_update=cfg.var_update,  # type: ignore[arg-type]
+        decay=cfg.decay,  # type: ignore[arg-type]
+        zero_variance=cfg.zero_variance,  # type: ignore[arg-type]
+    )
+    stream = MXNormStream(
+        spark,
+        StateStore(cfg.state, spark, retention=cfg.retention),
+        cols=cfg.cols,
+        input_col=cfg.input_col,
+        output=output,
+        options=options,
+        apply_at=cfg.apply_at,
+        handle_invalid=cfg.handle_invalid,
+        engine=cfg.engine,
+        initial_state=cfg.initial_state,
+    )
+    return source, stream
+
+
+def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
+    """``mxnorm-spark stream``: a file stream normalized with exactly-once MXNorm state."""
+    # Spark's console progress bar would overwrite the per-batch progress lines.
+    # Adaptive execution is off in streaming queries anyway (Spark warns once when it is on).
+    quiet = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+        **dict(settings.conf),
+    }
+    with _JobSession(replace(settings, conf=quiet), "mxnorm-spark stream") as spark:
+        source, stream = _file_stream(cfg, spark)
+        df = source.read(spark, cfg.cols, cfg.input_col)
+        trigger = "available-now" if cfg.available_now else (cfg.trigger_interval or "continuous")
+        print(
+            f"[mxnorm] streaming {cfg.format} files from {cfg.input} ({trigger}); state in "
+            f"{cfg.state}, output in {cfg.output}",
+            flush=True,
+        )
+        reports = stream.run(
+            df,
+            cfg.checkpoint,
+            available_now=cfg.available_now,
+            trigger_interval=cfg.trigger_interval,
+            source=source,
+        )
+        state = stream.store.latest()
+        rows = sum(r.rows for r in reports)
+        print(f"[mxnorm] stream stopped after {len(reports)} micro-batch(es), {rows:,} rows")
+        if state is not None:
+            print(state.summary())
     return 0
 
 
@@ -399,14 +455,6 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 # ---- errors -----------------------------------------------------------------------------
-_ERROR_NAMES = "|".join(
-    name
-    for name, obj in vars(_errors).items()
-    if isinstance(obj, type) and issubclass(obj, MXNormError)
-)
-_REMOTE_ERROR = re.compile(rf"(?:mxnorm_spark\.errors\.)?({_ERROR_NAMES}): (.+)")
-
-
 def error_message(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or None for a bug (keep its traceback).
 
@@ -416,14 +464,9 @@ def error_message(exc: BaseException) -> str | None:
     if isinstance(exc, MXNormError):
         return str(exc)
     text = str(exc)
-    match = _REMOTE_ERROR.search(text)
-    if match is not None:
-        message = match.group(2)
-        # SQL-side errors carry the class name in the message too, and Spark appends
-        # its SQLSTATE: keep only the MXNorm sentence.
-        while (inner := _REMOTE_ERROR.match(message)) is not None:
-            message = inner.group(2)
-        return re.sub(r"\s*SQLSTATE: \w+\s*$", "", message).strip()
+    found = error_in_text(text)
+    if found is not None:
+        return str(found)
     try:
         from pyspark.errors import AnalysisException
     except ImportError:  # pragma: no cover - pyspark is a dependency

@@ -41,9 +41,8 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -56,6 +55,25 @@ from mxnorm_spark.choices import (
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
 )
+from mxnorm_spark.config_fields import (
+    FROM_TEXT,
+    boolean,
+    check_flags,
+    check_section,
+    fail,
+    fields,
+    flag_name,
+    flag_values,
+    int_at_least,
+    interval,
+    names,
+    number_text,
+    one_of,
+    opt,
+    options,
+    required,
+    text,
+)
 from mxnorm_spark.errors import ConfigError, InvalidParameterError
 from mxnorm_spark.state import StateOptions, check_alpha, check_eps
 
@@ -64,6 +82,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+# The config keys that make up a StateOptions value.
+STATE_OPTION_KEYS = ("alpha", "eps", "var_update", "decay", "zero_variance")
 WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
@@ -76,205 +96,36 @@ DEFAULT_WRITE_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {"csv": MappingProxyType({"header": "true"})}
 )
 
-_INTERVAL = re.compile(
-    r"^\s*(\d+(?:\.\d+)?)\s*"
-    r"(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\s*$",
-    re.IGNORECASE,
-)
-
-
-# ---- value kinds: one checker per kind, shared by TOML values and CLI flags ------------
-# A checker takes the raw value (a TOML value, or the string a flag received) and the
-# key, and returns the typed value or raises ConfigError naming the key.
-Checker = Callable[[Any, str], Any]
-# Flags arrive as text: for number kinds, the function that turns it into the TOML type
-# the checker expects (a config file itself must use TOML numbers).
-_FROM_TEXT: dict[Checker, Callable[[str, str], Any]] = {}
-
-
-def _fail(key: str, expected: str, value: Any) -> ConfigError:
-    shown = f"the string {value!r}" if isinstance(value, str) else f"{value!r}"
-    return ConfigError(f"{key}: expected {expected}, got {shown}")
-
-
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(key, "a non-empty string", value)
-    return value
-
-
-def _names(value: Any, key: str) -> tuple[str, ...]:
-    # A flag gives "a,b,c"; a file may give the same string or an array of strings.
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise _fail(key, 'column names, as ["a", "b"] or "a,b"', value)
-    if not items or any(not isinstance(v, str) or not v for v in items):
-        raise _fail(key, "one or more non-empty column names", value)
-    dup = sorted({v for v in items if items.count(v) > 1})
-    if dup:
-        raise ConfigError(f"{key}: column names must be unique; repeated: {dup}")
-    return tuple(items)
-
-
-def _number_text(value: Any, key: str, expected: str) -> Any:
-    """A flag's text as a number (flags only: a config file must use TOML numbers)."""
-    try:
-        return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
-    except ValueError:
-        raise _fail(key, expected, value) from None
-
 
 def _alpha(value: Any, key: str) -> float | None:
     try:
         return check_alpha(value)
     except InvalidParameterError as exc:
         if isinstance(value, str):
-            raise _fail(key, 'a number in (0, 1] or "cumulative"', value) from None
+            raise fail(key, 'a number in (0, 1] or "cumulative"', value) from None
         raise ConfigError(f"{key}: {exc}") from None
 
 
 def _alpha_text(value: str, key: str) -> Any:
     if value == "cumulative":
         return value
-    return _number_text(value, key, 'a number in (0, 1] or "cumulative"')
+    return number_text(value, key, 'a number in (0, 1] or "cumulative"')
 
 
 def _eps(value: Any, key: str) -> float:
     if isinstance(value, str):
-        raise _fail(key, "a positive number", value)
+        raise fail(key, "a positive number", value)
     try:
         return check_eps(value)
     except InvalidParameterError as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
 
-def _int_at_least(low: int) -> Checker:
-    def check(value: Any, key: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise _fail(key, f"a whole number >= {low}", value)
-        return value
+FROM_TEXT[_alpha] = _alpha_text
+FROM_TEXT[_eps] = lambda v, k: number_text(v, k, "a positive number")
 
-    _FROM_TEXT[check] = lambda v, k: _number_text(v, k, f"a whole number >= {low}")
-    return check
-
-
-_FROM_TEXT[_alpha] = _alpha_text
-_FROM_TEXT[_eps] = lambda v, k: _number_text(v, k, "a positive number")
-
-
-def _flag(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(key, "true or false", value)
-    return value
-
-
-def _interval(value: Any, key: str) -> str:
-    """A trigger interval, normalized to Spark's ``"<n> <unit>"`` form."""
-    match = _INTERVAL.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise _fail(key, 'an interval such as "10s", "500ms", "2 minutes"', value)
-    number, unit = match.group(1), match.group(2).lower()
-    if float(number) <= 0:
-        raise _fail(key, "an interval greater than 0", value)
-    if unit == "ms" or unit.startswith("milli"):
-        name = "milliseconds"
-    elif unit.startswith("s"):
-        name = "seconds"
-    elif unit.startswith("m"):
-        name = "minutes"
-    else:
-        name = "hours"
-    return f"{number} {name}"
-
-
-def _one_of(valid: tuple[str, ...], *, fold: Callable[[str], str] = str) -> Checker:
-    def check(value: Any, key: str) -> str:
-        if not isinstance(value, str) or fold(value) not in valid:
-            raise _fail(key, f"one of {list(valid)}", value)
-        return fold(value)
-
-    check.valid = valid  # type: ignore[attr-defined]  # shown as the flag's metavar
-    return check
-
-
-def _options(value: Any, key: str) -> Mapping[str, str]:
-    """A table of string options (TOML), or a list of ``KEY=VALUE`` strings (flags)."""
-    pairs: dict[str, str] = {}
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, (list, tuple)):
-        items = []
-        for item in value:
-            if not isinstance(item, str) or "=" not in item:
-                raise _fail(key, "KEY=VALUE", item)
-            k, _, v = item.partition("=")
-            items.append((k.strip(), v.strip()))
-    else:
-        raise _fail(key, "a table of options", value)
-    for k, raw in items:
-        if not isinstance(k, str) or not k:
-            raise _fail(key, "non-empty option names", k)
-        # Spark options are strings; TOML booleans and numbers are spelled as Spark reads them.
-        v = ("true" if raw else "false") if isinstance(raw, bool) else raw
-        if isinstance(v, (int, float)):
-            v = repr(v)
-        if not isinstance(v, str):
-            raise _fail(f"{key}.{k}", "a string, number or boolean", raw)
-        pairs[k] = v
-    return MappingProxyType(pairs)
-
-
-# ---- field declaration -------------------------------------------------------------------
-def _meta(
-    check: Checker,
-    help: str,
-    *,
-    metavar: str | None = None,
-    repeat: bool = False,
-    switch: bool = False,
-    flag: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "check": check,
-        "help": help,
-        "metavar": metavar,
-        "repeat": repeat,
-        "switch": switch,
-        "flag": flag,
-    }
-
-
-def _opt(
-    check: Checker,
-    help: str,
-    *,
-    default: Any = None,
-    metavar: str | None = None,
-    repeat: bool = False,
-    switch: bool = False,
-    flag: str | None = None,
-) -> Any:
-    """An optional config field: its checker and flag help travel in the field metadata.
-
-    ``repeat`` fields take their flag several times (``--conf A=1 --conf B=2``); ``flag``
-    overrides the flag name derived from the key (repeatable ones read best singular).
-    """
-    meta = _meta(check, help, metavar=metavar, repeat=repeat, switch=switch, flag=flag)
-    if isinstance(default, Mapping):
-        frozen = MappingProxyType(dict(default))
-        return field(default_factory=lambda: frozen, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _required(check: Checker, help: str, *, metavar: str | None = None) -> Any:
-    return field(metadata=_meta(check, help, metavar=metavar))
-
-
-_FORMAT = _one_of(FORMATS, fold=str.lower)
-_ENGINE = _one_of(ENGINES, fold=str.lower)
+_FORMAT = one_of(FORMATS, fold=str.lower)
+_ENGINE = one_of(ENGINES, fold=str.lower)
 _HELP_ALPHA = 'EMA weight of each batch, in (0, 1], or "cumulative" for exact running moments'
 _HELP_ENGINE = (
     "moments/normalization engine: auto, arrow or sql (moments agree within 1e-12, "
@@ -290,18 +141,24 @@ _HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
 class SparkSettings:
     """``[spark]``: how the SparkSession is built (:func:`mxnorm_spark.session.build_session`)."""
 
-    master: str | None = _opt(
-        _text, "Spark master, e.g. local[2] (default: from spark-submit, else local[*])"
+    master: str | None = opt(
+        text, "Spark master, e.g. local[2] (default: from spark-submit, else local[*])"
     )
-    app_name: str | None = _opt(_text, "Spark application name")
-    log_level: str = _opt(_one_of(LOG_LEVELS, fold=str.upper), "Spark log level", default="WARN")
-    properties_file: str | None = _opt(
-        _text,
+    remote: str | None = opt(
+        text,
+        "Spark Connect server, e.g. sc://127.0.0.1:15002 (default: $SPARK_REMOTE, else a "
+        "classic session); local[N] starts a Connect server inside this process",
+        metavar="URL",
+    )
+    app_name: str | None = opt(text, "Spark application name")
+    log_level: str = opt(one_of(LOG_LEVELS, fold=str.upper), "Spark log level", default="WARN")
+    properties_file: str | None = opt(
+        text,
         "Spark properties file (spark-defaults.conf format), e.g. conf/spark-local.conf",
         metavar="FILE",
     )
-    conf: Mapping[str, str] = _opt(
-        _options,
+    conf: Mapping[str, str] = opt(
+        options,
         "Spark property KEY=VALUE, repeatable; wins over --properties-file",
         default={},
         metavar="KEY=VALUE",
@@ -342,67 +199,67 @@ def _check_options(cfg: Any) -> None:
 class FitConfig:
     """``[fit]``: read a table, fold it into an MXNorm state, write the state JSON."""
 
-    input: str = _required(_text, "input path (file or directory)", metavar="PATH")
-    state: str = _required(_text, "where to write the fitted state JSON", metavar="STATE_PATH")
-    cols: tuple[str, ...] | None = _opt(_names, _HELP_COLS, metavar="A,B,C")
-    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
-    batch_col: str | None = _opt(
-        _text,
+    input: str = required(text, "input path (file or directory)", metavar="PATH")
+    state: str = required(text, "where to write the fitted state JSON", metavar="STATE_PATH")
+    cols: tuple[str, ...] | None = opt(names, _HELP_COLS, metavar="A,B,C")
+    input_col: str | None = opt(text, _HELP_INPUT_COL, metavar="COL")
+    batch_col: str | None = opt(
+        text,
         "backfill: one batch per distinct value of this column, in ascending order "
         "(default: the whole input is one batch)",
         metavar="COL",
     )
-    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
-    alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
-    eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
-    var_update: str = _opt(
-        _one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+    format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
+    var_update: str = opt(
+        one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
     )
-    decay: str = _opt(
-        _one_of(DECAYS),
+    decay: str = opt(
+        one_of(DECAYS),
         "batch: alpha per batch; rows: 1-(1-alpha)**rows per batch",
         default="batch",
     )
-    zero_variance: str = _opt(
-        _one_of(ZERO_VARIANCE_POLICIES),
+    zero_variance: str = opt(
+        one_of(ZERO_VARIANCE_POLICIES),
         "zero-variance features: eps (divide by sqrt(eps)), unit (scale 1) or zero (output 0)",
         default="eps",
     )
-    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
-    read_options: Mapping[str, str] = _opt(
-        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    engine: str = opt(_ENGINE, _HELP_ENGINE, default="auto")
+    read_options: Mapping[str, str] = opt(
+        options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
-    output: str | None = _opt(
-        _text,
+    output: str | None = opt(
+        text,
         "also write the normalized input here: with --batch-col each batch with its own "
         "state (see --apply-at), else with the fitted state",
         metavar="PATH",
     )
-    output_format: str | None = _opt(_FORMAT, "format of --output (default: --format)")
-    output_cols: tuple[str, ...] | None = _opt(
-        _names,
+    output_format: str | None = opt(_FORMAT, "format of --output (default: --format)")
+    output_cols: tuple[str, ...] | None = opt(
+        names,
         "with --output: output column names (default: replace the input columns)",
         metavar="A,B,C",
     )
-    output_col: str | None = _opt(
-        _text, "with --output and --input-col: output column (default: replace it)", metavar="COL"
+    output_col: str | None = opt(
+        text, "with --output and --input-col: output column (default: replace it)", metavar="COL"
     )
-    apply_at: str | None = _opt(
-        _one_of(APPLY_AT),
+    apply_at: str | None = opt(
+        one_of(APPLY_AT),
         "with --output and --batch-col: normalize each batch with the state after it "
         "(default) or before it (point-in-time: no look-ahead)",
     )
-    handle_invalid: str | None = _opt(
-        _one_of(HANDLE_INVALID),
+    handle_invalid: str | None = opt(
+        one_of(HANDLE_INVALID),
         "with --output: null/NaN/inf values: keep (default), error or skip the row",
     )
-    mode: str = _opt(
-        _one_of(WRITE_MODES, fold=str.lower),
+    mode: str = opt(
+        one_of(WRITE_MODES, fold=str.lower),
         "with --output: if it exists: errorifexists, overwrite, append or ignore",
         default="errorifexists",
     )
-    write_options: Mapping[str, str] = _opt(
-        _options,
+    write_options: Mapping[str, str] = opt(
+        options,
         "with --output: " + _HELP_WRITE,
         default={},
         metavar="KEY=VALUE",
@@ -413,9 +270,7 @@ class FitConfig:
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(
-            self.alpha, self.eps, self.var_update, self.decay, self.zero_variance  # type: ignore[arg-type]
-        )
+        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -440,37 +295,37 @@ _OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "apply_at", "handl
 class TransformConfig:
     """``[transform]``: normalize a table with a fitted state and write the result."""
 
-    input: str = _required(_text, "input path (file or directory)", metavar="PATH")
-    state: str = _required(_text, "state JSON file, or a state directory", metavar="STATE_PATH")
-    output: str = _required(_text, "output path", metavar="PATH")
-    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
-    output_format: str | None = _opt(_FORMAT, "output format (default: --format)")
-    cols: tuple[str, ...] | None = _opt(
-        _names, "columns to normalize (default: the state's features)", metavar="A,B,C"
+    input: str = required(text, "input path (file or directory)", metavar="PATH")
+    state: str = required(text, "state JSON file, or a state directory", metavar="STATE_PATH")
+    output: str = required(text, "output path", metavar="PATH")
+    format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    output_format: str | None = opt(_FORMAT, "output format (default: --format)")
+    cols: tuple[str, ...] | None = opt(
+        names, "columns to normalize (default: the state's features)", metavar="A,B,C"
     )
-    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
-    output_cols: tuple[str, ...] | None = _opt(
-        _names, "output column names (default: replace the input columns)", metavar="A,B,C"
+    input_col: str | None = opt(text, _HELP_INPUT_COL, metavar="COL")
+    output_cols: tuple[str, ...] | None = opt(
+        names, "output column names (default: replace the input columns)", metavar="A,B,C"
     )
-    output_col: str | None = _opt(
-        _text, "output column for --input-col (default: replace it)", metavar="COL"
+    output_col: str | None = opt(
+        text, "output column for --input-col (default: replace it)", metavar="COL"
     )
-    handle_invalid: str = _opt(
-        _one_of(HANDLE_INVALID),
+    handle_invalid: str = opt(
+        one_of(HANDLE_INVALID),
         "null/NaN/inf values: keep (stay as they are), error, or skip the row",
         default="keep",
     )
-    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
-    mode: str = _opt(
-        _one_of(WRITE_MODES, fold=str.lower),
+    engine: str = opt(_ENGINE, _HELP_ENGINE, default="auto")
+    mode: str = opt(
+        one_of(WRITE_MODES, fold=str.lower),
         "if the output exists: errorifexists, overwrite, append or ignore",
         default="errorifexists",
     )
-    read_options: Mapping[str, str] = _opt(
-        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    read_options: Mapping[str, str] = opt(
+        options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
-    write_options: Mapping[str, str] = _opt(
-        _options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
+    write_options: Mapping[str, str] = opt(
+        options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
     )
 
     def __post_init__(self) -> None:
@@ -482,81 +337,79 @@ class TransformConfig:
 class StreamConfig:
     """``[stream]``: normalize a file stream micro-batch by micro-batch, state exactly once."""
 
-    input: str = _required(_text, "input directory watched for new files", metavar="DIR")
-    output: str = _required(_text, "output directory (one directory per batch id)", metavar="DIR")
-    state: str = _required(
-        _text, "state directory (one committed version per batch id)", metavar="DIR"
+    input: str = required(text, "input directory watched for new files", metavar="DIR")
+    output: str = required(text, "output directory (one directory per batch id)", metavar="DIR")
+    state: str = required(
+        text, "state directory (one committed version per batch id)", metavar="DIR"
     )
-    checkpoint: str = _required(_text, "Structured Streaming checkpoint directory", metavar="DIR")
-    format: str = _opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
-    output_format: str | None = _opt(_FORMAT, "output format (default: --format)")
-    cols: tuple[str, ...] | None = _opt(_names, _HELP_COLS, metavar="A,B,C")
-    input_col: str | None = _opt(_text, _HELP_INPUT_COL, metavar="COL")
-    output_cols: tuple[str, ...] | None = _opt(
-        _names, "output column names (default: replace the input columns)", metavar="A,B,C"
+    checkpoint: str = required(text, "Structured Streaming checkpoint directory", metavar="DIR")
+    format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
+    output_format: str | None = opt(_FORMAT, "output format (default: --format)")
+    cols: tuple[str, ...] | None = opt(names, _HELP_COLS, metavar="A,B,C")
+    input_col: str | None = opt(text, _HELP_INPUT_COL, metavar="COL")
+    output_cols: tuple[str, ...] | None = opt(
+        names, "output column names (default: replace the input columns)", metavar="A,B,C"
     )
-    output_col: str | None = _opt(
-        _text, "output column for --input-col (default: replace it)", metavar="COL"
+    output_col: str | None = opt(
+        text, "output column for --input-col (default: replace it)", metavar="COL"
     )
-    alpha: float | None = _opt(_alpha, _HELP_ALPHA, default=0.1)
-    eps: float = _opt(_eps, "added to the variance before the square root", default=1e-8)
-    var_update: str = _opt(
-        _one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
+    alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
+    var_update: str = opt(
+        one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
     )
-    decay: str = _opt(
-        _one_of(DECAYS), "batch: alpha per batch; rows: 1-(1-alpha)**rows", default="batch"
+    decay: str = opt(
+        one_of(DECAYS), "batch: alpha per batch; rows: 1-(1-alpha)**rows", default="batch"
     )
-    zero_variance: str = _opt(
-        _one_of(ZERO_VARIANCE_POLICIES),
+    zero_variance: str = opt(
+        one_of(ZERO_VARIANCE_POLICIES),
         "zero-variance features: eps, unit or zero",
         default="eps",
     )
-    apply_at: str = _opt(
-        _one_of(APPLY_AT),
+    apply_at: str = opt(
+        one_of(APPLY_AT),
         "normalize each micro-batch with the state after it (default) or before it",
         default="after",
     )
-    handle_invalid: str = _opt(
-        _one_of(HANDLE_INVALID), "null/NaN/inf values: keep, error or skip", default="keep"
+    handle_invalid: str = opt(
+        one_of(HANDLE_INVALID), "null/NaN/inf values: keep, error or skip", default="keep"
     )
-    engine: str = _opt(_ENGINE, _HELP_ENGINE, default="auto")
-    initial_state: str | None = _opt(
-        _text,
+    engine: str = opt(_ENGINE, _HELP_ENGINE, default="auto")
+    initial_state: str | None = opt(
+        text,
         "warm start from this state (e.g. written by fit) when the state directory is empty",
         metavar="STATE_PATH",
     )
-    max_files_per_trigger: int | None = _opt(
-        _int_at_least(1), "at most N new files per micro-batch", metavar="N"
+    max_files_per_trigger: int | None = opt(
+        int_at_least(1), "at most N new files per micro-batch", metavar="N"
     )
-    available_now: bool = _opt(
-        _flag,
+    available_now: bool = opt(
+        boolean,
         "process every file available now, in micro-batches, then stop",
         default=False,
         switch=True,
     )
-    trigger_interval: str | None = _opt(
-        _interval,
+    trigger_interval: str | None = opt(
+        interval,
         'run a micro-batch every interval, e.g. "10s" (default: as fast as possible)',
         metavar="INTERVAL",
     )
-    retention: int | None = _opt(
-        _int_at_least(2),
+    retention: int | None = opt(
+        int_at_least(2),
         "keep only the newest N >= 2 state versions (default: keep all)",
         metavar="N",
     )
-    read_options: Mapping[str, str] = _opt(
-        _options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
+    read_options: Mapping[str, str] = opt(
+        options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
-    write_options: Mapping[str, str] = _opt(
-        _options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
+    write_options: Mapping[str, str] = opt(
+        options, _HELP_WRITE, default={}, metavar="KEY=VALUE", repeat=True, flag="--write-option"
     )
 
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(
-            self.alpha, self.eps, self.var_update, self.decay, self.zero_variance  # type: ignore[arg-type]
-        )
+        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -591,23 +444,6 @@ class ConfigFile:
         return self.sections.get(name, MappingProxyType({}))
 
 
-def _fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def check_section(cls: type[Any], values: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Type-check one table: unknown keys are rejected with the list of valid ones."""
-    known = _fields(cls)
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(
-                f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(known))}"
-            )
-        out[key] = known[key].metadata["check"](value, f"{where} {key}")
-    return out
-
-
 def parse_config_text(text: str, source: str = "<config>") -> ConfigFile:
     """Parse and type-check a TOML config (every table, so typos fail whatever the command)."""
     try:
@@ -632,14 +468,20 @@ def parse_config_text(text: str, source: str = "<config>") -> ConfigFile:
 
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read a TOML config file; a missing or unreadable file is a :class:`ConfigError`."""
-    p = Path(path)
+    return parse_config_text(_read_text(path, "config file"), source=str(path))
+
+
+def _read_text(path: str | os.PathLike[str], what: str) -> str:
+    """A small text file (local or any URI the store reaches), or a ConfigError naming it."""
+    from mxnorm_spark.store import filesystem
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
+        data = filesystem(str(path)).read_bytes(str(path))
+        if data is None:
+            raise ConfigError(f"{what} {path} does not exist")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
-    return parse_config_text(text, source=str(p))
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
 
 
 def resolve(
@@ -654,7 +496,7 @@ def resolve(
     flag values mean "not given". ``where`` names the config table in messages (default:
     ``[fit] of a --config file``).
     """
-    known = _fields(cls)
+    known = fields(cls)
     where = where or f"{_table_of(cls)} of a --config file"
     merged = check_section(cls, from_file or {}, where)
     merged.update(check_flags(cls, {k: v for k, v in (from_flags or {}).items() if v is not None}))
@@ -683,74 +525,6 @@ def _table_of(cls: type[Any]) -> str:
     return cls.__name__
 
 
-def add_arguments(parser: argparse._ActionsContainer, cls: type[Any]) -> None:
-    """Add one flag per field of ``cls`` (``batch_col`` -> ``--batch-col``).
-
-    Every flag defaults to ``None`` so :func:`flag_values` can tell given from absent;
-    values are checked by the same checkers as the config file.
-    """
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        flag = flag_name(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:
-            default = None
-        suffix = "" if default in (None, False) else f" (default: {_show(default)})"
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = meta["help"] + suffix + (" [required]" if required else "")
-        if meta["switch"]:
-            parser.add_argument(
-                flag, dest=f.name, action="store_true", default=None, help=help_text
-            )
-        elif meta["repeat"]:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action="append",
-                default=None,
-                metavar=meta["metavar"],
-                help=help_text,
-            )
-        else:
-            valid = getattr(meta["check"], "valid", None)
-            metavar = meta["metavar"] or ("{" + ",".join(valid) + "}" if valid else None)
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                metavar=metavar or f.name.upper(),
-                help=help_text,
-            )
-
-
-def flag_name(f: dataclasses.Field[Any]) -> str:
-    """The command-line flag of a config field: ``batch_col`` -> ``--batch-col``."""
-    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
-
-
-def _show(value: Any) -> str:
-    return "cumulative" if value is None else str(value)
-
-
-def flag_values(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
-    """The flags of ``cls`` that were given on the command line (raw; see :func:`resolve`)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def check_flags(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Type-check flag values: text for number kinds is parsed first."""
-    known = _fields(cls)
-    out: dict[str, Any] = {}
-    for name, raw in values.items():
-        if name not in known:
-            raise ConfigError(f"unknown setting {name!r}; valid: {', '.join(sorted(known))}")
-        check, flag = known[name].metadata["check"], flag_name(known[name])
-        text_to_value = _FROM_TEXT.get(check) if isinstance(raw, str) else None
-        out[name] = check(raw if text_to_value is None else text_to_value(raw, flag), flag)
-    return out
-
-
 def config_from_args(
     cls: type[T], args: argparse.Namespace, config: ConfigFile | None, table: str
 ) -> T:
@@ -769,13 +543,8 @@ def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
     >>> read_properties(p)
     {'spark.ui.enabled': 'false', 'spark.a': 'b c'}
     """
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"Spark properties file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Spark properties file {p} cannot be read: {exc}") from None
+    p = path
+    lines = _read_text(path, "Spark properties file").splitlines()
     props: dict[str, str] = {}
     for number, raw in enumerate(lines, 1):
         line = raw.strip()

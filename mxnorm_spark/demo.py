@@ -12,7 +12,7 @@ A real local Spark job end to end, on data it generates with Spark itself:
    before it) and written as Parquet, with a per-day summary of the normalized columns;
 5. the state saved as JSON, readable with ``mxnorm-spark inspect``;
 6. a short available-now Structured Streaming run over four new days of files,
-   warm-started from that state (:func:`mxnorm_spark.streaming.demo_stream`), with its
+   warm-started from that state (:func:`demo_stream`), with its
    per-micro-batch progress lines (``--skip-stream`` stops before it).
 
 Spark's console progress bar shows while the stages run. Everything goes under
@@ -22,13 +22,19 @@ Spark's console progress bar shows while the stages run. Everything goes under
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
+from mxnorm_spark.store import write_state
+from mxnorm_spark.streaming import MXNormStream
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -81,7 +87,96 @@ def _evolution_table(history: Sequence[tuple[Any, MXNormState]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# ---- the streaming part -----------------------------------------------------------------
+def write_demo_files(
+    directory: str | os.PathLike[str],
+    days: Sequence[int],
+    rows_per_day: int,
+    seed: int = 11,
+) -> list[str]:
+    """Drifting sensor readings, one parquet file per day, oldest first (local paths).
+
+    The same distributions as the batch demo: ``temperature`` drifts +0.75 per day, the
+    spread of ``pressure`` grows, ``latency_ms`` is log-normal with 1% nulls.
+    """
+    import pandas as pd
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = []
+    base = time.time() - 10 * len(days)
+    for i, day in enumerate(days):
+        n = rows_per_day
+        latency = np.exp(3.0 + 0.5 * rng.standard_normal(n))
+        latency[rng.random(n) < 0.01] = np.nan
+        frame = pd.DataFrame(
+            {
+                "day": np.full(n, day, dtype=np.int32),
+                "sensor": (np.arange(n) % 50).astype(np.int32),
+                "temperature": 20.0 + 0.75 * day + 2.0 * rng.standard_normal(n),
+                "pressure": 1013.0 + (1.0 + 0.25 * day) * rng.standard_normal(n),
+                "latency_ms": latency,
+            }
+        )
+        path = root / f"day-{day:03d}.parquet"
+        frame.to_parquet(path, index=False)
+        # The file source takes new files oldest first: make the order explicit.
+        os.utime(path, (base + 10 * i, base + 10 * i))
+        written.append(str(path))
+    return written
+
+
+def demo_stream(
+    spark: SparkSession,
+    initial_state: MXNormState,
+    workdir: str | os.PathLike[str],
+    *,
+    first_day: int = 12,
+    days: int = 4,
+    rows_per_day: int = 25_000,
+) -> MXNormState:
+    """A short available-now stream over generated files, warm-started from a backfill.
+
+    Writes ``days`` files (days ``first_day``...) into ``WORKDIR/input`` and streams them one
+    file per micro-batch into ``WORKDIR/state`` and ``WORKDIR/output``, printing a progress
+    line per batch and the state after each. Starts from scratch each time (``WORKDIR`` is
+    replaced). Returns the final state.
+    """
+    import shutil
+
+    root = Path(workdir)
+    shutil.rmtree(root, ignore_errors=True)
+    write_demo_files(root / "input", range(first_day, first_day + days), rows_per_day)
+    features = list(initial_state.features)
+    source = FileSource(str(root / "input"), "parquet", max_files_per_trigger=1)
+    stream = MXNormStream(
+        spark,
+        str(root / "state"),
+        cols=features,
+        output=str(root / "output"),
+        options=initial_state.options,
+        initial_state=initial_state,
+    )
+    stream.run(source.read(spark, features), str(root / "checkpoint"), source=source)
+    heads = [f"mean({f})" for f in features]
+    width = max(len(h) for h in heads)
+
+    def row(label: str, values: Any) -> str:
+        return f"{label:<12}" + "".join(f"  {v:>{width}.4f}" for v in values)
+
+    print("\n" + f"{'state after':<12}" + "".join(f"  {h:>{width}}" for h in heads))
+    print(row("backfill", initial_state.mean))
+    final = initial_state
+    for b in stream.store.batch_ids():
+        state = stream.store.get(b)
+        assert state is not None
+        final = state
+        print(row(f"batch {b}", state.mean))
+    return final
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mxnorm_spark.demo", description=__doc__.split("\n\n")[0]
     )
@@ -93,79 +188,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--skip-stream", action="store_true", help="stop after the batch part (no stream)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
     from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
 
-    from mxnorm_spark.ml import MXNorm
     from mxnorm_spark.session import build_session
 
     out = Path(args.output_dir).resolve()
-    events_path, normalized_path = out / "events", out / "normalized"
-    state_path = out / "state.json"
     started = time.perf_counter()
     owned = SparkSession.getActiveSession() is None
     spark = build_session(
         "mxnorm-spark demo", args.master, {"spark.ui.showConsoleProgress": "true"}
     )
     try:
-        print(f"== 1. generating {args.rows:,} rows over {args.days} days -> {events_path}")
-        generate_events(spark, args.rows, args.days).write.mode("overwrite").parquet(
-            str(events_path)
-        )
-        events = spark.read.parquet(str(events_path))
-
-        print("\n== 2. backfill: MXNorm(batchCol='day') computes every day's moments in one")
-        print(f"       distributed pass and folds them day by day, alpha={args.alpha}")
-        outputs = [f"{c}_z" for c in FEATURES]
-        estimator = MXNorm(
-            inputCols=list(FEATURES),
-            outputCols=outputs,
-            batchCol="day",
-            alpha=args.alpha,
-            applyAt="before",
-        )
-        model = estimator.fit(events)
-        state = model.state
-
-        print("\n== 3. the state after each day: temperature drifts +0.75/day and the spread")
-        print("       of pressure grows; the EMA follows both with the lag alpha gives it")
-        print(_evolution_table(model.history))
-        print("\nthe fitted state:")
-        print(state.summary())
-
-        print(f"\n== 4. normalizing point-in-time -> {normalized_path}")
-        model.transform(events).write.mode("overwrite").parquet(str(normalized_path))
-        normalized = spark.read.parquet(str(normalized_path))
-        print("applyAt='before': each day is normalized with the state from before it, as a")
-        print("model serving that day would see it (day 0 with its own moments). The drift")
-        print("shows as the offset of temperature_z and the growing sd of pressure_z:")
-        # One row per day: the only data collected to the driver.
-        normalized.groupBy("day").agg(
-            F.count("*").alias("rows"),
-            *(F.round(F.avg(c), 3).alias(f"avg({c})") for c in outputs),
-            *(F.round(F.stddev_pop(c), 3).alias(f"sd({c})") for c in outputs[:2]),
-        ).orderBy("day").show(args.days, truncate=False)
-
-        state.save(state_path)
-        # ---- streaming part of the demo --------------------------------------------------
+        state = _batch_part(spark, args, out)
+        write_state(state, out / "state.json")
         if not args.skip_stream:
-            from mxnorm_spark.streaming import demo_stream
-
             print(
                 "\n== 5. streaming 4 new days as parquet files (available-now, one file per "
                 f"micro-batch), warm-started from the fitted state -> {out / 'stream'}"
             )
             demo_stream(spark, state, out / "stream")
-        # ----------------------------------------------------------------------------------
     finally:
         if owned:
             spark.stop()
+    _print_outputs(args, out, time.perf_counter() - started)
+    return 0
 
-    print(f"\n== done in {time.perf_counter() - started:.1f} s. Output:")
-    print(f"  generated data      {events_path}  (Parquet, {args.rows:,} rows)")
-    print(f"  normalized data     {normalized_path}  (Parquet, *_z columns added)")
+
+def _batch_part(spark: SparkSession, args: argparse.Namespace, out: Path) -> MXNormState:
+    """Steps 1-4: generate, backfill, show the state's evolution, normalize point-in-time."""
+    from pyspark.sql import functions as F
+
+    from mxnorm_spark.ml import MXNorm
+
+    events_path, normalized_path = out / "events", out / "normalized"
+    print(f"== 1. generating {args.rows:,} rows over {args.days} days -> {events_path}")
+    generate_events(spark, args.rows, args.days).write.mode("overwrite").parquet(str(events_path))
+    events = spark.read.parquet(str(events_path))
+
+    print("\n== 2. backfill: MXNorm(batchCol='day') computes every day's moments in one")
+    print(f"       distributed pass and folds them day by day, alpha={args.alpha}")
+    outputs = [f"{c}_z" for c in FEATURES]
+    estimator = MXNorm(
+        inputCols=list(FEATURES),
+        outputCols=outputs,
+        batchCol="day",
+        alpha=args.alpha,
+        applyAt="before",
+    )
+    model = estimator.fit(events)
+
+    print("\n== 3. the state after each day: temperature drifts +0.75/day and the spread")
+    print("       of pressure grows; the EMA follows both with the lag alpha gives it")
+    print(_evolution_table(model.history))
+    print("\nthe fitted state:")
+    print(model.state.summary())
+
+    print(f"\n== 4. normalizing point-in-time -> {normalized_path}")
+    model.transform(events).write.mode("overwrite").parquet(str(normalized_path))
+    normalized = spark.read.parquet(str(normalized_path))
+    print("applyAt='before': each day is normalized with the state from before it, as a")
+    print("model serving that day would see it (day 0 with its own moments). The drift")
+    print("shows as the offset of temperature_z and the growing sd of pressure_z:")
+    # One row per day: the only data collected to the driver.
+    normalized.groupBy("day").agg(
+        F.count("*").alias("rows"),
+        *(F.round(F.avg(c), 3).alias(f"avg({c})") for c in outputs),
+        *(F.round(F.stddev_pop(c), 3).alias(f"sd({c})") for c in outputs[:2]),
+    ).orderBy("day").show(args.days, truncate=False)
+    return model.state
+
+
+def _print_outputs(args: argparse.Namespace, out: Path, seconds: float) -> None:
+    state_path = out / "state.json"
+    print(f"\n== done in {seconds:.1f} s. Output:")
+    print(f"  generated data      {out / 'events'}  (Parquet, {args.rows:,} rows)")
+    print(f"  normalized data     {out / 'normalized'}  (Parquet, *_z columns added)")
     print(f"  fitted state        {state_path}")
     if not args.skip_stream:
         print(f"  stream              {out / 'stream'}  (input/, output/, state/, checkpoint/)")
@@ -173,7 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  .venv/bin/mxnorm-spark inspect {_shown(state_path)}")
     print("  .venv/bin/mxnorm-spark fit --config conf/example.toml")
     print("  .venv/bin/mxnorm-spark transform --config conf/example.toml")
-    return 0
 
 
 def _shown(path: Path) -> str:

@@ -5,6 +5,7 @@ Messages name the parameter or column, what was wrong, and what is valid.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -69,3 +70,37 @@ class StateConflictError(MXNormError):
 
 class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
+
+
+def _error_classes() -> dict[str, type[MXNormError]]:
+    found: dict[str, type[MXNormError]] = {}
+    for name, obj in list(globals().items()):
+        if isinstance(obj, type) and issubclass(obj, MXNormError):
+            found[name] = obj
+    return found
+
+
+def error_in_text(text: str) -> MXNormError | None:
+    """The MXNorm error named in a failure's text (a Spark worker's or a Connect server's
+    traceback travels as text), rebuilt as its class with its own message; None if none.
+
+    >>> error_in_text("... mxnorm_spark.errors.InvalidValueError: column 'a' holds NaN ...")
+    InvalidValueError("column 'a' holds NaN ...")
+    """
+    classes = _error_classes()
+    pattern = re.compile(rf"(?:mxnorm_spark\.errors\.)?({'|'.join(classes)}): (.+)")
+    match = pattern.search(text)
+    if match is None:
+        return None
+    name, message = match.group(1), match.group(2)
+    # SQL-side errors carry the class name in the message too: keep the innermost sentence.
+    while (inner := pattern.match(message)) is not None:
+        name, message = inner.group(1), inner.group(2)
+    # Spark appends its SQLSTATE to the message.
+    message = re.sub(r"\s*SQLSTATE: \w+\s*$", "", message).strip()
+    cls = classes[name]
+    if cls is MissingColumnError:  # its constructor takes the column lists
+        error: MXNormError = MXNormError.__new__(cls)
+        MXNormError.__init__(error, message)
+        return error
+    return cls(message)

@@ -22,12 +22,8 @@ checksummed JSON of :meth:`MXNormState.to_json` (never pickle), so ``model.write
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -37,15 +33,13 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasInputCols, HasOutputCol, HasOutputCols
 from pyspark.ml.util import (
     DefaultParamsReadable,
-    DefaultParamsReader,
     DefaultParamsWritable,
-    DefaultParamsWriter,
     MLReadable,
     MLReader,
     MLWritable,
     MLWriter,
 )
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from mxnorm_spark.aggregate import (
@@ -65,9 +59,9 @@ from mxnorm_spark.choices import (
     ZERO_VARIANCE_POLICIES,
     check_choice,
 )
-from mxnorm_spark.errors import CorruptStateError, EmptyInputError, InvalidParameterError
+from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
+from mxnorm_spark.ml_persistence import EstimatorWriter, ModelReader, ModelWriter
 from mxnorm_spark.state import MXNormState, StateOptions, check_alpha, check_eps
-from mxnorm_spark.store import filesystem
 
 __all__ = ["MXNorm", "MXNormModel"]
 
@@ -334,6 +328,9 @@ class MXNorm(
     def setZeroVariance(self, value: str) -> MXNorm:
         return self._set(zeroVariance=value)  # type: ignore[no-any-return]
 
+    def write(self) -> MLWriter:
+        return EstimatorWriter(self)
+
     def _set(self, **kwargs: Any) -> Any:
         # None for alpha means "cumulative"; other None values mean "leave unset".
         if "alpha" in kwargs and kwargs["alpha"] is None:
@@ -491,104 +488,8 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
 
     # ---- persistence ----------------------------------------------------------------
     def write(self) -> MLWriter:
-        return _ModelWriter(self)
+        return ModelWriter(self)
 
     @classmethod
     def read(cls) -> MLReader[MXNormModel]:
-        return _ModelReader()
-
-
-_HISTORY_TYPE = "mxnorm_spark.MXNormModel.history"
-
-
-def _encode_batch(value: Any) -> dict[str, Any]:
-    """A batch value as tagged JSON (exact for ints, floats, decimals, dates, times)."""
-    if isinstance(value, bool):
-        return {"bool": value}
-    if isinstance(value, int):
-        return {"int": value}
-    if isinstance(value, float):
-        return {"float": value.hex()}
-    if isinstance(value, Decimal):
-        return {"decimal": str(value)}
-    if isinstance(value, _dt.datetime):
-        return {"datetime": value.isoformat()}
-    if isinstance(value, _dt.date):
-        return {"date": value.isoformat()}
-    if isinstance(value, str):
-        return {"str": value}
-    raise InvalidParameterError(f"cannot persist batch value {value!r} of type {type(value)}")
-
-
-def _decode_batch(tagged: dict[str, Any]) -> Any:
-    ((kind, v),) = tagged.items()
-    decoders: dict[str, Any] = {
-        "bool": bool,
-        "int": int,
-        "float": float.fromhex,
-        "decimal": Decimal,
-        "datetime": _dt.datetime.fromisoformat,
-        "date": _dt.date.fromisoformat,
-        "str": str,
-    }
-    return decoders[kind](v)
-
-
-def _write_text(spark: SparkSession, path: str, text: str) -> None:
-    spark.createDataFrame([(text,)], "value string").coalesce(1).write.text(path)
-
-
-def _read_text(spark: SparkSession, path: str) -> str:
-    row = spark.read.text(path, wholetext=True).first()
-    if row is None:
-        raise CorruptStateError(f"{path} is empty")
-    return str(row[0])
-
-
-class _ModelWriter(MLWriter):
-    def __init__(self, instance: MXNormModel) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        model = self.instance
-        DefaultParamsWriter.saveMetadata(model, path, self.sparkSession)
-        _write_text(self.sparkSession, os.path.join(path, "state"), model.state.to_json())
-        if model.history:
-            assert model._batch_type is not None
-            doc = {
-                "type": _HISTORY_TYPE,
-                "batch_type": model._batch_type.json(),
-                "batches": [
-                    {"batch": _encode_batch(b), "state": s.to_json()} for b, s in model.history
-                ],
-            }
-            text = json.dumps(doc, allow_nan=False)
-            _write_text(self.sparkSession, os.path.join(path, "history"), text)
-
-
-class _ModelReader(MLReader[MXNormModel]):
-    def load(self, path: str) -> MXNormModel:
-        spark = self.sparkSession
-        metadata = DefaultParamsReader.loadMetadata(path, spark)
-        state_path = os.path.join(path, "state")
-        state = MXNormState.from_json(_read_text(spark, state_path), source=state_path)
-        history: list[tuple[Any, MXNormState]] = []
-        batch_type = None
-        history_path = os.path.join(path, "history")
-        if _exists(spark, history_path):
-            doc = json.loads(_read_text(spark, history_path))
-            if not isinstance(doc, dict) or doc.get("type") != _HISTORY_TYPE:
-                raise CorruptStateError(f"{history_path} is not an MXNorm model history")
-            batch_type = T._parse_datatype_json_string(doc["batch_type"])
-            for entry in doc["batches"]:
-                s = MXNormState.from_json(entry["state"], source=history_path)
-                history.append((_decode_batch(entry["batch"]), s))
-        model = MXNormModel(state, history, batch_type)
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        return model
-
-
-def _exists(spark: SparkSession, path: str) -> bool:
-    return filesystem(path, spark).exists(path)
+        return ModelReader(cls)

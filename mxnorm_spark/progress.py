@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mxnorm_spark.state import MXNormState
+from mxnorm_spark.store import StateStore, version_file_name
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -80,6 +81,32 @@ def largest_mean_change(before: MXNormState, after: MXNormState) -> tuple[float 
     change = np.where(had & np.isfinite(change), change, -1.0)
     j = int(np.argmax(change))
     return (float(change[j]), before.features[j]) if change[j] >= 0 else (None, None)
+
+
+def reports_from_history(store: StateStore, after: int | None) -> list[BatchReport]:
+    """The reports of the batches recorded after batch ``after``, rebuilt from the store.
+
+    On Spark Connect the micro-batches run in the server's Python process: their reports
+    printed there, and the client reads back what they recorded (rows, versions; the
+    durations stay on the server, so ``seconds`` is NaN).
+    """
+    table = store.history()
+    ids = table.column("batch_id").to_pylist()
+    rows = table.column("rows").to_pylist()
+    seen: dict[int, int] = {}
+    for b, n in zip(ids, rows, strict=True):
+        if after is None or b > after:
+            seen.setdefault(int(b), int(n))
+    return [
+        BatchReport(
+            batch_id=b,
+            rows=n,
+            seconds=float("nan"),
+            replayed=False,
+            state_version=version_file_name(b),
+        )
+        for b, n in sorted(seen.items())
+    ]
 
 
 # ---- the fault hook (tests) -------------------------------------------------------------

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from mxnorm_spark.config import SparkSettings, read_properties
+from mxnorm_spark.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -88,8 +89,12 @@ def build_session(
     *,
     properties_file: str | os.PathLike[str] | None = None,
     log_level: str = "WARN",
+    remote: str | None = None,
 ) -> SparkSession:
     """Get or create the SparkSession for a job.
+
+    ``remote`` (or ``$SPARK_REMOTE``) makes a Spark Connect session instead: see
+    :func:`_connect_session`.
 
     ``master=None`` keeps spark-submit's master, or runs ``local[*]`` outside spark-submit.
     An active session is reused with only the explicit ``conf`` / ``properties_file``
@@ -100,6 +105,13 @@ def build_session(
     """
     from pyspark.sql import SparkSession
 
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        if master is not None:
+            raise ConfigError(
+                f"give either a master ({master}) or a Spark Connect remote ({remote}), not both"
+            )
+        return _connect_session(app_name, remote, conf, properties_file)
     submitted = _submitted_conf()
     effective = master or (submitted or {}).get("spark.master") or "local[*]"
     if is_local_master(effective):
@@ -135,6 +147,36 @@ def build_session(
     return spark
 
 
+def _connect_session(
+    app_name: str,
+    remote: str,
+    conf: Mapping[str, str] | None,
+    properties_file: str | os.PathLike[str] | None,
+) -> SparkSession:
+    """A Spark Connect session: ``sc://HOST:PORT``, or ``local[N]`` for an in-process server.
+
+    Only explicit settings are sent: the server owns its static configuration, and a
+    remote server's networking is not ours to set. An in-process server (``local[N]``)
+    gets the local defaults, as a classic local session would.
+    """
+    from pyspark.sql import SparkSession
+
+    if remote.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        props = session_conf(remote, conf, properties_file)
+    else:
+        props = {
+            k: v
+            for k, v in session_conf(None, conf, properties_file).items()
+            if k in _explicit(conf, properties_file)
+        }
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    for key, value in props.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
 def session_from_settings(settings: SparkSettings, default_app_name: str) -> SparkSession:
     """:func:`build_session` from the ``[spark]`` table of a job config."""
     return build_session(
@@ -143,4 +185,5 @@ def session_from_settings(settings: SparkSettings, default_app_name: str) -> Spa
         settings.conf,
         properties_file=settings.properties_file,
         log_level=settings.log_level,
+        remote=settings.remote,
     )

@@ -50,23 +50,28 @@ The crash-safety tests kill the driver at chosen points (:func:`mxnorm_spark.pro
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from mxnorm_spark.choices import APPLY_AT, FORMATS, HANDLE_INVALID, check_choice
+from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
     EmptyInputError,
     InvalidParameterError,
     InvalidValueError,
     MXNormError,
     StateConflictError,
+    error_in_text,
 )
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.progress import BatchReport, fault, largest_mean_change, print_report
+from mxnorm_spark.progress import (
+    BatchReport,
+    fault,
+    largest_mean_change,
+    print_report,
+    reports_from_history,
+)
+from mxnorm_spark.sinks import BatchDirectories, StreamOutput, batch_output_dir
 from mxnorm_spark.sources import (
     CORRUPT_COLUMN,
     FILE_COLUMN,
@@ -76,22 +81,13 @@ from mxnorm_spark.sources import (
     explain_read_failure,
 )
 from mxnorm_spark.state import MXNormState, StateOptions
-from mxnorm_spark.store import (
-    FileSystem,
-    LocalFileSystem,
-    StateStore,
-    filesystem,
-    local_path,
-    read_state,
-    version_file_name,
-)
+from mxnorm_spark.store import StateStore, is_classic, read_state, version_file_name
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
     from pyspark.sql.streaming.readwriter import DataStreamWriter
 
-OUTPUT_ATTEMPTS = "_attempts"
 # Spark sets this local property on the thread that runs a query's micro-batches.
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
@@ -100,41 +96,6 @@ __all__ = [
     "StreamOutput",
     "batch_output_dir",
 ]
-
-
-def batch_output_dir(batch_id: int) -> str:
-    """Name of a batch's output directory; Spark reads ``batch_id`` back as a column."""
-    return f"batch_id={batch_id:012d}"
-
-
-@dataclass(frozen=True)
-class StreamOutput:
-    """Where the normalized micro-batches go, and under which column names.
-
-    Exactly one of ``path`` (a directory: one sub-directory per batch id, written as
-    ``format`` with ``write_options``) or ``sink`` (``sink(df, batch_id)`` writes each
-    normalized micro-batch itself and must replace that batch's earlier output: replays).
-    ``cols`` names the outputs of scalar features (default: in place), ``col`` that of a
-    vector or array input.
-    """
-
-    path: str | None = None
-    sink: Callable[[DataFrame, int], None] | None = None
-    format: str = "parquet"
-    write_options: Mapping[str, str] = field(default_factory=dict)
-    cols: Sequence[str] | None = None
-    col: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.sink is None):
-            raise InvalidParameterError(
-                "give exactly one of output (a directory, one sub-directory per batch id) "
-                "or sink (a function writing each normalized micro-batch)"
-            )
-        check_choice("output_format", self.format, FORMATS)
-        object.__setattr__(self, "write_options", MappingProxyType(dict(self.write_options)))
-        if self.cols is not None:
-            object.__setattr__(self, "cols", tuple(self.cols))
 
 
 class MXNormStream:
@@ -188,13 +149,18 @@ class MXNormStream:
         self.failure: BaseException | None = None
         self._claimed = False
         self._checked_files: set[str] = set()
-        self._output_fs: FileSystem | None = None
-        self._output_root: str | None = None
-        if self.output.path is not None:
-            self._output_fs = filesystem(self.output.path, spark)
-            local = isinstance(self._output_fs, LocalFileSystem)
-            self._output_root = local_path(self.output.path) if local else self.output.path
+        self._directories = (
+            None if self.output.path is None else BatchDirectories(self.output.path, spark)
+        )
         self._open(initial_state)
+
+    def __getstate__(self) -> dict[str, object]:
+        # Spark Connect pickles the foreachBatch function, and this object with it, to run it
+        # in the server's Python process: the client's session and reports stay behind, and
+        # everything a micro-batch needs is in the store.
+        state = dict(self.__dict__)
+        state.update(spark=None, reports=deque(maxlen=10_000), failure=None)
+        return state
 
     # ---- start-up checks ----------------------------------------------------------------
     def _open(self, initial_state: MXNormState | str | None) -> None:
@@ -222,8 +188,8 @@ class MXNormStream:
         elif init is not None:
             self._check_compatible(init, f"initial state of {self.store.path}")
         self.store.remove_temporaries()
-        if self._output_fs is not None and self._output_root is not None:
-            self._output_fs.delete(self._output_fs.join(self._output_root, OUTPUT_ATTEMPTS), True)
+        if self._directories is not None:
+            self._directories.clear_attempts()
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
@@ -291,7 +257,11 @@ class MXNormStream:
             writer = writer.trigger(processingTime=trigger_interval)
         if query_name is not None:
             writer = writer.queryName(query_name)
-        return writer.start()
+        query = writer.start()
+        if not is_classic(self.spark):
+            # On Connect the micro-batches cannot see their query id: claim from here.
+            self._claim_for(str(query.id), None)
+        return query
 
     def await_termination(self, query: StreamingQuery, timeout: int | None = None) -> bool:
         """Wait for ``query``; a failed micro-batch re-raises its own (MXNorm) error."""
@@ -300,7 +270,9 @@ class MXNormStream:
         try:
             return bool(query.awaitTermination(timeout))
         except StreamingQueryException as exc:
-            failure = self.failure
+            # Classic: the failure was kept in this process. Connect: it ran on the server,
+            # and only its traceback text comes back.
+            failure = self.failure or error_in_text(str(exc))
             if isinstance(failure, MXNormError):
                 raise failure from exc
             raise
@@ -316,6 +288,7 @@ class MXNormStream:
     ) -> list[BatchReport]:
         """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports."""
         first = len(self.reports)
+        last_before = self.store.latest_batch_id()
         query = self.start(
             df,
             checkpoint,
@@ -328,6 +301,8 @@ class MXNormStream:
         except KeyboardInterrupt:
             query.stop()
             raise
+        if not is_classic(self.spark):
+            return reports_from_history(self.store, after=last_before)
         return list(self.reports)[first:]
 
     # ---- one micro-batch ----------------------------------------------------------------
@@ -345,18 +320,23 @@ class MXNormStream:
     def _claim(self, spark: SparkSession, batch_id: int) -> None:
         if self._claimed:
             return
-        # Classic Spark only (sparkContext): Spark Connect has no local properties here.
-        query_id = spark.sparkContext.getLocalProperty(_QUERY_ID_PROPERTY)
-        if query_id:
-            if self.store.owner() is None and batch_id > 0:
-                raise StateConflictError(
-                    f"state directory {self.store.path} has no record of this stream, but "
-                    f"its checkpoint is at batch {batch_id}: the state directory was "
-                    "replaced or emptied. Restore it, or start over with a fresh checkpoint "
-                    "(warm-start from a saved state with the initial state option)"
-                )
-            self.store.claim(str(query_id))
+        # Classic only: the local property is set on the thread that runs the batch. On
+        # Connect, start() claims for the query from the client.
+        if is_classic(spark):
+            query_id = spark.sparkContext.getLocalProperty(_QUERY_ID_PROPERTY)
+            if query_id:
+                self._claim_for(str(query_id), batch_id - 1)
         self._claimed = True
+
+    def _claim_for(self, query_id: str, previous_batch: int | None) -> None:
+        if self.store.owner() is None and previous_batch is not None and previous_batch >= 0:
+            raise StateConflictError(
+                f"state directory {self.store.path} has no record of this stream, but "
+                f"its checkpoint is at batch {previous_batch + 1}: the state directory was "
+                "replaced or emptied. Restore it, or start over with a fresh checkpoint "
+                "(warm-start from a saved state with the initial state option)"
+            )
+        self.store.claim(query_id)
 
     def _check_not_behind(self, batch_id: int) -> None:
         latest = self.store.latest_batch_id()
@@ -487,6 +467,8 @@ class MXNormStream:
         else:
             moments = Moments.empty(prev.n_features)
         new = prev.update(moments, batch_id)
+        # Before the version: a replay then finds its history record and keeps it.
+        self.store.record_batch(batch_id, rows=rows or 0, moments=moments, state=new)
         fault("before_commit", batch_id, spark)
         self.store.commit(batch_id, new)
         fault("after_commit", batch_id, spark)
@@ -575,25 +557,5 @@ class MXNormStream:
         if self.output.sink is not None:
             self.output.sink(out, batch_id)
             return None
-        return self._publish(out, batch_id, spark)
-
-    def _publish(self, out: DataFrame, batch_id: int, spark: SparkSession) -> str:
-        """Write the batch aside, then rename it to ``batch_id=<id>``, replacing it whole."""
-        fs, root = self._output_fs, self._output_root
-        assert fs is not None and root is not None
-        final = fs.join(root, batch_output_dir(batch_id))
-        attempt = fs.join(
-            fs.join(root, OUTPUT_ATTEMPTS), f"{batch_output_dir(batch_id)}-{uuid.uuid4().hex}"
-        )
-        writer = out.write.format(self.output.format).options(**self.output.write_options)
-        writer.save(attempt)
-        fault("during_write", batch_id, spark)
-        # The attempt is complete: replace the batch's earlier output whole. A crash in
-        # between leaves the batch without output, and the replay writes it again.
-        if fs.exists(final):
-            fs.delete(final, recursive=True)
-        if not fs.rename(attempt, final):
-            raise OSError(f"could not rename {attempt} to {final}")
-        # Anything else left there is from a killed attempt (one writer per output).
-        fs.delete(fs.join(root, OUTPUT_ATTEMPTS), recursive=True)
-        return final
+        assert self._directories is not None
+        return self._directories.publish(out, self.output, batch_id)

@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mxnorm_spark.demo import write_demo_files
 from mxnorm_spark.session import build_session
-from mxnorm_spark.streaming import FileSource, MXNormStream, write_demo_files
+from mxnorm_spark.sources import FileSource
+from mxnorm_spark.streaming import MXNormStream
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -13,6 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+# tests/connect runs in a process of its own (`make test` starts it with MXNORM_CONNECT=1):
+# a Spark Connect session switches PySpark into Connect mode for the whole process.
+collect_ignore = [] if os.environ.get("MXNORM_CONNECT") == "1" else ["connect"]
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

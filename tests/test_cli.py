@@ -22,6 +22,7 @@ from reference import Reference, assert_state_close, two_pass
 
 import mxnorm_spark
 from mxnorm_spark import MXNormState, cli
+from mxnorm_spark.store import read_state, write_state
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,7 +99,7 @@ def test_cli_fit_and_inspect_through_subprocess(tmp_path: Path) -> None:
     assert "3 batches (1 .. 3)" in fit.stdout and "state written to" in fit.stdout
 
     ref, before = reference_by_day(ROWS, 0.25)
-    state = MXNormState.load(tmp_path / "state.json")
+    state = read_state(tmp_path / "state.json")
     assert state.features == ("a", "b") and state.alpha == 0.25 and state.batches_seen == 3
     assert ref.mean is not None and ref.var is not None
     assert_state_close(state.mean, state.var, ref.mean, ref.var)
@@ -154,7 +155,7 @@ def test_jobs_through_spark_submit(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
 
     # alpha "cumulative" is the exact moments of all rows (one batch: whole input).
-    state = MXNormState.load(tmp_path / "state" / "fitted.json")
+    state = read_state(tmp_path / "state" / "fitted.json")
     x = np.array([[r[1], r[2]] for r in ROWS])
     assert_state_close(state.mean, state.var, x.mean(0), x.var(0))
     out = read_parquet(tmp_path / "out")
@@ -173,7 +174,7 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
         tmp_path / "in.parquet",
     )
     state = MXNormState.create(["a", "b"], alpha=0.5).update(mxnorm_spark.Moments.from_array(x))
-    state.save(tmp_path / "s.json")
+    write_state(state, tmp_path / "s.json")
     data = str(tmp_path / "in.parquet")
     base = ["transform", "--input", data, "--state", str(tmp_path / "s.json")]
 
@@ -212,7 +213,7 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
     code, _ = main("fit", "--input", data, "--input-col", "v", "--alpha", "1", "--state", v_state,
                    "--output", fit_out, "--output-col", "vz")  # fmt: skip
     assert code == 0
-    vstate = MXNormState.load(v_state)
+    vstate = read_state(v_state)
     assert vstate.features == ("v[0]", "v[1]")
     ref = mxnorm_spark.Moments.from_array(x)
     assert_state_close(vstate.mean, vstate.var, ref.mean, ref.var)
@@ -247,7 +248,7 @@ def test_demo_on_small_data(spark: Any, tmp_path: Path, capsys: pytest.CaptureFi
         before[d] = (m, v) if mean is None else (mean, var)  # applyAt="before"
         mean, var = (m, v) if mean is None else ((1 - alpha) * mean + alpha * m,
                                                  (1 - alpha) * var + alpha * v)  # fmt: skip
-    state = MXNormState.load(tmp_path / "state.json")
+    state = read_state(tmp_path / "state.json")
     assert mean is not None and var is not None
     assert_state_close(state.mean, state.var, mean, var)
     assert state.batches_seen == 3

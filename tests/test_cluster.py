@@ -449,6 +449,7 @@ class Runs:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     from mxnorm_spark import Moments, MXNormState
+    from mxnorm_spark.store import write_state
 
     d = tmp_path_factory.mktemp("inputs")
     tables = _write_files(d / "events", n_files=4, rows=300, seed=11)
@@ -456,7 +457,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     x = _as_matrix(pa.concat_tables(tables))
     state = MXNormState.create(FEATURES, alpha=0.2).update(Moments.from_array(x[:500]))
     state = state.update(Moments.from_array(x[500:]))
-    state.save(d / "state.json")
+    write_state(state, d / "state.json")
     return Inputs(d / "events", tables, d / "incoming", stream_tables, d / "state.json", state)
 
 

@@ -1,84 +1,45 @@
-"""The durable state store: one immutable, checksummed state version per batch id.
+"""The file systems the store reaches, behind one small protocol (the only file I/O).
 
-A state directory holds ``v-<batch id, 12 digits>.json`` files (one per committed batch,
-:func:`~mxnorm_spark.state.version_file_name`) and optionally ``init.json``, the state a
-stream was warm-started from. Every version is written under a hidden temporary name in
-the same directory and renamed into place, so a reader sees a version whole or not at all,
-and a version, once committed, is never rewritten. Every read verifies the type tag and the
-SHA-256 checksum of the file (:meth:`MXNormState.from_json`); a damaged file raises
-:class:`~mxnorm_spark.errors.CorruptStateError` naming it, never a silent fallback.
-
-With a SparkSession the store goes through the Hadoop ``FileSystem`` API of that session,
-so ``file://``, ``hdfs://``, ``s3a://`` (any scheme with a Hadoop connector) and plain local
-paths behave the same. Without one it uses the local file system directly (no JVM), for
-tools and tests that only read or write local state.
-
-Renames are atomic on local file systems and HDFS. On S3 (``s3a://``) a rename is a copy
-then a delete: a crash during it can leave the temporary file behind (ignored and removed
-on the next open), and the version only becomes visible once the copy is complete, so
-readers still never see part of a version. Only one writer may use a state directory at a
-time (a stream claims its directory with its query id, see :meth:`StateStore.claim`).
-
->>> import tempfile
->>> from mxnorm_spark import Moments
->>> store = StateStore(tempfile.mkdtemp(), retention=2)
->>> s = MXNormState.create(["x"])
->>> for b in range(3):
-...     s = s.update(Moments.from_array([[float(b)], [float(b) + 2]]), batch_id=b)
-...     _ = store.commit(b, s)
->>> store.batch_ids(), store.latest().mean.tolist()
-([1, 2], [1.29])
->>> store.get(0) is None, store.get(1).batches_seen
-(True, 2)
+* Local paths and ``file:`` URIs: Python's ``os``; whole-file writes are staged under a
+  hidden name and renamed (atomic, and ``os.link`` refuses an existing target, no race).
+* ``s3://``, ``gs://``, ``abfs://``: ``pyarrow.fs``, no JVM, so they work on Spark Connect
+  and with no Spark at all. On an object store one PUT is atomic and a rename is a copy,
+  so whole files are written as the final object in one request; on ``s3://`` an
+  exclusive create is a conditional PUT (``If-None-Match: *``, needs boto3).
+* Any other scheme (``hdfs://``, ``s3a://``, ...): the Hadoop ``FileSystem`` of a classic
+  SparkSession (classic only); ``hdfs://`` without one tries ``pyarrow.fs`` (libhdfs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-INITIAL_FILE = "init.json"
-OWNER_FILE = "_owner.json"
-_TMP_SUFFIX = ".tmp"
-# A state directory holds one committed version per batch id, v-<12 digits>.json.
-VERSION_FILE = re.compile(r"^v-(\d{12})\.json$")
+TMP_SUFFIX = ".tmp"
 # Schemes a Python filesystem layer (pyarrow.fs) reaches with no JVM: these work on Spark
 # Connect and in serving. Anything else (s3a://, wasbs://, ...) needs Hadoop: classic only.
 ARROW_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 
 __all__ = [
-    "INITIAL_FILE",
-    "VERSION_FILE",
+    "ARROW_SCHEMES",
     "ArrowFileSystem",
     "FileSystem",
     "HadoopFileSystem",
     "LocalFileSystem",
-    "StateStore",
     "filesystem",
+    "is_classic",
     "is_local",
-    "read_state",
-    "version_file_name",
-    "write_state",
+    "local_path",
 ]
-
-
-def version_file_name(batch_id: int) -> str:
-    """File name of the committed state for ``batch_id`` inside a state directory."""
-    if batch_id < 0:
-        raise InvalidParameterError(f"batch_id must be >= 0, got {batch_id}")
-    return f"v-{batch_id:012d}.json"
 
 
 def is_local(path: str) -> bool:
@@ -103,6 +64,7 @@ class FileSystem(Protocol):
     def list_files(self, directory: str) -> list[tuple[str, float]]: ...
     def read_bytes(self, path: str) -> bytes | None: ...
     def write_bytes(self, path: str, data: bytes) -> None: ...
+    def open_input(self, path: str) -> Any: ...
     def rename(self, src: str, dst: str) -> bool: ...
     def replace(self, src: str, dst: str) -> None: ...
     def qualified(self, path: str) -> str: ...
@@ -121,7 +83,7 @@ class _StagedWrites:
 
     def _staging_name(self: Any, path: str) -> str:
         parent, _, name = path.rstrip("/").rpartition("/")
-        return f"{parent or '.'}/.{name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+        return f"{parent or '.'}/.{name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
 
     def create_exclusive(self: Any, path: str, data: bytes) -> bool:
         """Write ``path`` whole unless something is there already (then return False)."""
@@ -175,6 +137,10 @@ class LocalFileSystem(_StagedWrites):
             return Path(local_path(path)).read_bytes()
         except FileNotFoundError:
             return None
+
+    def open_input(self, path: str) -> Any:
+        """A seekable binary reader (a context manager)."""
+        return open(local_path(path), "rb")
 
     def write_bytes(self, path: str, data: bytes) -> None:
         with open(local_path(path), "wb") as fh:
@@ -304,6 +270,9 @@ class ArrowFileSystem(_StagedWrites):
         except FileNotFoundError:
             return None
 
+    def open_input(self, path: str) -> Any:
+        return self._fs.open_input_file(self._path(path))
+
     def write_bytes(self, path: str, data: bytes) -> None:
         with self._fs.open_output_stream(self._path(path)) as fh:
             fh.write(data)
@@ -387,7 +356,7 @@ def filesystem(path: str, spark: SparkSession | None = None) -> FileSystem:
     scheme = urlparse(path).scheme
     if scheme in ARROW_SCHEMES:
         return ArrowFileSystem(path)
-    if spark is not None and _is_classic(spark):
+    if spark is not None and is_classic(spark):
         return HadoopFileSystem(spark, path)
     if scheme == "hdfs":
         return ArrowFileSystem(path)
@@ -398,8 +367,9 @@ def filesystem(path: str, spark: SparkSession | None = None) -> FileSystem:
     )
 
 
-def _is_classic(spark: SparkSession) -> bool:
-    return getattr(spark, "_jvm", None) is not None and hasattr(spark, "_jsc")
+def is_classic(spark: SparkSession) -> bool:
+    """A classic (py4j) session, as opposed to Spark Connect: Hadoop is reachable."""
+    return not type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 class HadoopFileSystem(_StagedWrites):
@@ -466,6 +436,9 @@ class HadoopFileSystem(_StagedWrites):
             stream.close()
         return bytes(data)
 
+    def open_input(self, path: str) -> Any:
+        return _HadoopInput(self, path)
+
     def write_bytes(self, path: str, data: bytes) -> None:
         out = self._fs.create(self._path(path), False)
         try:
@@ -493,316 +466,6 @@ class HadoopFileSystem(_StagedWrites):
 
     def mkdirs(self, path: str) -> None:
         self._fs.mkdirs(self._path(path))
-
-
-class StateStore:
-    """Committed MXNorm state versions, one per batch id, in one directory.
-
-    ``retention`` keeps only the newest N versions (at least 2: a replayed micro-batch
-    reads the version before it); ``None`` keeps all. ``spark`` selects the Hadoop file
-    system of that session (required for non-local paths).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        spark: SparkSession | None = None,
-        *,
-        retention: int | None = None,
-    ) -> None:
-        if retention is not None and (
-            isinstance(retention, bool) or not isinstance(retention, int) or retention < 2
-        ):
-            raise InvalidParameterError(
-                f"retention must be a whole number >= 2 or None (keep all), got {retention!r}: "
-                "a replayed micro-batch needs the version before it"
-            )
-        self.path = str(path)
-        self.retention = retention
-        self.fs: FileSystem = filesystem(self.path, spark)
-        if isinstance(self.fs, LocalFileSystem):
-            self.path = local_path(self.path)
-
-    def __repr__(self) -> str:
-        return f"StateStore({self.path!r}, retention={self.retention})"
-
-    # ---- reading ------------------------------------------------------------------
-    def batch_ids(self) -> list[int]:
-        """Committed batch ids, ascending."""
-        ids = []
-        for name in self.fs.list_names(self.path):
-            match = VERSION_FILE.match(name)
-            if match:
-                ids.append(int(match.group(1)))
-        return sorted(ids)
-
-    def latest_batch_id(self) -> int | None:
-        ids = self.batch_ids()
-        return ids[-1] if ids else None
-
-    def version_path(self, batch_id: int) -> str:
-        return self.fs.join(self.path, version_file_name(batch_id))
-
-    def get(self, batch_id: int) -> MXNormState | None:
-        """The state committed for ``batch_id``, or None when there is none."""
-        return self._read(self.version_path(batch_id), batch_id)
-
-    def latest(self) -> MXNormState | None:
-        """The newest committed state, or None for an empty store."""
-        b = self.latest_batch_id()
-        return None if b is None else self.get(b)
-
-    def before(self, batch_id: int) -> tuple[int, MXNormState] | None:
-        """The newest committed ``(id, state)`` with id < ``batch_id``, or None."""
-        older = [b for b in self.batch_ids() if b < batch_id]
-        if not older:
-            return None
-        state = self.get(older[-1])
-        return None if state is None else (older[-1], state)
-
-    def initial(self) -> MXNormState | None:
-        """The warm-start state (``init.json``), or None."""
-        return self._read(self.fs.join(self.path, INITIAL_FILE), None)
-
-    def _read(self, path: str, batch_id: int | None) -> MXNormState | None:
-        data = self.fs.read_bytes(path)
-        if data is None:
-            return None
-        try:
-            return MXNormState.from_json(data, source=f"state file {path}")
-        except CorruptStateError as exc:
-            raise type(exc)(f"{exc}. {self._recovery_hint(batch_id)}") from None
-
-    def _recovery_hint(self, batch_id: int | None) -> str:
-        # Versions are written whole and renamed into place: damage came afterwards.
-        if batch_id is None:
-            return "If no backup exists, start over with a fresh state directory"
-        return (
-            f"A stream recomputes batch {batch_id} from the version before it if this file "
-            f"and its checkpoint entry commits/{batch_id} are both deleted (README: "
-            "Streaming, a corrupt state version)"
-        )
-
-    # ---- writing ------------------------------------------------------------------
-    def commit(self, batch_id: int, state: MXNormState) -> str:
-        """Write ``state`` as the version of ``batch_id`` and return its path.
-
-        Committing the same state again is a no-op; a different state for an id that is
-        already committed raises :class:`StateConflictError` (versions are immutable).
-        Then versions beyond ``retention`` are removed, oldest first.
-        """
-        if isinstance(batch_id, bool) or not isinstance(batch_id, int):
-            raise InvalidParameterError(f"batch_id must be an int, got {batch_id!r}")
-        target = self.version_path(batch_id)
-        self._write_once(target, state.to_json().encode("utf-8"), f"batch {batch_id}")
-        self._apply_retention()
-        return target
-
-    def set_initial(self, state: MXNormState) -> str:
-        """Record the warm-start state once (``init.json``); see :meth:`commit` for reruns."""
-        target = self.fs.join(self.path, INITIAL_FILE)
-        self._write_once(target, state.to_json().encode("utf-8"), "the initial state")
-        return target
-
-    def owner(self) -> str | None:
-        """The writer that claimed this directory (see :meth:`claim`), or None."""
-        path = self.fs.join(self.path, OWNER_FILE)
-        data = self.fs.read_bytes(path)
-        if data is None:
-            return None
-        try:
-            return str(json.loads(data)["owner"])
-        except (ValueError, KeyError, TypeError):
-            raise CorruptStateError(
-                f"{path} is unreadable; it names the stream that owns this state directory. "
-                "Delete it only if no other stream writes here"
-            ) from None
-
-    def claim(self, owner: str) -> None:
-        """Bind this directory to one writer (a streaming query id); another id is refused.
-
-        Two streams folding into one directory would interleave their batch ids; the
-        claim turns that mistake into an error at the first micro-batch.
-        """
-        found = self.owner()
-        if found is None:
-            path = self.fs.join(self.path, OWNER_FILE)
-            self._write_once(path, json.dumps({"owner": owner}).encode("utf-8"), "the owner")
-            return
-        if found != owner:
-            raise StateConflictError(
-                f"state directory {self.path} belongs to streaming query {found}, not {owner} "
-                "(a new or different checkpoint). Use a fresh state directory for a new query "
-                "(warm-start it with the initial state option), or restore the query's "
-                "original checkpoint"
-            )
-
-    def _write_once(self, target: str, data: bytes, what: str) -> None:
-        existing = self.fs.read_bytes(target)
-        if existing is not None:
-            if existing == data:
-                return
-            raise StateConflictError(
-                f"{target} already holds a different state for {what}; committed versions "
-                "are immutable. Two writers are using this state directory, or it belongs "
-                "to another stream: give each stream its own state directory"
-            )
-        self.fs.mkdirs(self.path)
-        # Losing a race with another writer is fine only if it wrote the same bytes.
-        if not self.fs.create_exclusive(target, data) and self.fs.read_bytes(target) != data:
-            raise StateConflictError(
-                f"{target} was written concurrently with a different state for {what}; "
-                "only one writer may use a state directory"
-            )
-
-    def _apply_retention(self) -> None:
-        if self.retention is None:
-            return
-        ids = self.batch_ids()
-        for b in ids[: max(len(ids) - self.retention, 0)]:
-            self.fs.delete(self.version_path(b))
-
-    def remove_temporaries(self) -> None:
-        """Delete temporary files left by a writer killed between its write and its rename.
-
-        They were never committed, so nothing is lost. Call it only as the directory's single
-        writer (a stream does at start): another writer's file in flight would go too.
-        """
-        for name in self.fs.list_names(self.path):
-            if name.startswith(".") and name.endswith(_TMP_SUFFIX):
-                self.fs.delete(self.fs.join(self.path, name))
-
-
-# ---- one state file ---------------------------------------------------------------------
-def read_state(
-    path: str | os.PathLike[str],
-    spark: SparkSession | None = None,
-    *,
-    batch_id: int | None = None,
-) -> MXNormState:
-    """The state at ``path``: a state file, or a state directory (a stream's store).
-
-    A directory gives its newest committed version, or the version of ``batch_id``; with no
-    version at all, its warm-start state (``init.json``). This is the one fallback rule
-    every reader of a path follows. Raises :class:`CorruptStateError` naming the path when
-    there is no state there or the file fails its checks.
-    """
-    path = str(path)
-    fs = filesystem(path, spark)
-    where = local_path(path) if isinstance(fs, LocalFileSystem) else path
-    if not fs.is_dir(where):
-        data = fs.read_bytes(where)
-        if data is None:
-            raise CorruptStateError(f"state file {where} does not exist")
-        if batch_id is not None:
-            raise InvalidParameterError(
-                f"{where} is one state file; a batch id selects a version of a state directory"
-            )
-        return MXNormState.from_json(data, source=f"state file {where}")
-    store = StateStore(path, spark)
-    if batch_id is not None:
-        state = store.get(batch_id)
-        if state is None:
-            raise CorruptStateError(
-                f"state directory {where} holds no version for batch {batch_id} "
-                f"(committed: {_describe_ids(store.batch_ids())})"
-            )
-        return state
-    state = store.latest() or store.initial()
-    if state is None:
-        raise CorruptStateError(
-            f"state directory {where} holds no committed version (v-<batch id>.json) "
-            f"and no {INITIAL_FILE}"
-        )
-    return state
-
-
-def _describe_ids(ids: list[int]) -> str:
-    if not ids:
-        return "none"
-    return str(ids[0]) if len(ids) == 1 else f"{len(ids)} versions, {ids[0]}..{ids[-1]}"
-
-
-def write_state(
-    state: MXNormState, path: str | os.PathLike[str], spark: SparkSession | None = None
-) -> str:
-    """Write one state file, replacing any file there, and return where it went.
-
-    The bytes go to a temporary name beside the target and are renamed into place, so a
-    reader sees the old file or the new one, never part of one. Locally the rename is
-    atomic; on an object store the new object is complete before the old one is replaced.
-    """
-    path = str(path)
-    fs = filesystem(path, spark)
-    target = local_path(path) if isinstance(fs, LocalFileSystem) else path
-    if fs.is_dir(target):
-        raise InvalidParameterError(
-            f"{path} is a directory; a state is written to one JSON file, e.g. "
-            f"{fs.join(target, 'state.json')}"
-        )
-    parent = target.rstrip("/").rpartition("/")[0] or "."
-    fs.mkdirs(parent)
-    fs.write_atomic(target, state.to_json().encode("utf-8"))
-    return fs.qualified(target)
-
-
-# ---- input files of a file stream -------------------------------------------------------
-# A file source checks each new file before its micro-batch is folded: its first line (csv
-# header, first json record) or its parquet footer. Only those bytes are read, through the
-# file system that reaches the file, so local and pyarrow.fs paths need no JVM.
-_LINE_CHUNK = 64 * 1024
-
-
-def file_exists(uri: str, spark: SparkSession | None = None) -> bool:
-    """Whether the file at ``uri`` (a path, or a URI as Spark's ``input_file_name()`` gives it)
-    exists."""
-    fs = filesystem(uri, spark)
-    return fs.exists(local_path(uri) if isinstance(fs, LocalFileSystem) else uri)
-
-
-def read_first_line(
-    uri: str, encoding: str = "UTF-8", spark: SparkSession | None = None
-) -> str | None:
-    """The first line of the file at ``uri`` that is not blank (no line break), or None.
-
-    Reads only as far as that line. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``.
-    """
-    import codecs
-
-    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-    text = ""
-    with _open_input(uri, spark) as fh:
-        while True:
-            chunk = fh.read(_LINE_CHUNK)
-            text += decoder.decode(bytes(chunk), final=not chunk)
-            *complete, text = re.split(r"\r\n|\r|\n", text)
-            if not chunk:
-                complete.append(text)  # the last line needs no line break
-            for line in complete:
-                if line.strip():
-                    return line
-            if not chunk:
-                return None
-
-
-def read_parquet_schema(uri: str, spark: SparkSession | None = None) -> Any:
-    """The Arrow schema (``pyarrow.Schema``) of the parquet file at ``uri``, from its footer."""
-    import pyarrow.parquet as pq
-
-    with _open_input(uri, spark) as fh:
-        return pq.read_schema(fh)
-
-
-def _open_input(uri: str, spark: SparkSession | None) -> Any:
-    """A seekable binary reader of the file at ``uri`` (a context manager)."""
-    fs = filesystem(uri, spark)
-    if isinstance(fs, LocalFileSystem):
-        return open(local_path(uri), "rb")
-    if isinstance(fs, ArrowFileSystem):
-        return fs._fs.open_input_file(fs._path(uri))
-    if isinstance(fs, HadoopFileSystem):
-        return _HadoopInput(fs, uri)
-    raise InvalidParameterError(f"{uri}: no reader for this file system")
 
 
 class _HadoopInput:

@@ -1,0 +1,60 @@
+"""The I/O layer: every file this package reads or writes goes through here.
+
+* :mod:`~mxnorm_spark.store.filesystems`: local paths, ``pyarrow.fs`` URIs and, on classic
+  Spark, Hadoop; exclusive creates and atomic replaces on each.
+* :mod:`~mxnorm_spark.store.states`: state files and state directories (one immutable,
+  checksummed version per batch id, owner claims), :func:`read_state` and
+  :func:`write_state`.
+* :mod:`~mxnorm_spark.store.history`: the per-batch history next to a state.
+* :mod:`~mxnorm_spark.store.inputs`: the few bytes a file stream reads of each new file.
+
+No Spark import: the serving path and Spark Connect use the same store.
+"""
+
+from mxnorm_spark.store.filesystems import (
+    ARROW_SCHEMES,
+    ArrowFileSystem,
+    FileSystem,
+    HadoopFileSystem,
+    LocalFileSystem,
+    filesystem,
+    is_classic,
+    is_local,
+    local_path,
+)
+from mxnorm_spark.store.history import history_dir, read_history, record_batch
+from mxnorm_spark.store.inputs import file_exists, read_first_line, read_parquet_schema
+from mxnorm_spark.store.states import (
+    INITIAL_FILE,
+    OWNER_FILE,
+    VERSION_FILE,
+    StateStore,
+    read_state,
+    version_file_name,
+    write_state,
+)
+
+__all__ = [
+    "ARROW_SCHEMES",
+    "INITIAL_FILE",
+    "OWNER_FILE",
+    "VERSION_FILE",
+    "ArrowFileSystem",
+    "FileSystem",
+    "HadoopFileSystem",
+    "LocalFileSystem",
+    "StateStore",
+    "file_exists",
+    "filesystem",
+    "history_dir",
+    "is_classic",
+    "is_local",
+    "local_path",
+    "read_first_line",
+    "read_history",
+    "read_parquet_schema",
+    "read_state",
+    "record_batch",
+    "version_file_name",
+    "write_state",
+]

@@ -1,0 +1,338 @@
+"""The durable state store: one immutable, checksummed state version per batch id.
+
+A state directory holds ``v-<batch id, 12 digits>.json`` files (one per committed batch,
+:func:`version_file_name`) and optionally ``init.json``, the state a stream was
+warm-started from. A version, once committed, is never rewritten. Every read verifies the
+type tag and the SHA-256 checksum of the file (:meth:`MXNormState.from_json`); a damaged
+file raises :class:`~mxnorm_spark.errors.CorruptStateError` naming it, never a silent
+fallback.
+
+The directory may be a local path, an ``s3://``/``gs://``/``abfs://`` URI (``pyarrow.fs``,
+no JVM: Spark Connect and serving read it too) or, through a classic SparkSession, any
+Hadoop scheme (``hdfs://``, ``s3a://``); see :mod:`mxnorm_spark.store.filesystems`. Each
+version is created exclusively (a staged rename that refuses an existing file, or on
+``s3://`` a conditional PUT), so a reader sees a version whole or not at all and two
+writers cannot both commit one batch id. Only one writer may use a state directory at a
+time (a stream claims its directory, see :meth:`StateStore.claim`).
+
+>>> import tempfile
+>>> from mxnorm_spark import Moments
+>>> store = StateStore(tempfile.mkdtemp(), retention=2)
+>>> s = MXNormState.create(["x"])
+>>> for b in range(3):
+...     s = s.update(Moments.from_array([[float(b)], [float(b) + 2]]), batch_id=b)
+...     _ = store.commit(b, s)
+>>> store.batch_ids(), store.latest().mean.tolist()
+([1, 2], [1.29])
+>>> store.get(0) is None, store.get(1).batches_seen
+(True, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.moments import Moments
+from mxnorm_spark.state import MXNormState
+from mxnorm_spark.store.filesystems import (
+    TMP_SUFFIX,
+    FileSystem,
+    LocalFileSystem,
+    filesystem,
+    local_path,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+INITIAL_FILE = "init.json"
+OWNER_FILE = "_owner.json"
+# A state directory holds one committed version per batch id, v-<12 digits>.json.
+VERSION_FILE = re.compile(r"^v-(\d{12})\.json$")
+
+__all__ = [
+    "INITIAL_FILE",
+    "OWNER_FILE",
+    "VERSION_FILE",
+    "StateStore",
+    "read_state",
+    "version_file_name",
+    "write_state",
+]
+
+
+def version_file_name(batch_id: int) -> str:
+    """File name of the committed state for ``batch_id`` inside a state directory."""
+    if batch_id < 0:
+        raise InvalidParameterError(f"batch_id must be >= 0, got {batch_id}")
+    return f"v-{batch_id:012d}.json"
+
+
+class StateStore:
+    """Committed MXNorm state versions, one per batch id, in one directory.
+
+    ``retention`` keeps only the newest N versions (at least 2: a replayed micro-batch
+    reads the version before it); ``None`` keeps all. ``spark`` selects the Hadoop file
+    system of that session (required for non-local paths).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        spark: SparkSession | None = None,
+        *,
+        retention: int | None = None,
+    ) -> None:
+        if retention is not None and (
+            isinstance(retention, bool) or not isinstance(retention, int) or retention < 2
+        ):
+            raise InvalidParameterError(
+                f"retention must be a whole number >= 2 or None (keep all), got {retention!r}: "
+                "a replayed micro-batch needs the version before it"
+            )
+        self.path = str(path)
+        self.retention = retention
+        self.fs: FileSystem = filesystem(self.path, spark)
+        if isinstance(self.fs, LocalFileSystem):
+            self.path = local_path(self.path)
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.path!r}, retention={self.retention})"
+
+    # ---- reading ------------------------------------------------------------------
+    def batch_ids(self) -> list[int]:
+        """Committed batch ids, ascending."""
+        ids = []
+        for name in self.fs.list_names(self.path):
+            match = VERSION_FILE.match(name)
+            if match:
+                ids.append(int(match.group(1)))
+        return sorted(ids)
+
+    def latest_batch_id(self) -> int | None:
+        ids = self.batch_ids()
+        return ids[-1] if ids else None
+
+    def version_path(self, batch_id: int) -> str:
+        return self.fs.join(self.path, version_file_name(batch_id))
+
+    def get(self, batch_id: int) -> MXNormState | None:
+        """The state committed for ``batch_id``, or None when there is none."""
+        return self._read(self.version_path(batch_id), batch_id)
+
+    def latest(self) -> MXNormState | None:
+        """The newest committed state, or None for an empty store."""
+        b = self.latest_batch_id()
+        return None if b is None else self.get(b)
+
+    def before(self, batch_id: int) -> tuple[int, MXNormState] | None:
+        """The newest committed ``(id, state)`` with id < ``batch_id``, or None."""
+        older = [b for b in self.batch_ids() if b < batch_id]
+        if not older:
+            return None
+        state = self.get(older[-1])
+        return None if state is None else (older[-1], state)
+
+    def initial(self) -> MXNormState | None:
+        """The warm-start state (``init.json``), or None."""
+        return self._read(self.fs.join(self.path, INITIAL_FILE), None)
+
+    def _read(self, path: str, batch_id: int | None) -> MXNormState | None:
+        data = self.fs.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            return MXNormState.from_json(data, source=f"state file {path}")
+        except CorruptStateError as exc:
+            raise type(exc)(f"{exc}. {self._recovery_hint(batch_id)}") from None
+
+    def _recovery_hint(self, batch_id: int | None) -> str:
+        # Versions are written whole and renamed into place: damage came afterwards.
+        if batch_id is None:
+            return "If no backup exists, start over with a fresh state directory"
+        return (
+            f"A stream recomputes batch {batch_id} from the version before it if this file "
+            f"and its checkpoint entry commits/{batch_id} are both deleted (README: "
+            "Streaming, a corrupt state version)"
+        )
+
+    # ---- writing ------------------------------------------------------------------
+    def commit(self, batch_id: int, state: MXNormState) -> str:
+        """Write ``state`` as the version of ``batch_id`` and return its path.
+
+        Committing the same state again is a no-op; a different state for an id that is
+        already committed raises :class:`StateConflictError` (versions are immutable).
+        Then versions beyond ``retention`` are removed, oldest first.
+        """
+        if isinstance(batch_id, bool) or not isinstance(batch_id, int):
+            raise InvalidParameterError(f"batch_id must be an int, got {batch_id!r}")
+        target = self.version_path(batch_id)
+        self._write_once(target, state.to_json().encode("utf-8"), f"batch {batch_id}")
+        self._apply_retention()
+        return target
+
+    def set_initial(self, state: MXNormState) -> str:
+        """Record the warm-start state once (``init.json``); see :meth:`commit` for reruns."""
+        target = self.fs.join(self.path, INITIAL_FILE)
+        self._write_once(target, state.to_json().encode("utf-8"), "the initial state")
+        return target
+
+    def owner(self) -> str | None:
+        """The writer that claimed this directory (see :meth:`claim`), or None."""
+        path = self.fs.join(self.path, OWNER_FILE)
+        data = self.fs.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            return str(json.loads(data)["owner"])
+        except (ValueError, KeyError, TypeError):
+            raise CorruptStateError(
+                f"{path} is unreadable; it names the stream that owns this state directory. "
+                "Delete it only if no other stream writes here"
+            ) from None
+
+    def claim(self, owner: str) -> None:
+        """Bind this directory to one writer (a streaming query id); another id is refused.
+
+        Two streams folding into one directory would interleave their batch ids; the
+        claim turns that mistake into an error at the first micro-batch.
+        """
+        found = self.owner()
+        if found is None:
+            path = self.fs.join(self.path, OWNER_FILE)
+            self._write_once(path, json.dumps({"owner": owner}).encode("utf-8"), "the owner")
+            return
+        if found != owner:
+            raise StateConflictError(
+                f"state directory {self.path} belongs to streaming query {found}, not {owner} "
+                "(a new or different checkpoint). Use a fresh state directory for a new query "
+                "(warm-start it with the initial state option), or restore the query's "
+                "original checkpoint"
+            )
+
+    def _write_once(self, target: str, data: bytes, what: str) -> None:
+        existing = self.fs.read_bytes(target)
+        if existing is not None:
+            if existing == data:
+                return
+            raise StateConflictError(
+                f"{target} already holds a different state for {what}; committed versions "
+                "are immutable. Two writers are using this state directory, or it belongs "
+                "to another stream: give each stream its own state directory"
+            )
+        self.fs.mkdirs(self.path)
+        # Losing a race with another writer is fine only if it wrote the same bytes.
+        if not self.fs.create_exclusive(target, data) and self.fs.read_bytes(target) != data:
+            raise StateConflictError(
+                f"{target} was written concurrently with a different state for {what}; "
+                "only one writer may use a state directory"
+            )
+
+    def _apply_retention(self) -> None:
+        if self.retention is None:
+            return
+        ids = self.batch_ids()
+        for b in ids[: max(len(ids) - self.retention, 0)]:
+            self.fs.delete(self.version_path(b))
+
+    def record_batch(
+        self, batch_id: int, *, rows: int, moments: Moments, state: MXNormState
+    ) -> bool:
+        """Record what batch ``batch_id`` contributed (see :mod:`~mxnorm_spark.store.history`)
+        once; False if it was recorded already (a replay)."""
+        from mxnorm_spark.store.history import write_record
+
+        return write_record(self.fs, self.path, batch_id, rows=rows, moments=moments, state=state)
+
+    def history(self) -> Any:
+        """Every recorded batch of this directory as a ``pyarrow.Table``."""
+        from mxnorm_spark.store.history import read_records
+
+        return read_records(self.fs, self.path)
+
+    def remove_temporaries(self) -> None:
+        """Delete temporary files left by a writer killed between its write and its rename.
+
+        They were never committed, so nothing is lost. Call it only as the directory's single
+        writer (a stream does at start): another writer's file in flight would go too.
+        """
+        for name in self.fs.list_names(self.path):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                self.fs.delete(self.fs.join(self.path, name))
+
+
+# ---- one state file ---------------------------------------------------------------------
+def read_state(
+    path: str | os.PathLike[str],
+    spark: SparkSession | None = None,
+    *,
+    batch_id: int | None = None,
+) -> MXNormState:
+    """The state at ``path``: a state file, or a state directory (a stream's store).
+
+    A directory gives its newest committed version, or the version of ``batch_id``; with no
+    version at all, its warm-start state (``init.json``). This is the one fallback rule
+    every reader of a path follows. Raises :class:`CorruptStateError` naming the path when
+    there is no state there or the file fails its checks.
+    """
+    path = str(path)
+    fs = filesystem(path, spark)
+    where = local_path(path) if isinstance(fs, LocalFileSystem) else path
+    if not fs.is_dir(where):
+        data = fs.read_bytes(where)
+        if data is None:
+            raise CorruptStateError(f"state file {where} does not exist")
+        if batch_id is not None:
+            raise InvalidParameterError(
+                f"{where} is one state file; a batch id selects a version of a state directory"
+            )
+        return MXNormState.from_json(data, source=f"state file {where}")
+    store = StateStore(path, spark)
+    if batch_id is not None:
+        state = store.get(batch_id)
+        if state is None:
+            raise CorruptStateError(
+                f"state directory {where} holds no version for batch {batch_id} "
+                f"(committed: {_describe_ids(store.batch_ids())})"
+            )
+        return state
+    state = store.latest() or store.initial()
+    if state is None:
+        raise CorruptStateError(
+            f"state directory {where} holds no committed version (v-<batch id>.json) "
+            f"and no {INITIAL_FILE}"
+        )
+    return state
+
+
+def _describe_ids(ids: list[int]) -> str:
+    if not ids:
+        return "none"
+    return str(ids[0]) if len(ids) == 1 else f"{len(ids)} versions, {ids[0]}..{ids[-1]}"
+
+
+def write_state(
+    state: MXNormState, path: str | os.PathLike[str], spark: SparkSession | None = None
+) -> str:
+    """Write one state file, replacing any file there, and return where it went.
+
+    The bytes go to a temporary name beside the target and are renamed into place, so a
+    reader sees the old file or the new one, never part of one. Locally the rename is
+    atomic; on an object store the new object is complete before the old one is replaced.
+    """
+    path = str(path)
+    fs = filesystem(path, spark)
+    target = local_path(path) if isinstance(fs, LocalFileSystem) else path
+    if fs.is_dir(target):
+        raise InvalidParameterError(
+            f"{path} is a directory; a state is written to one JSON file, e.g. "
+            f"{fs.join(target, 'state.json')}"
+        )
+    parent = target.rstrip("/").rpartition("/")[0] or "."
+    fs.mkdirs(parent)
+    fs.write_atomic(target, state.to_json().encode("utf-8"))
+    return fs.qualified(target)

@@ -1,0 +1,156 @@
+"""The public paths, each as a function of a SparkSession: run on classic Spark and on Spark
+Connect, their states and outputs must be bit-identical.
+
+Each case returns ``(state JSON, normalized rows as a pandas DataFrame sorted by id)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Case = Callable[[Any, Path], tuple[str, pd.DataFrame]]
+FEATURES = ["a", "b", "c"]
+
+
+def write_inputs(root: Path) -> None:
+    """Deterministic inputs: scalars with nulls, NaN and a 1e9 offset; an array column."""
+    rng = np.random.default_rng(42)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "day": np.repeat(np.arange(4), n // 4).astype(np.int32),
+            "a": rng.standard_normal(n),
+            "b": 1e9 + rng.standard_normal(n),
+            "c": rng.exponential(3.0, n),
+        }
+    )
+    frame.loc[frame.index % 29 == 0, "c"] = np.nan
+    frame["v"] = [list(row) for row in frame[FEATURES].to_numpy()]
+    (root / "scalars").mkdir(parents=True, exist_ok=True)
+    frame.drop(columns="v").to_parquet(root / "scalars" / "part-0.parquet", index=False)
+    (root / "arrays").mkdir(parents=True, exist_ok=True)
+    frame[["id", "day", "v"]].to_parquet(root / "arrays" / "part-0.parquet", index=False)
+    # Stream input: one file per day, oldest first.
+    (root / "incoming").mkdir(parents=True, exist_ok=True)
+    for i, (day, part) in enumerate(frame.drop(columns="v").groupby("day")):
+        path = root / "incoming" / f"day-{day}.parquet"
+        part.to_parquet(path, index=False)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+
+
+def _rows(df: Any, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    out = df.toPandas().drop(columns=list(drop), errors="ignore")
+    return out.sort_values("id").reset_index(drop=True)
+
+
+def _fit_transform(engine: str, batch: bool) -> Case:
+    def case(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+        from mxnorm_spark.ml import MXNorm
+
+        df = spark.read.parquet(str(root / "scalars"))
+        est = MXNorm(
+            inputCols=FEATURES,
+            outputCols=[f"z_{f}" for f in FEATURES],
+            engine=engine,
+            batchCol="day" if batch else None,
+            applyAt="before" if batch else "after",
+        )
+        model = est.fit(df)
+        return model.state.to_json(), _rows(model.transform(df))
+
+    return case
+
+
+def _array_column(engine: str) -> Case:
+    def case(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+        from mxnorm_spark.ml import MXNorm
+
+        df = spark.read.parquet(str(root / "arrays"))
+        model = MXNorm(inputCol="v", outputCol="z", engine=engine, batchCol="day").fit(df)
+        out = _rows(model.transform(df))
+        out["z"] = out["z"].map(lambda z: np.asarray(z, dtype=np.float64).tobytes())
+        return model.state.to_json(), out.drop(columns="v")
+
+    return case
+
+
+def _vector_column(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+
+    from mxnorm_spark.ml import MXNorm
+
+    df = spark.read.parquet(str(root / "arrays")).withColumn("v", array_to_vector("v"))
+    model = MXNorm(inputCol="v", outputCol="z").fit(df)
+    out = model.transform(df).withColumn("z", vector_to_array("z")).drop("v")
+    rows = _rows(out)
+    rows["z"] = rows["z"].map(lambda z: np.asarray(z, dtype=np.float64).tobytes())
+    return model.state.to_json(), rows
+
+
+def _saved_model(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+    from pyspark.ml import Pipeline, PipelineModel
+
+    from mxnorm_spark.ml import MXNorm, MXNormModel
+
+    df = spark.read.parquet(str(root / "scalars"))
+    work = root / f"saved-{spark.version}-{id(spark)}"
+    model = MXNorm(inputCols=FEATURES, outputCols=["za", "zb", "zc"], batchCol="day").fit(df)
+    model.write().save(str(work / "model"))
+    model.write().overwrite().save(str(work / "model"))
+    loaded = MXNormModel.load(str(work / "model"))
+    pipe = Pipeline(stages=[MXNorm(inputCols=FEATURES, outputCols=["za", "zb", "zc"])])
+    pipe.write().save(str(work / "pipeline"))
+    fitted = Pipeline.load(str(work / "pipeline")).fit(df)
+    fitted.write().save(str(work / "pipeline-model"))
+    again = PipelineModel.load(str(work / "pipeline-model"))
+    both = _rows(loaded.transform(df)).merge(
+        _rows(again.transform(df)), on=["id", "day", *FEATURES], suffixes=("", "_pipe")
+    )
+    history = "".join(s.to_json() for _, s in loaded.history)
+    return loaded.state.to_json() + history + again.stages[0].state.to_json(), both
+
+
+def _stream(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.store import StateStore
+    from mxnorm_spark.streaming import MXNormStream
+
+    work = root / f"stream-{id(spark)}"
+    source = FileSource(str(root / "incoming"), "parquet", max_files_per_trigger=1)
+    stream = MXNormStream(spark, str(work / "state"), cols=FEATURES, output=str(work / "out"))
+    stream.run(source.read(spark, FEATURES), str(work / "checkpoint"), source=source)
+    store = StateStore(str(work / "state"))
+    states = "".join(s.to_json() for b in store.batch_ids() if (s := store.get(b)) is not None)
+    out = pd.read_parquet(work / "out")
+    out["batch_id"] = out["batch_id"].astype("int64")
+    return states, out.sort_values("id").reset_index(drop=True)
+
+
+CASES: dict[str, Case] = {
+    "fit_transform_auto": _fit_transform("auto", batch=False),
+    "fit_transform_sql": _fit_transform("sql", batch=False),
+    "fit_transform_arrow": _fit_transform("arrow", batch=False),
+    "backfill_sql_before": _fit_transform("sql", batch=True),
+    "backfill_arrow_before": _fit_transform("arrow", batch=True),
+    "array_backfill_auto": _array_column("auto"),
+    "array_backfill_sql": _array_column("sql"),
+    "vector_auto": _vector_column,
+    "save_load_pipeline": _saved_model,
+    "stream": _stream,
+}
+
+
+def run_all(spark: Any, root: Path, out: Path) -> None:
+    """Run every case, writing ``NAME.json`` (the state text) and ``NAME.parquet``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, case in CASES.items():
+        state, rows = case(spark, root)
+        (out / f"{name}.json").write_text(state)
+        rows.to_parquet(out / f"{name}.parquet", index=False)
