@@ -15,7 +15,7 @@ Protocols, chosen so that no variant sees data it would not have at that point:
   ``before`` uses the state from before it. Neither ever sees the batch it is scored on.
 * static z-score, first batches: fitted on the first 5 training batches, then frozen (the
   usual "fit the scaler on a warm-up sample" pipeline). Whole training set: fitted on every
-  training row; on a stream that is look-ahead no real pipeline has, kept as a bound.
+  training row; on a stream that is look-ahead no real pipeline has, kept for comparison.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -309,13 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 seeds, short runs")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--models", default=None, help="comma list of sgd, mlp")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"default {OUT_DIR}; with --quick, a temporary directory (the committed "
+        "results stay as they are)",
+    )
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else Config()
     if args.seeds is not None:
-        cfg = Config(**{**cfg.__dict__, "seeds": args.seeds})
+        cfg = replace(cfg, seeds=args.seeds)
     if args.models:
-        cfg = Config(**{**cfg.__dict__, "models": tuple(args.models.split(","))})
+        cfg = replace(cfg, models=tuple(args.models.split(",")))
+    if args.out_dir is None:
+        args.out_dir = Path(tempfile.gettempdir()) / "seed_claim_quick" if args.quick else OUT_DIR
 
     from bench.seed_claim import report
 
