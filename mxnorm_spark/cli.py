@@ -82,6 +82,8 @@ def read_table(
 
 def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> None:
     opts = {**DEFAULT_WRITE_OPTIONS.get(fmt, {}), **dict(options)}
+    # Spark Connect's Python client takes "error" but not its synonym "errorifexists".
+    mode = "error" if mode == "errorifexists" else mode
     df.write.format(fmt).mode(mode).options(**opts).save(path)
 
 
@@ -259,10 +261,12 @@ class _JobSession:
     def __enter__(self) -> SparkSession:
         from pyspark.sql import SparkSession
 
-        from mxnorm_spark.session import session_from_settings
+        from mxnorm_spark.session import quiet_task_failures, session_from_settings
 
         self.owned = SparkSession.getActiveSession() is None
         self.spark = session_from_settings(self.settings, self.app_name)
+        if self.settings.log_level in ("WARN", "ERROR"):
+            quiet_task_failures(self.spark)
         return self.spark
 
     def __exit__(self, *exc: object) -> None:

@@ -187,3 +187,33 @@ def session_from_settings(settings: SparkSettings, default_app_name: str) -> Spa
         log_level=settings.log_level,
         remote=settings.remote,
     )
+
+
+# Spark logs a failed task (with the Python traceback) from these, before the failure
+# reaches the driver; the command line reports it itself, as one line, afterwards.
+_TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.util.Utils",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.sql.execution.streaming.MicroBatchExecution",
+    "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution",
+)
+
+
+def quiet_task_failures(spark: SparkSession) -> None:
+    """Keep Spark's own task-failure ERROR/WARN lines off the console of a command.
+
+    Classic only (log4j through py4j); on Spark Connect those lines are in the server's
+    log, not the client's console. An unexpected failure still ends the command with its
+    full traceback.
+    """
+    from mxnorm_spark.store import is_classic
+
+    if not is_classic(spark):
+        return
+    jvm = spark._jvm
+    assert jvm is not None
+    level = jvm.org.apache.logging.log4j.Level.FATAL
+    for name in _TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)

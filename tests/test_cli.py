@@ -131,6 +131,38 @@ def test_cli_fit_and_inspect_through_subprocess(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_failing_task_ends_in_one_error_line(tmp_path: Path) -> None:
+    # The failure is raised inside a Python worker (the arrow engine): Spark would log the
+    # task's ERROR and traceback first; the command keeps only its own line.
+    import pyarrow as pa
+
+    data = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"a": [1.0, float("nan"), 3.0], "b": [2.0, 2.5, 3.0]}), data)
+    state = MXNormState.create(["a", "b"]).update(mxnorm_spark.Moments.from_array([[1.0, 2.0]]))
+    write_state(state, tmp_path / "s.json")
+    failed = run(
+        [str(BIN / "mxnorm-spark"), "transform", "--input", str(data),
+         "--state", "s.json", "--output", "out", "--engine", "arrow",
+         "--handle-invalid", "error", "--master", "local[1]", *FAST_JVM],
+        tmp_path,
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "NaN" in lines[-1], lines[-1]
+    noise = [ln for ln in lines[:-1] if "ERROR" in ln or "Traceback" in ln or "Lost task" in ln]
+    assert not noise, "\n".join(noise[:5])
+
+
+def test_inspect_reads_an_s3_uri(s3_bucket: str, tmp_path: Path) -> None:
+    state = MXNormState.create(["a"]).update(mxnorm_spark.Moments.from_array([[1.0], [4.0]]))
+    write_state(state, f"{s3_bucket}/models/state.json")
+    shown = run([sys.executable, "-m", "mxnorm_spark", "inspect", f"{s3_bucket}/models/state.json",
+                 "--json"], tmp_path)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == state.to_json()
+
+
+@pytest.mark.slow
 def test_jobs_through_spark_submit(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyspark

@@ -83,10 +83,14 @@ def _array_column(engine: str) -> Case:
 
 def _vector_column(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
     from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import functions as F
 
     from mxnorm_spark.ml import MXNorm
 
-    df = spark.read.parquet(str(root / "arrays")).withColumn("v", array_to_vector("v"))
+    # A vector holds no nulls: the array's missing elements become NaN first.
+    nan = F.lit(float("nan"))
+    arrays = spark.read.parquet(str(root / "arrays"))
+    df = arrays.withColumn("v", array_to_vector(F.transform("v", lambda x: F.coalesce(x, nan))))
     model = MXNorm(inputCol="v", outputCol="z").fit(df)
     out = model.transform(df).withColumn("z", vector_to_array("z")).drop("v")
     rows = _rows(out)

@@ -109,12 +109,16 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def classic(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every case's results on classic Spark, computed once in a separate process."""
     out = tmp_path_factory.mktemp("classic-results")
+    # A Connect session in this process set these: the classic run must not inherit them.
+    connect_vars = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")
+    env = {k: v for k, v in os.environ.items() if k not in connect_vars}
     done = subprocess.run(
         [sys.executable, str(HERE / "classic_run.py"), str(inputs), str(out)],
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return out
