@@ -44,8 +44,9 @@ from mxnorm_spark.errors import (
     error_in_text,
 )
 from mxnorm_spark.sources import FileSource
-from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
+from mxnorm_spark.store.history import write_history
 from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
 if TYPE_CHECKING:
@@ -323,6 +324,8 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         if cfg.output is not None:
             write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)
         written = save_state(state, cfg.state, spark)
+        # Beside the file (<state>.history/); a rerun replaces the old state's history.
+        write_history(cfg.state, model.history_table(), spark, state_file=True)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {_describe_batches(batches)}")
     print(inspect_table(state))
     print(f"state written to {written}")
@@ -366,6 +369,7 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
         cfg.input,
         cfg.format,
         {**DEFAULT_READ_OPTIONS.get(cfg.format, {}), **dict(cfg.read_options)},
+        schema=cfg.schema,
         max_files_per_trigger=cfg.max_files_per_trigger,
     )
     out_format = cfg.output_format or cfg.format
@@ -376,13 +380,7 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
         cols=cfg.output_cols,
         col=cfg.output_col,
     )
-    options = StateOptions(
-        alpha=cfg.alpha,
-        eps=cfg.eps,
-        var_update=cfg.var_update,  # type: ignore[arg-type]
-        decay=cfg.decay,  # type: ignore[arg-type]
-        zero_variance=cfg.zero_variance,  # type: ignore[arg-type]
-    )
+    options = cfg.state_options
     stream = MXNormStream(
         spark,
         StateStore(cfg.state, spark, retention=cfg.retention),

@@ -383,6 +383,12 @@ class StreamConfig:
     max_files_per_trigger: int | None = opt(
         int_at_least(1), "at most N new files per micro-batch", metavar="N"
     )
+    schema: str | None = opt(
+        text,
+        'the input\'s columns as DDL, e.g. "day int, a double, b double" (default: from the '
+        "oldest file present at start; with it, the stream can start before any file arrives)",
+        metavar="DDL",
+    )
     available_now: bool = opt(
         boolean,
         "process every file available now, in micro-batches, then stop",

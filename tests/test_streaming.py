@@ -458,3 +458,66 @@ def test_sigkill_at_each_fault_point_then_restart_is_exactly_once(
     ids = np.concatenate([f["id"].to_numpy() for f in frames])
     np.testing.assert_array_equal(got["id"].to_numpy(), np.sort(ids))  # each row exactly once
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+# ---- vector columns, and a csv stream that starts before its first file --------------------
+def test_vector_stream_matches_the_reference_loop(spark: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    inp, frames = tmp_path / "in", []
+    inp.mkdir()
+    for k, n in enumerate([30, 45, 20]):
+        x = rng.normal([1.0 + k, 1e9, -3.0 * k], [1.0, 1.0, 2.0 + k], size=(n, 3))
+        x[rng.random((n, 3)) < 0.05] = np.nan  # invalid elements never enter the moments
+        frame_k = pd.DataFrame({"id": np.arange(100 * k, 100 * k + n), "v": list(x)})
+        frame_k.to_parquet(inp / f"f{k}.parquet", index=False)
+        os.utime(inp / f"f{k}.parquet", (1_000_000_000 + 10 * k, 1_000_000_000 + 10 * k))
+        frames.append(x)
+    source = FileSource(str(inp), "parquet", max_files_per_trigger=1)
+    stream = MXNormStream(
+        spark, str(tmp_path / "state"), input_col="v", output=str(tmp_path / "out"),
+        options=StateOptions(alpha=0.3), progress=None,
+    )  # fmt: skip
+    reports = stream.run(source.read(spark, input_col="v"), str(tmp_path / "chk"), source=source)
+    assert [r.rows for r in reports] == [30, 45, 20]
+
+    state = stream.store.latest()
+    assert state is not None and state.features == ("v[0]", "v[1]", "v[2]")
+    # The reference loop per element: each batch's valid values only.
+    for j in range(3):
+        ref = Reference(alpha=0.3)
+        for x in frames:
+            col = x[:, j]
+            ref.adapt(col[np.isfinite(col)][:, None])
+        assert ref.mean is not None and ref.var is not None
+        assert_state_close(state.mean[j : j + 1], state.var[j : j + 1], ref.mean, ref.var, 1e-12)
+    # The last batch is normalized with the state after it (apply_at="after").
+    out = read_output(spark, tmp_path / "out")
+    last = out[out["batch_id"] == 2]
+    got = np.stack(last["v"].to_numpy())
+    mean, scale = state.normalization_constants()
+    np.testing.assert_array_equal(got, (frames[2] - mean) / scale)
+
+
+def test_csv_stream_starts_before_its_first_file(spark: Any, tmp_path: Path) -> None:
+    from mxnorm_spark import cli
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    args = [
+        "stream", "--input", str(inp), "--format", "csv", "--cols", "a,b",
+        "--output", str(tmp_path / "out"), "--state", str(tmp_path / "state"),
+        "--checkpoint", str(tmp_path / "chk"), "--available-now",
+    ]  # fmt: skip
+    # Without a schema, an empty directory cannot tell the stream its columns.
+    assert cli.main(args) == 2
+    assert cli.main([*args, "--schema", "id long, a double, b double"]) == 0
+    assert StateStore(str(tmp_path / "state")).batch_ids() == []
+    frame_0 = frame(12, 0, 3, 0)
+    frame_0.to_csv(inp / "f0.csv", index=False)
+    assert cli.main([*args, "--schema", "id long, a double, b double"]) == 0
+    state = StateStore(str(tmp_path / "state")).latest()
+    assert state is not None and state.batches_seen == 1
+    ref = Reference(alpha=0.1)
+    ref.adapt(x_of(frame_0))
+    assert ref.mean is not None and ref.var is not None
+    assert_state_close(state.mean, state.var, ref.mean, ref.var, 1e-12)

@@ -383,6 +383,7 @@ class HadoopFileSystem(_StagedWrites):
         jvm = spark._jvm
         assert jvm is not None, "the SparkSession has no JVM gateway (Spark Connect?)"
         self._jvm = jvm
+        self._gateway = spark.sparkContext._gateway
         self._conf = spark._jsc.hadoopConfiguration()
         self._root = self._path(root)
         fs = self._root.getFileSystem(self._conf)
@@ -456,10 +457,22 @@ class HadoopFileSystem(_StagedWrites):
         return bool(self._fs.rename(self._path(src), self._path(dst)))
 
     def replace(self, src: str, dst: str) -> None:
-        if self.exists(dst):
-            self.delete(dst)
-        if not self._fs.rename(self._path(src), self._path(dst)):
-            raise OSError(f"could not rename {src} to {dst}")
+        # FileContext's rename with OVERWRITE replaces the target in one step (atomic on
+        # HDFS); FileSystem.rename refuses an existing target.
+        jvm = self._jvm
+        gateway = self._gateway
+        assert gateway is not None
+        rename_options = gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+        rename_options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+        src_path, dst_path = self._path(src), self._path(dst)
+        context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(dst_path.toUri(), self._conf)
+        try:
+            context.rename(src_path, dst_path, rename_options)
+        except Exception:  # a file system without an atomic overwrite: delete, then rename
+            if self.exists(dst):
+                self.delete(dst)
+            if not self._fs.rename(src_path, dst_path):
+                raise OSError(f"could not rename {src} to {dst}") from None
 
     def delete(self, path: str, recursive: bool = False) -> None:
         self._fs.delete(self._path(path), recursive)
