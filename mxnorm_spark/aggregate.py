@@ -29,6 +29,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame

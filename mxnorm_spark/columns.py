@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
+
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F

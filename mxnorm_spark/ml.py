@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
+
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
+
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
