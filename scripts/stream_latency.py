@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.demo import write_demo_files
 from mxnorm_spark.session import build_session
@@ -49,9 +49,15 @@ def measure(spark: SparkSession, rows: int, batches: int, workdir: Path) -> list
     df = source.read(spark, FEATURES)
     query = stream.start(df, str(root / "checkpoint"), available_now=True, source=source)
     stream.await_termination(query)
-    progress = [p for p in query.recentProgress if p["numInputRows"] > 0]
-    assert [p["numInputRows"] for p in progress] == [rows] * (batches + 1), progress
-    return [p["durationMs"]["triggerExecution"] / 1000 for p in progress]
+    progress = [p for p in query.recentProgress if _field(p, "numInputRows")]
+    assert [_field(p, "numInputRows") for p in progress] == [rows] * (batches + 1), progress
+    return [_field(p, "durationMs")["triggerExecution"] / 1000 for p in progress]
+
+
+def _field(progress: Any, name: str) -> Any:
+    # A progress is a dict-like object on classic Spark and has attributes on Connect.
+    value = getattr(progress, name, None)
+    return progress[name] if value is None else value
 
 
 def main() -> int:

@@ -48,15 +48,28 @@ __all__ = [
     "read_history",
     "read_records",
     "record_batch",
+    "write_history",
     "write_record",
 ]
 
 
-def history_dir(state_path: str) -> str:
-    """Where the history of a state directory (or of a state file) lives."""
-    if state_path.rstrip("/").endswith(".json"):
-        return state_path.rstrip("/")[: -len(".json")] + ".history"
-    return f"{state_path.rstrip('/')}/{HISTORY_DIR}"
+def history_dir(state_path: str, *, state_file: bool | None = None) -> str:
+    """Where the history of a state directory (or of a state file) lives.
+
+    ``<dir>/_history`` for a state directory, ``<name>.history`` beside a state file
+    ``<name>.json`` (``<name>.history`` also beside a file without the suffix).
+    ``state_file`` says which ``state_path`` is; by default a path ending in ``.json`` is
+    a file.
+
+    >>> history_dir("out/state.json"), history_dir("state/"), history_dir("s", state_file=True)
+    ('out/state.history', 'state/_history', 's.history')
+    """
+    path = state_path.rstrip("/")
+    if state_file is None:
+        state_file = path.endswith(".json")
+    if state_file:
+        return path.removesuffix(".json") + ".history"
+    return f"{path}/{HISTORY_DIR}"
 
 
 def batch_table(
@@ -132,20 +145,52 @@ def write_record(
     return fs.create_exclusive(fs.join(root, f"h-{batch_id:012d}.parquet"), buffer.getvalue())
 
 
-def read_history(state_path: str, spark: SparkSession | None = None) -> Any:
+def write_history(
+    state_path: str,
+    table: Any,
+    spark: SparkSession | None = None,
+    *,
+    state_file: bool | None = None,
+) -> str:
+    """Replace the whole history of a state with ``table`` (a :func:`history_schema` table)
+    and return its directory.
+
+    For a state that is rewritten as a whole (``mxnorm-spark fit``): the old history
+    described the old state, so it is deleted first; then one file per batch id.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs = filesystem(state_path, spark)
+    root = history_dir(state_path, state_file=state_file)
+    if fs.exists(root):
+        fs.delete(root, recursive=True)
+    fs.mkdirs(root)
+    table = table.cast(history_schema())
+    for batch_id in pc.unique(table.column("batch_id")).to_pylist():
+        buffer = io.BytesIO()
+        pq.write_table(table.filter(pc.equal(table.column("batch_id"), batch_id)), buffer)
+        fs.write_atomic(fs.join(root, f"h-{batch_id:012d}.parquet"), buffer.getvalue())
+    return fs.qualified(root)
+
+
+def read_history(
+    state_path: str, spark: SparkSession | None = None, *, state_file: bool | None = None
+) -> Any:
     """Every recorded batch of a state, as one ``pyarrow.Table`` ordered by batch id.
 
-    An empty table (with the columns) when nothing was recorded yet.
+    An empty table (with the columns) when nothing was recorded yet. ``state_file`` as in
+    :func:`history_dir`.
     """
-    return read_records(filesystem(state_path, spark), state_path)
+    return read_records(filesystem(state_path, spark), state_path, state_file=state_file)
 
 
-def read_records(fs: FileSystem, state_path: str) -> Any:
+def read_records(fs: FileSystem, state_path: str, *, state_file: bool | None = None) -> Any:
     """:func:`read_history` through a file system the caller already holds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = history_dir(state_path)
+    root = history_dir(state_path, state_file=state_file)
     names = sorted(n for n in fs.list_names(root) if HISTORY_FILE.match(n))
     tables = []
     for name in names:
