@@ -120,17 +120,8 @@ def build_session(
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-    props = session_conf(effective, conf, properties_file)
     reusing = SparkSession.getActiveSession() is not None
-    if reusing:
-        # Reusing a session (a notebook, a test suite, an embedding job): only what the
-        # caller asked for explicitly is applied, never our defaults or log level.
-        props = {k: v for k, v in props.items() if k in _explicit(conf, properties_file)}
-    elif submitted is not None:
-        # What the user told spark-submit beats our defaults; only explicit settings
-        # (properties file, conf) override it.
-        explicit = _explicit(conf, properties_file)
-        props = {k: v for k, v in props.items() if k in explicit or k not in submitted}
+    props = _layered_conf(effective, conf, properties_file, reusing, submitted)
     builder = SparkSession.builder.appName(app_name)
     if master is not None:
         builder = builder.master(master)
@@ -145,6 +136,26 @@ def build_session(
     if not reusing:
         spark.sparkContext.setLogLevel(log_level)
     return spark
+
+
+def _layered_conf(
+    master: str,
+    conf: Mapping[str, str] | None,
+    properties_file: str | os.PathLike[str] | None,
+    reusing: bool,
+    submitted: dict[str, str] | None,
+) -> dict[str, str]:
+    props = session_conf(master, conf, properties_file)
+    if reusing:
+        # Reusing a session (a notebook, a test suite, an embedding job): only what the
+        # caller asked for explicitly is applied, never our defaults or log level.
+        return {k: v for k, v in props.items() if k in _explicit(conf, properties_file)}
+    if submitted is not None:
+        # What the user told spark-submit beats our defaults; only explicit settings
+        # (properties file, conf) override it.
+        explicit = _explicit(conf, properties_file)
+        return {k: v for k, v in props.items() if k in explicit or k not in submitted}
+    return props
 
 
 def _connect_session(

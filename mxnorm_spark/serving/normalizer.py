@@ -45,7 +45,9 @@ _VECTOR_FEATURE = re.compile(r"^(.*)\[(\d+)\]$")
 
 # ---- the plan: which columns, into which outputs -----------------------------------------
 @dataclass(frozen=True)
-class _Plan:
+class _ColumnMapping:
+    """Which input columns a normalizer reads and the output columns it writes."""
+
     kind: Literal["scalar", "vector"]
     cols: tuple[str, ...]
     outputs: tuple[str, ...]
@@ -126,7 +128,7 @@ class Normalizer:
         output_cols: Sequence[str] | None,
         input_col: str | None,
         output_col: str | None,
-    ) -> tuple[_Plan | None, _Plan | None]:
+    ) -> tuple[_ColumnMapping | None, _ColumnMapping | None]:
         """The scalar and the vector reading of the inputs (either may be impossible)."""
         features = self.state.features
         if input_col is not None:
@@ -135,7 +137,7 @@ class Normalizer:
             return None, _vector_plan(input_col, output_col)
         if input_cols is not None or output_col is None:
             cols = tuple(features if input_cols is None else input_cols)
-            scalar: _Plan | None = _scalar_plan(cols, output_cols, len(features))
+            scalar: _ColumnMapping | None = _scalar_plan(cols, output_cols, len(features))
         else:
             scalar = None
         vector = None
@@ -150,7 +152,7 @@ class Normalizer:
             )
         return scalar, vector
 
-    def _plan_for(self, names: Collection[str]) -> _Plan:
+    def _plan_for(self, names: Collection[str]) -> _ColumnMapping:
         """The plan for a frame or row with these column names (``apply._default_input``)."""
         scalar, vector = self._scalar, self._vector
         if scalar is not None and (vector is None or all(c in names for c in scalar.cols)):
@@ -339,7 +341,7 @@ class Normalizer:
 
 def _scalar_plan(
     cols: tuple[str, ...], output_cols: Sequence[str] | None, n_features: int
-) -> _Plan:
+) -> _ColumnMapping:
     if isinstance(output_cols, str) or any(not isinstance(c, str) for c in cols):
         raise InvalidParameterError(
             f"input_cols and output_cols must be lists of names, got {cols!r}, {output_cols!r}"
@@ -356,14 +358,14 @@ def _scalar_plan(
         )
     if len(set(outputs)) != len(outputs):
         raise InvalidParameterError(f"output_cols must be unique, got {list(outputs)}")
-    return _Plan("scalar", cols, outputs)
+    return _ColumnMapping("scalar", cols, outputs)
 
 
-def _vector_plan(input_col: str, output_col: str | None) -> _Plan:
+def _vector_plan(input_col: str, output_col: str | None) -> _ColumnMapping:
     output = input_col if output_col is None else output_col
     if not isinstance(input_col, str) or not isinstance(output, str) or not output:
         raise InvalidParameterError(f"input_col/output_col must be names, got {input_col!r}")
-    return _Plan("vector", (input_col,), (output,))
+    return _ColumnMapping("vector", (input_col,), (output,))
 
 
 def _vector_base(features: Sequence[str]) -> str | None:
