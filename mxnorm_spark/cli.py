@@ -1,8 +1,9 @@
-"""The ``mxnorm-spark`` command: fit, transform, inspect (and stream).
+"""The ``mxnorm-spark`` command: fit, transform, inspect, report (and stream).
 
     mxnorm-spark fit --input data/ --cols a,b,c [--batch-col day] --state state.json
     mxnorm-spark transform --input data/ --state state.json --output out/
     mxnorm-spark inspect state.json [--json]
+    mxnorm-spark report state.json --out report.html [--k 3]
 
 Every flag of fit/transform/stream can also come from ``--config FILE.toml`` (the table
 named after the command, plus ``[spark]``); flags win over the file. Bad input (config,
@@ -229,12 +230,43 @@ def add_inspect_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run_inspect)
 
 
+def add_report_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "report",
+        help="chart a state's per-batch history and list its drift events (no Spark needed)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Read the per-batch history a stream (STATE_DIR/_history/) or fit\n"
+            "(STATE.history/ beside STATE.json) records, and write a report: FILE.html is one\n"
+            "self-contained page (summary, drift events, one chart per feature of the state\n"
+            "mean +/- 1 sd and the batch means over the batches); FILE.png just the charts.\n"
+            "A drift event is a batch mean more than K state standard deviations from the\n"
+            "state mean before that batch. Needs the [report] extra (matplotlib).\n\n"
+            "example:\n"
+            "  mxnorm-spark report state/ --out report.html --k 4"
+        ),
+    )
+    parser.add_argument("state", metavar="STATE_PATH", help="state JSON file or state directory")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="report file: .html (a page) or .png"
+    )
+    parser.add_argument(
+        "--k",
+        type=float,
+        default=3.0,
+        metavar="K",
+        help="drift threshold in state standard deviations (default: 3)",
+    )
+    parser.set_defaults(handler=run_report)
+
+
 # The subcommands, in --help order.
 COMMANDS: list[Callable[[Any], None]] = [
     add_fit_parser,
     add_transform_parser,
     add_stream_parser,
     add_inspect_parser,
+    add_report_parser,
 ]
 
 
@@ -453,6 +485,18 @@ def run_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(state.to_json())
     else:
         print(inspect_table(state))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mxnorm_spark.report import write_report
+
+    if not args.k > 0 or args.k == float("inf"):
+        raise ConfigError(f"--k must be a positive number of standard deviations, got {args.k}")
+    events = write_report(args.state, args.out, k=args.k)
+    for event in events:
+        print(f"drift: {event.describe()}")
+    print(f"report written to {args.out} ({len(events)} drift event(s) at k={args.k:g})")
     return 0
 
 

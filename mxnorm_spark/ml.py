@@ -45,7 +45,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from mxnorm_spark.aggregate import (
-    batch_moments,
+    batch_moments_and_rows,
     check_engine,
     moments_by_batch,
     resolve_input,
@@ -63,6 +63,7 @@ from mxnorm_spark.choices import (
 )
 from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.ml_persistence import EstimatorWriter, ModelReader, ModelWriter
+from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions, check_alpha, check_eps
 
 __all__ = ["MXNorm", "MXNormModel"]
@@ -348,11 +349,15 @@ class MXNorm(
         # Validate every option before any Spark job.
         options = self._state_options()
         history: list[tuple[Any, MXNormState]] = []
+        fitted: list[tuple[Moments, int]] = []
         batch_type: T.DataType | None = None
         if batch_col is None:
-            moments = batch_moments(dataset, cols, input_col=input_col, engine=engine)
+            moments, rows = batch_moments_and_rows(
+                dataset, cols, input_col=input_col, engine=engine
+            )
             state = _fresh(cols, input_col, moments.n_features, options)
             state = state.update(moments)
+            fitted.append((moments, rows))
         else:
             groups = moments_by_batch(dataset, cols, batch_col, input_col=input_col, engine=engine)
             batch_type = dataset.schema[batch_col].dataType
@@ -360,13 +365,16 @@ class MXNorm(
             for value, moments in groups:
                 state = state.update(moments)
                 history.append((value, state))
+                # The per-batch fold keeps no row count: a row with no valid value in any
+                # feature is not counted.
+                fitted.append((moments, int(moments.count.max(initial=0))))
         never = [f for f, ok in zip(state.features, state.initialized, strict=True) if not ok]
         if never:
             raise EmptyInputError(
                 f"feature(s) {never} have no valid value (only null, NaN or inf) in the fit "
                 "data, so they cannot be normalized; drop them or fix the data"
             )
-        model = MXNormModel(state, history, batch_type)
+        model = MXNormModel(state, history, batch_type, batch_moments=fitted)
         return self._copyValues(model)  # type: ignore[no-any-return]
 
 
@@ -401,18 +409,25 @@ def _constants(
 # ---- the model ---------------------------------------------------------------------------
 class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
     """A fitted MXNorm state (``.state``) and, with ``batchCol``, the state after each
-    batch (``.history``, ascending batch values)."""
+    batch (``.history``, ascending batch values).
+
+    A model fresh from ``fit`` also holds each batch's moments (``.batch_moments``) and
+    gives the per-batch history table (:meth:`history_table`); a loaded model does not.
+    """
 
     def __init__(
         self,
         state: MXNormState | None = None,
         history: Sequence[tuple[Any, MXNormState]] | None = None,
         batch_type: T.DataType | None = None,
+        *,
+        batch_moments: Sequence[tuple[Moments, int]] | None = None,
     ) -> None:
         super().__init__()
         self._state = state
         self._history = list(history or [])
         self._batch_type = batch_type
+        self._batch_moments = list(batch_moments or [])
 
     @classmethod
     def from_state(cls, state: MXNormState, **params: Any) -> MXNormModel:
@@ -453,6 +468,39 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         ``batchCol``."""
         return list(self._history)
 
+    @property
+    def batch_moments(self) -> list[Moments]:
+        """The moments of each batch of the fit: aligned with ``history`` with
+        ``batchCol``, one (the whole input) without. Kept in memory only: empty after
+        load."""
+        return [m for m, _ in self._batch_moments]
+
+    def history_table(self) -> Any:
+        """The fit's per-batch history as a ``pyarrow.Table`` in the shape of
+        :func:`mxnorm_spark.store.history.read_history`: batch ids 0..n-1 in ascending
+        batch order, ``batch_value`` the batch value as text (null without ``batchCol``).
+
+        ``rows`` is exact without ``batchCol``; with it, the valid values of the fullest
+        feature (the per-batch moments keep no row count).
+        """
+        import datetime as dt
+
+        import pyarrow as pa
+
+        from mxnorm_spark.store.history import batch_table
+
+        if not self._batch_moments:
+            raise InvalidParameterError(
+                "this MXNormModel holds no batch moments: they are kept in memory by fit, "
+                "not saved with the model"
+            )
+        batches = self._history or [(None, self.state)]
+        when = dt.datetime.now(dt.timezone.utc)
+        return pa.concat_tables(
+            batch_table(i, rows=rows, moments=m, state=s, batch_value=v, committed_at=when)
+            for i, ((v, s), (m, rows)) in enumerate(zip(batches, self._batch_moments, strict=True))
+        )
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         cols, outs, input_col, output_col = self._columns(required=False)
         state = self.state
@@ -481,10 +529,11 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
 
     def copy(self, extra: Any = None) -> MXNormModel:
         that = super().copy(extra)
-        that._state, that._history, that._batch_type = (
+        that._state, that._history, that._batch_type, that._batch_moments = (
             self._state,
             list(self._history),
             self._batch_type,
+            list(self._batch_moments),
         )
         return that  # type: ignore[no-any-return]
 
