@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mxnorm_spark"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("errors", "choices")),
     ("math", ("moments", "state")),
-    ("io", ("store.filesystems", "store.states", "store.inputs", "store")),
+    ("io", ("store.filesystems", "store.states", "store.history", "store.inputs", "store")),
     ("serving", ("serving.values", "serving.normalizer", "serving")),
+    ("report", ("report",)),
     ("spark-base", ("spark_extra", "columns")),
     ("engines", ("engines", "engines.sql", "engines.arrow")),
     ("spark-api", ("aggregate", "apply")),
