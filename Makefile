@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-connect lint setup bench bench-full bench-serving seed-claim cluster-up clean
+.PHONY: run test test-connect lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 setup:
 	@scripts/bootstrap.sh test,dev
@@ -38,6 +38,12 @@ bench-full: setup
 # transform values/s, beside scikit-learn and River; writes bench/SERVING.md.
 bench-serving: setup
 	MXBENCH_COMMAND="make bench-serving" $(PY) -m bench.serving
+
+# Backfill cost against the number of batch values (2M x 8, 100 / 2,000 / 20,000 values,
+# then 500,000 with a 4g driver): fit and transform time, peak RSS; writes bench/BACKFILL.md.
+# BENCH_ARGS=--quick for a short development run.
+bench-backfill: setup
+	$(PY) -m bench.backfill_scaling $(BENCH_ARGS)
 
 # The article's training claim (< 10 min on 2 cores, no Spark, no download): raw vs static
 # z-score vs MXNorm in mini-batch training; writes bench/seed_claim/RESULTS.md + accuracy.png.

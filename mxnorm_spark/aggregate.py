@@ -1,9 +1,13 @@
-"""Distributed per-feature moments of a Spark DataFrame, merged on the driver.
+"""Distributed per-feature moments of a Spark DataFrame.
 
-Only small partials reach the driver: one :class:`~mxnorm_spark.moments.Moments` per
-partition (and per batch value), as typed columns, folded with ``Moments.merge`` in a fixed
-order (batch value, then partition id), so the same input and partitioning give the same
-bits on every run. Two engines compute the partials (:mod:`mxnorm_spark.engines`):
+Only small partials reach the driver: for one batch, one
+:class:`~mxnorm_spark.moments.Moments` per partition, as typed columns, folded with
+``Moments.merge`` in partition-id order. Per batch value (:func:`moments_table_by_batch`,
+a backfill) the partials of each (value, partition) are merged in Spark, after a shuffle
+by value and again in partition-id order (:func:`mxnorm_spark.engines.merged_by_batch`),
+so one row per batch value reaches the driver, as Arrow, and lands in (batch values x
+features) arrays. Either way the same input and partitioning give the same bits on every
+run. Two engines compute the partials (:mod:`mxnorm_spark.engines`):
 
 * ``sql``: one JVM aggregation of pivot-shifted sums per partition. The pivot ``p`` is
   the given ``shift``, else the median of the first valid values. Where a group's mean
@@ -33,6 +37,7 @@ import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -49,7 +54,13 @@ from mxnorm_spark.columns import (
     sql_values,
     vector_names,
 )
-from mxnorm_spark.engines import PartitionMoments, batch_key
+from mxnorm_spark.engines import (
+    BatchTable,
+    PartitionMoments,
+    batch_key,
+    list_matrix,
+    merged_by_batch,
+)
 from mxnorm_spark.engines import arrow as arrow_engine
 from mxnorm_spark.engines import sql as sql_engine
 from mxnorm_spark.errors import (
@@ -63,11 +74,13 @@ from mxnorm_spark.moments import Moments
 # Re-exported: other modules import these from here.
 __all__ = [
     "ENGINES",
+    "BatchTable",
     "batch_moments",
     "batch_moments_and_rows",
     "check_engine",
     "feature_names",
     "moments_by_batch",
+    "moments_table_by_batch",
     "resolve_input",
     "sql_double",
     "vector_names",
@@ -75,6 +88,7 @@ __all__ = [
 
 # The moments of each batch value (None without a batch column), in ascending order.
 BatchMoments = list[tuple[Any, Moments]]
+_MOMENTS = ("count", "shift", "delta", "m2")
 
 # Rows read to find a pivot per feature: the median of the valid values among them.
 _PIVOT_ROWS = 16
@@ -140,13 +154,34 @@ def moments_by_batch(
 ) -> BatchMoments:
     """Moments of each distinct ``batch_col`` value, in ascending order, in one pass.
 
-    One distributed aggregation computes every batch's partials; batches are folded on the
-    driver. A null batch value raises :class:`InvalidValueError`.
+    :func:`moments_table_by_batch` as one ``(batch value, Moments)`` pair per value.
     """
-    groups, _, _ = _moments_per_batch(
-        df, cols, input_col, engine=engine, shift=None, batch_col=batch_col, allow_empty=False
-    )
-    return groups
+    return moments_table_by_batch(df, cols, batch_col, input_col=input_col, engine=engine).pairs()
+
+
+def moments_table_by_batch(
+    df: DataFrame,
+    cols: Sequence[str] | None = None,
+    batch_col: str = "batch",
+    *,
+    input_col: str | None = None,
+    engine: str = "auto",
+) -> BatchTable:
+    """Moments of each distinct ``batch_col`` value, ascending, as one columnar table.
+
+    One distributed aggregation computes the partials per (batch value, partition); a
+    shuffle by batch value merges them in Spark, in partition-id order, so one row per
+    batch value reaches the driver, as Arrow. A null batch value raises
+    :class:`InvalidValueError`.
+    """
+    check_engine(engine)
+    spec = resolve_input(df, cols, input_col)
+    chosen = check_engine(engine, spec.kind, moments=True, features=len(spec.cols))
+    _check_moments_options(df, spec, None, batch_col)
+    if chosen == "sql":
+        return _sql_batch_table(df, spec, batch_col)
+    merged = merged_by_batch(arrow_engine.batch_partials(df, spec, None, batch_col), sums=False)
+    return _batch_table(merged, spec, batch_col, None)
 
 
 # ---- engine choice -----------------------------------------------------------------------
@@ -336,6 +371,74 @@ def _worst_amplification(groups: BatchMoments, pivots: dict[Any, np.ndarray]) ->
 def _recentred_pivot(m: Moments, pivot: np.ndarray) -> np.ndarray:
     """The group's mean as its new pivot (the old pivot where a feature has no value)."""
     return np.where(m.count > 0, m.mean, pivot)
+
+
+# ---- moments per batch value: merged in Spark ----------------------------------------------
+def _sql_batch_table(df: DataFrame, spec: InputSpec, batch_col: str) -> BatchTable:
+    """:func:`_sql_moments` per batch value: one merged row per value reaches the driver."""
+    chosen = _choose_pivot(df, spec, None)
+    if chosen is None:
+        _empty_result(spec, None, allow_empty=False)
+    assert chosen is not None
+    pivot, k = chosen
+
+    def merged(pivots: sql_engine.BatchPivots, checked: bool) -> pa.Table:
+        partials = sql_engine.batch_partials(df, spec, pivots, batch_col, k, checked=checked)
+        return merged_by_batch(partials, sums=True)
+
+    checked = spec.kind != "scalar"
+    got = None if checked else merged(pivot, False)
+    if got is None or pc.any(got.column("bad")).as_py():
+        checked = True
+        got = merged(pivot, True)
+    table = _batch_table(got, spec, batch_col, k)
+    if _worst_table_amplification(table, pivot) <= _MAX_AMPLIFICATION:
+        return table
+    # The pivot was far from the mean: a second pass centred on each batch value's mean.
+    centres = np.where(table.count > 0, table.shift + table.delta, pivot)
+    return _batch_table(merged((table.values, centres), checked), spec, batch_col, k)
+
+
+def _batch_table(merged: pa.Table, spec: InputSpec, batch_col: str, k: int | None) -> BatchTable:
+    """The merged rows as a :class:`BatchTable` in ascending batch order, checked: vector
+    lengths, null batch values, no row at all."""
+    lo, hi = pc.min(merged.column("lo")).as_py(), pc.max(merged.column("hi")).as_py()
+    if spec.kind == "scalar":
+        k = len(spec.cols)
+    elif lo is not None:
+        assert spec.input_col is not None
+        if k is None:
+            k = check_dims(spec.input_col, lo, hi)
+        elif lo != hi or hi != k:
+            check_dims(spec.input_col, min(lo, k), max(hi, k))
+    rows = merged.column("rows").to_numpy()
+    if k is None or merged.num_rows == 0 or int(rows.sum()) == 0:
+        _empty_result(spec, None, allow_empty=False)
+    assert k is not None
+    null = merged.column("batch").is_null().to_numpy(zero_copy_only=False)
+    if null.any():
+        raise InvalidValueError(
+            f"batch column {batch_col!r} is null in {int(rows[null].sum())} row(s); "
+            "every row needs a batch value (fill or filter the nulls first)"
+        )
+    merged = merged.take(pc.sort_indices(merged, sort_keys=[("batch", "ascending")]))
+    count = merged.column("count").combine_chunks()
+    lengths = pc.list_value_length(count).to_numpy(zero_copy_only=False)
+    fields = [list_matrix(merged.column(f).combine_chunks(), lengths, k) for f in _MOMENTS]
+    values = merged.column("batch").combine_chunks()
+    return BatchTable(values, merged.column("rows").to_numpy(), *fields)
+
+
+def _worst_table_amplification(t: BatchTable, pivot: np.ndarray) -> float:
+    """:func:`_worst_amplification` over every batch value at once."""
+    has = t.count > 0
+    if not has.any():
+        return 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = (t.shift + t.delta - pivot)[has]
+        var = (t.m2 / t.count)[has]
+        f = np.where(off == 0.0, 1.0, 1.0 + off * off / var)
+    return max(1.0, float(np.max(np.where(np.isnan(f), np.inf, f))))
 
 
 # ---- the driver-side fold ----------------------------------------------------------------

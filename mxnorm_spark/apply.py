@@ -24,14 +24,16 @@ A vector/array row whose length differs from the state's feature count always fa
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -49,7 +51,7 @@ from mxnorm_spark.columns import (
     sql_values,
     to_vector,
 )
-from mxnorm_spark.engines import Constants
+from mxnorm_spark.engines import BatchTable, Constants
 from mxnorm_spark.engines import arrow as arrow_engine
 from mxnorm_spark.engines import sql as sql_engine
 from mxnorm_spark.errors import (
@@ -57,10 +59,20 @@ from mxnorm_spark.errors import (
     InvalidParameterError,
     MissingColumnError,
 )
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.moments import Moments
+from mxnorm_spark.state import MXNormState, StateHistory, fold_history, scale_of
+from mxnorm_spark.store.history import history_schema
 
 # Re-exported: other modules import these from here.
-__all__ = ["HANDLE_INVALID", "Constants", "normalize", "normalize_per_batch", "to_vector"]
+__all__ = [
+    "HANDLE_INVALID",
+    "BackfillHistory",
+    "BatchConstants",
+    "Constants",
+    "normalize",
+    "normalize_per_batch",
+    "to_vector",
+]
 
 _VECTOR_FEATURE = re.compile(r"^(.*)\[(\d+)\]$")
 
@@ -105,10 +117,22 @@ def normalize(
     return _apply_plan(df, plan, Constants.literal(mean, scale))
 
 
+@dataclass(frozen=True)
+class BatchConstants:
+    """Normalization constants per batch value, columnar: row ``i`` of ``mean`` and
+    ``scale`` (batch values x features) belongs to ``values[i]`` (an Arrow array of the
+    batch column's type, e.g. as :func:`mxnorm_spark.aggregate.moments_table_by_batch`
+    returns it). Joined in as Arrow, without one Python object per batch value."""
+
+    values: pa.Array
+    mean: np.ndarray
+    scale: np.ndarray
+
+
 def normalize_per_batch(
     df: DataFrame,
     features: Sequence[str],
-    table: Sequence[tuple[Any, np.ndarray, np.ndarray]],
+    table: Sequence[tuple[Any, np.ndarray, np.ndarray]] | BatchConstants,
     default: tuple[np.ndarray, np.ndarray],
     *,
     batch_col: str,
@@ -121,9 +145,10 @@ def normalize_per_batch(
 ) -> DataFrame:
     """Normalize each row with the constants of its ``batch_col`` value.
 
-    ``table`` lists ``(batch value, mean, scale)``; rows whose batch value is not in it
-    (or is null) use ``default``. The table is joined in as a small broadcast DataFrame,
-    so the arithmetic is the same ``(x - mean) / scale`` as :func:`normalize`.
+    ``table`` lists ``(batch value, mean, scale)``, or is a :class:`BatchConstants`;
+    rows whose batch value is not in it (or is null) use ``default``. The table is joined
+    in as a small broadcast DataFrame, so the arithmetic is the same ``(x - mean) / scale``
+    as :func:`normalize`.
     """
     plan = _plan_normalization(
         df,
@@ -145,7 +170,7 @@ def normalize_per_batch(
 def _join_batch_constants(
     df: DataFrame,
     batch_col: str,
-    table: Sequence[tuple[Any, np.ndarray, np.ndarray]],
+    table: Sequence[tuple[Any, np.ndarray, np.ndarray]] | BatchConstants,
     default: tuple[np.ndarray, np.ndarray],
 ) -> DataFrame:
     """``df`` with ``array<double>`` columns ``__mx_m``, ``__mx_s``: its batch's constants."""
@@ -157,9 +182,12 @@ def _join_batch_constants(
             T.StructField("__mx_bs", T.ArrayType(T.DoubleType(), False), False),
         ]
     )
-    rows = [(b, [float(v) for v in m], [float(v) for v in s]) for b, m, s in table]
     spark = df.sparkSession
-    small = spark.createDataFrame(rows, schema)
+    if isinstance(table, BatchConstants):
+        small = spark.createDataFrame(_constants_table(table), schema)
+    else:
+        rows = [(b, [float(v) for v in m], [float(v) for v in s]) for b, m, s in table]
+        small = spark.createDataFrame(rows, schema)
     joined = df.join(F.broadcast(small), quote(batch_col).eqNullSafe(F.col("__mx_b")), "left")
     dm, ds = default
     return joined.withColumns(
@@ -168,6 +196,116 @@ def _join_batch_constants(
             "__mx_s": F.coalesce(F.col("__mx_bs"), F.array(*[F.lit(float(v)) for v in ds])),
         }
     ).drop("__mx_b", "__mx_bm", "__mx_bs")
+
+
+def _constants_table(c: BatchConstants) -> pa.Table:
+    n, k = c.mean.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
+    element = pa.list_(pa.field("element", pa.float64(), nullable=False))
+
+    def lists(x: np.ndarray) -> pa.Array:
+        flat = pa.array(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+        return pa.ListArray.from_arrays(offsets, flat).cast(element)
+
+    return pa.table({"__mx_b": c.values, "__mx_bm": lists(c.mean), "__mx_bs": lists(c.scale)})
+
+
+# ---- a backfill's states, columnar -------------------------------------------------------
+# A backfill over 500,000 batch values must not hold 500,000 ``MXNormState`` objects: the
+# merged moments of every batch value (``BatchTable``) and the state after each
+# (``StateHistory``) stay (batch values x features) arrays; pairs are made when read, the
+# per-batch constants and the history table come from the arrays.
+class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
+    """``(batch value, state after that batch)`` per batch value, ascending, columnar."""
+
+    def __init__(self, table: BatchTable, states: StateHistory) -> None:
+        self.table = table
+        self.states = states
+        self._values: list[Any] | None = None
+        self._final: MXNormState | None = None
+
+    @classmethod
+    def fold(cls, start: MXNormState, table: BatchTable) -> BackfillHistory:
+        """Fold every batch value's moments into ``start``, in order (bit for bit
+        ``MXNormState.update`` per batch)."""
+        t = table
+        return cls(table, fold_history(start, (t.count, t.shift, t.delta, t.m2)))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[Any, MXNormState]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[Any, MXNormState]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]
+        return self.values[i], self.final if i == len(self) - 1 else self.states.state(i)
+
+    def __iter__(self) -> Iterator[tuple[Any, MXNormState]]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def values(self) -> list[Any]:
+        """The batch values as Python objects (made once, when first asked)."""
+        if self._values is None:
+            self._values = self.table.values.to_pylist()
+        return self._values
+
+    @property
+    def final(self) -> MXNormState:
+        """The state after the last batch (the same object each time)."""
+        if self._final is None:
+            self._final = self.states.state(-1)
+        return self._final
+
+    def moments(self) -> list[Moments]:
+        """Each batch value's moments, one object per batch value."""
+        return [self.table.moments(i) for i in range(len(self))]
+
+    def constants(self, before: bool) -> BatchConstants:
+        """Each batch value's ``(mean, scale)``, as ``MXNormModel.transform`` uses them.
+
+        ``after``: the state after the batch, a feature without state taking mean 0 and
+        variance 1 (its rows hold only invalid values). ``before``: the state before the
+        batch, a feature without state yet taking the batch's own (after) values; the
+        first batch uses its after state.
+        """
+        h, start = self.states, self.states.start
+        mean = np.where(np.isnan(h.mean), 0.0, h.mean)
+        var = np.where(np.isnan(h.var), 1.0, h.var)
+        if before and len(self) > 1:
+            had = h.totals[0][:-1] > 0
+            mean[1:] = np.where(had, h.mean[:-1], mean[1:])
+            var[1:] = np.where(had, h.var[:-1], var[1:])
+        return BatchConstants(self.table.values, mean, scale_of(var, start.options))
+
+    def history_table(self, committed_at: dt.datetime | None = None) -> pa.Table:
+        """The rows of :func:`mxnorm_spark.store.history.batch_table` for every batch,
+        in one table (batch ids 0..n-1), built from the arrays."""
+        t, h = self.table, self.states
+        n, k = t.count.shape
+        when = committed_at or dt.datetime.now(dt.timezone.utc)
+        stamp = pa.timestamp("us", tz="UTC")
+        texts = [None if v is None else str(v) for v in self.values]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            batch_mean = np.where(t.count > 0, t.shift + t.delta, np.nan)
+            batch_var = np.where(t.count > 0, t.m2 / t.count, np.nan)
+        columns = {
+            "batch_id": pa.array(np.repeat(np.arange(n, dtype=np.int64), k)),
+            "batch_value": pa.array(texts, pa.string()).take(np.repeat(np.arange(n), k)),
+            "feature": pa.array(h.start.features, pa.string()).take(np.tile(np.arange(k), n)),
+            "rows": pa.array(np.repeat(t.rows.astype(np.int64), k)),
+            "valid": pa.array(t.count.astype(np.int64).reshape(-1)),
+            "batch_mean": pa.array(batch_mean.reshape(-1)),
+            "batch_var": pa.array(batch_var.reshape(-1)),
+            "state_mean": pa.array(h.mean.reshape(-1)),
+            "state_var": pa.array(h.var.reshape(-1)),
+            "committed_at": pa.array([when], stamp).take(np.zeros(n * k, dtype=np.int64)),
+        }
+        return pa.table(columns, schema=history_schema())
 
 
 # ---- the plan: checked against the schema, no Spark job ----------------------------------

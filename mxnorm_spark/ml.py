@@ -47,11 +47,11 @@ from pyspark.sql import types as T
 from mxnorm_spark.aggregate import (
     batch_moments_and_rows,
     check_engine,
-    moments_by_batch,
+    moments_table_by_batch,
     resolve_input,
     vector_names,
 )
-from mxnorm_spark.apply import normalize, normalize_per_batch
+from mxnorm_spark.apply import BackfillHistory, normalize, normalize_per_batch
 from mxnorm_spark.choices import (
     APPLY_AT,
     DECAYS,
@@ -348,7 +348,7 @@ class MXNorm(
         resolve_input(dataset, cols, input_col)
         # Validate every option before any Spark job.
         options = self._state_options()
-        history: list[tuple[Any, MXNormState]] = []
+        history: Sequence[tuple[Any, MXNormState]] = []
         fitted: list[tuple[Moments, int]] = []
         batch_type: T.DataType | None = None
         if batch_col is None:
@@ -359,15 +359,15 @@ class MXNorm(
             state = state.update(moments)
             fitted.append((moments, rows))
         else:
-            groups = moments_by_batch(dataset, cols, batch_col, input_col=input_col, engine=engine)
+            # One merged row per batch value reaches the driver; the fold and the history
+            # stay columnar (no object per batch value): see BackfillHistory.
+            table = moments_table_by_batch(
+                dataset, cols, batch_col, input_col=input_col, engine=engine
+            )
             batch_type = dataset.schema[batch_col].dataType
-            state = _fresh(cols, input_col, groups[0][1].n_features, options)
-            for value, moments in groups:
-                state = state.update(moments)
-                history.append((value, state))
-                # The per-batch fold keeps no row count: a row with no valid value in any
-                # feature is not counted.
-                fitted.append((moments, int(moments.count.max(initial=0))))
+            start = _fresh(cols, input_col, table.n_features, options)
+            history = BackfillHistory.fold(start, table)
+            state = history.final
         never = [f for f, ok in zip(state.features, state.initialized, strict=True) if not ok]
         if never:
             raise EmptyInputError(
@@ -425,7 +425,8 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
     ) -> None:
         super().__init__()
         self._state = state
-        self._history = list(history or [])
+        self._history: Sequence[tuple[Any, MXNormState]]
+        self._history = history if isinstance(history, BackfillHistory) else list(history or [])
         self._batch_type = batch_type
         self._batch_moments = list(batch_moments or [])
 
@@ -473,6 +474,8 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         """The moments of each batch of the fit: aligned with ``history`` with
         ``batchCol``, one (the whole input) without. Kept in memory only: empty after
         load."""
+        if isinstance(self._history, BackfillHistory):
+            return self._history.moments()
         return [m for m, _ in self._batch_moments]
 
     def history_table(self) -> Any:
@@ -480,8 +483,7 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         :func:`mxnorm_spark.store.history.read_history`: batch ids 0..n-1 in ascending
         batch order, ``batch_value`` the batch value as text (null without ``batchCol``).
 
-        ``rows`` is exact without ``batchCol``; with it, the valid values of the fullest
-        feature (the per-batch moments keep no row count).
+        ``rows`` counts every row of the batch (valid or not).
         """
         import datetime as dt
 
@@ -489,6 +491,8 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
 
         from mxnorm_spark.store.history import batch_table
 
+        if isinstance(self._history, BackfillHistory):
+            return self._history.history_table()
         if not self._batch_moments:
             raise InvalidParameterError(
                 "this MXNormModel holds no batch moments: they are kept in memory by fit, "
@@ -516,12 +520,15 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         if batch_col is None or not self._history or batch_col not in dataset.columns:
             return normalize(dataset, state, **opts)
         before = self.getApplyAt() == "before"
-        table = []
-        prev: MXNormState | None = None
-        for value, after in self._history:
-            mean, scale = _constants(prev, after) if before and prev else _constants(after)
-            table.append((value, mean, scale))
-            prev = after
+        if isinstance(self._history, BackfillHistory):
+            table: Any = self._history.constants(before)
+        else:
+            table = []
+            prev: MXNormState | None = None
+            for value, after in self._history:
+                mean, scale = _constants(prev, after) if before and prev else _constants(after)
+                table.append((value, mean, scale))
+                prev = after
         default = state.normalization_constants()
         return normalize_per_batch(
             dataset, state.features, table, default, batch_col=batch_col, **opts
@@ -531,7 +538,7 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         that = super().copy(extra)
         that._state, that._history, that._batch_type, that._batch_moments = (
             self._state,
-            list(self._history),
+            self._history,  # never changed in place
             self._batch_type,
             list(self._batch_moments),
         )

@@ -181,26 +181,11 @@ class Moments:
                 f"cannot merge moments of {self.n_features} features with moments of "
                 f"{other.n_features} features"
             )
-        na, nb = self.count, other.count
-        n = na + nb
-        both = (na > 0) & (nb > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # Re-express the other's mean in this shift: shifts are close, so the
-            # difference is exact (Sterbenz) and the sum stays in small coordinates.
-            db = (other.shift - self.shift) + other.delta
-            # Zero where a side is empty: those lanes are discarded below, and squaring a
-            # huge mean there would only raise an overflow warning (empty partitions).
-            d = np.where(both, db - self.delta, 0.0)
-            w = np.where(both, nb / n, 0.0)
-            delta = self.delta + d * w
-            m2 = self.m2 + other.m2 + d * d * na * w
-        only_b = na == 0
-        return Moments(
-            count=n,
-            shift=np.where(only_b, other.shift, self.shift),
-            delta=np.where(both, delta, np.where(only_b, other.delta, self.delta)),
-            m2=np.where(both, m2, np.where(only_b, other.m2, self.m2)),
-        )
+        return Moments(*merge_fields(self.fields(), other.fields()))
+
+    def fields(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """``(count, shift, delta, m2)``."""
+        return self.count, self.shift, self.delta, self.m2
 
     def __add__(self, other: Moments) -> Moments:
         return self.merge(other)
@@ -221,6 +206,35 @@ class Moments:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Moments:
         return cls(data["count"], data["shift"], data["delta"], data["m2"])
+
+
+Fields = tuple[Any, Any, Any, Any]
+
+
+def merge_fields(a: Fields, b: Fields) -> Fields:
+    """The Chan merge of :meth:`Moments.merge` on plain ``(count, shift, delta, m2)``
+    arrays of any shape, lane by lane (a backfill folds thousands of batches with it
+    without one object per batch)."""
+    (na, shift_a, delta_a, m2_a), (nb, shift_b, delta_b, m2_b) = a, b
+    n = na + nb
+    both = (na > 0) & (nb > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Re-express the other's mean in this shift: shifts are close, so the
+        # difference is exact (Sterbenz) and the sum stays in small coordinates.
+        db = (shift_b - shift_a) + delta_b
+        # Zero where a side is empty: those lanes are discarded below, and squaring a
+        # huge mean there would only raise an overflow warning (empty partitions).
+        d = np.where(both, db - delta_a, 0.0)
+        w = np.where(both, nb / n, 0.0)
+        delta = delta_a + d * w
+        m2 = m2_a + m2_b + d * d * na * w
+    only_b = na == 0
+    return (
+        n,
+        np.where(only_b, shift_b, shift_a),
+        np.where(both, delta, np.where(only_b, delta_b, delta_a)),
+        np.where(both, m2, np.where(only_b, m2_b, m2_a)),
+    )
 
 
 def _first_valid(cols: FloatArray, valid: npt.NDArray[np.bool_]) -> FloatArray:

@@ -64,10 +64,11 @@ from mxnorm_spark.errors import (
     NotFittedError,
     UnsupportedSchemaVersionError,
 )
-from mxnorm_spark.moments import FloatArray, Moments, as_float_matrix
+from mxnorm_spark.moments import Fields, FloatArray, Moments, as_float_matrix, merge_fields
 
 STATE_TYPE = "mxnorm_spark.MXNormState"
 SCHEMA_VERSION = 1
+
 
 def check_alpha(alpha: Any) -> float | None:
     """Validate ``alpha``: a float in (0, 1], or None / "cumulative" for running moments."""
@@ -287,26 +288,13 @@ class MXNormState:
         Replays are recognised by the state store, which keeps one version per id.
         """
         self._check_moments(moments)
-        in_batch = moments.count > 0
-        had = self.initialized
         totals = self.totals.merge(moments)
         if self.alpha is None:
             mean, var = totals.mean, totals.var
         else:
-            m, v = moments.mean, moments.var
-            mu, s2 = self.mean, self.var
-            if self.decay == "rows":
-                a: Any = -np.expm1(moments.count * np.log1p(-self.alpha))
-            else:
-                a = self.alpha
-            with np.errstate(invalid="ignore"):
-                ema_mean = (1 - a) * mu + a * m
-                if self.var_update == "mixture":
-                    ema_var = (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
-                else:
-                    ema_var = (1 - a) * s2 + a * v
-            mean = np.where(in_batch, np.where(had, ema_mean, m), mu)
-            var = np.where(in_batch, np.where(had, ema_var, v), s2)
+            mean, var = _ema_step(
+                self.options, self.mean, self.var, self.initialized, moments.fields()
+            )
         return replace(
             self,
             mean=mean,
@@ -337,12 +325,7 @@ class MXNormState:
                 f"feature(s) {missing} have no state yet (no valid value has been seen); "
                 "fit or update on data where they have values first"
             )
-        scale = np.sqrt(var + self.eps)
-        if self.zero_variance == "unit":
-            scale = np.where(var == 0.0, 1.0, scale)
-        elif self.zero_variance == "zero":
-            scale = np.where(var == 0.0, np.inf, scale)
-        return _readonly(mean), _readonly(scale)
+        return _readonly(mean), _readonly(scale_of(var, self.options))
 
     def normalize(self, x: Any) -> FloatArray:
         """Normalize a 2-D array (rows x features) with this state; NaN stays NaN.
@@ -466,6 +449,112 @@ class MXNormState:
         for f, m, v, n in zip(self.features, self.mean, self.var, self.count, strict=True):
             lines.append(f"{f:<{width}}  {m:>22.15g}  {v:>22.15g}  {int(n):>12d}")
         return "\n".join(lines)
+
+
+def scale_of(var: Any, options: StateOptions) -> Any:
+    """``sqrt(var + eps)``, or per the zero-variance policy where ``var == 0``
+    (elementwise, any shape)."""
+    scale = np.sqrt(var + options.eps)
+    if options.zero_variance == "unit":
+        scale = np.where(var == 0.0, 1.0, scale)
+    elif options.zero_variance == "zero":
+        scale = np.where(var == 0.0, np.inf, scale)
+    return scale
+
+
+def _ema_step(
+    options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields
+) -> tuple[Any, Any]:
+    """The EMA ``(mean, var)`` after one batch's moments (``alpha`` not None)."""
+    count, shift, delta, m2 = moments
+    in_batch = count > 0
+    m = np.where(in_batch, shift + delta, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(in_batch, m2 / count, np.nan)
+    alpha = options.alpha
+    assert alpha is not None
+    a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+    with np.errstate(invalid="ignore"):
+        ema_mean = (1 - a) * mu + a * m
+        if options.var_update == "mixture":
+            ema_var = (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
+        else:
+            ema_var = (1 - a) * s2 + a * v
+    mean = np.where(in_batch, np.where(had, ema_mean, m), mu)
+    var = np.where(in_batch, np.where(had, ema_var, v), s2)
+    return mean, var
+
+
+@dataclass(frozen=True, eq=False)
+class StateHistory:
+    """The state after each batch of a backfill, columnar: row ``i`` of ``mean``, ``var``
+    and the four ``totals`` arrays (batches x features) is the state after batch ``i``.
+
+    Built by :func:`fold_history` without one object per batch; :meth:`state` makes the
+    :class:`MXNormState` of one row when asked.
+    """
+
+    start: MXNormState
+    mean: FloatArray
+    var: FloatArray
+    totals: Fields
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+    def state(self, i: int) -> MXNormState:
+        """The state after batch ``i`` (0-based; negative counts from the end)."""
+        i = range(len(self))[i]
+        return replace(
+            self.start,
+            mean=self.mean[i],
+            var=self.var[i],
+            totals=Moments(*(x[i] for x in self.totals)),
+            batches_seen=self.start.batches_seen + i + 1,
+        )
+
+
+def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
+    """``state.update`` with each row of the (batches x features) ``moments`` arrays
+    ``(count, shift, delta, m2)`` in turn, bit for bit, as arrays.
+
+    One step per batch of a few numpy operations on feature vectors (the same operations
+    as :meth:`MXNormState.update`, in the same order), no object per batch.
+
+    >>> s = MXNormState.create(["a"], alpha=0.5)
+    >>> rows = [np.array([[1.0], [3.0]]), np.array([[5.0]])]
+    >>> parts = [Moments.from_array(x) for x in rows]
+    >>> h = fold_history(s, tuple(np.stack(f) for f in zip(*(p.fields() for p in parts))))
+    >>> h.state(-1).mean.tolist() == s.update(parts[0]).update(parts[1]).mean.tolist()
+    True
+    """
+    count = np.asarray(moments[0], dtype=np.float64)
+    if count.ndim != 2 or count.shape[1] != state.n_features:
+        raise FeatureMismatchError(
+            f"moments must be batches x {state.n_features} features, got shape {count.shape}"
+        )
+    rows = [np.asarray(x, dtype=np.float64) for x in moments]
+    e = np.empty_like
+    totals: Fields = (e(count), e(count), e(count), e(count))
+    acc: Fields = state.totals.fields()
+    for i in range(count.shape[0]):
+        acc = merge_fields(acc, (rows[0][i], rows[1][i], rows[2][i], rows[3][i]))
+        for x, y in zip(totals, acc, strict=True):
+            x[i] = y
+    if state.alpha is None:
+        mean = np.where(totals[0] > 0, totals[1] + totals[2], np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(totals[0] > 0, totals[3] / totals[0], np.nan)
+        return StateHistory(state, mean, var, totals)
+    had = np.empty(count.shape, dtype=bool)
+    had[:1] = state.initialized
+    had[1:] = totals[0][:-1] > 0
+    mean, var = np.empty_like(count), np.empty_like(count)
+    mu, s2 = state.mean, state.var
+    for i in range(count.shape[0]):
+        mu, s2 = _ema_step(state.options, mu, s2, had[i], tuple(x[i] for x in rows))
+        mean[i], var[i] = mu, s2
+    return StateHistory(state, mean, var, totals)
 
 
 def _checksum(payload: Mapping[str, Any]) -> str:

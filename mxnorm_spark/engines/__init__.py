@@ -9,17 +9,21 @@ messages of the values they reject.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
 
 import numpy as np
-from pyspark.sql import Column
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mxnorm_spark.columns import sql_double, sql_name
-from mxnorm_spark.moments import Moments
+from mxnorm_spark.moments import Moments, merge_fields
 
 
 # ---- moments -----------------------------------------------------------------------------
@@ -39,6 +43,186 @@ def batch_key(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return ("nan",)
     return value
+
+
+# ---- moments per batch value: partials merged in Spark, one row per value to the driver ----
+MOMENT_FIELDS = ("count", "shift", "delta", "m2")
+# What the sql engine's partials carry instead of moments: the shifted sums per feature.
+SUM_FIELDS = ("count", "shift", "s", "q")
+BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+_ELEMENTS = pa.list_(pa.field("element", pa.float64(), nullable=False))
+
+
+@dataclass(frozen=True)
+class BatchTable:
+    """The merged moments of every batch value, columnar: row ``i`` is ``values[i]``.
+
+    ``count``, ``shift``, ``delta`` and ``m2`` are (batch values x features) float64
+    arrays, row ``i`` the fields of one :class:`Moments`; ``rows`` the rows of each value
+    (valid or not). Values are in ascending order (NaN last).
+    """
+
+    values: pa.Array
+    rows: np.ndarray
+    count: np.ndarray
+    shift: np.ndarray
+    delta: np.ndarray
+    m2: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.count.shape[1])
+
+    def moments(self, i: int) -> Moments:
+        return Moments(self.count[i], self.shift[i], self.delta[i], self.m2[i])
+
+    def pairs(self) -> list[tuple[Any, Moments]]:
+        """``(batch value, Moments)`` per row: one Python object per batch value."""
+        return [(v, self.moments(i)) for i, v in enumerate(self.values.to_pylist())]
+
+
+def merged_by_batch(partials: DataFrame, *, sums: bool) -> pa.Table:
+    """One row per batch value, collected as Arrow: the partials of each value merged.
+
+    ``partials`` has one row per (``batch`` value, partition ``pid``) with ``rows``,
+    ``lo``, ``hi`` (vector lengths), ``bad`` (the sql engine's unchecked pass saw an
+    invalid value) and the ``array<double>`` columns of :data:`MOMENT_FIELDS` (or, with
+    ``sums``, :data:`SUM_FIELDS`). A shuffle by batch value brings each value's partials
+    together, and :func:`merge_partials` merges them in partition-id order, so the bits
+    do not depend on the order in which the shuffle fetched them.
+    """
+    fields = [
+        T.StructField("batch", partials.schema["batch"].dataType, True),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("lo", T.IntegerType(), True),
+        T.StructField("hi", T.IntegerType(), True),
+        T.StructField("bad", T.BooleanType(), False),
+        *[
+            T.StructField(f, T.ArrayType(T.DoubleType(), containsNull=False), False)
+            for f in MOMENT_FIELDS
+        ],
+    ]
+    kernel = merge_kernel(sums)
+    return partials.repartition("batch").mapInArrow(kernel, T.StructType(fields)).toArrow()
+
+
+def pivot_frame(df: DataFrame, batch_col: str, values: pa.Array, pivots: np.ndarray) -> DataFrame:
+    """A small DataFrame ``__mx_key`` (a batch value), ``__mx_p0..`` (its pivots), made
+    from Arrow (one row per batch value, no Python object per value)."""
+    k = pivots.shape[1]
+    schema = T.StructType(
+        [T.StructField("__mx_key", df.schema[batch_col].dataType, True)]
+        + [T.StructField(f"__mx_p{j}", T.DoubleType(), False) for j in range(k)]
+    )
+    cols = {"__mx_key": values, **{f"__mx_p{j}": pa.array(pivots[:, j]) for j in range(k)}}
+    return df.sparkSession.createDataFrame(pa.table(cols), schema)
+
+
+def merge_kernel(sums: bool) -> BatchFunction:
+    """The ``mapInArrow`` function of :func:`merged_by_batch` (closed over a flag only)."""
+
+    def merge_partials_of_partition(
+        batches: Iterator[pa.RecordBatch],
+    ) -> Iterator[pa.RecordBatch]:
+        got = [rb for rb in batches if rb.num_rows]
+        if got:
+            yield merge_partials(pa.Table.from_batches(got), sums)
+
+    return merge_partials_of_partition
+
+
+def list_matrix(column: Any, lengths: np.ndarray, k: int) -> np.ndarray:
+    """A list column as rows x k float64 (zeros where a row's list is empty; nulls NaN)."""
+    out = np.zeros((len(lengths), k))
+    if k:
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        out[lengths == k] = flat.reshape(-1, k)
+    return out
+
+
+def _moments_of_sums(cnt: np.ndarray, s: np.ndarray, q: np.ndarray) -> tuple[Any, Any]:
+    """``delta`` and ``m2`` of shifted sums, elementwise (as the driver did per row)."""
+    has = cnt > 0
+    s1 = np.where(has, s, 0.0)
+    s2 = np.where(has, q, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        delta = np.where(has, s1 / cnt, 0.0)
+        m2 = np.where(has, np.maximum(s2 - s1 * delta, 0.0), 0.0)
+    return delta, m2
+
+
+def merge_partials(table: pa.Table, sums: bool) -> pa.RecordBatch:
+    """Merge the partials of each batch value of ``table`` in partition-id order.
+
+    The Chan merge runs for all values at once, one step per partial rank: lane by lane
+    the same float operations as ``Moments.merge_all`` over each value's partials.
+    """
+    table = table.combine_chunks()
+    enc = pc.dictionary_encode(table.column("batch").combine_chunks(), null_encoding="encode")
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((table.column("pid").to_numpy(), codes))
+    table, codes = table.take(pa.array(order)), codes[order]
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    group = np.cumsum(np.r_[True, codes[1:] != codes[:-1]]) - 1
+    rank = np.arange(len(codes)) - first[group]
+    lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
+    ks = np.unique(lengths[lengths > 0])
+    lo = _reduce(np.fmin, table.column("lo"), first)
+    hi = _reduce(np.fmax, table.column("hi"), first)
+    if len(ks) > 1:  # rows of different lengths: one row that names them, no moments
+        lo = np.full(1, float(min(np.nanmin(lo, initial=ks[0]), ks[0])))
+        hi = np.full(1, float(max(np.nanmax(hi, initial=ks[-1]), ks[-1])))
+        return _merged_record_batch(
+            pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
+        )
+    k = int(ks[0]) if len(ks) else 0
+    fields = SUM_FIELDS if sums else MOMENT_FIELDS
+    parts = [list_matrix(table.column(f), lengths, k) for f in fields]
+    if sums:
+        parts = [parts[0], parts[1], *_moments_of_sums(parts[0], parts[2], parts[3])]
+    acc = [np.zeros((len(first), k)) for _ in MOMENT_FIELDS]
+    for step in range(int(rank.max()) + 1):
+        at = np.flatnonzero(rank == step)
+        g = group[at]
+        a = (acc[0][g], acc[1][g], acc[2][g], acc[3][g])
+        merged = merge_fields(a, (parts[0][at], parts[1][at], parts[2][at], parts[3][at]))
+        for x, y in zip(acc, merged, strict=True):
+            x[g] = y
+    rows = np.add.reduceat(table.column("rows").to_numpy(), first)
+    bad = np.logical_or.reduceat(table.column("bad").to_numpy(zero_copy_only=False), first)
+    values = enc.dictionary.take(pa.array(codes[first]))
+    return _merged_record_batch(values, rows, lo=lo, hi=hi, bad=bad, acc=acc)
+
+
+def _reduce(ufunc: Any, column: Any, first: np.ndarray) -> np.ndarray:
+    """``ufunc.reduceat`` of a nullable int column (nulls as NaN, skipped by fmin/fmax)."""
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.asarray(ufunc.reduceat(values, first))
+
+
+def _merged_record_batch(
+    values: pa.Array, rows: Any, *, lo: np.ndarray, hi: np.ndarray, bad: Any, acc: list[np.ndarray]
+) -> pa.RecordBatch:
+    n = len(values)
+    k = acc[0].shape[1] if acc else 0
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
+
+    def lists(x: np.ndarray | None) -> pa.Array:
+        flat = pa.array(np.zeros(0) if x is None else x.reshape(-1), type=pa.float64())
+        return pa.ListArray.from_arrays(offsets, flat).cast(_ELEMENTS)
+
+    def ints(x: np.ndarray) -> pa.Array:
+        nan = np.isnan(x)
+        return pa.array(np.where(nan, 0, x).astype(np.int32), mask=nan)
+
+    cols = [values, pa.array(rows, pa.int64()), ints(lo), ints(hi), pa.array(bad, pa.bool_())]
+    cols += [lists(acc[i] if acc else None) for i in range(len(MOMENT_FIELDS))]
+    return pa.RecordBatch.from_arrays(
+        cols, names=["batch", "rows", "lo", "hi", "bad", *MOMENT_FIELDS]
+    )
 
 
 # ---- normalization -----------------------------------------------------------------------

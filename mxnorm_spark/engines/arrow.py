@@ -62,6 +62,21 @@ def partition_moments(
 
     Also returns the feature count (None for vector input with no non-null row).
     """
+    rows = _partials_frame(df, spec, shift, batch_col).collect()
+    return _read_partials([r.asDict() for r in rows], spec, shift, batch_col is not None)
+
+
+def batch_partials(
+    df: DataFrame, spec: InputSpec, shift: np.ndarray | None, batch_col: str
+) -> DataFrame:
+    """The partials per (batch value, partition), not collected: the input of
+    :func:`mxnorm_spark.engines.merged_by_batch` (moments, ``bad`` always false)."""
+    return _partials_frame(df, spec, shift, batch_col).withColumn("bad", F.lit(False))
+
+
+def _partials_frame(
+    df: DataFrame, spec: InputSpec, shift: np.ndarray | None, batch_col: str | None
+) -> DataFrame:
     src = kernel_input(df, spec, batch_col)
     batch_type = src.schema["__mx_batch"].dataType if batch_col is not None else None
     dbl = T.ArrayType(T.DoubleType(), containsNull=False)
@@ -76,8 +91,7 @@ def partition_moments(
         out_fields.insert(0, T.StructField("batch", batch_type, True))
     schema = T.StructType(out_fields)
     kernel = moments_kernel(spec.kind == "scalar", shift, batch_col is not None)
-    rows = src.mapInArrow(kernel, schema).collect()
-    return _read_partials([r.asDict() for r in rows], spec, shift, batch_col is not None)
+    return src.mapInArrow(kernel, schema)
 
 
 def moments_on_driver(

@@ -32,6 +32,7 @@ from mxnorm_spark.columns import (
     quote,
     sql_double,
     sql_finite_or_null,
+    sql_is_finite,
     sql_name,
     sql_values,
     to_vector,
@@ -41,12 +42,15 @@ from mxnorm_spark.engines import (
     PartitionMoments,
     batch_key,
     invalid_value_message,
+    pivot_frame,
     vector_length_message,
 )
 from mxnorm_spark.moments import Moments
 
 # Pivots: one array for all rows, or one per batch value (keyed by :func:`batch_key`).
 Pivots: TypeAlias = np.ndarray | dict[Any, np.ndarray]
+# Or, per batch value, a pair (Arrow array of batch values, batch values x features pivots).
+BatchPivots: TypeAlias = np.ndarray | tuple[Any, np.ndarray]
 
 
 # ---- moments -----------------------------------------------------------------------------
@@ -116,6 +120,118 @@ def _shifted_sums(
         if rows is None:
             return None
     return [_moments_of_row(r, spec, pivot, batch_col, k) for r in rows]
+
+
+def batch_partials(
+    df: DataFrame, spec: InputSpec, pivot: BatchPivots, batch_col: str, k: int, *, checked: bool
+) -> DataFrame:
+    """Shifted sums per (batch value, partition), not collected: the input of
+    :func:`mxnorm_spark.engines.merged_by_batch` with ``sums=True`` (columns ``batch``,
+    ``pid``, ``rows``, ``lo``, ``hi``, ``bad`` and the arrays ``count``, ``shift`` (the
+    pivot), ``s``, ``q``).
+
+    ``checked=False`` (scalar columns, at most :data:`WIDE_FEATURES`) does not test the
+    values: ``bad`` is true where a null, NaN or infinite value (or an overflow) showed,
+    and the caller runs the checked pass.
+    """
+    base = df
+    if spec.kind != "scalar":
+        base = base.withColumn(ARRAY_COL, spec.as_double_array())
+    keys = [f"{sql_name(batch_col)} AS __mx_batch", "spark_partition_id() AS __mx_pid"]
+    if not isinstance(pivot, np.ndarray):
+        base = _join_pivots(base, batch_col, pivot, k)
+        pivots = [f"__mx_p{j}" for j in range(k)]
+        keys.append(f"array({', '.join(pivots)}) AS __mx_pivot")
+        shift = "first(__mx_pivot) AS shift"
+    else:
+        pivots = [sql_double(p) for p in pivot]
+        shift = f"array({', '.join(pivots)}) AS shift"
+    sized = spec.kind != "scalar"
+    lo_hi = ["min(__mx_size) AS lo", "max(__mx_size) AS hi"] if sized else []
+    lo_hi = lo_hi or ["CAST(NULL AS INT) AS lo", "CAST(NULL AS INT) AS hi"]
+    if sized:
+        keys.append(f"size({ARRAY_COL}) AS __mx_size")
+    aggs = ["count(1) AS rows", shift, *lo_hi]
+    values = sql_values(spec, k)
+    shifted = [(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
+    if k > WIDE_FEATURES:
+        agg, sums, bad = _long_sums(base, keys, shifted, aggs)
+    else:
+        agg, sums, bad = _wide_sums(base, keys, spec, shifted, aggs, checked=checked)
+    return agg.selectExpr(
+        "__mx_batch AS batch",
+        "__mx_pid AS pid",
+        "rows",
+        "CAST(lo AS INT) AS lo",
+        "CAST(hi AS INT) AS hi",
+        f"{bad} AS bad",
+        f"{sums['n']} AS count",
+        "shift",
+        f"{sums['s']} AS s",
+        f"{sums['q']} AS q",
+    )
+
+
+_BATCH_GROUP = ["__mx_batch", "__mx_pid"]
+
+
+def _wide_sums(
+    base: DataFrame,
+    keys: list[str],
+    spec: InputSpec,
+    shifted: list[tuple[str, str]],
+    aggs: list[str],
+    *,
+    checked: bool,
+) -> tuple[DataFrame, dict[str, str], str]:
+    """:func:`batch_partials` with one column per feature and sum: the aggregated frame,
+    the SQL of the ``count``/``s``/``q`` arrays and of ``bad``. ``shifted``: per feature
+    the value and the shifted value, as SQL."""
+    k = len(shifted)
+    flags = []
+    if not checked:
+        nulls = " OR ".join(f"{sql_name(c)} IS NULL" for c in spec.cols)
+        flags.append(f"{nulls} AS __mx_null")
+    d = [
+        (sql_finite_or_null(x, e) if checked else e) + f" AS __mx_d{j}"
+        for j, (x, e) in enumerate(shifted)
+    ]
+    aggs = list(aggs)
+    aggs += [f"sum(__mx_d{j}) AS s{j}" for j in range(k)]
+    aggs += [f"sum(__mx_d{j} * __mx_d{j}) AS q{j}" for j in range(k)]
+    counts = [f"CAST(count(__mx_d{j}) AS DOUBLE) AS n{j}" for j in range(k)]
+    aggs += counts if checked else ["bool_or(__mx_null) AS __mx_null"]
+    projected = base.selectExpr(*keys, *flags, *d)
+    agg = projected.groupBy(*_BATCH_GROUP).agg(*[F.expr(a) for a in aggs])
+    n = [f"n{j}" for j in range(k)] if checked else ["CAST(rows AS DOUBLE)"] * k
+    sums = {"n": f"array({', '.join(n)})"}
+    sums |= {c: f"array({', '.join(f'{c}{j}' for j in range(k))})" for c in "sq"}
+    finite = " AND ".join(sql_is_finite(f"{c}{j}") for j in range(k) for c in "sq")
+    bad = "false" if checked else f"coalesce(__mx_null, false) OR NOT coalesce({finite}, false)"
+    return agg, sums, bad
+
+
+def _long_sums(
+    base: DataFrame, keys: list[str], shifted: list[tuple[str, str]], aggs: list[str]
+) -> tuple[DataFrame, dict[str, str], str]:
+    """:func:`batch_partials` for many features: one row per feature, values tested, then
+    the features of each group gathered back into arrays in index order."""
+    tested = [sql_finite_or_null(x, e) for x, e in shifted]
+    exploded = base.selectExpr(*keys, f"posexplode(array({', '.join(tested)})) AS (__mx_j, __mx_d)")
+    per_feature = exploded.groupBy(*_BATCH_GROUP, "__mx_j").agg(
+        F.expr("count(__mx_d) AS __mx_n"),
+        F.expr("sum(__mx_d) AS __mx_s"),
+        F.expr("sum(__mx_d * __mx_d) AS __mx_q"),
+        *[F.expr(a) for a in aggs],
+    )
+    parts = "sort_array(collect_list(struct(__mx_j, __mx_n, __mx_s, __mx_q)))"
+    agg = per_feature.groupBy(*_BATCH_GROUP).agg(
+        *[F.expr(a) for a in ["first(rows) AS rows", "first(shift) AS shift"]],
+        *[F.expr(f"{f}({c}) AS {c}") for f, c in (("min", "lo"), ("max", "hi"))],
+        F.expr(f"{parts} AS parts"),
+    )
+    sums = {c: f"transform(parts, x -> CAST(x.__mx_{c} AS DOUBLE))" for c in "nsq"}
+    return agg, sums, "false"
 
 
 def _moments_of_row(
@@ -217,8 +333,16 @@ def _long_aggregate(
     return list(out.values())
 
 
-def _join_pivots(df: DataFrame, batch_col: str, pivots: dict[Any, np.ndarray], k: int) -> DataFrame:
-    """``df`` with columns ``__mx_p0..`` holding its batch's pivots (a broadcast join)."""
+def _join_pivots(df: DataFrame, batch_col: str, pivots: Any, k: int) -> DataFrame:
+    """``df`` with columns ``__mx_p0..`` holding its batch's pivots (a broadcast join).
+
+    ``pivots``: a dict batch key -> array, or a ``(values, matrix)`` pair (an Arrow array
+    of batch values and their pivots, batch values x features), built as Arrow.
+    """
+    if isinstance(pivots, tuple):
+        table = pivot_frame(df, batch_col, *pivots)
+        joined = df.join(F.broadcast(table), quote(batch_col).eqNullSafe(F.col("__mx_key")))
+        return joined.drop("__mx_key")
     batch_type = df.schema[batch_col].dataType
     schema = T.StructType(
         [T.StructField("__mx_key", batch_type, True)]
