@@ -62,6 +62,7 @@ from mxnorm_spark.choices import (
     check_choice,
 )
 from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
+from mxnorm_spark.ml_keyed import fit_keyed_model, to_min_key_rows
 from mxnorm_spark.ml_persistence import EstimatorWriter, ModelReader, ModelWriter
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions, check_alpha, check_eps
@@ -275,6 +276,19 @@ class MXNorm(
     applyAt must be one of ['after', 'before'], got 'later'
     """
 
+    keyCols: Param[list[str]] = Param(
+        Params._dummy(),
+        "keyCols",
+        "columns naming an entity: one state per key (fit returns a KeyedMXNormModel)",
+        typeConverter=TypeConverters.toListString,
+    )
+    minKeyRows: Param[int] = Param(
+        Params._dummy(),
+        "minKeyRows",
+        "with keyCols: a key's feature uses the global state until it has this many values",
+        typeConverter=to_min_key_rows,
+    )
+
     @keyword_only
     def __init__(
         self,
@@ -292,8 +306,11 @@ class MXNorm(
         decay: str = "batch",
         zeroVariance: str = "eps",
         engine: str = "auto",
+        keyCols: list[str] | None = None,
+        minKeyRows: int = 1,
     ) -> None:
         super().__init__()
+        self._setDefault(minKeyRows=1)
         self._set(**self._input_kwargs)  # type: ignore[attr-defined]
 
     @keyword_only
@@ -313,6 +330,8 @@ class MXNorm(
         decay: str = "batch",
         zeroVariance: str = "eps",
         engine: str = "auto",
+        keyCols: list[str] | None = None,
+        minKeyRows: int = 1,
     ) -> MXNorm:
         return self._set(**self._input_kwargs)  # type: ignore[attr-defined,no-any-return]
 
@@ -331,6 +350,12 @@ class MXNorm(
     def setZeroVariance(self, value: str) -> MXNorm:
         return self._set(zeroVariance=value)  # type: ignore[no-any-return]
 
+    def setKeyCols(self, value: list[str]) -> MXNorm:
+        return self._set(keyCols=value)  # type: ignore[no-any-return]
+
+    def setMinKeyRows(self, value: int) -> MXNorm:
+        return self._set(minKeyRows=value)  # type: ignore[no-any-return]
+
     def write(self) -> MLWriter:
         return EstimatorWriter(self)
 
@@ -348,6 +373,13 @@ class MXNorm(
         resolve_input(dataset, cols, input_col)
         # Validate every option before any Spark job.
         options = self._state_options()
+        if self.isSet(self.keyCols):
+            if cols is None:
+                raise InvalidParameterError("keyCols takes scalar inputCols, not inputCol")
+            key_cols = self.getOrDefault(self.keyCols)
+            keyed = fit_keyed_model(dataset, cols, key_cols, batch_col, options, engine=engine)
+            # One state per key: a different model class than the Estimator's type names.
+            return self._copyValues(keyed)  # type: ignore[no-any-return,return-value]
         history: Sequence[tuple[Any, MXNormState]] = []
         fitted: list[tuple[Moments, int]] = []
         batch_type: T.DataType | None = None

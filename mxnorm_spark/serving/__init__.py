@@ -12,9 +12,10 @@ A feature store fits statistics offline and applies the same normalization onlin
 
 Paths may be local or any URI the store reaches without a JVM (``s3://``, ``gs://``,
 ``abfs://``). The source kinds are tried in the order of ``_SOURCES``, each recognised by
-what the directory holds; a per-key export (one state per entity, with the global
-fallback of the Spark side) is meant to be one more entry there, recognised by its own
-marker file, returning a normalizer that looks up each row's key first.
+what the directory holds. A per-key export (``KeyedModel.export``: one state per entity,
+with the global fallback of the Spark side), recognised by its marker ``keyed.json``, is
+checked first and gives a :class:`KeyedNormalizer` (:mod:`mxnorm_spark.serving.keyed`),
+which looks up each row's key first.
 
 The output is the Spark output bit for bit: the same float64 constants
 (:meth:`MXNormState.normalization_constants`), the same ``(x - mean) / scale`` in IEEE
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError
+from mxnorm_spark.serving.keyed import KeyedNormalizer, is_keyed_export, load_keyed
 from mxnorm_spark.serving.normalizer import Normalizer
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import (
@@ -69,7 +71,7 @@ from mxnorm_spark.store import (
     read_state,
 )
 
-__all__ = ["Normalizer", "load"]
+__all__ = ["KeyedNormalizer", "Normalizer", "load"]
 
 MODEL_CLASS = "mxnorm_spark.ml.MXNormModel"
 
@@ -95,8 +97,10 @@ def load(
     input_col: str | None = None,
     output_col: str | None = None,
     handle_invalid: str | None = None,
-) -> Normalizer:
-    """A :class:`Normalizer` for a state file, a state directory or a saved model directory.
+) -> Normalizer | KeyedNormalizer:
+    """A :class:`Normalizer` for a state file, a state directory or a saved model directory;
+    a :class:`KeyedNormalizer` for a per-key export (``KeyedModel.export``: its marker
+    ``keyed.json``; ``output_cols`` and ``handle_invalid`` apply, input columns do not).
 
     ``batch_id`` pins a version of a state directory. For a bare state the inputs are the
     state's features, normalized in place (what ``mxnorm-spark transform`` does) with
@@ -107,6 +111,12 @@ def load(
     fs = filesystem(where)
     if isinstance(fs, LocalFileSystem):
         where = local_path(where)
+    if is_keyed_export(fs, where):
+        if batch_id is not None or input_cols is not None or input_col is not None:
+            raise InvalidParameterError(
+                f"{where} is a per-key export: it takes output_cols and handle_invalid only"
+            )
+        return load_keyed(fs, where, output_cols=output_cols, handle_invalid=handle_invalid)
     for recognise, read in _SOURCES:
         if recognise(fs, where):
             state, params = read(fs, where, batch_id)
@@ -202,7 +212,7 @@ def _tuple(names: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if names is None else tuple(names)
 
 
-# Tried in order; a per-key export goes before the state directory (see the module doc).
+# Tried in order, after the per-key export (see the module doc).
 _SOURCES: list[
     tuple[
         Callable[[FileSystem, str], bool],
