@@ -47,7 +47,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.aggregate import batch_moments, moments_by_batch
+from mxnorm_spark.aggregate import batch_moments, moments_table_by_batch
+from mxnorm_spark.apply import BackfillHistory
 from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.columns import (
     check_batch_col,
@@ -76,7 +77,7 @@ KEYED_EXPORT_TYPE = "mxnorm_spark.KeyedExport"
 # Columns of the per-key states beside the key and batch columns.
 STATE_COLUMNS = ("rows", "key_rows", "batches_seen", "is_last", *FOLD_ARRAYS)
 
-GlobalHistory = list[tuple[Any, MXNormState]]
+GlobalHistory = Sequence[tuple[Any, MXNormState]]
 
 
 # ---- fit ---------------------------------------------------------------------------------
@@ -166,9 +167,11 @@ def _fit_global(
     if batch_col is None:
         state = state.update(batch_moments(df, cols, engine=engine))
     else:
-        for value, moments in moments_by_batch(df, cols, batch_col, engine=engine):
-            state = state.update(moments)
-            history.append((value, state))
+        # The backfill of MXNorm.fit itself: the same bits, columnar over batch values.
+        history = BackfillHistory.fold(
+            state, moments_table_by_batch(df, cols, batch_col, engine=engine)
+        )
+        state = history.final
     never = [f for f, ok in zip(state.features, state.initialized, strict=True) if not ok]
     if never:
         raise EmptyInputError(
