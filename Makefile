@@ -38,6 +38,7 @@ bench-full: setup
 # transform values/s, beside scikit-learn and River; writes bench/SERVING.md.
 bench-serving: setup
 	MXBENCH_COMMAND="make bench-serving" $(PY) -m bench.serving
+	$(PY) -m bench.serving_keyed
 
 # Backfill cost against the number of batch values (2M x 8, 100 / 2,000 / 20,000 values,
 # then 500,000 with a 4g driver): fit and transform time, peak RSS; writes bench/BACKFILL.md.
