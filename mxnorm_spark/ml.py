@@ -53,16 +53,14 @@ from mxnorm_spark.aggregate import (
 )
 from mxnorm_spark.apply import BackfillHistory, normalize, normalize_per_batch
 from mxnorm_spark.choices import (
-    APPLY_AT,
     DECAYS,
     ENGINES,
-    HANDLE_INVALID,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
-    check_choice,
 )
 from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.ml_keyed import fit_keyed_model, to_min_key_rows
+from mxnorm_spark.ml_params import HasBatchParams, choice_converter
 from mxnorm_spark.ml_persistence import EstimatorWriter, ModelReader, ModelWriter
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions, check_alpha, check_eps
@@ -83,14 +81,7 @@ def _to_eps(value: Any) -> float:
     return check_eps(value)
 
 
-def _choice_converter(name: str, valid: Sequence[str]) -> Any:
-    def convert(value: Any) -> str:
-        return check_choice(name, value, valid)
-
-    return convert
-
-
-class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
+class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols, HasBatchParams):
     """Params shared by :class:`MXNorm` and :class:`MXNormModel`."""
 
     alpha: Param[Any] = Param(
@@ -106,49 +97,30 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
         "added to the variance before the square root, > 0",
         typeConverter=_to_eps,
     )
-    batchCol: Param[str] = Param(
-        Params._dummy(),
-        "batchCol",
-        "column whose distinct values are the batches, folded in ascending order",
-        typeConverter=TypeConverters.toString,
-    )
-    applyAt: Param[str] = Param(
-        Params._dummy(),
-        "applyAt",
-        "normalize a batch with the state 'after' it (default) or 'before' it",
-        typeConverter=_choice_converter("applyAt", APPLY_AT),
-    )
-    handleInvalid: Param[str] = Param(
-        Params._dummy(),
-        "handleInvalid",
-        "null/NaN/inf input values: 'keep' (pass through), 'error' (fail naming the "
-        "column), 'skip' (drop the row)",
-        typeConverter=_choice_converter("handleInvalid", HANDLE_INVALID),
-    )
     varUpdate: Param[str] = Param(
         Params._dummy(),
         "varUpdate",
         "'ema' (reference) or 'mixture' (adds the movement of the mean)",
-        typeConverter=_choice_converter("varUpdate", VAR_UPDATES),
+        typeConverter=choice_converter("varUpdate", VAR_UPDATES),
     )
     decay: Param[str] = Param(
         Params._dummy(),
         "decay",
         "'batch' (alpha per batch) or 'rows' (alpha per row: 1 - (1 - alpha)^n)",
-        typeConverter=_choice_converter("decay", DECAYS),
+        typeConverter=choice_converter("decay", DECAYS),
     )
     zeroVariance: Param[str] = Param(
         Params._dummy(),
         "zeroVariance",
         "zero-variance policy: 'eps' (divide by sqrt(eps)), 'unit' (scale 1), 'zero'",
-        typeConverter=_choice_converter("zeroVariance", ZERO_VARIANCE_POLICIES),
+        typeConverter=choice_converter("zeroVariance", ZERO_VARIANCE_POLICIES),
     )
     engine: Param[str] = Param(
         Params._dummy(),
         "engine",
         "'auto' (the faster per input kind), 'sql' (JVM expressions) or 'arrow' (Arrow "
         "batches in Python)",
-        typeConverter=_choice_converter("engine", ENGINES),
+        typeConverter=choice_converter("engine", ENGINES),
     )
 
     def __init__(self, *args: Any) -> None:
@@ -169,15 +141,6 @@ class _MXNormParams(HasInputCol, HasOutputCol, HasInputCols, HasOutputCols):
 
     def getEpsilon(self) -> float:
         return self.getOrDefault(self.epsilon)
-
-    def getBatchCol(self) -> str | None:
-        return self.getOrDefault(self.batchCol) if self.isDefined(self.batchCol) else None
-
-    def getApplyAt(self) -> str:
-        return self.getOrDefault(self.applyAt)
-
-    def getHandleInvalid(self) -> str:
-        return self.getOrDefault(self.handleInvalid)
 
     def getVarUpdate(self) -> str:
         return self.getOrDefault(self.varUpdate)

@@ -30,9 +30,9 @@ from pyspark.ml.util import (
 )
 from pyspark.sql import DataFrame
 
-from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import InvalidParameterError
 from mxnorm_spark.keyed import KeyedModel, fit_keyed
+from mxnorm_spark.ml_params import HasBatchParams
 from mxnorm_spark.ml_persistence import _OverwriteWithoutJVM
 from mxnorm_spark.state import MXNormState, StateOptions
 
@@ -46,14 +46,7 @@ def to_min_key_rows(value: Any) -> int:
     return int(value)
 
 
-def _choice(name: str, valid: Any) -> Any:
-    def convert(value: Any) -> str:
-        return check_choice(name, value, valid)
-
-    return convert
-
-
-class _KeyedParams(HasInputCols, HasOutputCols):
+class _KeyedParams(HasInputCols, HasOutputCols, HasBatchParams):
     keyCols: Param[list[str]] = Param(
         Params._dummy(),
         "keyCols",
@@ -65,24 +58,6 @@ class _KeyedParams(HasInputCols, HasOutputCols):
         "minKeyRows",
         "a key's feature uses the global state until the key has this many valid values",
         typeConverter=to_min_key_rows,
-    )
-    batchCol: Param[str] = Param(
-        Params._dummy(),
-        "batchCol",
-        "column whose distinct values are the batches, folded in ascending order",
-        typeConverter=TypeConverters.toString,
-    )
-    applyAt: Param[str] = Param(
-        Params._dummy(),
-        "applyAt",
-        "normalize a batch with the state 'after' it (default) or 'before' it",
-        typeConverter=_choice("applyAt", APPLY_AT),
-    )
-    handleInvalid: Param[str] = Param(
-        Params._dummy(),
-        "handleInvalid",
-        "null/NaN/inf input values: 'keep', 'error' or 'skip'",
-        typeConverter=_choice("handleInvalid", HANDLE_INVALID),
     )
 
     def __init__(self, *args: Any) -> None:

@@ -24,7 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("spark-base", ("spark_extra", "columns")),
     ("engines", ("engines", "engines.sql", "engines.arrow", "keyed_kernel")),
     ("spark-api", ("aggregate", "apply", "keyed")),
-    ("spark-jobs", ("ml_persistence", "ml_keyed", "ml", "sources", "progress", "sinks")),
+    (
+        "spark-jobs",
+        ("ml_params", "ml_persistence", "ml_keyed", "ml", "sources", "progress", "sinks"),
+    ),
     ("streaming", ("streaming",)),
     ("config", ("config_fields", "config", "session")),
     ("entry", ("cli", "demo", "__main__", "__init__")),
