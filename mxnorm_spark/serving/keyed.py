@@ -31,9 +31,10 @@ from mxnorm_spark.errors import (
 )
 from mxnorm_spark.serving.values import (
     arrow_scalar,
+    invalid_message,
+    normalize_row,
     pandas_result,
     pandas_scalar,
-    row_float,
     set_columns,
 )
 from mxnorm_spark.state import MXNormState
@@ -50,14 +51,6 @@ _NAN_KEY = ("__mx_nan__",)
 
 def _key_part(v: Any) -> Any:
     return _NAN_KEY if isinstance(v, float) and math.isnan(v) else v
-
-
-def _message(column: str, kind: str) -> str:
-    # The text the Spark engines raise (engines.invalid_value_message), without its prefix.
-    return (
-        f"column {column!r} holds {kind} value and handle_invalid='error'; "
-        "clean the data, or use handle_invalid='keep' (pass it through) or 'skip' (drop the row)"
-    )
 
 
 class KeyedNormalizer:
@@ -134,26 +127,8 @@ class KeyedNormalizer:
                 [c for c in self.key_cols if c not in row], list(row)
             ) from None
         constants = self._row_constants[self._lookup(key)]
-        out = dict(row)
-        skip, error = self.handle_invalid == "skip", self.handle_invalid == "error"
-        for col, out_col, (m, s) in zip(self.features, self.outputs, constants, strict=True):
-            if col not in row:
-                raise MissingColumnError([c for c in self.features if c not in row], list(row))
-            v = row[col]
-            if v is None:
-                if skip:
-                    return None
-                if error:
-                    raise InvalidValueError(_message(col, "a null"))
-                out[out_col] = None
-                continue
-            v = row_float(v, col)
-            if (error or skip) and not -_FLOAT64_MAX <= v <= _FLOAT64_MAX:
-                if skip:
-                    return None
-                raise InvalidValueError(_message(col, "a NaN" if math.isnan(v) else "an infinite"))
-            out[out_col] = (v - m) / s
-        return out
+        items = zip(self.features, self.outputs, *zip(*constants, strict=True), strict=True)
+        return normalize_row(row, items, self.handle_invalid, self.features)
 
     # ---- frames -------------------------------------------------------------------------
     def transform(self, data: Any) -> Any:
@@ -196,7 +171,7 @@ class KeyedNormalizer:
                     if np.isnan(values).any()
                     else "an infinite"
                 )
-                raise InvalidValueError(_message(col, kind))
+                raise InvalidValueError(invalid_message(col, kind))
             keep = finite if keep is None else keep & finite
         return keep
 

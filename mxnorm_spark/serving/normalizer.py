@@ -3,7 +3,6 @@ the arithmetic ``(x - mean) / scale`` on rows, pandas DataFrames and Arrow table
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from mxnorm_spark.serving.values import (
     arrow_vectors,
     cell_like,
     cell_values,
+    invalid_message,
+    normalize_row,
     pandas_result,
     pandas_scalar,
     pandas_vectors,
-    row_float,
     set_columns,
 )
 from mxnorm_spark.state import MXNormState
@@ -51,14 +51,6 @@ class _ColumnMapping:
     kind: Literal["scalar", "vector"]
     cols: tuple[str, ...]
     outputs: tuple[str, ...]
-
-
-def _invalid_message(column: str, kind: str) -> str:
-    # The text the Spark engines raise (engines.invalid_value_message), without its prefix.
-    return (
-        f"column {column!r} holds {kind} value and handle_invalid='error'; "
-        "clean the data, or use handle_invalid='keep' (pass it through) or 'skip' (drop the row)"
-    )
 
 
 def _length_message(column: str, dim: int) -> str:
@@ -182,31 +174,7 @@ class Normalizer:
         plan = self._scalar
         if plan is None or (self._vector is not None and self._plan_for(row).kind == "vector"):
             return self._vector_row(row)
-        out = dict(row)
-        skip, error = self.handle_invalid == "skip", self.handle_invalid == "error"
-        for col, out_col, m, s in self._row_items:
-            try:
-                v = row[col]
-            except KeyError:
-                raise MissingColumnError(
-                    [c for c in plan.cols if c not in row], list(row)
-                ) from None
-            if type(v) is not float:
-                if v is None:
-                    if skip:
-                        return None
-                    if error:
-                        raise InvalidValueError(_invalid_message(col, "a null"))
-                    out[out_col] = None
-                    continue
-                v = row_float(v, col)
-            if (error or skip) and not -_FLOAT64_MAX <= v <= _FLOAT64_MAX:
-                if skip:
-                    return None
-                kind = "a NaN" if math.isnan(v) else "an infinite"
-                raise InvalidValueError(_invalid_message(col, kind))
-            out[out_col] = (v - m) / s
-        return out
+        return normalize_row(row, self._row_items, self.handle_invalid, plan.cols)
 
     def _vector_row(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         plan = self._plan_for(row.keys())
@@ -217,7 +185,7 @@ class Normalizer:
             if self.handle_invalid == "skip":
                 return None
             if self.handle_invalid == "error":
-                raise InvalidValueError(_invalid_message(col, "a null"))
+                raise InvalidValueError(invalid_message(col, "a null"))
             out[output] = None
             return out
         values, nulls = cell_values(cell, col)
@@ -229,7 +197,7 @@ class Normalizer:
             if kind is not None:
                 if self.handle_invalid == "skip":
                     return None
-                raise InvalidValueError(_invalid_message(col, kind))
+                raise InvalidValueError(invalid_message(col, kind))
         z = (values - self.mean) / self.scale
         out[output] = cell_like(cell, z, nulls)
         return out
@@ -317,14 +285,14 @@ class Normalizer:
             if finite.all():
                 continue
             if self.handle_invalid == "error":
-                raise InvalidValueError(_invalid_message(col, _kind(values, nulls)))
+                raise InvalidValueError(invalid_message(col, _kind(values, nulls)))
             keep = finite if keep is None else keep & finite
         return keep
 
     def _vector_rows_to_keep(self, col: str, vec: Vectors) -> np.ndarray | None:
         dim = self.mean.shape[0]
         if self.handle_invalid == "error" and vec.row_nulls.any():
-            raise InvalidValueError(_invalid_message(col, "a null"))
+            raise InvalidValueError(invalid_message(col, "a null"))
         if np.any(vec.lengths[~vec.row_nulls] != dim):
             raise FeatureMismatchError(_length_message(col, dim))
         if self.handle_invalid == "keep":
@@ -332,7 +300,7 @@ class Normalizer:
         finite = np.isfinite(vec.values) & ~vec.nulls
         if self.handle_invalid == "error":
             if not finite.all():
-                raise InvalidValueError(_invalid_message(col, _kind(vec.values, vec.nulls)))
+                raise InvalidValueError(invalid_message(col, _kind(vec.values, vec.nulls)))
             return None
         # Spark drops null rows and rows with an invalid element (vector rows have dim values).
         keep: np.ndarray = ~vec.row_nulls & finite.all(axis=1)

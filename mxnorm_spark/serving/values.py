@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mxnorm_spark.errors import NonNumericError
+from mxnorm_spark.errors import InvalidValueError, MissingColumnError, NonNumericError
 
 __all__ = [
     "Vectors",
@@ -20,12 +20,59 @@ __all__ = [
     "arrow_vectors",
     "cell_like",
     "cell_values",
+    "invalid_message",
+    "normalize_row",
     "pandas_result",
     "pandas_scalar",
     "pandas_vectors",
     "row_float",
     "set_columns",
 ]
+
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def invalid_message(column: str, kind: str) -> str:
+    # The text the Spark engines raise (engines.invalid_value_message), without its prefix.
+    return (
+        f"column {column!r} holds {kind} value and handle_invalid='error'; "
+        "clean the data, or use handle_invalid='keep' (pass it through) or 'skip' (drop the row)"
+    )
+
+
+def normalize_row(
+    row: Mapping[str, Any],
+    items: Any,
+    handle_invalid: str,
+    cols: Any,
+) -> dict[str, Any] | None:
+    """``row`` with ``(x - mean) / scale`` for each ``(col, out_col, mean, scale)`` of
+    ``items``, per ``handle_invalid`` (None when ``skip`` drops the row); ``cols`` names
+    the columns a missing one is reported among."""
+    out = dict(row)
+    skip, error = handle_invalid == "skip", handle_invalid == "error"
+    for col, out_col, m, s in items:
+        try:
+            v = row[col]
+        except KeyError:
+            raise MissingColumnError([c for c in cols if c not in row], list(row)) from None
+        if type(v) is not float:  # the common case skips the conversion
+            if v is None:
+                if skip:
+                    return None
+                if error:
+                    raise InvalidValueError(invalid_message(col, "a null"))
+                out[out_col] = None
+                continue
+            v = row_float(v, col)
+        if (error or skip) and not -_FLOAT64_MAX <= v <= _FLOAT64_MAX:
+            if skip:
+                return None
+            kind = "a NaN" if math.isnan(v) else "an infinite"
+            raise InvalidValueError(invalid_message(col, kind))
+        out[out_col] = (v - m) / s
+    return out
 
 
 # ---- values: Python rows -----------------------------------------------------------------
