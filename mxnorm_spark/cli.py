@@ -1,9 +1,10 @@
-"""The ``mxnorm-spark`` command: fit, transform, inspect, report (and stream).
+"""The ``mxnorm-spark`` command: fit, transform, inspect, report, export-keys (and stream).
 
     mxnorm-spark fit --input data/ --cols a,b,c [--batch-col day] --state state.json
     mxnorm-spark transform --input data/ --state state.json --output out/
     mxnorm-spark inspect state.json [--json]
     mxnorm-spark report state.json --out report.html [--k 3]
+    mxnorm-spark export-keys model/ serving/     (a keyed model: fit --key-cols, cli_keyed)
 
 Every flag of fit/transform/stream can also come from ``--config FILE.toml`` (the table
 named after the command, plus ``[spark]``); flags win over the file. Bad input (config,
@@ -26,6 +27,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mxnorm_spark import __version__
+from mxnorm_spark.cli_base import (
+    JobSession,
+    check_input_path,
+    check_output_path,
+    describe_batches,
+    inspect_table,
+    read_table,
+    write_table,
+)
+from mxnorm_spark.cli_keyed import (
+    add_export_keys_parser,
+    keyed_marker,
+    keyed_source,
+    run_fit_keyed,
+    transform_keyed,
+)
 from mxnorm_spark.config import (
     DEFAULT_READ_OPTIONS,
     DEFAULT_WRITE_OPTIONS,
@@ -41,7 +58,6 @@ from mxnorm_spark.errors import (
     ConfigError,
     CorruptStateError,
     MXNormError,
-    NotFittedError,
     error_in_text,
 )
 from mxnorm_spark.sources import FileSource
@@ -51,44 +67,13 @@ from mxnorm_spark.store.history import write_history
 from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 C = TypeVar("C")
 EXIT_USAGE = 2
 
 
 # ---- helpers shared by the commands -------------------------------------------------------
-def _has_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[{")
-
-
-def check_input_path(path: str, flag: str = "--input") -> None:
-    """Fail before Spark starts when a local input path does not exist."""
-    if is_local(path) and not _has_glob(path) and not Path(local_path(path)).exists():
-        raise ConfigError(f"{flag} {path}: no such file or directory")
-
-
-def check_output_path(path: str, mode: str, flag: str = "--output") -> None:
-    if mode == "errorifexists" and is_local(path) and Path(local_path(path)).exists():
-        raise ConfigError(
-            f"{flag} {path} already exists; choose another path or pass --mode overwrite"
-        )
-
-
-def read_table(
-    spark: SparkSession, path: str, fmt: str, options: dict[str, str] | Any
-) -> DataFrame:
-    opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
-    return spark.read.format(fmt).options(**opts).load(path)
-
-
-def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> None:
-    opts = {**DEFAULT_WRITE_OPTIONS.get(fmt, {}), **dict(options)}
-    # Spark Connect's Python client takes "error" but not its synonym "errorifexists".
-    mode = "error" if mode == "errorifexists" else mode
-    df.write.format(fmt).mode(mode).options(**opts).save(path)
-
-
 def save_state(state: MXNormState, path: str, spark: SparkSession | None = None) -> str:
     """Write the state JSON file of ``--state``, replacing it atomically (see write_state)."""
     _check_state_target(path)
@@ -160,15 +145,22 @@ def add_fit_parser(subparsers: Any) -> None:
         "fit",
         FitConfig,
         run_fit,
-        help="fit an MXNorm state on a table and write it as JSON",
+        help="fit an MXNorm state (or one per key) on a table and write it",
         description=(
             "Read a table, compute per-batch moments in one distributed pass, fold them\n"
             "into an MXNorm state and write the state JSON. Without --batch-col the whole\n"
             "input is one batch; with it, each distinct value is one batch, in ascending\n"
             "order (backfill). With --output, also write the normalized input.\n\n"
-            "example:\n"
+            "With --key-cols, one state per key (and the global state, the fallback of\n"
+            "unseen keys, null keys and keys under --min-key-rows), kept in Spark: --state\n"
+            "is then a keyed model directory (states/, global_history/, global.json,\n"
+            "keyed.json), created, or replaced if it holds a keyed model. transform reads\n"
+            "it; export-keys writes its serving export.\n\n"
+            "examples:\n"
             "  mxnorm-spark fit --input events.parquet --cols a,b --batch-col day \\\n"
-            "      --alpha 0.1 --state state.json"
+            "      --alpha 0.1 --state state.json\n"
+            "  mxnorm-spark fit --input events.parquet --cols a,b --batch-col day \\\n"
+            "      --key-cols sensor --min-key-rows 20 --state models/sensors"
         ),
     )
 
@@ -179,11 +171,13 @@ def add_transform_parser(subparsers: Any) -> None:
         "transform",
         TransformConfig,
         run_transform,
-        help="normalize a table with a fitted state",
+        help="normalize a table with a fitted state (or a keyed model, per key)",
         description=(
             "Normalize the state's features in a table as (x - mean) / sqrt(var + eps) and\n"
             "write the result (other columns are kept). By default the columns are the\n"
-            "state's features and are replaced in place.\n\n"
+            "state's features and are replaced in place. A keyed model directory (fit\n"
+            "--key-cols) is recognised by its keyed.json and normalizes each row with its\n"
+            "key's state as of its batch, or the global state (see docs/keyed.md).\n\n"
             "example:\n"
             "  mxnorm-spark transform --input events.parquet --state state.json \\\n"
             "      --output normalized/ --mode overwrite"
@@ -265,6 +259,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_fit_parser,
     add_transform_parser,
     add_stream_parser,
+    add_export_keys_parser,
     add_inspect_parser,
     add_report_parser,
 ]
@@ -284,54 +279,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- the commands -----------------------------------------------------------------------
-class _JobSession:
-    """The SparkSession of one command; stopped at the end only if the command made it."""
-
-    def __init__(self, settings: SparkSettings, app_name: str) -> None:
-        self.settings, self.app_name = settings, app_name
-        self.owned = False
-
-    def __enter__(self) -> SparkSession:
-        from pyspark.sql import SparkSession
-
-        from mxnorm_spark.session import quiet_task_failures, session_from_settings
-
-        self.owned = SparkSession.getActiveSession() is None
-        self.spark = session_from_settings(self.settings, self.app_name)
-        if self.settings.log_level in ("WARN", "ERROR"):
-            quiet_task_failures(self.spark)
-        return self.spark
-
-    def __exit__(self, *exc: object) -> None:
-        if self.owned:
-            self.spark.stop()
-
-
 def _check_state_target(path: str) -> None:
     if is_local(path) and Path(local_path(path)).is_dir():
+        keyed = " (it holds a keyed model: add --key-cols)" if keyed_marker(path) else ""
         raise ConfigError(
-            f"--state {path} is a directory; fit writes one JSON file, e.g. "
+            f"--state {path} is a directory{keyed}; fit writes one JSON file, e.g. "
             f"{Path(local_path(path)) / 'state.json'} "
             "(a stream can start from it with --initial-state)"
         )
 
 
-def _describe_batches(values: list[Any]) -> str:
-    if not values:
-        return "0 batches"
-    if len(values) == 1:
-        return f"1 batch ({values[0]!r})"
-    return f"{len(values)} batches ({values[0]!r} .. {values[-1]!r})"
-
-
 def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
     from mxnorm_spark.ml import MXNorm
 
+    if cfg.key_cols is not None:
+        return run_fit_keyed(cfg, settings)
     check_input_path(cfg.input)
     _check_state_target(cfg.state)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
-    with _JobSession(settings, "mxnorm-spark fit") as spark:
+    with JobSession(settings, "mxnorm-spark fit") as spark:
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
         estimator = MXNorm(
             inputCols=None if cfg.cols is None else list(cfg.cols),
@@ -358,7 +325,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         written = save_state(state, cfg.state, spark)
         # Beside the file (<state>.history/); a rerun replaces the old state's history.
         write_history(cfg.state, model.history_table(), spark, state_file=True)
-    print(f"fitted {state.n_features} feature(s) on {cfg.input}: {_describe_batches(batches)}")
+    print(f"fitted {state.n_features} feature(s) on {cfg.input}: {describe_batches(batches)}")
     print(inspect_table(state))
     print(f"state written to {written}")
     if cfg.output is not None:
@@ -371,27 +338,37 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
 
     check_input_path(cfg.input)
     check_output_path(cfg.output, cfg.mode)
-    # A local state is read (and verified) before Spark starts; a remote one needs Spark.
-    state = load_state(cfg.state) if is_local(cfg.state) else None
+    # A local state (or keyed model) is read and verified before Spark starts; a remote
+    # one needs Spark.
+    local = is_local(cfg.state)
+    keyed = keyed_source(cfg) if local else None
+    state = load_state(cfg.state) if local and keyed is None else None
     out_format = cfg.output_format or cfg.format
-    with _JobSession(settings, "mxnorm-spark transform") as spark:
-        state = state or load_state(cfg.state, spark)
-        df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
-        out = normalize(
-            df,
-            state,
-            cfg.cols,
-            cfg.output_cols,
-            input_col=cfg.input_col,
-            output_col=cfg.output_col,
-            handle_invalid=cfg.handle_invalid,
-            engine=cfg.engine,
-        )
-        write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
-    print(
-        f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
-        f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to {cfg.output}"
-    )
+    with JobSession(settings, "mxnorm-spark transform") as spark:
+        if not local:
+            keyed = keyed_source(cfg, spark)
+        if keyed is not None:
+            done = transform_keyed(cfg, spark, out_format)
+        else:
+            state = state or load_state(cfg.state, spark)
+            df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
+            out = normalize(
+                df,
+                state,
+                cfg.cols,
+                cfg.output_cols,
+                input_col=cfg.input_col,
+                output_col=cfg.output_col,
+                handle_invalid=cfg.handle_invalid,
+                engine=cfg.engine,
+            )
+            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            done = (
+                f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
+                f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to "
+                f"{cfg.output}"
+            )
+    print(done)
     return 0
 
 
@@ -437,7 +414,7 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
         "spark.sql.adaptive.enabled": "false",
         **dict(settings.conf),
     }
-    with _JobSession(replace(settings, conf=quiet), "mxnorm-spark stream") as spark:
+    with JobSession(replace(settings, conf=quiet), "mxnorm-spark stream") as spark:
         source, stream = _file_stream(cfg, spark)
         df = source.read(spark, cfg.cols, cfg.input_col)
         trigger = "available-now" if cfg.available_now else (cfg.trigger_interval or "continuous")
@@ -459,24 +436,6 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
         if state is not None:
             print(state.summary())
     return 0
-
-
-def inspect_table(state: MXNormState) -> str:
-    """The state's options, then per feature: mean, var, the scale transform divides by, rows."""
-    try:
-        scale: Any = state.normalization_constants()[1]
-    except NotFittedError:
-        scale = None  # some feature has seen no valid value: transform would refuse
-    head = state.summary().splitlines()[0]
-    width = max(7, *(len(f) for f in state.features))
-    lines = [head, f"{'feature':<{width}}  {'mean':>22}  {'var':>22}  {'scale':>22}  {'rows':>12}"]
-    for j, f in enumerate(state.features):
-        shown = "not fitted" if scale is None else f"{scale[j]:.15g}"
-        lines.append(
-            f"{f:<{width}}  {state.mean[j]:>22.15g}  {state.var[j]:>22.15g}  {shown:>22}  "
-            f"{int(state.count[j]):>12d}"
-        )
-    return "\n".join(lines)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,9 +70,13 @@ from mxnorm_spark.config_fields import (
     one_of,
     opt,
     options,
+    read_text,
     required,
     text,
 )
+
+# Re-exported: the session reads Spark properties files through this module.
+from mxnorm_spark.config_fields import read_properties as read_properties  # noqa: PLC0414
 from mxnorm_spark.errors import ConfigError, InvalidParameterError
 from mxnorm_spark.state import StateOptions, check_alpha, check_eps
 
@@ -200,7 +203,12 @@ class FitConfig:
     """``[fit]``: read a table, fold it into an MXNorm state, write the state JSON."""
 
     input: str = required(text, "input path (file or directory)", metavar="PATH")
-    state: str = required(text, "where to write the fitted state JSON", metavar="STATE_PATH")
+    state: str = required(
+        text,
+        "where to write the fitted state JSON; with --key-cols, the keyed model directory "
+        "(created, or replaced if it holds a keyed model)",
+        metavar="STATE_PATH",
+    )
     cols: tuple[str, ...] | None = opt(names, _HELP_COLS, metavar="A,B,C")
     input_col: str | None = opt(text, _HELP_INPUT_COL, metavar="COL")
     batch_col: str | None = opt(
@@ -208,6 +216,18 @@ class FitConfig:
         "backfill: one batch per distinct value of this column, in ascending order "
         "(default: the whole input is one batch)",
         metavar="COL",
+    )
+    key_cols: tuple[str, ...] | None = opt(
+        names,
+        "one state per distinct value of these columns (a key; with the global state as "
+        "the fallback), written as a keyed model directory to --state",
+        metavar="A,B",
+    )
+    min_key_rows: int | None = opt(
+        int_at_least(0),
+        "with --key-cols: a key's feature uses the global state until the key has N valid "
+        "values of it (default: 1)",
+        metavar="N",
     )
     format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
     alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
@@ -247,7 +267,8 @@ class FitConfig:
     apply_at: str | None = opt(
         one_of(APPLY_AT),
         "with --output and --batch-col: normalize each batch with the state after it "
-        "(default) or before it (point-in-time: no look-ahead)",
+        "(default) or before it (point-in-time: no look-ahead); with --key-cols also kept "
+        "in the model for transform",
     )
     handle_invalid: str | None = opt(
         one_of(HANDLE_INVALID),
@@ -277,8 +298,13 @@ class FitConfig:
         if self.cols is None and self.input_col is None:
             raise ConfigError("fit needs cols (scalar columns) or input_col (a vector column)")
         _check_options(self)
+        _check_keys(self)
+        if self.min_key_rows is not None and self.key_cols is None:
+            raise ConfigError("min_key_rows only applies with key_cols (one state per key)")
         if self.output is None:
-            given = [k for k in _OUTPUT_ONLY if getattr(self, k) is not None] + (
+            # A keyed model keeps apply_at for its later transforms.
+            only = [k for k in _OUTPUT_ONLY if not (self.key_cols and k == "apply_at")]
+            given = [k for k in only if getattr(self, k) is not None] + (
                 ["write_options"] if self.write_options else []
             )
             if given:
@@ -289,6 +315,22 @@ class FitConfig:
 
 
 _OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "apply_at", "handle_invalid")
+
+
+def _check_keys(cfg: Any) -> None:
+    """A key names an entity of scalar rows: not a feature, not the batch, not a vector."""
+    keys, batch = cfg.key_cols or (), getattr(cfg, "batch_col", None)
+    if keys and cfg.input_col is not None:
+        raise ConfigError(
+            "key_cols needs scalar feature columns (cols); per-key states of a vector "
+            f"column (input_col {cfg.input_col!r}) are not supported"
+        )
+    shared = [k for k in keys if k in (*(cfg.cols or ()), batch)]
+    if shared:
+        raise ConfigError(
+            f"key_cols and cols/batch_col share {shared}: a key column names the entity "
+            "and cannot also be a feature or the batch column"
+        )
 
 
 @dataclass(frozen=True)
@@ -316,6 +358,18 @@ class TransformConfig:
         default="keep",
     )
     engine: str = opt(_ENGINE, _HELP_ENGINE, default="auto")
+    key_cols: tuple[str, ...] | None = opt(
+        names,
+        "require --state to be a keyed model keyed by exactly these columns (a keyed "
+        "model directory is normalized per key even without this)",
+        metavar="A,B",
+    )
+    min_key_rows: int | None = opt(
+        int_at_least(0),
+        "with a keyed model: use a key's constants of a feature from N valid values on "
+        "(default: the model's min_key_rows)",
+        metavar="N",
+    )
     mode: str = opt(
         one_of(WRITE_MODES, fold=str.lower),
         "if the output exists: errorifexists, overwrite, append or ignore",
@@ -331,6 +385,7 @@ class TransformConfig:
     def __post_init__(self) -> None:
         _check_columns(self)
         _check_outputs(self)
+        _check_keys(self)
 
 
 @dataclass(frozen=True)
@@ -474,20 +529,7 @@ def parse_config_text(text: str, source: str = "<config>") -> ConfigFile:
 
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read a TOML config file; a missing or unreadable file is a :class:`ConfigError`."""
-    return parse_config_text(_read_text(path, "config file"), source=str(path))
-
-
-def _read_text(path: str | os.PathLike[str], what: str) -> str:
-    """A small text file (local or any URI the store reaches), or a ConfigError naming it."""
-    from mxnorm_spark.store import filesystem
-
-    try:
-        data = filesystem(str(path)).read_bytes(str(path))
-        if data is None:
-            raise ConfigError(f"{what} {path} does not exist")
-        return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+    return parse_config_text(read_text(path, "config file"), source=str(path))
 
 
 def resolve(
@@ -538,26 +580,3 @@ def config_from_args(
     from_file = config.section(table) if config is not None else None
     where = f"[{table}] of {config.source}" if config is not None else None
     return resolve(cls, from_file, flag_values(args, cls), where)
-
-
-def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read a ``spark-defaults.conf``-style file: ``key value`` (or ``key=value``) lines.
-
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "spark.conf"
-    >>> _ = p.write_text("# comment\\nspark.ui.enabled  false\\nspark.a=b c\\n")
-    >>> read_properties(p)
-    {'spark.ui.enabled': 'false', 'spark.a': 'b c'}
-    """
-    p = path
-    lines = _read_text(path, "Spark properties file").splitlines()
-    props: dict[str, str] = {}
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        match = re.match(r"^([^\s=:]+)\s*[\s=:]\s*(.*)$", line)
-        if match is None:
-            raise ConfigError(f"{p}:{number}: expected 'key value', got {raw!r}")
-        props[match.group(1)] = match.group(2).strip()
-    return props

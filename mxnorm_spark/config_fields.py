@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import field
@@ -269,3 +270,40 @@ def check_flags(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
         text_to_value = FROM_TEXT.get(check) if isinstance(raw, str) else None
         out[name] = check(raw if text_to_value is None else text_to_value(raw, flag), flag)
     return out
+
+
+# ---- small text files -------------------------------------------------------------------
+def read_text(path: str | os.PathLike[str], what: str) -> str:
+    """A small text file (local or any URI the store reaches), or a ConfigError naming it."""
+    from mxnorm_spark.store import filesystem
+
+    try:
+        data = filesystem(str(path)).read_bytes(str(path))
+        if data is None:
+            raise ConfigError(f"{what} {path} does not exist")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+
+
+def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a ``spark-defaults.conf``-style file: ``key value`` (or ``key=value``) lines.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "spark.conf"
+    >>> _ = p.write_text("# comment\\nspark.ui.enabled  false\\nspark.a=b c\\n")
+    >>> read_properties(p)
+    {'spark.ui.enabled': 'false', 'spark.a': 'b c'}
+    """
+    p = path
+    lines = read_text(path, "Spark properties file").splitlines()
+    props: dict[str, str] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        match = re.match(r"^([^\s=:]+)\s*[\s=:]\s*(.*)$", line)
+        if match is None:
+            raise ConfigError(f"{p}:{number}: expected 'key value', got {raw!r}")
+        props[match.group(1)] = match.group(2).strip()
+    return props

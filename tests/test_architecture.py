@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("streaming", ("streaming",)),
     ("config", ("config_fields", "config", "session")),
-    ("entry", ("cli", "demo", "__main__", "__init__")),
+    ("entry", ("cli_base", "cli_keyed", "cli", "demo", "__main__", "__init__")),
 ]
 
 
