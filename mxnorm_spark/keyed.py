@@ -70,7 +70,7 @@ from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
 from mxnorm_spark.store.filesystems import LocalFileSystem
 
-__all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "fit_keyed"]
+__all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "export_table", "fit_keyed", "pick_and_normalize"]
 
 KEYED_MODEL_TYPE = "mxnorm_spark.KeyedModel"
 KEYED_EXPORT_TYPE = "mxnorm_spark.KeyedExport"
@@ -103,7 +103,7 @@ def fit_keyed(
     engine of the global moments. Everything is checked before any Spark job.
     """
     options = StateOptions() if options is None else options
-    keys = _check_keys(df, cols, key_cols, batch_col)
+    keys = check_keys(df, cols, key_cols, batch_col)
     model = KeyedModel(
         features=tuple(cols),
         key_cols=keys,
@@ -121,9 +121,10 @@ def fit_keyed(
     return model
 
 
-def _check_keys(
+def check_keys(
     df: DataFrame, cols: Sequence[str], key_cols: Sequence[str], batch_col: str | None
 ) -> tuple[str, ...]:
+    """The key columns, checked against ``df`` (present, orderable, not features)."""
     resolve_input(df, cols, None)
     if isinstance(key_cols, str) or not key_cols:
         raise InvalidParameterError(
@@ -289,29 +290,14 @@ class KeyedModel:
         by_batch = self.batch_col is not None and self.batch_col in df.columns
         joined = _join_key_constants(df, states, self, by_batch)
         joined = self._join_global_constants(joined, by_batch)
-        k = len(self.features)
-        thr = max(self.min_key_rows, 1)
-        pick = [
-            f"CASE WHEN get(__mx_n, {j}) >= {thr} THEN get(__mx_km, {j}) ELSE get(__mx_gm, {j}) END"
-            for j in range(k)
-        ]
-        pick_s = [p.replace("__mx_km", "__mx_ks").replace("__mx_gm", "__mx_gs") for p in pick]
-        joined = joined.withColumns(
-            {
-                "__mx_m": F.expr(f"array({', '.join(pick)})"),
-                "__mx_s": F.expr(f"array({', '.join(pick_s)})"),
-            }
-        )
-        if self.handle_invalid == "skip":
-            texts = sql_values(spec, k)
-            joined = joined.where(" AND ".join(sql_is_finite(x) for x in texts))
         outputs = list(self.output_cols or self.features)
-        constants = Constants(k, mean_col="__mx_m", scale_col="__mx_s")
-        out = sql_engine.normalize_scalars(
-            joined, spec, outputs, constants, check=self.handle_invalid == "error"
+        return pick_and_normalize(
+            joined,
+            spec,
+            outputs,
+            min_key_rows=self.min_key_rows,
+            handle_invalid=self.handle_invalid,
         )
-        temp = ["__mx_n", "__mx_km", "__mx_ks", "__mx_gm", "__mx_gs", "__mx_m", "__mx_s"]
-        return out.drop(*temp)
 
     def _join_global_constants(self, df: DataFrame, by_batch: bool) -> DataFrame:
         """``df`` with ``__mx_gm`` / ``__mx_gs``: the global constants of its batch, or the
@@ -428,24 +414,8 @@ class KeyedModel:
         states = self.key_states
         spark = states.sparkSession
         fs, root = _filesystem(path, spark)
-        names = F.array(*[F.lit(f) for f in self.features])
         last = quote(self.batch_col) if self.batch_col else F.lit(None).cast("string")
-        zipped = F.arrays_zip("mean", "var", "after_scale", "count")
-        long = states.select(
-            *[quote(k) for k in self.key_cols],
-            last.alias("last_batch"),
-            F.posexplode(zipped).alias("feature_index", "z"),
-        )
-        table = long.select(
-            *[quote(k) for k in self.key_cols],
-            F.get(names, F.col("feature_index")).alias("feature"),
-            "feature_index",
-            F.col("z.mean").alias("mean"),
-            F.col("z.var").alias("var"),
-            F.col("z.after_scale").alias("scale"),
-            F.col("z.count").alias("count"),
-            "last_batch",
-        )
+        table = export_table(states, self.key_cols, self.features, last)
         table.write.mode("overwrite" if overwrite else "error").parquet(
             _under(path, "keys.parquet")
         )
@@ -453,6 +423,66 @@ class KeyedModel:
         write_state(self.global_state, fs.join(root, "global.json"), spark)
         meta = {**self._metadata(), "type": KEYED_EXPORT_TYPE}
         fs.write_atomic(fs.join(root, "keyed.json"), _json_bytes(meta))
+
+
+def pick_and_normalize(
+    joined: DataFrame,
+    spec: Any,
+    outputs: Sequence[str],
+    *,
+    min_key_rows: int,
+    handle_invalid: str,
+) -> DataFrame:
+    """Normalize ``joined``'s features, each with its key's constants (``__mx_km``,
+    ``__mx_ks``) where the key has ``max(min_key_rows, 1)`` valid values of it (``__mx_n``),
+    else the global ones (``__mx_gm``, ``__mx_gs``); the helper columns are dropped."""
+    k = len(outputs)
+    thr = max(min_key_rows, 1)
+    pick = [
+        f"CASE WHEN get(__mx_n, {j}) >= {thr} THEN get(__mx_km, {j}) ELSE get(__mx_gm, {j}) END"
+        for j in range(k)
+    ]
+    pick_s = [p.replace("__mx_km", "__mx_ks").replace("__mx_gm", "__mx_gs") for p in pick]
+    joined = joined.withColumns(
+        {
+            "__mx_m": F.expr(f"array({', '.join(pick)})"),
+            "__mx_s": F.expr(f"array({', '.join(pick_s)})"),
+        }
+    )
+    if handle_invalid == "skip":
+        texts = sql_values(spec, k)
+        joined = joined.where(" AND ".join(sql_is_finite(x) for x in texts))
+    constants = Constants(k, mean_col="__mx_m", scale_col="__mx_s")
+    out = sql_engine.normalize_scalars(
+        joined, spec, list(outputs), constants, check=handle_invalid == "error"
+    )
+    temp = ["__mx_n", "__mx_km", "__mx_ks", "__mx_gm", "__mx_gs", "__mx_m", "__mx_s"]
+    return out.drop(*temp)
+
+
+def export_table(
+    states: DataFrame, key_cols: Sequence[str], features: Sequence[str], last: Any
+) -> DataFrame:
+    """The serving export's rows of ``states`` (one row per key): one row per key and
+    feature, with the key's final ``mean``, ``var``, ``scale``, ``count`` and ``last``
+    (a column: the key's last batch)."""
+    names = F.array(*[F.lit(f) for f in features])
+    zipped = F.arrays_zip("mean", "var", "after_scale", "count")
+    long = states.select(
+        *[quote(k) for k in key_cols],
+        last.alias("last_batch"),
+        F.posexplode(zipped).alias("feature_index", "z"),
+    )
+    return long.select(
+        *[quote(k) for k in key_cols],
+        F.get(names, F.col("feature_index")).alias("feature"),
+        "feature_index",
+        F.col("z.mean").alias("mean"),
+        F.col("z.var").alias("var"),
+        F.col("z.after_scale").alias("scale"),
+        F.col("z.count").alias("count"),
+        "last_batch",
+    )
 
 
 def _join_key_constants(

@@ -47,6 +47,7 @@ FOLD_ARRAYS = (
     "after_scale",
 )
 _TOTALS = ("count", "totals_shift", "totals_delta", "totals_m2")
+_TOTAL_FIELDS = ("count", "shift", "delta", "m2")
 # Output rows per record batch handed back to the JVM.
 _OUT_ROWS = 8192
 
@@ -193,33 +194,43 @@ def fold_segments(
     for r in range(bounds.shape[0] - 1):
         seg = order[bounds[r] : bounds[r + 1]]
         kid = key[seg]
-        old = _wide_state(
-            options,
-            st["mean"][kid].ravel(),
-            st["var"][kid].ravel(),
-            Moments(*(tot[f][kid].ravel() for f in ("count", "shift", "delta", "m2"))),
-        )
-        new = old.update(
-            Moments(cnt[seg].ravel(), sh[seg].ravel(), de[seg].ravel(), m2[seg].ravel())
-        )
-        shape = (seg.shape[0], k)
-        values = {
-            "count_before": old.totals.count,
-            "count": new.totals.count,
-            "mean": new.mean,
-            "var": new.var,
-            "totals_shift": new.totals.shift,
-            "totals_delta": new.totals.delta,
-            "totals_m2": new.totals.m2,
-        }
-        values["before_mean"], values["before_scale"] = filled_constants(old)
-        values["after_mean"], values["after_scale"] = filled_constants(new)
+        before = {"mean": st["mean"][kid], "var": st["var"][kid]}
+        before.update({name: tot[f][kid] for f, name in zip(_TOTAL_FIELDS, _TOTALS, strict=True)})
+        values = fold_step(options, before, (cnt[seg], sh[seg], de[seg], m2[seg]))
         for name, v in values.items():
-            out[name][seg] = v.reshape(shape)
-        st["mean"][kid], st["var"][kid] = new.mean.reshape(shape), new.var.reshape(shape)
-        for f, name in zip(("count", "shift", "delta", "m2"), _TOTALS, strict=True):
-            tot[f][kid] = values[name].reshape(shape)
+            out[name][seg] = v
+        st["mean"][kid], st["var"][kid] = values["mean"], values["var"]
+        for f, name in zip(_TOTAL_FIELDS, _TOTALS, strict=True):
+            tot[f][kid] = values[name]
     return out
+
+
+def fold_step(
+    options: StateOptions, before: dict[str, FloatArray], moments: tuple[FloatArray, ...]
+) -> dict[str, FloatArray]:
+    """One batch folded into many keys at once: ``before`` holds each key's ``mean``,
+    ``var`` and totals (:data:`_TOTALS` names), ``moments`` its batch's ``(count, shift,
+    delta, m2)``, all keys x features; returns the :data:`FOLD_ARRAYS` of each key."""
+    shape = before["mean"].shape
+    old = _wide_state(
+        options,
+        before["mean"].ravel(),
+        before["var"].ravel(),
+        Moments(*(before[name].ravel() for name in _TOTALS)),
+    )
+    new = old.update(Moments(*(m.ravel() for m in moments)))
+    values = {
+        "count_before": old.totals.count,
+        "count": new.totals.count,
+        "mean": new.mean,
+        "var": new.var,
+        "totals_shift": new.totals.shift,
+        "totals_delta": new.totals.delta,
+        "totals_m2": new.totals.m2,
+    }
+    values["before_mean"], values["before_scale"] = filled_constants(old)
+    values["after_mean"], values["after_scale"] = filled_constants(new)
+    return {name: v.reshape(shape) for name, v in values.items()}
 
 
 def _list_array(values: FloatArray) -> pa.Array:
@@ -263,6 +274,158 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
         ]
         names = [*table.column_names, "rows", "key_rows", "batches_seen", "is_last", *FOLD_ARRAYS]
         out = pa.Table.from_arrays(cols, names=names)
+        yield from out.to_batches(max_chunksize=_OUT_ROWS)
+
+    return fold_partition
+
+
+# ---- one micro-batch of a keyed stream ---------------------------------------------------
+# Scalar columns of a key's row in a stream snapshot, beside the key columns and the
+# FOLD_ARRAYS: the last micro-batch it had rows in, how many it had rows in, its rows so far
+# and its rows in its last micro-batch.
+SNAPSHOT_SCALARS = ("last_batch", "batches_seen", "key_rows", "rows")
+SOURCE_COLUMN = "__mx_src"  # 0: a snapshot row (a key's state), 1: a data row
+
+
+def _matrix(col: pa.Array, idx: np.ndarray, k: int) -> FloatArray:
+    """Rows ``idx`` of a list<double> column as an ``idx.size x k`` matrix."""
+    values = col.take(pa.array(idx, type=pa.int64())).flatten()
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, k)
+
+
+def stream_fold(
+    table: pa.Table,
+    n_keys: int,
+    n_features: int,
+    *,
+    options: StateOptions,
+    batch_id: int,
+    evict_after: int | None,
+) -> pa.Table:
+    """The snapshot after micro-batch ``batch_id`` of the keys in ``table``.
+
+    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features):
+    the key columns, the source column, one float64 column per feature (data rows), then
+    :data:`SNAPSHOT_SCALARS` and :data:`FOLD_ARRAYS` (snapshot rows: each key's state before
+    the batch). A key with data rows gets its batch folded in (from a fresh state when it
+    has no snapshot row, or one unseen for more than ``evict_after`` batches); a key
+    without keeps its row, unless it has been unseen for ``evict_after`` batches (dropped).
+    Output: the key columns, :data:`SNAPSHOT_SCALARS`, :data:`FOLD_ARRAYS`.
+    """
+    t = table.combine_chunks()
+    k, f0 = n_features, n_keys + 1
+    cols = [t.column(i).chunk(0) for i in range(t.num_columns)]
+    key_diff = np.zeros(t.num_rows, dtype=bool)
+    for i in range(n_keys):
+        key_diff |= _differs(None, cols[i])
+    group = np.cumsum(key_diff) - 1
+    src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
+    data, snap = np.flatnonzero(src == 1), np.flatnonzero(src == 0)
+    # The key's last micro-batch with rows (NaN on data rows).
+    last = np.asarray(cols[f0 + k].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
+    keep = np.ones(snap.shape[0], dtype=bool)
+    schema = pa.schema(
+        [
+            *(t.schema.field(i) for i in range(n_keys)),
+            pa.field("last_batch", pa.int64()),
+            pa.field("batches_seen", pa.int32()),
+            pa.field("key_rows", pa.int64()),
+            pa.field("rows", pa.int64()),
+            *(pa.field(name, pa.list_(pa.float64())) for name in FOLD_ARRAYS),
+        ]
+    )
+    parts = []
+    if data.size:
+        dgroup = group[data]
+        starts = np.flatnonzero(np.concatenate([[True], dgroup[1:] != dgroup[:-1]]))
+        take = pa.array(data, type=pa.int64())
+        x = np.vstack(
+            [cols[f0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
+        ).astype(np.float64, copy=False)
+        snap_of = np.full(int(group[-1]) + 1, -1)
+        snap_of[group[snap]] = np.arange(snap.shape[0])
+        prev = snap_of[dgroup[starts]]  # the key's snapshot row (index into snap), or -1
+        keep[prev[prev >= 0]] = False  # replaced by the folded row
+        if evict_after is not None and snap.size:
+            stale = batch_id - last[np.maximum(prev, 0)] > evict_after
+            prev = np.where(stale, -1, prev)
+        prev_row = np.full_like(prev, -1)
+        prev_row[prev >= 0] = snap[prev[prev >= 0]]
+        folded = _folded_rows(
+            cols,
+            n_keys,
+            k,
+            prev=prev_row,
+            first_rows=data[starts],
+            rows=np.diff(np.append(starts, data.shape[0])),
+            moments=segment_moments(x, starts),
+            options=options,
+            batch_id=batch_id,
+        )
+        parts.append(pa.Table.from_arrays(folded, schema=schema))
+    if evict_after is not None:
+        keep &= batch_id - last < evict_after
+    kept = pa.array(snap[keep], type=pa.int64())
+    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(f0 + k, t.num_columns))]
+    parts.append(pa.Table.from_arrays(carried, names=schema.names).cast(schema))
+    return pa.concat_tables(parts)
+
+
+def _folded_rows(
+    cols: list[pa.Array],
+    n_keys: int,
+    k: int,
+    *,
+    prev: np.ndarray,
+    first_rows: np.ndarray,
+    rows: np.ndarray,
+    moments: tuple[FloatArray, ...],
+    options: StateOptions,
+    batch_id: int,
+) -> list[pa.Array]:
+    """The snapshot columns of the keys with data: the state of row ``prev`` (-1: none)
+    with the batch's ``moments`` folded in; keys taken from rows ``first_rows``."""
+    s, has = first_rows.shape[0], prev >= 0
+    idx = prev[has]
+    before = {"mean": np.full((s, k), np.nan), "var": np.full((s, k), np.nan)}
+    before.update({name: np.zeros((s, k)) for name in _TOTALS})
+    first_array = n_keys + 1 + k + len(SNAPSHOT_SCALARS)
+    for name in ("mean", "var", *_TOTALS):
+        before[name][has] = _matrix(cols[first_array + FOLD_ARRAYS.index(name)], idx, k)
+    values = fold_step(options, before, moments)
+    seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
+    at = pa.array(idx, type=pa.int64())
+    seen[has] = cols[n_keys + 2 + k].take(at).to_numpy(zero_copy_only=False)
+    key_rows[has] = cols[n_keys + 3 + k].take(at).to_numpy(zero_copy_only=False)
+    take = pa.array(first_rows, type=pa.int64())
+    return [
+        *(cols[i].take(take) for i in range(n_keys)),
+        pa.array(np.full(s, batch_id, dtype=np.int64)),
+        pa.array(seen + 1, type=pa.int32()),
+        pa.array(key_rows + rows, type=pa.int64()),
+        pa.array(rows, type=pa.int64()),
+        *(_list_array(values[name]) for name in FOLD_ARRAYS),
+    ]
+
+
+def stream_fold_kernel(
+    n_keys: int, n_features: int, options: StateOptions, batch_id: int, evict_after: int | None
+) -> BatchFunction:
+    """The ``mapInArrow`` function of :func:`stream_fold` (a partition at once)."""
+
+    def fold_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        rbs = [rb for rb in batches if rb.num_rows]
+        if not rbs:
+            return
+        table = pa.Table.from_batches(rbs)
+        out = stream_fold(
+            table,
+            n_keys,
+            n_features,
+            options=options,
+            batch_id=batch_id,
+            evict_after=evict_after,
+        )
         yield from out.to_batches(max_chunksize=_OUT_ROWS)
 
     return fold_partition

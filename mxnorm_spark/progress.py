@@ -2,7 +2,8 @@
 
 Also the test-only fault hook (:func:`fault`), which kills the driver at a chosen point of
 a chosen micro-batch: ``MXNORM_FAULT=before_commit:3`` kills the process with SIGKILL just
-before the state of batch 3 is committed (also ``after_commit``, ``during_write``,
+before the state of batch 3 is committed (also ``during_key_write``: a keyed stream's
+snapshot written but not renamed into place; ``after_commit``, ``during_write``,
 ``after_write``; several as a comma-separated list). The crash-safety tests restart the
 stream after each such kill.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 FAULT_ENV = "MXNORM_FAULT"
-FAULT_POINTS = ("before_commit", "after_commit", "during_write", "after_write")
+FAULT_POINTS = ("during_key_write", "before_commit", "after_commit", "during_write", "after_write")
 
 __all__ = [
     "FAULT_ENV",

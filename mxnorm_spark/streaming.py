@@ -63,6 +63,7 @@ from mxnorm_spark.errors import (
     StateConflictError,
     error_in_text,
 )
+from mxnorm_spark.keyed_stream import KeyedStreamState, KeyOptions
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.progress import (
     BatchReport,
@@ -123,6 +124,7 @@ class MXNormStream:
         engine: str = "auto",
         initial_state: MXNormState | str | None = None,
         progress: Callable[[BatchReport], None] | None = print_report,
+        keys: KeyOptions | None = None,
     ) -> None:
         from mxnorm_spark.aggregate import check_engine
 
@@ -153,6 +155,13 @@ class MXNormStream:
             None if self.output.path is None else BatchDirectories(self.output.path, spark)
         )
         self._open(initial_state)
+        self.keys: KeyedStreamState | None = None
+        if keys is not None:
+            if self.cols is None:
+                raise InvalidParameterError(
+                    "per-key state (keys=) needs scalar feature columns (cols=), not input_col"
+                )
+            self.keys = KeyedStreamState(spark, self.store.path, self.cols, keys, self.options)
 
     def __getstate__(self) -> dict[str, object]:
         # Spark Connect pickles the foreachBatch function, and this object with it, to run it
@@ -404,6 +413,10 @@ class MXNormStream:
                     checked=self._checked_files,
                 )
             payload = data.drop(*INTERNAL_COLUMNS)
+            if self.keys is not None:
+                from mxnorm_spark.keyed import check_keys
+
+                check_keys(payload, list(self.cols or ()), self.keys.keys.key_cols, None)
             if prev is None:
                 prev = self._fresh_state(payload)
             if committed is not None:
@@ -467,11 +480,16 @@ class MXNormStream:
         else:
             moments = Moments.empty(prev.n_features)
         new = prev.update(moments, batch_id)
+        if self.keys is not None and rows:
+            # Published before the version: the version commits the batch, keys included.
+            self.keys.advance(payload, batch_id, self.store.latest_batch_id())
         # Before the version: a replay then finds its history record and keeps it.
         self.store.record_batch(batch_id, rows=rows or 0, moments=moments, state=new)
         fault("before_commit", batch_id, spark)
         self.store.commit(batch_id, new)
         fault("after_commit", batch_id, spark)
+        if self.keys is not None:
+            self.keys.prune(batch_id)
         return new, rows
 
     def _report(
@@ -539,6 +557,17 @@ class MXNormStream:
         """Normalize the batch and hand it to the sink, or publish it under the output."""
         from mxnorm_spark.apply import normalize
 
+        if self.keys is not None:
+            out = self.keys.normalize(
+                payload,
+                batch_id,
+                apply_at=self.apply_at,
+                global_before=prev or new,
+                global_after=new,
+                outputs=list(self.output.cols or self.cols or ()),
+                handle_invalid=self.handle_invalid,
+            )
+            return self._publish(out, batch_id)
         if self.apply_at == "after" or prev is None:
             state, fallback = new, None
         else:
@@ -554,6 +583,9 @@ class MXNormStream:
             engine=self.engine,
             fallback=fallback,
         )
+        return self._publish(out, batch_id)
+
+    def _publish(self, out: DataFrame, batch_id: int) -> str | None:
         if self.output.sink is not None:
             self.output.sink(out, batch_id)
             return None

@@ -26,7 +26,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("spark-api", ("aggregate", "apply", "keyed")),
     (
         "spark-jobs",
-        ("ml_params", "ml_persistence", "ml_keyed", "ml", "sources", "progress", "sinks"),
+        (
+            "ml_params",
+            "ml_persistence",
+            "ml_keyed",
+            "ml",
+            "sources",
+            "progress",
+            "sinks",
+            "keyed_stream",
+        ),
     ),
     ("streaming", ("streaming",)),
     ("config", ("config_fields", "config", "session")),

@@ -1,0 +1,379 @@
+"""Per-key state of a stream: one Parquet snapshot of every key's state per micro-batch.
+
+:class:`MXNormStream` with ``keys=KeyOptions(...)`` keeps, beside its global state
+versions, the state of every key under ``STATE/_keys/``:
+
+* ``batch_id=<12 digits>/``: the *snapshot* after that micro-batch, Parquet, one row per
+  key: the key columns, ``last_batch`` (its last micro-batch with rows),
+  ``batches_seen``, ``key_rows``, ``rows`` and the per-feature arrays of
+  :data:`~mxnorm_spark.keyed_kernel.FOLD_ARRAYS` (the state after its last batch and the
+  constants before and after it: the same columns as ``KeyedModel.states``). Any engine
+  reads it as a table.
+* ``keyed.json``: the key columns, features and key options, checked at every restart.
+
+For a micro-batch with rows, one Spark job shuffles the micro-batch's rows and the
+previous snapshot together by key, sorted by (key, source, features), and one
+``mapInArrow`` kernel (:func:`~mxnorm_spark.keyed_kernel.stream_fold`) folds each key's
+rows into its state with :meth:`MXNormState.update` (all keys at once); keys without rows
+are carried over or evicted. The snapshot is written aside and renamed into place
+*before* the global version of the batch is committed: that version is the batch's one
+commit point. A replay of a committed batch reads its snapshot back; a replay of an
+uncommitted one recomputes it from the previous snapshot (the same rows in the same order
+give the same bits). After a commit, older snapshots are deleted. Nothing per key reaches
+the driver.
+
+The rows are then normalized with one join by key against the keys of this micro-batch,
+with the fallback rules of :mod:`mxnorm_spark.keyed` (the global state for null keys and
+keys with fewer than ``min_key_rows`` valid values so far).
+
+The snapshots are written by Spark: local, HDFS, or whatever file system the Spark
+session can write (on S3 that needs the S3A connector on the cluster).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mxnorm_spark.columns import quote, resolve_input
+from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.keyed_kernel import FOLD_ARRAYS, SOURCE_COLUMN, filled, stream_fold_kernel
+from mxnorm_spark.progress import fault
+from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.store import filesystem, local_path, write_state
+from mxnorm_spark.store.filesystems import LocalFileSystem
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import types as T
+
+__all__ = ["KEYS_DIR", "KeyOptions", "KeyedStreamState", "export_latest"]
+
+KEYS_DIR = "_keys"
+_META = "keyed.json"
+_META_TYPE = "mxnorm_spark.KeyedStream"
+_ATTEMPTS = "_attempts"
+_PREFIX = "batch_id="
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """Per-key state of a stream: ``key_cols`` (one or more columns of orderable scalars),
+    ``min_key_rows`` (a feature uses its key's constants once the key has that many valid
+    values of it, at least 1; the global state before), ``evict_after`` (a key unseen for
+    that many micro-batches is dropped from the snapshot, and starts afresh if it comes
+    back; None keeps every key) and ``num_partitions`` (of the shuffle by key; default
+    ``spark.sql.shuffle.partitions``)."""
+
+    key_cols: tuple[str, ...]
+    min_key_rows: int = 1
+    evict_after: int | None = None
+    num_partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        keys = self.key_cols
+        if isinstance(keys, str) or not keys or not all(isinstance(k, str) for k in keys):
+            raise InvalidParameterError(
+                f"key_cols must be a non-empty list of column names, got {keys!r}"
+            )
+        object.__setattr__(self, "key_cols", tuple(keys))
+        for name, low in (("min_key_rows", 0), ("evict_after", 1), ("num_partitions", 1)):
+            value = getattr(self, name)
+            if value is None and name != "min_key_rows":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidParameterError(f"{name} must be an int >= {low}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_cols": list(self.key_cols),
+            "min_key_rows": self.min_key_rows,
+            "evict_after": self.evict_after,
+        }
+
+
+def snapshot_dir(batch_id: int) -> str:
+    return f"{_PREFIX}{batch_id:012d}"
+
+
+class KeyedStreamState:
+    """The per-key snapshots of one stream's state directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        state_path: str,
+        features: Sequence[str],
+        keys: KeyOptions,
+        options: StateOptions,
+    ) -> None:
+        self.fs = filesystem(state_path, spark)
+        base = local_path(state_path) if isinstance(self.fs, LocalFileSystem) else state_path
+        self.root = self.fs.join(base, KEYS_DIR)
+        self.features = tuple(features)
+        self.keys = keys
+        self.options = options
+        self._check_metadata()
+        self.fs.delete(self.fs.join(self.root, _ATTEMPTS), True)
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "type": _META_TYPE,
+            "features": list(self.features),
+            "options": self.options.to_dict(),
+            **self.keys.to_dict(),
+        }
+
+    def _check_metadata(self) -> None:
+        path = self.fs.join(self.root, _META)
+        ours = self._metadata()
+        found = _read_metadata(self.fs, path)
+        if found is None:
+            self.fs.mkdirs(self.root)
+            self.fs.write_atomic(path, (json.dumps(ours, indent=2, sort_keys=True) + "\n").encode())
+            return
+        diff = [
+            f"{k}={found.get(k)!r} (stream: {v!r})" for k, v in ours.items() if found.get(k) != v
+        ]
+        if diff:
+            raise InvalidParameterError(
+                f"the per-key state in {self.root} was built with {', '.join(diff)}; run the "
+                "stream with the same settings, or start a fresh state directory"
+            )
+
+    # ---- snapshots -------------------------------------------------------------------
+    def snapshot_ids(self) -> list[int]:
+        ids = []
+        for name in self.fs.list_names(self.root):
+            if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit():
+                ids.append(int(name[len(_PREFIX) :]))
+        return sorted(ids)
+
+    def _path(self, batch_id: int) -> str:
+        # Spark's readers and writers take the path as given (a URI, or a local path).
+        return self.fs.join(self.root, snapshot_dir(batch_id))
+
+    def schema(self, data_schema: T.StructType) -> T.StructType:
+        """The snapshot's schema: the key columns as in the data, then the state columns."""
+        from pyspark.sql import types as T
+
+        dbl = T.ArrayType(T.DoubleType(), containsNull=True)
+        return T.StructType(
+            [
+                *(T.StructField(k, data_schema[k].dataType, True) for k in self.keys.key_cols),
+                T.StructField("last_batch", T.LongType(), True),
+                T.StructField("batches_seen", T.IntegerType(), True),
+                T.StructField("key_rows", T.LongType(), True),
+                T.StructField("rows", T.LongType(), True),
+                *(T.StructField(name, dbl, True) for name in FOLD_ARRAYS),
+            ]
+        )
+
+    def read(self, spark: SparkSession, batch_id: int, data_schema: T.StructType) -> DataFrame:
+        return spark.read.schema(self.schema(data_schema)).parquet(self._path(batch_id))
+
+    def previous(self, batch_id: int, committed: int | None) -> int | None:
+        """The snapshot a batch folds into: the newest one of a committed batch before it."""
+        if committed is None:
+            return None
+        older = [b for b in self.snapshot_ids() if b < batch_id and b <= committed]
+        return older[-1] if older else None
+
+    def advance(self, data: DataFrame, batch_id: int, committed: int | None) -> None:
+        """Fold micro-batch ``batch_id`` (``data``: the rows) into the previous snapshot and
+        publish the result as the snapshot of ``batch_id``."""
+        from pyspark.sql import functions as F
+
+        spark = data.sparkSession
+        keys = list(self.keys.key_cols)
+        schema = self.schema(data.schema)
+        prev = self.previous(batch_id, committed)
+        features = [
+            quote(f).cast("double").alias(f"__mx_x{j}") for j, f in enumerate(self.features)
+        ]
+        rows = data.select(*(quote(k) for k in keys), F.lit(1).alias(SOURCE_COLUMN), *features)
+        rows = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
+        state_fields = schema.fields[len(keys) :]
+        both = rows.select("*", *(F.lit(None).cast(f.dataType).alias(f.name) for f in state_fields))
+        if prev is not None:
+            no_x = [F.lit(None).cast("double").alias(f"__mx_x{j}") for j in range(len(features))]
+            snap = self.read(spark, prev, data.schema).select(
+                *(quote(k) for k in keys),
+                F.lit(0).alias(SOURCE_COLUMN),
+                *no_x,
+                *(F.col(f.name) for f in state_fields),
+            )
+            both = both.unionByName(snap)
+        parts = (self.keys.num_partitions,) if self.keys.num_partitions else ()
+        order = [*keys, SOURCE_COLUMN, *(f"__mx_x{j}" for j in range(len(self.features)))]
+        both = both.repartition(*parts, *keys).sortWithinPartitions(*order)
+        kernel = stream_fold_kernel(
+            len(keys),
+            len(self.features),
+            self.options,
+            batch_id,
+            self.keys.evict_after,
+        )
+        snapshot = both.mapInArrow(kernel, schema)
+        self._publish(snapshot, batch_id)
+
+    def _publish(self, snapshot: DataFrame, batch_id: int) -> None:
+        import uuid
+
+        fs = self.fs
+        final = self._path(batch_id)
+        attempt = fs.join(
+            fs.join(self.root, _ATTEMPTS), f"{snapshot_dir(batch_id)}-{uuid.uuid4().hex}"
+        )
+        snapshot.write.parquet(attempt)
+        fault("during_key_write", batch_id, snapshot.sparkSession)
+        if fs.exists(final):
+            fs.delete(final, recursive=True)
+        if not fs.rename(attempt, final):
+            raise OSError(f"could not rename {attempt} to {final}")
+
+    def prune(self, committed: int) -> None:
+        """Delete the snapshots older than the newest one of a committed batch."""
+        ids = [b for b in self.snapshot_ids() if b <= committed]
+        for b in ids[:-1]:
+            self.fs.delete(self._path(b), recursive=True)
+
+    # ---- normalizing ------------------------------------------------------------------
+    def normalize(
+        self,
+        payload: DataFrame,
+        batch_id: int,
+        *,
+        apply_at: str,
+        global_before: MXNormState,
+        global_after: MXNormState,
+        outputs: Sequence[str],
+        handle_invalid: str,
+    ) -> DataFrame:
+        """``payload`` normalized per key with the snapshot of ``batch_id`` (which must be
+        published), falling back to the global state before or after the batch."""
+        from pyspark.sql import functions as F
+
+        from mxnorm_spark.keyed import pick_and_normalize
+
+        if batch_id not in self.snapshot_ids():
+            raise StateConflictError(
+                f"micro-batch {batch_id} needs its per-key snapshot "
+                f"{self._path(batch_id)}, which is missing: it was deleted. Restore it, or "
+                "start over with a fresh checkpoint and state directory"
+            )
+        keys = list(self.keys.key_cols)
+        spec = resolve_input(payload, list(self.features), None)
+        if apply_at == "before":
+            n, m, s = "count_before", "before_mean", "before_scale"
+            gm, gs = global_before.normalization_constants(filled(global_after))
+        else:
+            n, m, s = "count", "after_mean", "after_scale"
+            gm, gs = filled(global_after).normalization_constants()
+        mine = self.read(payload.sparkSession, batch_id, payload.schema)
+        right = mine.where(F.col("last_batch") == batch_id).select(
+            *(quote(k).alias(f"__mx_key{i}") for i, k in enumerate(keys)),
+            F.col(n).alias("__mx_n"),
+            F.col(m).alias("__mx_km"),
+            F.col(s).alias("__mx_ks"),
+        )
+        cond = [quote(k) == F.col(f"__mx_key{i}") for i, k in enumerate(keys)]
+        joined = payload.join(right, cond, "left").drop(*(f"__mx_key{i}" for i in range(len(keys))))
+        joined = joined.withColumns(
+            {
+                "__mx_gm": F.array(*[F.lit(float(v)) for v in gm]),
+                "__mx_gs": F.array(*[F.lit(float(v)) for v in gs]),
+            }
+        )
+        return pick_and_normalize(
+            joined,
+            spec,
+            outputs,
+            min_key_rows=self.keys.min_key_rows,
+            handle_invalid=handle_invalid,
+        )
+
+
+def _sql_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:
+    data = fs.read_bytes(path)
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise CorruptStateError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("type") != _META_TYPE:
+        raise CorruptStateError(f"{path} is not the metadata of a keyed stream")
+    return doc
+
+
+def export_latest(
+    spark: SparkSession, state_dir: str, out_dir: str, *, overwrite: bool = False
+) -> int:
+    """Write the serving export (as :meth:`KeyedModel.export`) of a keyed stream's newest
+    committed batch: its snapshot's keys and the global state of that batch. Returns the
+    batch id exported."""
+    from pyspark.sql import functions as F
+
+    from mxnorm_spark.keyed import KEYED_EXPORT_TYPE, export_table
+    from mxnorm_spark.store import StateStore
+
+    store = StateStore(state_dir, spark)
+    committed = store.latest_batch_id()
+    fs = filesystem(state_dir, spark)
+    base = local_path(state_dir) if isinstance(fs, LocalFileSystem) else state_dir
+    root = fs.join(base, KEYS_DIR)
+    meta = _read_metadata(fs, fs.join(root, _META))
+    if meta is None or committed is None:
+        raise CorruptStateError(
+            f"{state_dir} holds no committed per-key stream state (no {KEYS_DIR}/{_META} or "
+            "no committed version): export-keys reads a keyed stream's state directory or a "
+            "keyed model directory"
+        )
+    ids = [
+        int(n[len(_PREFIX) :])
+        for n in fs.list_names(root)
+        if n.startswith(_PREFIX)
+        and n[len(_PREFIX) :].isdigit()
+        and int(n[len(_PREFIX) :]) <= committed
+    ]
+    state = store.get(committed)
+    assert state is not None
+    mode = "overwrite" if overwrite else "error"
+    out_fs = filesystem(out_dir, spark)
+    out_root = local_path(out_dir) if isinstance(out_fs, LocalFileSystem) else out_dir
+    out_fs.mkdirs(out_root)
+    keys = list(meta["key_cols"])
+    if not ids:
+        raise CorruptStateError(
+            f"{state_dir} has no per-key snapshot up to batch {committed}: no row with a key "
+            "has been processed yet, so there is nothing to export"
+        )
+    snap = spark.read.parquet(fs.join(root, snapshot_dir(ids[-1])))
+    table = export_table(snap, keys, meta["features"], F.col("last_batch"))
+    table.write.mode(mode).parquet(out_dir.rstrip("/") + "/keys.parquet")
+    write_state(state, out_fs.join(out_root, "global.json"), spark)
+    doc = {
+        "type": KEYED_EXPORT_TYPE,
+        "schema_version": 1,
+        "features": list(meta["features"]),
+        "key_cols": keys,
+        "batch_col": None,
+        "options": meta["options"],
+        "min_key_rows": meta["min_key_rows"],
+        "apply_at": "after",
+        "handle_invalid": "keep",
+        "output_cols": None,
+        "exported_batch": committed,
+    }
+    out_fs.write_atomic(
+        out_fs.join(out_root, "keyed.json"),
+        (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
+    )
+    return committed
