@@ -44,6 +44,16 @@ def test_example_config_parses_every_table() -> None:
     resolve(SparkSettings, cfg.section("spark"))
 
 
+def test_keyed_example_config_chains_fit_and_transform() -> None:
+    cfg = load_config(ROOT / "conf" / "keyed.toml")
+    fit = resolve(FitConfig, cfg.section("fit"))
+    transform = resolve(TransformConfig, cfg.section("transform"))
+    assert fit.key_cols == ("sensor",) and fit.min_key_rows == 20 and fit.output is None
+    assert fit.apply_at == "before"  # kept in a keyed model, so allowed without output
+    assert transform.state == fit.state and transform.key_cols == fit.key_cols
+    resolve(SparkSettings, cfg.section("spark"))
+
+
 def test_local_defaults_match_conf_file() -> None:
     assert read_properties(ROOT / "conf" / "spark-local.conf") == dict(LOCAL_DEFAULTS)
     cluster = read_properties(ROOT / "conf" / "spark-cluster.conf.example")
@@ -87,6 +97,13 @@ def test_values_are_typed_and_defaults_filled() -> None:
         ("[stream]\ntrigger_interval = 'soon'\n", 'an interval such as "10s"'),
         ("[spark.conf]\n'spark.x' = [1]\n", "[spark] conf.spark.x: expected a string"),
         ("[fit\n", "not valid TOML"),
+        ("[fit]\nkey_cols = []\n", "[fit] key_cols: expected one or more non-empty column names"),
+        ("[fit]\nkey_cols = [1]\n", "[fit] key_cols: expected one or more non-empty column names"),
+        ("[fit]\nkey_cols = ['k', 'k']\n", "[fit] key_cols: column names must be unique"),
+        ("[fit]\nmin_key_rows = -1\n", "[fit] min_key_rows: expected a whole number >= 0, got -1"),
+        ("[fit]\nmin_key_rows = '2'\n", "min_key_rows: expected a whole number >= 0, got the str"),
+        ("[transform]\nmin_key_rows = 1.5\n", "[transform] min_key_rows: expected a whole number"),
+        ("[transform]\nkey_cols = 3\n", '[transform] key_cols: expected column names, as ["a"'),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(text: str, message: str) -> None:
@@ -104,6 +121,10 @@ def test_bad_config_is_rejected_with_the_key(text: str, message: str) -> None:
         ("var_update = 'mixture'\nalpha = 'cumulative'\n", "takes no var_update or decay"),
         ("apply_at = 'before'\n", "apply_at only apply to the normalized output: add output"),
         ("output = 'o'\noutput_cols = ['x']\n", "output_cols has 1 names but cols has 2"),
+        ("key_cols = ['k', 'a']\n", "key_cols and cols/batch_col share ['a']"),
+        ("key_cols = ['k']\nbatch_col = 'k'\n", "key_cols and cols/batch_col share ['k']"),
+        ("min_key_rows = 5\n", "min_key_rows only applies with key_cols"),
+        ("key_cols = ['k']\nhandle_invalid = 'skip'\n", "handle_invalid only apply to the"),
     ],
 )
 def test_inconsistent_settings_are_rejected(extra: str, message: str) -> None:
@@ -111,6 +132,19 @@ def test_inconsistent_settings_are_rejected(extra: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(FitConfig, section)
     assert message in str(info.value)
+
+
+def test_key_cols_from_the_file_or_the_flags() -> None:
+    text = FIT_MIN + "key_cols = 'k, site'\nmin_key_rows = 0\napply_at = 'before'\n"
+    fit = resolve(FitConfig, parse_config_text(text).section("fit"))
+    assert (fit.key_cols, fit.min_key_rows, fit.apply_at) == (("k", "site"), 0, "before")
+    flags = resolve(FitConfig, parse_config_text(text).section("fit"), {"key_cols": "user"})
+    assert flags.key_cols == ("user",) and flags.min_key_rows == 0
+    with pytest.raises(ConfigError, match="--min-key-rows: expected a whole number >= 0, got -1"):
+        resolve(FitConfig, parse_config_text(text).section("fit"), {"min_key_rows": "-1"})
+    section = {"input": "i", "state": "s", "output": "o", "input_col": "v", "key_cols": ["k"]}
+    with pytest.raises(ConfigError, match="per-key states of a vector column"):
+        resolve(TransformConfig, section)
 
 
 def test_flags_win_over_the_file_and_missing_ones_are_named(tmp_path: Path) -> None:
