@@ -189,17 +189,18 @@ def test_keyed_config_keys(spark: Any, keyed_run: Any) -> None:
     assert len(read_parquet(tmp / "out2")["id"]) == len(keyed_run["table"]["id"])
 
 
-def test_bad_keyed_input_fails_with_one_clear_line(spark: Any, keyed_run: Any) -> None:
+def fails(*args: str) -> str:
+    """The one error line of a command that must exit with status 2."""
+    code, _, err = main(*args)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_keyed_fit_fails_with_one_clear_line(spark: Any, keyed_run: Any) -> None:
     tmp = keyed_run["tmp"]
     data, model = str(tmp / "events.parquet"), str(tmp / "model")
     fit = ["fit", "--input", data, "--cols", "a,b", "--state", str(tmp / "bad_model")]
-
-    def fails(*args: str) -> str:
-        code, _, err = main(*args)
-        assert code == 2, err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-        return err
-
     assert "key column(s) ['zone'] not found in --input" in fails(*fit, "--key-cols", "zone")
     err = fails(*fit, "--key-cols", "sensor,a")
     assert "key_cols and cols/batch_col share ['a']" in err
@@ -218,7 +219,15 @@ def test_bad_keyed_input_fails_with_one_clear_line(spark: Any, keyed_run: Any) -
     assert "is not a keyed model directory (it is a file" in err
     assert "it has no keyed.json" in fails(*fit[:-1], str(tmp / "fit_out"), "--key-cols", "sensor")
     assert "(it holds a keyed model: add --key-cols)" in fails(*fit[:-1], model)
+    assert not (tmp / "bad_model").exists()
 
+
+def test_bad_keyed_transform_and_export_fail_with_one_clear_line(
+    spark: Any, keyed_run: Any
+) -> None:
+    tmp = keyed_run["tmp"]
+    data, model = str(tmp / "events.parquet"), str(tmp / "model")
+    (tmp / "plain.json").write_text("{}")
     # transform: key columns must be in the input; a plain state takes no key_cols.
     no_key = pa.table(keyed_run["table"]).drop(["sensor"])
     pq.write_table(no_key, tmp / "no_key.parquet")
@@ -231,6 +240,15 @@ def test_bad_keyed_input_fails_with_one_clear_line(spark: Any, keyed_run: Any) -
     err = fails("transform", "--input", data, "--state", str(tmp / "plain.json"),
                 "--output", str(tmp / "never"), "--key-cols", "sensor")  # fmt: skip
     assert "is not a keyed model directory (it is a file" in err
+
+    # A serving export is not a model: neither transform nor export-keys takes one.
+    (tmp / "an_export").mkdir()
+    (tmp / "an_export" / "keyed.json").write_text('{"type": "mxnorm_spark.KeyedExport"}')
+    err = fails("transform", "--input", data, "--state", str(tmp / "an_export"),
+                "--output", str(tmp / "never"))  # fmt: skip
+    assert "is not a keyed model directory (it is a serving export" in err
+    err = fails("export-keys", str(tmp / "an_export"), str(tmp / "never"))
+    assert "is not a keyed model directory (it is a serving export" in err
 
     # export-keys: only a keyed model directory exports.
     err = fails("export-keys", str(tmp / "fit_out"), str(tmp / "never"))
