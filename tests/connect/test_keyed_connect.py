@@ -40,3 +40,63 @@ def test_keyed_on_connect(spark: Any, tmp_path: Path) -> None:
     served = load(str(tmp_path / "export"))
     inputs = [{"id": 1, "k": "k3", "x": 1e9}, {"id": 2, "k": "zz", "x": 1e9}]
     assert [served.transform_row(r)["x"] for r in inputs] == [r["x"] for r in a]
+
+
+def test_keyed_stream_on_connect(spark: Any, tmp_path: Path) -> None:
+    """A keyed stream run through a Connect session: per-key snapshots equal the reference
+    loop per key, and the export serves them."""
+    import os
+
+    import pandas as pd
+
+    from mxnorm_spark.keyed_stream import KEYS_DIR, KeyOptions, export_latest, snapshot_dir
+    from mxnorm_spark.serving import load
+    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming import MXNormStream
+
+    rng = np.random.default_rng(9)
+    (tmp_path / "in").mkdir()
+    frames = []
+    for b in range(3):
+        f = pd.DataFrame(
+            {
+                "id": np.arange(200 * b, 200 * (b + 1)),
+                "k": [f"k{int(k)}" for k in rng.integers(10 * b, 10 * b + 25, 200)],
+                "x": 1e9 + rng.normal(size=200),
+            }
+        )
+        path = tmp_path / "in" / f"f{b}.parquet"
+        f.to_parquet(path, index=False)
+        os.utime(path, (1_000_000_000 + 10 * b, 1_000_000_000 + 10 * b))
+        frames.append(f)
+    options = StateOptions(alpha=0.3)
+    stream = MXNormStream(
+        spark,
+        str(tmp_path / "state"),
+        cols=["x"],
+        output=str(tmp_path / "out"),
+        options=options,
+        progress=None,
+        keys=KeyOptions(("k",), min_key_rows=2),
+    )
+    source = FileSource(str(tmp_path / "in"), "parquet", max_files_per_trigger=1)
+    stream.run(source.read(spark, ["x"]), str(tmp_path / "chk"), source=source)
+    snap = pd.read_parquet(tmp_path / "state" / KEYS_DIR / snapshot_dir(2)).set_index("k")
+    ref: dict[str, MXNormState] = {}
+    for f in frames:
+        for key, g in f.groupby("k"):
+            s = ref.get(key, MXNormState.create(["x"], options=options))
+            ref[key] = s.update(Moments.from_array(g[["x"]].to_numpy()))
+    assert sorted(snap.index) == sorted(ref)
+    for key, s in ref.items():
+        assert abs(snap.loc[key, "var"][0] - s.var[0]) <= 1e-12 * s.var[0]
+        assert (
+            snap.loc[key, "mean"][0] == s.mean[0]
+            or abs(snap.loc[key, "mean"][0] - s.mean[0]) <= 1e-12 * s.mean[0]
+        )
+    out = pd.read_parquet(tmp_path / "out")
+    assert sorted(out["id"]) == list(range(600))  # every row once
+    export_latest(spark, str(tmp_path / "state"), str(tmp_path / "export"))
+    mean, scale = ref["k30"].normalization_constants()
+    row = load(str(tmp_path / "export")).transform_row({"k": "k30", "x": 1e9})
+    assert abs(row["x"] - (1e9 - mean[0]) / scale[0]) <= 1e-9
