@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, overload
 
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
@@ -74,6 +74,7 @@ __all__ = [
     "to_vector",
 ]
 
+_FIELDS = ("count", "shift", "delta", "m2")
 _VECTOR_FEATURE = re.compile(r"^(.*)\[(\d+)\]$")
 
 
@@ -216,11 +217,24 @@ def _constants_table(c: BatchConstants) -> pa.Table:
 # (``StateHistory``) stay (batch values x features) arrays; pairs are made when read, the
 # per-batch constants and the history table come from the arrays.
 class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
-    """``(batch value, state after that batch)`` per batch value, ascending, columnar."""
+    """``(batch value, state after that batch)`` per batch value, ascending, columnar.
 
-    def __init__(self, table: BatchTable, states: StateHistory) -> None:
-        self.table = table
+    ``batch_values`` (an Arrow array of the batch column's type) and ``states`` always;
+    ``table``, each batch value's merged moments and rows, when known (from ``fit``, or
+    from a model saved with them).
+    """
+
+    def __init__(
+        self, batch_values: pa.Array, states: StateHistory, table: BatchTable | None = None
+    ) -> None:
+        if len(batch_values) != len(states) or (table is not None and len(table) != len(states)):
+            raise InvalidParameterError(
+                f"{len(batch_values)} batch values for {len(states)} states"
+                + ("" if table is None else f" and {len(table)} batch moments")
+            )
+        self.batch_values = batch_values
         self.states = states
+        self.table = table
         self._values: list[Any] | None = None
         self._final: MXNormState | None = None
 
@@ -229,10 +243,37 @@ class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
         """Fold every batch value's moments into ``start``, in order (bit for bit
         ``MXNormState.update`` per batch)."""
         t = table
-        return cls(table, fold_history(start, (t.count, t.shift, t.delta, t.m2)))
+        return cls(t.values, fold_history(start, (t.count, t.shift, t.delta, t.m2)), t)
+
+    @classmethod
+    def from_pairs(
+        cls, batch_values: pa.Array, states: Sequence[MXNormState]
+    ) -> BackfillHistory | None:
+        """The columnar form of ``states``, the states after each batch of one fold from a
+        fresh state (as ``MXNorm.fit`` makes them); None when they are not that (other
+        features, options or batch id, or ``batches_seen`` not 1, 2, ...)."""
+        if not states or len(batch_values) != len(states):
+            return None
+        last = states[-1]
+        same = all(
+            s.features == last.features
+            and s.options == last.options
+            and s.last_batch_id == last.last_batch_id
+            and s.batches_seen == i + 1
+            for i, s in enumerate(states)
+        )
+        if not same:
+            return None
+        fresh = MXNormState.create(last.features, options=last.options)
+        start = replace(fresh, last_batch_id=last.last_batch_id)
+        fields = [np.stack([getattr(s.totals, f) for s in states]) for f in _FIELDS]
+        mean = np.stack([s.mean for s in states])
+        var = np.stack([s.var for s in states])
+        totals = (fields[0], fields[1], fields[2], fields[3])
+        return cls(batch_values, StateHistory(start, mean, var, totals))
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.states)
 
     @overload
     def __getitem__(self, i: int) -> tuple[Any, MXNormState]: ...
@@ -251,7 +292,7 @@ class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
     def values(self) -> list[Any]:
         """The batch values as Python objects (made once, when first asked)."""
         if self._values is None:
-            self._values = self.table.values.to_pylist()
+            self._values = self.batch_values.to_pylist()
         return self._values
 
     @property
@@ -262,8 +303,9 @@ class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
         return self._final
 
     def moments(self) -> list[Moments]:
-        """Each batch value's moments, one object per batch value."""
-        return [self.table.moments(i) for i in range(len(self))]
+        """Each batch value's moments, one object per batch value (empty when unknown)."""
+        t = self.table
+        return [] if t is None else [t.moments(i) for i in range(len(t))]
 
     def constants(self, before: bool) -> BatchConstants:
         """Each batch value's ``(mean, scale)``, as ``MXNormModel.transform`` uses them.
@@ -280,12 +322,15 @@ class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
             had = h.totals[0][:-1] > 0
             mean[1:] = np.where(had, h.mean[:-1], mean[1:])
             var[1:] = np.where(had, h.var[:-1], var[1:])
-        return BatchConstants(self.table.values, mean, scale_of(var, start.options))
+        return BatchConstants(self.batch_values, mean, scale_of(var, start.options))
 
-    def history_table(self, committed_at: dt.datetime | None = None) -> pa.Table:
+    def history_table(self, committed_at: dt.datetime | None = None) -> pa.Table | None:
         """The rows of :func:`mxnorm_spark.store.history.batch_table` for every batch,
-        in one table (batch ids 0..n-1), built from the arrays."""
+        in one table (batch ids 0..n-1), built from the arrays; None without the batch
+        moments."""
         t, h = self.table, self.states
+        if t is None:
+            return None
         n, k = t.count.shape
         when = committed_at or dt.datetime.now(dt.timezone.utc)
         stamp = pa.timestamp("us", tz="UTC")

@@ -318,7 +318,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         )
         model = estimator.fit(df)
         state = model.state
-        batches = [value for value, _ in model.history] if cfg.batch_col else ["whole input"]
+        batches = model.batch_values() if cfg.batch_col else ["whole input"]
         out_format = cfg.output_format or cfg.format
         if cfg.output is not None:
             write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)

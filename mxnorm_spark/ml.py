@@ -5,7 +5,8 @@
 
 * without ``batchCol`` the whole input is one batch;
 * with ``batchCol`` every distinct value is one batch, taken in ascending order (a
-  backfill); ``model.history`` holds the state after each batch.
+  backfill); the model keeps the state after each batch in columns, and
+  ``model.history`` lists them as ``(batch value, state)`` pairs when asked.
 
 ``MXNormModel.transform(df)`` normalizes with :mod:`mxnorm_spark.apply`:
 
@@ -15,9 +16,11 @@
 * every other row (no ``batchCol`` set, the column absent from ``df``, a null or a batch
   value not seen in fit) uses the final state, which is the state "before" any new batch.
 
-Persistence writes the params with Spark's ``DefaultParamsWriter`` and the states as the
-checksummed JSON of :meth:`MXNormState.to_json` (never pickle), so ``model.write().save``,
-``MXNormModel.load`` and ``Pipeline`` save/load all round-trip.
+Persistence writes the params with Spark's ``DefaultParamsWriter``, the state as the
+checksummed JSON of :meth:`MXNormState.to_json` and a backfill's history in columns
+(Parquet arrays, one row per batch value; never pickle), so ``model.write().save``,
+``MXNormModel.load`` and ``Pipeline`` save/load all round-trip bit for bit
+(:mod:`mxnorm_spark.ml_persistence`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
 
 import numpy as np
+import pyarrow as pa
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -380,6 +384,30 @@ def _fresh(
     return MXNormState.create(features, options=options)
 
 
+def _columnar(
+    history: Sequence[tuple[Any, MXNormState]] | None, batch_type: T.DataType | None
+) -> Sequence[tuple[Any, MXNormState]]:
+    """``history`` as a :class:`BackfillHistory` (arrays, no object per batch) when it is
+    the states of one fold from a fresh state, as fit makes them; else as a list.
+
+    Batch values of a timestamp (with time zone) column stay a list: as Python objects
+    they are local times, which Arrow would read as UTC.
+    """
+    if isinstance(history, BackfillHistory) or not history:
+        return history if isinstance(history, BackfillHistory) else []
+    pairs = list(history)
+    if batch_type is None or isinstance(batch_type, T.TimestampType):
+        return pairs
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    try:
+        values = pa.array([v for v, _ in pairs], type=to_arrow_type(batch_type))
+    except (pa.ArrowException, TypeError, ValueError):
+        return pairs
+    columnar = BackfillHistory.from_pairs(values, [s for _, s in pairs])
+    return pairs if columnar is None else columnar
+
+
 def _constants(
     state: MXNormState, fallback: MXNormState | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +435,8 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
     batch (``.history``, ascending batch values).
 
     A model fresh from ``fit`` also holds each batch's moments (``.batch_moments``) and
-    gives the per-batch history table (:meth:`history_table`); a loaded model does not.
+    gives the per-batch history table (:meth:`history_table`); a backfill's model keeps
+    them when saved and loaded, a model without ``batchCol`` does not.
     """
 
     def __init__(
@@ -420,8 +449,7 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
     ) -> None:
         super().__init__()
         self._state = state
-        self._history: Sequence[tuple[Any, MXNormState]]
-        self._history = history if isinstance(history, BackfillHistory) else list(history or [])
+        self._history = _columnar(history, batch_type)
         self._batch_type = batch_type
         self._batch_moments = list(batch_moments or [])
 
@@ -461,14 +489,25 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
     @property
     def history(self) -> list[tuple[Any, MXNormState]]:
         """``(batch value, state after that batch)`` in ascending order; empty without
-        ``batchCol``."""
+        ``batchCol``.
+
+        Made on each access, one ``MXNormState`` per batch value; the model itself keeps
+        the history in columns (:class:`~mxnorm_spark.apply.BackfillHistory`).
+        """
         return list(self._history)
+
+    def batch_values(self) -> list[Any]:
+        """The batch values of the fit in ascending order (``history``'s values, without
+        making a state per value); empty without ``batchCol``."""
+        if isinstance(self._history, BackfillHistory):
+            return list(self._history.values)
+        return [value for value, _ in self._history]
 
     @property
     def batch_moments(self) -> list[Moments]:
         """The moments of each batch of the fit: aligned with ``history`` with
-        ``batchCol``, one (the whole input) without. Kept in memory only: empty after
-        load."""
+        ``batchCol``, one (the whole input) without. Saved with a backfill's history;
+        empty after loading a model without ``batchCol`` or one saved without them."""
         if isinstance(self._history, BackfillHistory):
             return self._history.moments()
         return [m for m, _ in self._batch_moments]
@@ -482,23 +521,26 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         """
         import datetime as dt
 
-        import pyarrow as pa
-
         from mxnorm_spark.store.history import batch_table
 
+        table = None
         if isinstance(self._history, BackfillHistory):
-            return self._history.history_table()
-        if not self._batch_moments:
-            raise InvalidParameterError(
-                "this MXNormModel holds no batch moments: they are kept in memory by fit, "
-                "not saved with the model"
+            table = self._history.history_table()
+        elif self._batch_moments:
+            batches = self._history or [(None, self.state)]
+            when = dt.datetime.now(dt.timezone.utc)
+            table = pa.concat_tables(
+                batch_table(i, rows=rows, moments=m, state=s, batch_value=v, committed_at=when)
+                for i, ((v, s), (m, rows)) in enumerate(
+                    zip(batches, self._batch_moments, strict=True)
+                )
             )
-        batches = self._history or [(None, self.state)]
-        when = dt.datetime.now(dt.timezone.utc)
-        return pa.concat_tables(
-            batch_table(i, rows=rows, moments=m, state=s, batch_value=v, committed_at=when)
-            for i, ((v, s), (m, rows)) in enumerate(zip(batches, self._batch_moments, strict=True))
-        )
+        if table is None:
+            raise InvalidParameterError(
+                "this MXNormModel holds no batch moments: fit keeps them and a backfill's model "
+                "saves them; a model without batchCol, or saved without them, has none once loaded"
+            )
+        return table
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         cols, outs, input_col, output_col = self._columns(required=False)
