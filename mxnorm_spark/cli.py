@@ -60,6 +60,7 @@ from mxnorm_spark.errors import (
     MXNormError,
     error_in_text,
 )
+from mxnorm_spark.keyed_stream import KeyOptions
 from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
@@ -401,6 +402,13 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
         handle_invalid=cfg.handle_invalid,
         engine=cfg.engine,
         initial_state=cfg.initial_state,
+        keys=None
+        if cfg.key_cols is None
+        else KeyOptions(
+            cfg.key_cols,
+            1 if cfg.min_key_rows is None else cfg.min_key_rows,
+            cfg.evict_after,
+        ),
     )
     return source, stream
 

@@ -38,6 +38,7 @@ from mxnorm_spark.config import (
 from mxnorm_spark.config_fields import add_arguments
 from mxnorm_spark.errors import ConfigError, CorruptStateError
 from mxnorm_spark.keyed import KEYED_EXPORT_TYPE, KEYED_MODEL_TYPE, KeyedModel, fit_keyed
+from mxnorm_spark.keyed_stream import KEYED_STREAM_TYPE, KEYS_DIR, export_latest
 from mxnorm_spark.store import FileSystem, LocalFileSystem, filesystem, is_local, local_path
 
 if TYPE_CHECKING:
@@ -234,9 +235,23 @@ def _export_source(spark: SparkSession, source: str, out_dir: str, *, overwrite:
     """Write the serving export of ``source`` to ``out_dir``; what was exported.
 
     The one place that knows which directories export: a keyed model directory (fit
-    --key-cols). Anything else is an error that names what ``source`` is not.
+    --key-cols), or a keyed stream's state directory (stream --key-cols: its newest
+    committed micro-batch). Anything else is an error that names what ``source`` is not.
     """
     meta = keyed_marker(source, spark)
+    fs, root = _fs(source, spark)
+    stream_meta = keyed_marker(fs.join(root, KEYS_DIR), spark) if meta is None else None
+    if stream_meta is not None and stream_meta.get("type") == KEYED_STREAM_TYPE:
+        batch = {}
+
+        def export(path: str) -> None:
+            batch["id"] = export_latest(spark, source, path, overwrite=overwrite)
+
+        _write_replacing(export, out_dir, spark)
+        return (
+            f"the per-key state of {len(stream_meta['features'])} feature(s) per key of "
+            f"{stream_meta['key_cols']} as of micro-batch {batch['id']}"
+        )
     if meta is not None and meta.get("type") == KEYED_MODEL_TYPE:
         model = KeyedModel.read(spark, source)
         _write_replacing(lambda p: model.export(p, overwrite=overwrite), out_dir, spark)
@@ -244,7 +259,8 @@ def _export_source(spark: SparkSession, source: str, out_dir: str, *, overwrite:
             f"the keyed model of {len(model.features)} feature(s) per key of {list(model.key_cols)}"
         )
     raise ConfigError(
-        f"MODEL_DIR {source} is not a keyed model directory ({_not_a_model(source, meta, spark)})"
+        f"MODEL_DIR {source} is neither a keyed model directory nor a keyed stream's state "
+        f"directory ({_not_a_model(source, meta, spark)})"
     )
 
 
@@ -284,11 +300,13 @@ def run_export_keys(args: argparse.Namespace) -> int:
 def add_export_keys_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "export-keys",
-        help="write the serving export of a keyed model directory (fit --key-cols)",
+        help="write the serving export of a keyed model or keyed stream state directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Read a keyed model directory (what fit --key-cols writes) and write its serving\n"
-            "export to OUT_DIR: keys.parquet (each key's final constants per feature),\n"
+            "Read a keyed model directory (what fit --key-cols writes), or the state directory\n"
+            "of a keyed stream (stream --key-cols: its newest committed micro-batch), and\n"
+            "write its serving export to OUT_DIR: keys.parquet (each key's constants per\n"
+            "feature),\n"
             "global.json (the global state, the fallback) and keyed.json (written last).\n"
             "mxnorm_spark.serving.load(OUT_DIR) scores rows from it without Spark, bit for\n"
             "bit as transform does for rows of no fitted batch.\n\n"
@@ -296,7 +314,11 @@ def add_export_keys_parser(subparsers: Any) -> None:
             "  mxnorm-spark export-keys models/sensors serving/sensors --overwrite"
         ),
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a keyed model directory")
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="a keyed model directory, or a keyed stream's --state",
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in OUT_DIR"

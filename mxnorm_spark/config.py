@@ -460,6 +460,15 @@ class StreamConfig:
         "keep only the newest N >= 2 state versions (default: keep all)",
         metavar="N",
     )
+    key_cols: tuple[str, ...] | None = opt(
+        names, "also one state per key of these columns (in STATE/_keys/)", metavar="A,B"
+    )
+    min_key_rows: int | None = opt(
+        int_at_least(0), "with --key-cols: global state until a key has N values (1)", metavar="N"
+    )
+    evict_after: int | None = opt(
+        int_at_least(1), "with --key-cols: drop keys unseen for N micro-batches", metavar="N"
+    )
     read_options: Mapping[str, str] = opt(
         options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
@@ -476,6 +485,10 @@ class StreamConfig:
         _check_columns(self)
         _check_options(self)
         _check_outputs(self)
+        _check_keys(self)
+        given = [k for k in ("min_key_rows", "evict_after") if getattr(self, k) is not None]
+        if given and self.key_cols is None:
+            raise ConfigError(f"{', '.join(given)} only apply with key_cols (one state per key)")
         if self.cols is None and self.input_col is None:
             raise ConfigError("stream needs cols (scalar columns) or input_col (a vector column)")
         if self.available_now and self.trigger_interval is not None:

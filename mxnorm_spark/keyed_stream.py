@@ -49,11 +49,11 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql import types as T
 
-__all__ = ["KEYS_DIR", "KeyOptions", "KeyedStreamState", "export_latest"]
+__all__ = ["KEYED_STREAM_TYPE", "KEYS_DIR", "KeyOptions", "KeyedStreamState", "export_latest"]
 
 KEYS_DIR = "_keys"
 _META = "keyed.json"
-_META_TYPE = "mxnorm_spark.KeyedStream"
+KEYED_STREAM_TYPE = "mxnorm_spark.KeyedStream"
 _ATTEMPTS = "_attempts"
 _PREFIX = "batch_id="
 
@@ -120,7 +120,7 @@ class KeyedStreamState:
 
     def _metadata(self) -> dict[str, Any]:
         return {
-            "type": _META_TYPE,
+            "type": KEYED_STREAM_TYPE,
             "features": list(self.features),
             "options": self.options.to_dict(),
             **self.keys.to_dict(),
@@ -308,7 +308,7 @@ def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:
         doc = json.loads(data)
     except ValueError as exc:
         raise CorruptStateError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("type") != _META_TYPE:
+    if not isinstance(doc, dict) or doc.get("type") != KEYED_STREAM_TYPE:
         raise CorruptStateError(f"{path} is not the metadata of a keyed stream")
     return doc
 

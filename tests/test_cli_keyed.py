@@ -248,11 +248,12 @@ def test_bad_keyed_transform_and_export_fail_with_one_clear_line(
                 "--output", str(tmp / "never"))  # fmt: skip
     assert "is not a keyed model directory (it is a serving export" in err
     err = fails("export-keys", str(tmp / "an_export"), str(tmp / "never"))
-    assert "is not a keyed model directory (it is a serving export" in err
+    assert "nor a keyed stream's state directory (it is a serving export" in err
 
     # export-keys: only a keyed model directory exports.
     err = fails("export-keys", str(tmp / "fit_out"), str(tmp / "never"))
-    assert f"MODEL_DIR {tmp / 'fit_out'} is not a keyed model directory (it has no " in err
+    assert f"MODEL_DIR {tmp / 'fit_out'} is neither a keyed model directory nor" in err
+    assert "(it has no keyed.json" in err
     assert "no such file or directory" in fails("export-keys", str(tmp / "nope"), str(tmp / "x"))
     assert "is MODEL_DIR itself" in fails("export-keys", model, model, "--overwrite")
     assert "--overwrite replaces only an earlier export" in fails(

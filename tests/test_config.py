@@ -173,3 +173,17 @@ def test_every_config_key_is_a_flag() -> None:
         dests = {a.dest for a in sub.choices[command]._actions}
         assert {f.name for f in dataclasses.fields(cls)} <= dests
         assert {f.name for f in dataclasses.fields(SparkSettings)} <= dests
+
+
+def test_stream_key_settings() -> None:
+    base = {"input": "i", "output": "o", "state": "s", "checkpoint": "c", "cols": "a, b"}
+    stream = resolve(
+        StreamConfig, {**base, "key_cols": "k"}, {"evict_after": "10", "min_key_rows": "0"}
+    )
+    assert (stream.key_cols, stream.min_key_rows, stream.evict_after) == (("k",), 0, 10)
+    with pytest.raises(ConfigError, match="evict_after only apply with key_cols"):
+        resolve(StreamConfig, {**base, "evict_after": 3})
+    with pytest.raises(ConfigError, match="evict_after: expected a whole number >= 1"):
+        resolve(StreamConfig, {**base, "key_cols": "k", "evict_after": 0})
+    with pytest.raises(ConfigError, match="key_cols and cols/batch_col share"):
+        resolve(StreamConfig, {**base, "key_cols": "a"})

@@ -191,10 +191,17 @@ def test_bad_key_options(keys: dict[str, Any], match: str) -> None:
 
 
 def test_export_latest_serves_the_streams_keys(spark: Any, streamed: dict[str, Any]) -> None:
+    from mxnorm_spark import cli
     from mxnorm_spark.serving import load
 
     out = streamed["root"] / "export"
     assert export_latest(spark, str(streamed["root"] / "state"), str(out)) == BATCHES - 1
+    # The command line writes the same export.
+    again = streamed["root"] / "export-cli"
+    assert cli.main(["export-keys", str(streamed["root"] / "state"), str(again)]) == 0
+    a = pd.read_parquet(out / "keys.parquet").sort_values(["k", "feature_index"])
+    b = pd.read_parquet(again / "keys.parquet").sort_values(["k", "feature_index"])
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
     normalizer = load(str(out))
     ref = _reference(streamed["frames"])
     key = "k0000"
@@ -219,18 +226,18 @@ def test_sigkill_at_each_fault_point_then_restart_is_exactly_once(
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "MXNORM_FAULT": fault,
         }
-        code = (
-            "import sys; from pathlib import Path; sys.path.insert(0, 'tests');"
-            "from test_keyed_stream import run_child; run_child(Path(sys.argv[1]))"
-        )
+        args = [
+            sys.executable, "-m", "mxnorm_spark", "stream",
+            "--input", str(tmp_path / "in"), "--format", "parquet", "--cols", "x,y",
+            "--key-cols", "k", "--min-key-rows", "3", "--alpha", "0.2",
+            "--output", str(tmp_path / "out"), "--state", str(tmp_path / "state"),
+            "--checkpoint", str(tmp_path / "chk"), "--max-files-per-trigger", "1",
+            "--available-now", "--master", "local[2]", "--log-level", "ERROR",
+            "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=4",
+            "--conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
+        ]  # fmt: skip
         return subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
         )
 
     store = StateStore(tmp_path / "state")
@@ -243,7 +250,8 @@ def test_sigkill_at_each_fault_point_then_restart_is_exactly_once(
         r = cli(fault)
         assert r.returncode == -9, r.stdout + r.stderr
         assert store.batch_ids() == committed
-    run_child(tmp_path, spark)  # the last restart runs here (one JVM start less)
+    # The last restart runs here (one JVM start less), with the same settings.
+    _run(spark, tmp_path, KeyOptions(("k",), min_key_rows=3))
     got = _snapshot(spark, tmp_path / "state", BATCHES - 1)
     want = _snapshot(spark, streamed["root"] / "state", BATCHES - 1)
     pd.testing.assert_frame_equal(got, want, check_exact=True)  # bit-identical
@@ -255,22 +263,6 @@ def test_sigkill_at_each_fault_point_then_restart_is_exactly_once(
     # Only the newest snapshot is kept.
     snaps = sorted(p.name for p in (tmp_path / "state" / KEYS_DIR).glob("batch_id=*"))
     assert snaps == [snapshot_dir(BATCHES - 1)]
-
-
-def run_child(root: Path, spark: Any = None) -> None:
-    """One run of the keyed stream over ``root/in`` (the crash test's child process)."""
-    if spark is None:
-        from pyspark.sql import SparkSession
-
-        spark = (
-            SparkSession.builder.master("local[2]")
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.shuffle.partitions", "4")
-            .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
-            .getOrCreate()
-        )
-        spark.sparkContext.setLogLevel("ERROR")
-    _run(spark, root, KeyOptions(("k",), min_key_rows=3))
 
 
 def test_a_missing_snapshot_is_named(spark: Any, streamed: dict[str, Any], tmp_path: Path) -> None:
