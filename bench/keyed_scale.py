@@ -15,10 +15,11 @@ rounds), ratios pair by pair:
   are called per micro-batch on the same DataFrames; the first micro-batch (which creates
   every key) is reported apart. Target: within 3x.
 
-With ``--memory-keys 100000,1000000`` it also runs the fit and one stream micro-batch at
-each key count (same rows) in a fresh process each and reports the peak RSS of the Python
-driver and of the JVM: the driver holds no per-key data, so its memory must not grow with
-the number of keys. Writes nothing to the repository; prints a Markdown table.
+With ``--memory-keys 100000,1000000`` it also runs a backfill (``--memory-rows``, 2M) and
+two stream micro-batches at each key count (same rows) in a fresh process each and reports
+the peak RSS of the Python driver and of the JVM: the driver holds no per-key data, so
+its memory must not grow with the number of keys. Writes nothing to the repository;
+prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def _memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     for keys in (int(k) for k in args.memory_keys.split(",")):
         cmd = [
             sys.executable, "-m", "bench.keyed_scale", "--memory-child", "--keys", str(keys),
-            "--rows", str(args.rows), "--stream-rows", str(args.stream_rows),
+            "--rows", str(args.memory_rows), "--stream-rows", str(args.stream_rows),
             "--batches", str(args.batches), "--features", str(args.features),
             "--partitions", str(args.partitions), "--driver-memory", args.driver_memory,
         ]  # fmt: skip
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=16)
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--memory-keys", default="", help="e.g. 100000,1000000")
+    p.add_argument("--memory-rows", type=int, default=2_000_000, help="backfill rows of those runs")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
