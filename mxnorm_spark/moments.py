@@ -237,6 +237,40 @@ def merge_fields(a: Fields, b: Fields) -> Fields:
     )
 
 
+def merge_running(start: Fields, rows: Fields) -> Fields:
+    """:func:`merge_fields` of ``start`` with each row of the (rows x lanes) ``rows`` in
+    turn: every running total, bit for bit as the loop of merges, which keeps only the
+    recurrence of ``delta`` and ``m2`` (counts and shifts are computed for all rows)."""
+    nb, shift_b, delta_b, m2_b = rows
+    b, k = nb.shape
+    # The running counts as the loop adds them (accumulate adds in order).
+    n = np.add.accumulate(np.concatenate([np.asarray(start[0])[None], nb]), axis=0)
+    na, n = n[:-1], n[1:]
+    both, only_b = (na > 0) & (nb > 0), na == 0
+    # The shift is the batch's own while nothing was merged yet, then kept.
+    last = np.maximum.accumulate(np.where(only_b, np.arange(b)[:, None], -1), axis=0)
+    picked = shift_b[np.maximum(last, 0), np.arange(k)]
+    shift = np.where(last >= 0, picked, np.asarray(start[1])[None])
+    shift_a = np.concatenate([np.asarray(start[1])[None], shift[:-1]])
+    delta, m2 = np.empty_like(nb), np.empty_like(nb)
+    da, ma = np.asarray(start[2]), np.asarray(start[3])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        db = (shift_b - shift_a) + delta_b
+        w = np.where(both, nb / n, 0.0)
+        every = both.all(axis=1).tolist()
+        for i in range(b):
+            d = db[i] - da
+            merged_delta = da + d * w[i]
+            merged_m2 = ma + m2_b[i] + d * d * na[i] * w[i]
+            if every[i]:  # every lane merges (the common row): nothing to pick
+                da, ma = merged_delta, merged_m2
+            else:
+                da = np.where(both[i], merged_delta, np.where(only_b[i], delta_b[i], da))
+                ma = np.where(both[i], merged_m2, np.where(only_b[i], m2_b[i], ma))
+            delta[i], m2[i] = da, ma
+    return n, shift, delta, m2
+
+
 def _first_valid(cols: FloatArray, valid: npt.NDArray[np.bool_]) -> FloatArray:
     if cols.shape[1] == 0:
         return np.zeros(cols.shape[0])

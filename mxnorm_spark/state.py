@@ -64,7 +64,7 @@ from mxnorm_spark.errors import (
     NotFittedError,
     UnsupportedSchemaVersionError,
 )
-from mxnorm_spark.moments import Fields, FloatArray, Moments, as_float_matrix, merge_fields
+from mxnorm_spark.moments import Fields, FloatArray, Moments, as_float_matrix, merge_running
 
 STATE_TYPE = "mxnorm_spark.MXNormState"
 SCHEMA_VERSION = 1
@@ -516,10 +516,12 @@ class StateHistory:
 
 def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
     """``state.update`` with each row of the (batches x features) ``moments`` arrays
-    ``(count, shift, delta, m2)`` in turn, bit for bit, as arrays.
+    ``(count, shift, delta, m2)`` in turn, bit for bit, as arrays, no object per batch.
 
-    One step per batch of a few numpy operations on feature vectors (the same operations
-    as :meth:`MXNormState.update`, in the same order), no object per batch.
+    What does not depend on the batches before (running counts, shifts, batch means and
+    variances, merge weights) is computed for all batches at once; the loops keep only the
+    recurrences, each operation the one of :func:`merge_fields` / :func:`_ema_step` on
+    the same operands, so the bits are those of :meth:`MXNormState.update`.
 
     >>> s = MXNormState.create(["a"], alpha=0.5)
     >>> rows = [np.array([[1.0], [3.0]]), np.array([[5.0]])]
@@ -533,14 +535,8 @@ def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
         raise FeatureMismatchError(
             f"moments must be batches x {state.n_features} features, got shape {count.shape}"
         )
-    rows = [np.asarray(x, dtype=np.float64) for x in moments]
-    e = np.empty_like
-    totals: Fields = (e(count), e(count), e(count), e(count))
-    acc: Fields = state.totals.fields()
-    for i in range(count.shape[0]):
-        acc = merge_fields(acc, (rows[0][i], rows[1][i], rows[2][i], rows[3][i]))
-        for x, y in zip(totals, acc, strict=True):
-            x[i] = y
+    c, sh, de, m2 = (np.asarray(x, dtype=np.float64).reshape(count.shape) for x in moments)
+    totals = merge_running(state.totals.fields(), (c, sh, de, m2))
     if state.alpha is None:
         mean = np.where(totals[0] > 0, totals[1] + totals[2], np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -549,12 +545,47 @@ def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
     had = np.empty(count.shape, dtype=bool)
     had[:1] = state.initialized
     had[1:] = totals[0][:-1] > 0
+    mean, var = _fold_ema(state, had, (c, sh, de, m2))
+    return StateHistory(state, mean, var, totals)
+
+
+def _fold_ema(state: MXNormState, had: Any, rows: Fields) -> tuple[FloatArray, FloatArray]:
+    """:func:`_ema_step` for each row of ``rows`` in turn: the EMA mean and variance
+    after every batch."""
+    count, shift, delta, m2 = rows
+    options, alpha = state.options, state.alpha
+    assert alpha is not None
+    in_batch = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(in_batch, shift + delta, np.nan)
+        v = np.where(in_batch, m2 / count, np.nan)
+    per_row = options.decay == "rows"
+    mixture = options.var_update == "mixture"
     mean, var = np.empty_like(count), np.empty_like(count)
     mu, s2 = state.mean, state.var
-    for i in range(count.shape[0]):
-        mu, s2 = _ema_step(state.options, mu, s2, had[i], tuple(x[i] for x in rows))
-        mean[i], var[i] = mu, s2
-    return StateHistory(state, mean, var, totals)
+    a: Any = alpha
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # With a fixed alpha the products with the batch values are the same per row.
+        am, av = (m, v) if per_row else (a * m, a * v)
+        every = (in_batch & had).all(axis=1).tolist()
+        for i in range(count.shape[0]):
+            if per_row:  # the row's own alpha, computed as _ema_step does
+                a = -np.expm1(count[i] * np.log1p(-alpha))
+                am_i, av_i = a * m[i], a * v[i]
+            else:
+                am_i, av_i = am[i], av[i]
+            ema_mean = (1 - a) * mu + am_i
+            if mixture:
+                ema_var = (1 - a) * (s2 + a * (m[i] - mu) ** 2) + av_i
+            else:
+                ema_var = (1 - a) * s2 + av_i
+            if every[i]:  # every lane had a state and has values (the common row)
+                mu, s2 = ema_mean, ema_var
+            else:
+                mu = np.where(in_batch[i], np.where(had[i], ema_mean, m[i]), mu)
+                s2 = np.where(in_batch[i], np.where(had[i], ema_var, v[i]), s2)
+            mean[i], var[i] = mu, s2
+    return mean, var
 
 
 def _checksum(payload: Mapping[str, Any]) -> str:

@@ -264,3 +264,34 @@ def test_many_features_take_the_long_sql_aggregation(spark: Any) -> None:
     for i, (_, m) in enumerate(old):
         for name in ("count", "shift", "delta", "m2"):
             assert bits(getattr(table.moments(i), name)) == bits(getattr(m, name)), (i, name)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fold_history_edge_cases_bit_for_bit(seed: int) -> None:
+    """Empty batches first (the shift moves with them), lanes empty for a while, -0.0 and
+    repeated values (zero variance), huge offsets: every option set, from a fresh and from
+    a fitted state."""
+    rng = np.random.default_rng([14, seed])
+    parts = []
+    for i in range(int(rng.integers(1, 60))):
+        rows = int(rng.integers(0, 5))
+        x = rng.choice([-0.0, 0.0, 1.0, 1e15, -3.5, 2.0**-1074], (rows, 3))
+        x = x + rng.normal(0.0, 1.0, x.shape) * (rng.random(x.shape) < 0.5)
+        x[rng.random(x.shape) < 0.3] = np.nan
+        if i < seed % 5:
+            x[:] = np.nan  # nothing valid yet in any lane
+        parts.append(Moments.from_array(x, shift=rng.normal(0.0, 1e3, 3) if i % 3 else None))
+    opts = StateOptions(
+        alpha=[0.1, 0.5, None, 1.0][seed % 4],
+        var_update="mixture" if seed % 2 else "ema",
+        decay="rows" if seed % 3 == 0 and seed % 4 != 2 else "batch",
+        zero_variance=["eps", "unit", "zero"][seed % 3],
+    )
+    for start in (MXNormState.create(COLS, options=opts), None):
+        if start is None:
+            start = MXNormState.create(COLS, options=opts).update(parts[-1])
+        history = fold_history(start, stacked(parts))
+        state = start
+        for i, m in enumerate(parts):
+            state = state.update(m)
+            assert_same_state(history.state(i), state, f"seed {seed} batch {i}")
