@@ -287,9 +287,8 @@ def test_fold_history_edge_cases_bit_for_bit(seed: int) -> None:
         decay="rows" if seed % 3 == 0 and seed % 4 != 2 else "batch",
         zero_variance=["eps", "unit", "zero"][seed % 3],
     )
-    for start in (MXNormState.create(COLS, options=opts), None):
-        if start is None:
-            start = MXNormState.create(COLS, options=opts).update(parts[-1])
+    fresh = MXNormState.create(COLS, options=opts)
+    for start in (fresh, fresh.update(parts[-1])):
         history = fold_history(start, stacked(parts))
         state = start
         for i, m in enumerate(parts):
