@@ -1,4 +1,4 @@
-"""Backfill cost against the number of batch values (issue 14, item 4).
+"""Backfill cost against the number of batch values.
 
 ``python -m bench.backfill_scaling [--quick] [--cases 100,2000,20000] [--big 500000]``
 
@@ -10,7 +10,11 @@ Each case B runs in a fresh process (its own JVM) with the Spark settings of
 ``MXNorm(batchCol="batch").fit`` and of ``model.transform`` into the noop sink, timed
 separately. The cases are interleaved round by round (one process per case and round) so
 drift on a shared machine hits them alike. Peak RSS (psutil, sampled every 0.1 s) is the
-driver's Python process plus its JVM, over the fit and the transform.
+driver's Python process plus its JVM, over the fit and the transform. Fit CPU is the CPU
+time of the driver, its JVM and the Python workers over each fit: on a shared machine it
+moves less than the wall time. After the timed fits the model is saved (its history in
+columns) and loaded once: save and load seconds and the size of the history on disk.
+The load average is read before and after the run.
 
 ``--big`` adds one case (default 500,000 values) run with ``spark.driver.memory=4g``
 (``--big 0`` skips it). Writes ``bench/BACKFILL.md`` (``--out``) with the table and the
@@ -23,9 +27,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +79,7 @@ def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
     from pyspark.sql import SparkSession
 
     from bench.memory import PeakMemory
-    from mxnorm_spark.ml import MXNorm
+    from mxnorm_spark.ml import MXNorm, MXNormModel
 
     builder = SparkSession.builder.appName("bench-backfill")
     # One partition per file (16), as in the issue's measurement: without this Spark packs
@@ -90,27 +96,63 @@ def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
     partitions = df.rdd.getNumPartitions()
     warm = spark.read.parquet(str(sorted(Path(data).glob("part-*.parquet"))[0]))
     est.fit(warm).transform(warm).write.format("noop").mode("overwrite").save()
-    fits, transforms = [], []
+    fits, transforms, cpus = [], [], []
     with PeakMemory() as mem:
         for _ in range(reps):
-            t0 = time.perf_counter()
+            c0, t0 = _tree_cpu(), time.perf_counter()
             model = est.fit(df)
             fits.append(time.perf_counter() - t0)
+            cpus.append(_tree_cpu() - c0)
             t0 = time.perf_counter()
             model.transform(df).write.format("noop").mode("overwrite").save()
             transforms.append(time.perf_counter() - t0)
     batches = model.state.batches_seen
+    saved = _save_and_load(model, MXNormModel)
     spark.stop()
     peak = mem.peaks
     return {
         "fit_s": fits,
+        "fit_cpu_s": cpus,
         "transform_s": transforms,
+        **saved,
         "partitions": partitions,
         "batches": batches,
         "peak_driver_mib": peak.driver / 2**20,
         "peak_jvm_mib": peak.jvm / 2**20,
         "peak_mib": (peak.driver + peak.jvm) / 2**20,
     }
+
+
+def _tree_cpu() -> float:
+    """CPU seconds so far of this process and every process below it (JVM, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            c = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += c.user + c.system + c.children_user + c.children_system
+    return total
+
+
+def _save_and_load(model: Any, model_class: Any) -> dict[str, float]:
+    """Seconds to save and to load the model, and the MiB of its history on disk."""
+    where = Path(tempfile.mkdtemp(prefix="bench-backfill-model-"))
+    try:
+        t0 = time.perf_counter()
+        model.write().save(str(where / "m"))
+        t1 = time.perf_counter()
+        loaded = model_class.load(str(where / "m"))
+        t2 = time.perf_counter()
+        assert loaded.state.to_json() == model.state.to_json()
+        files = [f for f in (where / "m").rglob("*") if f.is_file() and "history" in str(f)]
+        size = sum(f.stat().st_size for f in files) / 2**20
+        return {"save_s": t1 - t0, "load_s": t2 - t1, "history_mib": size}
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _launch(data: Path, reps: int, driver_memory: str, timeout: float) -> dict[str, Any]:
@@ -135,7 +177,11 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"error": runs[-1]["error"]}
     return {
         "fit_s": [t for r in ok for t in r["fit_s"]],
+        "fit_cpu_s": [t for r in ok for t in r["fit_cpu_s"]],
         "transform_s": [t for r in ok for t in r["transform_s"]],
+        "save_s": statistics.median(r["save_s"] for r in ok),
+        "load_s": statistics.median(r["load_s"] for r in ok),
+        "history_mib": ok[0]["history_mib"],
         "partitions": ok[0]["partitions"],
         "batches": ok[0]["batches"],
         "peak_mib": max(r["peak_mib"] for r in ok),
@@ -146,14 +192,16 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _row(b: int, r: dict[str, Any], memory: str) -> str:
     if "error" in r:
-        return f"| {b:,} | {memory} | failed: {r['error']} | | | |"
+        return f"| {b:,} | {memory} | failed: {r['error']} | | | | | |"
 
     def span(ts: list[float]) -> str:
         return f"{statistics.median(ts):.2f} ({min(ts):.2f}-{max(ts):.2f})"
 
     return (
-        f"| {b:,} | {memory} | {span(r['fit_s'])} | {span(r['transform_s'])} | "
+        f"| {b:,} | {memory} | {span(r['fit_s'])} | {span(r['fit_cpu_s'])} | "
+        f"{span(r['transform_s'])} | "
         f"{r['peak_mib']:,.0f} ({r['peak_driver_mib']:,.0f} / {r['peak_jvm_mib']:,.0f}) | "
+        f"{r['save_s']:.2f} / {r['load_s']:.2f} ({r['history_mib']:,.2f} MiB) | "
         f"{r['partitions']} |"
     )
 
@@ -176,11 +224,17 @@ def write_report(out: Path, args: argparse.Namespace, results: dict[int, Any], w
         "repetition(s) after a warm-up, cases interleaved",
         "- fit: `MXNorm(inputCols=f0..f7, batchCol='batch').fit(df)` (engine `auto`); "
         "transform: `model.transform(df)` into the noop sink",
-        "- peak RSS: Python driver + JVM (driver / JVM), psutil every 0.1 s",
+        "- peak RSS: Python driver + JVM (driver / JVM), psutil every 0.1 s; fit CPU: "
+        "driver + JVM + Python workers",
+        "- save / load: `model.write().save` and `MXNormModel.load` once, history on disk "
+        "(`history_columns` Parquet and its `history` description)",
+        f"- load average (1, 5, 15 min) before the run {_load(args.load_before)}, after "
+        f"{_load(os.getloadavg())}, on {os.cpu_count()} cores",
         "",
-        "| batch values | driver memory | fit s, median (min-max) | transform s, median "
-        "(min-max) | peak RSS MiB (driver / JVM) | partitions |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| batch values | driver memory | fit s, median (min-max) | fit CPU s, median "
+        "(min-max) | transform s, median (min-max) | peak RSS MiB (driver / JVM) | save / "
+        "load s (history) | partitions |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for b in cases:
         lines.append(
@@ -189,15 +243,21 @@ def write_report(out: Path, args: argparse.Namespace, results: dict[int, Any], w
     lo, hi = min(cases), 20_000 if 20_000 in results else max(c for c in cases if c != args.big)
     ok = "error" not in results[lo] and "error" not in results[hi]
     if ok:
-        ratio = statistics.median(results[hi]["fit_s"]) / statistics.median(results[lo]["fit_s"])
-        verdict = "met" if ratio <= TARGET_RATIO else f"MISSED by {ratio / TARGET_RATIO:.2f}x"
-        lines += [
-            "",
-            f"fit({hi:,}) / fit({lo:,}) = **{ratio:.2f}** (target <= {TARGET_RATIO}): {verdict}",
-        ]
+        lines.append("")
+        for what, key in (("fit", "fit_s"), ("fit CPU", "fit_cpu_s")):
+            ratio = statistics.median(results[hi][key]) / statistics.median(results[lo][key])
+            verdict = "met" if ratio <= TARGET_RATIO else f"MISSED by {ratio / TARGET_RATIO:.2f}x"
+            lines.append(
+                f"{what}({hi:,}) / {what}({lo:,}) = **{ratio:.2f}** (target <= {TARGET_RATIO}): "
+                f"{verdict}  "
+            )
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
 
 
 def _commit() -> str:
@@ -230,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_case(args.worker, args.reps, args.driver_memory)))
         return 0
     args.argv = argv
+    args.load_before = os.getloadavg()
     args.rows = 200_000 if args.quick else 2_000_000
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.big is None:
