@@ -41,3 +41,11 @@ def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
     if value not in valid:
         raise InvalidParameterError(f"{name} must be one of {list(valid)}, got {value!r}")
     return str(value)
+
+
+# Type tags of the per-key directories and the per-key directory of a stream's state: plain
+# names, so that the command line recognises a directory without importing Spark.
+KEYED_MODEL_TYPE = "mxnorm_spark.KeyedModel"
+KEYED_EXPORT_TYPE = "mxnorm_spark.KeyedExport"
+KEYED_STREAM_TYPE = "mxnorm_spark.KeyedStream"
+KEYS_DIR = "_keys"

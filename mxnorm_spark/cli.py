@@ -60,7 +60,6 @@ from mxnorm_spark.errors import (
     MXNormError,
     error_in_text,
 )
-from mxnorm_spark.keyed_stream import KeyOptions
 from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
@@ -390,6 +389,8 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
         cols=cfg.output_cols,
         col=cfg.output_col,
     )
+    from mxnorm_spark.keyed_stream import KeyOptions
+
     options = cfg.state_options
     stream = MXNormStream(
         spark,

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mxnorm_spark.choices import KEYED_EXPORT_TYPE, KEYED_MODEL_TYPE, KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.cli_base import (
     JobSession,
     check_input_path,
@@ -37,12 +38,12 @@ from mxnorm_spark.config import (
 )
 from mxnorm_spark.config_fields import add_arguments
 from mxnorm_spark.errors import ConfigError, CorruptStateError
-from mxnorm_spark.keyed import KEYED_EXPORT_TYPE, KEYED_MODEL_TYPE, KeyedModel, fit_keyed
-from mxnorm_spark.keyed_stream import KEYED_STREAM_TYPE, KEYS_DIR, export_latest
 from mxnorm_spark.store import FileSystem, LocalFileSystem, filesystem, is_local, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from mxnorm_spark.keyed import KeyedModel
 
 MARKER = "keyed.json"
 MODEL_PARTS = "states/, global_history/, global.json, keyed.json"
@@ -101,6 +102,12 @@ def check_model_target(path: str, spark: SparkSession | None = None) -> None:
         )
 
 
+def _read_model(spark: SparkSession, path: str) -> KeyedModel:
+    from mxnorm_spark.keyed import KeyedModel  # Spark: not for inspect/report
+
+    return KeyedModel.read(spark, path)
+
+
 def _write_replacing(write: Any, path: str, spark: SparkSession) -> None:
     """``write(path)`` over an earlier model or export: its marker goes first (and comes
     back last), so a rewrite that fails half way leaves nothing that reads as whole."""
@@ -134,6 +141,8 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
             check_model_target(cfg.state, spark)
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
         check_key_columns(df, cfg.key_cols, cfg.input)
+        from mxnorm_spark.keyed import fit_keyed
+
         fitted = fit_keyed(
             df,
             list(cfg.cols),
@@ -147,7 +156,7 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
         _write_replacing(lambda p: fitted.write(p, overwrite=True), cfg.state, spark)
         # Read back: the key count and --output use the Parquet just written, not a second
         # pass of the per-key fit.
-        model = KeyedModel.read(spark, cfg.state)
+        model = _read_model(spark, cfg.state)
         keys = model.key_states.count()
         if cfg.output is not None:
             # As for a plain fit, these two name and filter this output only.
@@ -211,7 +220,7 @@ def transform_keyed(cfg: TransformConfig, spark: SparkSession, out_format: str) 
     ``handle_invalid``, ``min_key_rows`` and ``output_cols`` of the command win over the
     model's, as the params of a fitted ``KeyedMXNormModel`` may change.
     """
-    model = KeyedModel.read(spark, cfg.state)
+    model = _read_model(spark, cfg.state)
     model = replace(
         model,
         handle_invalid=cfg.handle_invalid,
@@ -245,6 +254,8 @@ def _export_source(spark: SparkSession, source: str, out_dir: str, *, overwrite:
         batch = {}
 
         def export(path: str) -> None:
+            from mxnorm_spark.keyed_stream import export_latest
+
             batch["id"] = export_latest(spark, source, path, overwrite=overwrite)
 
         _write_replacing(export, out_dir, spark)
@@ -253,7 +264,7 @@ def _export_source(spark: SparkSession, source: str, out_dir: str, *, overwrite:
             f"{stream_meta['key_cols']} as of micro-batch {batch['id']}"
         )
     if meta is not None and meta.get("type") == KEYED_MODEL_TYPE:
-        model = KeyedModel.read(spark, source)
+        model = _read_model(spark, source)
         _write_replacing(lambda p: model.export(p, overwrite=overwrite), out_dir, spark)
         return (
             f"the keyed model of {len(model.features)} feature(s) per key of {list(model.key_cols)}"

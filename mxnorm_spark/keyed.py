@@ -49,7 +49,13 @@ from pyspark.sql import types as T
 
 from mxnorm_spark.aggregate import batch_moments, moments_table_by_batch
 from mxnorm_spark.apply import BackfillHistory
-from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
+from mxnorm_spark.choices import (
+    APPLY_AT,
+    HANDLE_INVALID,
+    KEYED_EXPORT_TYPE,
+    KEYED_MODEL_TYPE,
+    check_choice,
+)
 from mxnorm_spark.columns import (
     check_batch_col,
     quote,
@@ -72,8 +78,6 @@ from mxnorm_spark.store.filesystems import LocalFileSystem
 
 __all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "export_table", "fit_keyed", "pick_and_normalize"]
 
-KEYED_MODEL_TYPE = "mxnorm_spark.KeyedModel"
-KEYED_EXPORT_TYPE = "mxnorm_spark.KeyedExport"
 # Columns of the per-key states beside the key and batch columns.
 STATE_COLUMNS = ("rows", "key_rows", "batches_seen", "is_last", *FOLD_ARRAYS)
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.columns import quote, resolve_input
+from mxnorm_spark.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
 from mxnorm_spark.keyed_kernel import FOLD_ARRAYS, SOURCE_COLUMN, filled, stream_fold_kernel
 from mxnorm_spark.progress import fault
@@ -51,9 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KEYED_STREAM_TYPE", "KEYS_DIR", "KeyOptions", "KeyedStreamState", "export_latest"]
 
-KEYS_DIR = "_keys"
 _META = "keyed.json"
-KEYED_STREAM_TYPE = "mxnorm_spark.KeyedStream"
 _ATTEMPTS = "_attempts"
 _PREFIX = "batch_id="
 
@@ -186,6 +184,8 @@ class KeyedStreamState:
         publish the result as the snapshot of ``batch_id``."""
         from pyspark.sql import functions as F
 
+        from mxnorm_spark.columns import quote
+
         spark = data.sparkSession
         keys = list(self.keys.key_cols)
         schema = self.schema(data.schema)
@@ -256,6 +256,7 @@ class KeyedStreamState:
         published), falling back to the global state before or after the batch."""
         from pyspark.sql import functions as F
 
+        from mxnorm_spark.columns import quote, resolve_input
         from mxnorm_spark.keyed import pick_and_normalize
 
         if batch_id not in self.snapshot_ids():

@@ -62,3 +62,16 @@ def test_core_modules_import_when_pyspark_cannot() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_the_command_line_starts_without_pyspark() -> None:
+    """``mxnorm-spark report`` and ``inspect`` need no Spark: the CLI module imports without it."""
+    proc = run(
+        "import sys\n"
+        "sys.modules['pyspark'] = None\n"
+        "from mxnorm_spark import cli\n"
+        "parser = cli.build_parser()\n"
+        "print(sorted(parser._subparsers._group_actions[0].choices))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "'report'" in proc.stdout and "'export-keys'" in proc.stdout
