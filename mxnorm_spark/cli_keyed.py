@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 MARKER = "keyed.json"
 MODEL_PARTS = "states/, global_history/, global.json, keyed.json"
+# Where KeyedMXNormModel.save puts its keyed model directory, beside Spark ML's metadata/.
+ML_KEYED_DIR = "keyed"
 
 
 # ---- what a directory holds ----------------------------------------------------------------
@@ -72,6 +74,25 @@ def keyed_marker(path: str, spark: SparkSession | None = None) -> dict[str, Any]
     except ValueError as exc:
         raise CorruptStateError(f"{path}/{MARKER} is not valid JSON ({exc})") from None
     return doc if isinstance(doc, dict) else {"type": type(doc).__name__}
+
+
+def model_marker(path: str, spark: SparkSession | None = None) -> dict[str, Any] | None:
+    """As :func:`keyed_marker`, and for a saved ``MXNorm(keyCols=...)`` model (Spark ML
+    ``metadata/`` beside the keyed model directory ``keyed/``) the marker of ``keyed/``."""
+    meta = keyed_marker(path, spark)
+    if meta is None and _ml_model_dir(path, spark):
+        fs, root = _fs(path, spark)
+        meta = keyed_marker(fs.join(root, ML_KEYED_DIR), spark)
+    return meta
+
+
+def _ml_model_dir(path: str, spark: SparkSession | None) -> bool:
+    """Whether ``path`` is what ``KeyedMXNormModel.save`` writes."""
+    fs, root = _fs(path, spark)
+    if not fs.exists(fs.join(root, "metadata")):
+        return False
+    meta = keyed_marker(fs.join(root, ML_KEYED_DIR), spark)
+    return meta is not None and meta.get("type") == KEYED_MODEL_TYPE
 
 
 def _not_a_model(path: str, meta: dict[str, Any] | None, spark: SparkSession | None) -> str:
@@ -103,7 +124,12 @@ def check_model_target(path: str, spark: SparkSession | None = None) -> None:
 
 
 def _read_model(spark: SparkSession, path: str) -> KeyedModel:
-    from mxnorm_spark.keyed import KeyedModel  # Spark: not for inspect/report
+    """The keyed model of ``path``; of a saved ``KeyedMXNormModel``, with its params."""
+    if _ml_model_dir(path, spark):
+        from mxnorm_spark.ml_keyed import KeyedMXNormModel  # Spark: not for inspect/report
+
+        return KeyedMXNormModel.load(path).keyed
+    from mxnorm_spark.keyed import KeyedModel
 
     return KeyedModel.read(spark, path)
 
@@ -181,7 +207,7 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
 def keyed_source(cfg: TransformConfig, spark: SparkSession | None = None) -> dict[str, Any] | None:
     """The ``keyed.json`` of ``--state`` when it is a keyed model directory, None for a
     state file or state directory; an error when the settings do not fit what it is."""
-    meta = keyed_marker(cfg.state, spark)
+    meta = model_marker(cfg.state, spark)
     if meta is None:
         if cfg.key_cols is not None or cfg.min_key_rows is not None:
             raise ConfigError(
@@ -247,7 +273,7 @@ def _export_source(spark: SparkSession, source: str, out_dir: str, *, overwrite:
     --key-cols), or a keyed stream's state directory (stream --key-cols: its newest
     committed micro-batch). Anything else is an error that names what ``source`` is not.
     """
-    meta = keyed_marker(source, spark)
+    meta = model_marker(source, spark)
     fs, root = _fs(source, spark)
     stream_meta = keyed_marker(fs.join(root, KEYS_DIR), spark) if meta is None else None
     if stream_meta is not None and stream_meta.get("type") == KEYED_STREAM_TYPE:
@@ -314,8 +340,9 @@ def add_export_keys_parser(subparsers: Any) -> None:
         help="write the serving export of a keyed model or keyed stream state directory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Read a keyed model directory (what fit --key-cols writes), or the state directory\n"
-            "of a keyed stream (stream --key-cols: its newest committed micro-batch), and\n"
+            "Read a keyed model directory (what fit --key-cols writes, or a saved\n"
+            "MXNorm(keyCols=...) model), or the state directory of a keyed stream\n"
+            "(stream --key-cols: its newest committed micro-batch), and\n"
             "write its serving export to OUT_DIR: keys.parquet (each key's constants per\n"
             "feature),\n"
             "global.json (the global state, the fallback) and keyed.json (written last).\n"

@@ -260,3 +260,35 @@ def test_bad_keyed_transform_and_export_fail_with_one_clear_line(
         "export-keys", model, str(tmp / "fit_out"), "--overwrite"
     )
     assert not (tmp / "never").exists()
+
+
+def test_a_saved_estimator_model_transforms_and_exports(spark: Any, keyed_run: Any) -> None:
+    """``MXNorm(keyCols=...).fit(df).save(dir)``: transform --state dir and export-keys dir
+    read it with the params set on the model after the fit (here minKeyRows)."""
+    from mxnorm_spark import serving
+    from mxnorm_spark.ml import MXNorm
+
+    tmp, t = keyed_run["tmp"], keyed_run["table"]
+    df = spark.read.parquet(str(tmp / "events.parquet"))
+    est = MXNorm(inputCols=FEATURES, keyCols=["sensor"], batchCol="day", alpha=ALPHA)
+    model = est.setMinKeyRows(1).fit(df).setMinKeyRows(MIN_ROWS)
+    model.save(str(tmp / "ml_model"))
+
+    ml_model = str(tmp / "ml_model")
+    code, _, err = main("transform", "--input", str(tmp / "events.parquet"),
+                        "--state", ml_model, "--output", str(tmp / "ml_out"))  # fmt: skip
+    assert code == 0, err
+    got = _sorted(read_parquet(tmp / "ml_out"), FEATURES)
+    np.testing.assert_allclose(got, _reference(t), rtol=0, atol=1e-12)  # MIN_ROWS applied
+    np.testing.assert_array_equal(got, _sorted(read_parquet(tmp / "out"), FEATURES))
+
+    code, _, err = main("export-keys", ml_model, str(tmp / "ml_export"))
+    assert code == 0, err
+    norm = serving.load(str(tmp / "ml_export"))
+    assert norm.min_key_rows == MIN_ROWS  # type: ignore[union-attr]
+    model.export(str(tmp / "lib_export"))  # the library's export of the same model
+    want = serving.load(str(tmp / "lib_export"))
+    new = pa.table({k: v for k, v in t.items() if k != "day"})
+    served = _sorted(norm.transform(new).to_pydict(), FEATURES)
+    np.testing.assert_array_equal(served, _sorted(want.transform(new).to_pydict(), FEATURES))
+    assert np.isfinite(served).all()
