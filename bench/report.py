@@ -190,6 +190,8 @@ def _load(avg: Sequence[float] | None) -> str:
 
 def sections_table(results: dict[str, Any]) -> list[str]:
     """Wall time and load average (1 / 5 / 15 min) before and after each section."""
+    if not results.get("sections"):
+        return []
     out = [
         "| section | wall s | load avg before (1 / 5 / 15 min) | load avg after |",
         "|---|---:|---:|---:|",
@@ -251,6 +253,24 @@ def section_markdown(results: dict[str, Any], name: str) -> list[str]:
     return lines
 
 
+def load_sentence(results: dict[str, Any]) -> str:
+    """The load the figures were taken under, and a warning when others shared the machine."""
+    meta = results["meta"]
+    cores = meta["machine"]["cores"]
+    peak = max(
+        [meta["load_start"], meta["load_end"]]
+        + [sec[k][0] for sec in results.get("sections", []) for k in ("load_before", "load_after")]
+    )
+    text = (
+        f"Load average (1 min): {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at "
+        f"the end, at most {peak:.2f} between sections, on {cores} cores."
+    )
+    # The run itself keeps about `cores` runnable (local[cores]); beyond one more, it shared.
+    if peak > cores + 1:
+        text += " **Other work shared the machine: the figures are noisy.**"
+    return text
+
+
 def render_markdown(results: dict[str, Any], chart: str | None = "results.png") -> str:
     meta = results["meta"]
     lines = [
@@ -269,7 +289,8 @@ def render_markdown(results: dict[str, Any], chart: str | None = "results.png") 
         "## Targets",
         "",
         "Each figure is a ratio (or, for 1k-row micro-batches, a difference) of two "
-        "measurements of this run; `ours` is `MXNorm(...).fit(df).transform(df)`, engine auto.",
+        "measurements of this run; `ours` is `MXNorm(...).fit(df).transform(df)`, engine auto. "
+        + load_sentence(results),
         "",
         *targets.table(targets.verdicts(results)),
         "",
@@ -282,9 +303,9 @@ def render_markdown(results: dict[str, Any], chart: str | None = "results.png") 
         "- " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "- Spark settings, the same for every Spark case: "
         + ", ".join(f"`{k}={v}`" for k, v in meta["spark_conf"].items()),
-        "",
-        *sections_table(results),
     ]
+    if results.get("sections"):
+        lines += ["", *sections_table(results)]
     if chart:
         lines += ["", f"![median end-to-end time per case]({chart})"]
     for ds in datasets(results):

@@ -62,6 +62,8 @@ def _check(
         return Verdict(section, target, shown, "met")
     if fmt.endswith("x"):  # a ratio: missed by a factor
         by = f"{value / bound:.2f}x" if most else f"{bound / value:.2f}x"
+    elif fmt.endswith("%"):  # a share: missed by the excess, in points
+        by = f"{value - bound:.0f} percentage points"
     else:  # a difference: missed by the excess, in the same unit
         by = fmt.format(value - bound)
     return Verdict(section, target, shown, f"missed by {by}")
