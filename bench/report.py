@@ -396,13 +396,15 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
 def readme_table(results: dict[str, Any]) -> list[str]:
     """The README's tables: the targets with their verdicts, then wide16 case by case."""
     out = [*targets.table(targets.verdicts(results)), ""]
+    ds = next((d for d in datasets(results) if d["name"] == README_DATASET), None)
+    if ds is None:
+        return out
     out += [
-        "| case (5M rows x 16 doubles) | noop sink s | Parquet sink s | x MLlib throughput (noop) "
-        "| time / SQL (noop) |",
+        f"| case ({ds['rows']:,} rows x {ds['features']} doubles) | noop sink s | Parquet sink s "
+        "| x MLlib throughput (noop) | time / SQL (noop) |",
         "|---|---:|---:|---:|---:|",
     ]
-    present = any(d["name"] == README_DATASET for d in datasets(results))
-    rows = batch_rows(results, README_DATASET) if present else []
+    rows = batch_rows(results, README_DATASET)
     for case in CASE_ORDER:
         noop = next((r for r in rows if r["case"] == case and r["sink"] == "noop"), None)
         pq_ = next((r for r in rows if r["case"] == case and r["sink"] == "parquet"), None)

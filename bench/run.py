@@ -352,7 +352,8 @@ def run_backfill(run: Run) -> None:
 
     rows = BACKFILL_ROWS[run.args.mode]
     paths = {str(b): str(ensure_data(rows, b, run.args.data_dir)) for b in BACKFILL_VALUES}
-    _progress(f"backfill: fit with {' and '.join(paths)} batch values, {rows:,} rows ...")
+    values = " and ".join(f"{b:,}" for b in BACKFILL_VALUES)
+    _progress(f"backfill: fit with {values} batch values, {rows:,} rows ...")
     r = run.launch(["bench.backfill_scaling", "--pair"], {"paths": paths, "reps": run.args.reps})
     run.results["backfill"] = {"rows": rows, **r}
     _progress(f"backfill: {r.get('error', 'done')}")

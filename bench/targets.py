@@ -103,12 +103,13 @@ def batch_verdicts(results: dict[str, Any]) -> list[Verdict]:
             )
             target = f"{_shape(ds)}, {sink}: ours >= {bound}x MLlib throughput"
             out.append(_check(name, target, ratio, bound, most=False, fmt="{:.2f}x"))
-    name, sink, bound = SQL_TIME
-    ds = _dataset(results, name)
-    if ds is not None:
-        ratio = paired_median(times(results, OURS, name, sink), times(results, "sql", name, sink))
-        target = f"{_shape(ds)}, {sink}: ours time <= {bound}x hand-written SQL"
-        out.append(_check(name, target, ratio, bound, most=True, fmt="{:.2f}x"))
+        if name == SQL_TIME[0]:
+            _, sink, most = SQL_TIME
+            ratio = paired_median(
+                times(results, OURS, name, sink), times(results, "sql", name, sink)
+            )
+            target = f"{_shape(ds)}, {sink}: ours time <= {most}x hand-written SQL"
+            out.append(_check(name, target, ratio, most, most=True, fmt="{:.2f}x"))
     return out
 
 
