@@ -147,6 +147,7 @@ def run_pair(
     paths: dict[str, str],
     reps: int,
     progress: Callable[[dict[str, Any]], object] | None = None,
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Fits only, every input in one session, interleaved rep by rep (``make bench``).
 
@@ -157,7 +158,7 @@ def run_pair(
     from bench.memory import PeakMemory
 
     est = _estimator()
-    for data in paths.values():
+    for data in paths.values() if warmup else []:
         est.fit(_first_file(spark, data))
     dfs = {key: spark.read.parquet(data) for key, data in paths.items()}
     out: dict[str, Any] = {key: {"fit_s": [], "fit_cpu_s": []} for key in paths}

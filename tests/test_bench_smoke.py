@@ -256,7 +256,9 @@ def test_the_plan_fits_make_bench() -> None:
 def test_backfill_pair_fits_every_input(spark: Any, tmp_path: Path) -> None:
     paths = {str(b): str(backfill_scaling.ensure_data(160, b, tmp_path)) for b in (4, 40)}
     seen: list[int] = []
-    r = backfill_scaling.run_pair(spark, paths, reps=1, progress=lambda _: seen.append(1))
+    r = backfill_scaling.run_pair(
+        spark, paths, reps=1, progress=lambda _: seen.append(1), warmup=False
+    )
     assert len(seen) == 2  # after every fit: a stopped run keeps what it measured
     for b in (4, 40):
         v = r["values"][str(b)]
