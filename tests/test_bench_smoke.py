@@ -119,6 +119,21 @@ def test_worker_and_report_round_trip(data: dict[str, Path], tmp_path: Path) -> 
     assert any(line.startswith("| backfill") for line in readme)
 
 
+META: dict[str, Any] = {
+    "date": "2000-01-01 00:00 UTC",
+    "command": "make bench",
+    "mode": "quick",
+    "reps": 3,
+    "wall_s": 1.0,
+    "load_start": 0.1,
+    "load_end": 0.2,
+    "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1.0, "os": "os"},
+    "versions": {"python": "3", "commit": "abc1234"},
+    "spark_conf": {"spark.master": "local[2]"},
+    "method": ["- how"],
+}
+
+
 def _fake(case: str, dataset: str, noop: list[float], parquet: list[float]) -> dict[str, Any]:
     sinks = {"noop": {"times": noop, "peak_mib": {}}, "parquet": {"times": parquet, "peak_mib": {}}}
     return {"case": case, "dataset": dataset, "sinks": sinks, "check": "ok"}
@@ -149,19 +164,7 @@ def synthetic_results(numpy_run: dict[str, Any] | None = None) -> dict[str, Any]
         }
 
     return {
-        "meta": {
-            "date": "2000-01-01 00:00 UTC",
-            "command": "make bench",
-            "mode": "quick",
-            "reps": 3,
-            "wall_s": 1.0,
-            "load_start": 0.1,
-            "load_end": 0.2,
-            "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1.0, "os": "os"},
-            "versions": {"python": "3", "commit": "abc1234"},
-            "spark_conf": {"spark.master": "local[2]"},
-            "method": ["- how"],
-        },
+        "meta": dict(META),
         "datasets": [asdict(SCALAR), asdict(wide256), asdict(VECTOR)],
         "batch": batch,
         "streaming": [
