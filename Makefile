@@ -30,16 +30,19 @@ test: setup lint
 test-connect: setup
 	MXNORM_CONNECT=1 $(PY) -m pytest -q tests/connect
 
-# Benchmarks. `make bench` (< 10 min on 2 cores): the 5M x 16 input the targets are set on,
-# every case, and the streaming comparison; writes bench/RESULTS.md and bench/results.png.
-# `make bench-full` adds 500k x 256 and 1M x 64 (vector): ~33 min here; writes bench/full/.
+# Benchmarks. `make bench` (< 10 min on a quiet 2-core machine) measures every target and
+# prints its verdict, section by section as each finishes: wide16 (5M x 16), wide256
+# (100k x 256), vec64 (400k rows of a 64-double array), streaming against a plain
+# foreachBatch, and the backfill fit with 20,000 batch values against 100; writes
+# bench/RESULTS.md, bench/results.png and bench/results.json.
+# `make bench-full`: every case, 500k x 256 and 1M x 64 (~40 min here); writes bench/full/.
 # BENCH_ARGS=--quick for a short development run.
 bench: setup
 	MXBENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" bench/run.sh $(BENCH_ARGS)
 
 bench-full: setup
 	MXBENCH_COMMAND="make bench-full$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
-		bench/run.sh --datasets wide16,wide256,vec64 --out-dir bench/full $(BENCH_ARGS)
+		bench/run.sh --full --out-dir bench/full $(BENCH_ARGS)
 
 # Serving without Spark (~1 min, one core): transform_row p50/p99 over 100k calls, batch
 # transform values/s, beside scikit-learn and River; writes bench/SERVING.md.

@@ -19,6 +19,9 @@ The load average is read before and after the run.
 ``--big`` adds one case (default 500,000 values) run with ``spark.driver.memory=4g``
 (``--big 0`` skips it). Writes ``bench/BACKFILL.md`` (``--out``) with the table and the
 ratio fit(20,000) / fit(100), target <= 1.5.
+
+``make bench`` measures the same ratio cheaper (``run_pair``, through ``--pair SPEC
+RESULT``): fits only, 100 and 20,000 values in one process, interleaved rep by rep.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +78,8 @@ def ensure_data(rows: int, batches: int, root: Path = DATA_DIR) -> Path:
 
 
 # ---- one case in its own process -----------------------------------------------------------
-def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
-    """Warm-up, then ``reps`` timed fits and transforms; peak RSS of driver + JVM."""
+def _session(driver_memory: str) -> Any:
     from pyspark.sql import SparkSession
-
-    from bench.memory import PeakMemory
-    from mxnorm_spark.ml import MXNorm, MXNormModel
 
     builder = SparkSession.builder.appName("bench-backfill")
     # One partition per file (16), as in the issue's measurement: without this Spark packs
@@ -90,11 +90,30 @@ def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _estimator() -> Any:
+    from mxnorm_spark.ml import MXNorm
+
     cols = [f"f{j}" for j in range(FEATURES)]
-    est = MXNorm(inputCols=cols, outputCols=[f"z{j}" for j in range(FEATURES)], batchCol="batch")
+    return MXNorm(inputCols=cols, outputCols=[f"z{j}" for j in range(FEATURES)], batchCol="batch")
+
+
+def _first_file(spark: Any, data: str) -> Any:
+    return spark.read.parquet(str(sorted(Path(data).glob("part-*.parquet"))[0]))
+
+
+def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
+    """Warm-up, then ``reps`` timed fits and transforms; peak RSS of driver + JVM."""
+    from bench.memory import PeakMemory
+    from mxnorm_spark.ml import MXNormModel
+
+    spark = _session(driver_memory)
+    est = _estimator()
     df = spark.read.parquet(data)
     partitions = df.rdd.getNumPartitions()
-    warm = spark.read.parquet(str(sorted(Path(data).glob("part-*.parquet"))[0]))
+    warm = _first_file(spark, data)
     est.fit(warm).transform(warm).write.format("noop").mode("overwrite").save()
     fits, transforms, cpus = [], [], []
     with PeakMemory() as mem:
@@ -121,6 +140,59 @@ def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
         "peak_jvm_mib": peak.jvm / 2**20,
         "peak_mib": (peak.driver + peak.jvm) / 2**20,
     }
+
+
+def run_pair(
+    spark: Any,
+    paths: dict[str, str],
+    reps: int,
+    progress: Callable[[dict[str, Any]], object] | None = None,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Fits only, every input in one session, interleaved rep by rep (``make bench``).
+
+    One JVM for all inputs costs one start-up instead of one per input and round, and puts
+    each pair of fits side by side in time, so drift on a shared machine hits both alike.
+    The order inside a round alternates, so neither input always runs on a warmer JVM.
+    """
+    from bench.memory import PeakMemory
+
+    est = _estimator()
+    for data in paths.values() if warmup else []:
+        est.fit(_first_file(spark, data))
+    dfs = {key: spark.read.parquet(data) for key, data in paths.items()}
+    out: dict[str, Any] = {key: {"fit_s": [], "fit_cpu_s": []} for key in paths}
+    result = {"values": out, "partitions": next(iter(dfs.values())).rdd.getNumPartitions()}
+    with PeakMemory() as mem:
+        for i in range(reps):
+            for key in list(dfs) if i % 2 == 0 else list(reversed(dfs)):
+                c0, t0 = _tree_cpu(), time.perf_counter()
+                model = est.fit(dfs[key])
+                out[key]["fit_s"].append(time.perf_counter() - t0)
+                out[key]["fit_cpu_s"].append(_tree_cpu() - c0)
+                out[key]["batches"] = model.state.batches_seen
+                result["peak_driver_mib"] = mem.peaks.driver / 2**20
+                result["peak_jvm_mib"] = mem.peaks.jvm / 2**20
+                if progress is not None:  # a run stopped by the time limit keeps these
+                    progress(result)
+    result["peak_driver_mib"] = mem.peaks.driver / 2**20
+    result["peak_jvm_mib"] = mem.peaks.jvm / 2**20
+    return result
+
+
+def pair_worker(spec_path: str, result_path: str) -> None:
+    """``--pair SPEC RESULT``: ``run_pair`` in a fresh process, for ``bench/run.py``."""
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(result_path)
+    try:
+        spark = _session(spec.get("driver_memory", SPARK_CONF["spark.driver.memory"]))
+        result = run_pair(
+            spark, spec["paths"], spec["reps"], lambda r: out.write_text(json.dumps(r))
+        )
+        spark.stop()
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    out.write_text(json.dumps(result, indent=1))
 
 
 def _tree_cpu() -> float:
@@ -282,10 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", type=Path, default=ROOT / "BACKFILL.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--pair", nargs=2, help=argparse.SUPPRESS)
     p.add_argument(
         "--driver-memory", default=SPARK_CONF["spark.driver.memory"], help=argparse.SUPPRESS
     )
     args = p.parse_args(argv)
+    if args.pair:
+        pair_worker(*args.pair)
+        return 0
     if args.worker:
         print(json.dumps(run_case(args.worker, args.reps, args.driver_memory)))
         return 0

@@ -19,17 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import targets
 from bench.cases import LABELS, SINKS
 
 CASE_ORDER = ["mxnorm-auto", "mxnorm-sql", "mxnorm-arrow", "sql", "mllib", "numpy"]
 
-# The performance targets, as ratios in one run on wide16 (5M x 16), noop sink.
-TARGET_DATASET = "wide16"
-TARGET_SINK = "noop"
-TARGET_AUTO_VS_MLLIB = 2.5  # throughput, at least
-TARGET_AUTO_VS_SQL = 1.15  # time, at most
-TARGET_ARROW_VS_MLLIB = 1.3  # throughput, at least
-TARGET_STREAM_OVERHEAD_S = 0.5  # median per 1k-row micro-batch, under
+# The input of the README's short table.
+README_DATASET = "wide16"
 
 
 @dataclass(frozen=True)
@@ -46,13 +42,6 @@ def stat(values: Sequence[float]) -> Stat | None:
 def paired(num: Sequence[float], den: Sequence[float]) -> Stat | None:
     """Median (min-max) of ``num[i] / den[i]`` over the repetitions both have."""
     return stat([a / b for a, b in zip(num, den, strict=False) if b > 0])
-
-
-def _times(results: dict[str, Any], case: str, dataset: str, sink: str) -> list[float]:
-    for r in results.get("batch", []):
-        if r["case"] == case and r["dataset"] == dataset and "error" not in r:
-            return list(r["sinks"].get(sink, {}).get("times", []))
-    return []
 
 
 def _entry(results: dict[str, Any], case: str, dataset: str) -> dict[str, Any] | None:
@@ -97,15 +86,15 @@ def batch_rows(results: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
         if entry is None:
             continue
         for sink in SINKS:
-            times = _times(results, case, dataset, sink)
+            times = targets.times(results, case, dataset, sink)
             rows.append(
                 {
                     "case": case,
                     "sink": sink,
                     "rows": ds["rows"],
                     "time": stat(times),
-                    "vs_mllib": paired(_times(results, "mllib", dataset, sink), times),
-                    "vs_sql": paired(times, _times(results, "sql", dataset, sink)),
+                    "vs_mllib": paired(targets.times(results, "mllib", dataset, sink), times),
+                    "vs_sql": paired(times, targets.times(results, "sql", dataset, sink)),
                     "peak": entry.get("sinks", {}).get(sink, {}).get("peak_mib", {}),
                     "check": entry.get("check", "-"),
                     "error": entry.get("error"),
@@ -156,18 +145,6 @@ def stream_summary(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def stream_overhead_1k(results: dict[str, Any]) -> float | None:
-    s = stream_summary(results)
-    try:
-        ours = s["mxnorm"]["latency"]["1000"]
-        plain = s["plain"]["latency"]["1000"]
-    except (KeyError, TypeError):
-        return None
-    if ours is None or plain is None:
-        return None
-    return float((ours.median - plain.median) / 1000.0)
-
-
 def _stream_rows(results: dict[str, Any]) -> str:
     for r in results.get("streaming", []):
         tp = r.get("throughput")
@@ -207,72 +184,91 @@ def stream_table(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each performance target of the project."""
+def _load(avg: Sequence[float] | None) -> str:
+    return "-" if not avg else " / ".join(f"{x:.2f}" for x in avg)
 
-    def row(case: str) -> dict[str, Any] | None:
-        if not any(d["name"] == TARGET_DATASET for d in datasets(results)):
-            return None
-        for r in batch_rows(results, TARGET_DATASET):
-            if r["case"] == case and r["sink"] == TARGET_SINK and not r["error"]:
-                return r
-        return None
 
-    out: list[tuple[str, str, str]] = []
-    auto, arrow = row("mxnorm-auto"), row("mxnorm-arrow")
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    def ratio(name: str, r: dict[str, Any] | None, key: str, bound: float, most: bool) -> None:
-        """A ratio target: at least ``bound`` (throughput) or, with ``most``, at most (time)."""
-        if not (r and r[key]):
-            out.append((name, "not run", "-"))
-            return
-        v = r[key].median
-        ok = v <= bound if most else v >= bound
-        by = v / bound if most else bound / v
-        out.append((name, f"{v:.2f}x", verdict(ok) + ("" if ok else f" by {by:.2f}x")))
-
-    ratio(
-        f"default engine >= {TARGET_AUTO_VS_MLLIB}x MLlib throughput",
-        auto,
-        "vs_mllib",
-        TARGET_AUTO_VS_MLLIB,
-        most=False,
-    )
-    ratio(
-        f"default engine time <= {TARGET_AUTO_VS_SQL}x hand-written SQL",
-        auto,
-        "vs_sql",
-        TARGET_AUTO_VS_SQL,
-        most=True,
-    )
-    ratio(
-        f"arrow engine >= {TARGET_ARROW_VS_MLLIB}x MLlib throughput",
-        arrow,
-        "vs_mllib",
-        TARGET_ARROW_VS_MLLIB,
-        most=False,
-    )
-    over = stream_overhead_1k(results)
-    name = f"streaming overhead per 1k-row micro-batch < {TARGET_STREAM_OVERHEAD_S} s median"
-    if over is None:
-        out.append((name, "not run", "-"))
-    else:
+def sections_table(results: dict[str, Any]) -> list[str]:
+    """Wall time and load average (1 / 5 / 15 min) before and after each section."""
+    if not results.get("sections"):
+        return []
+    out = [
+        "| section | wall s | load avg before (1 / 5 / 15 min) | load avg after |",
+        "|---|---:|---:|---:|",
+    ]
+    for sec in results.get("sections", []):
         out.append(
-            (
-                name,
-                f"{over:.3f} s",
-                verdict(over < TARGET_STREAM_OVERHEAD_S)
-                + (
-                    ""
-                    if over < TARGET_STREAM_OVERHEAD_S
-                    else f" by {over - TARGET_STREAM_OVERHEAD_S:.3f} s"
-                ),
-            )
+            f"| {sec['name']} | {sec['wall_s']:.0f} | {_load(sec.get('load_before'))} "
+            f"| {_load(sec.get('load_after'))} |"
         )
     return out
+
+
+def backfill_table(results: dict[str, Any]) -> list[str]:
+    bf = results.get("backfill")
+    if not bf:
+        return ["(backfill not run)"]
+    if "error" in bf:
+        return [f"failed: {bf['error']}"]
+    out = [
+        "| batch values | fit s, median (min-max) | fit CPU s, median (min-max) | batches seen |",
+        "|---:|---:|---:|---:|",
+    ]
+    for key, v in sorted(bf["values"].items(), key=lambda kv: int(kv[0])):
+        wall, cpu = stat(v["fit_s"]), stat(v["fit_cpu_s"])
+        out.append(
+            f"| {int(key):,} | {_fmt_s(wall)} ({_fmt_range(wall)}) "
+            f"| {_fmt_s(cpu)} ({_fmt_range(cpu)}) | {v.get('batches', '-')} |"
+        )
+    out += [
+        "",
+        f"{bf.get('rows', 0):,} rows x 8 doubles, {bf.get('partitions', '?')} partitions; peak "
+        f"RSS driver {bf.get('peak_driver_mib', 0):.0f} MiB, JVM {bf.get('peak_jvm_mib', 0):.0f} "
+        "MiB.",
+    ]
+    return out
+
+
+def dataset_heading(ds: dict[str, Any]) -> str:
+    shape = (
+        f"{ds['rows']:,} rows, one array<double> column of dimension {ds['features']}"
+        if ds["vector"]
+        else f"{ds['rows']:,} rows x {ds['features']} double columns"
+    )
+    return f"## {ds['name']}: {shape}"
+
+
+def section_markdown(results: dict[str, Any], name: str) -> list[str]:
+    """One section's table and target verdicts: what the run prints as it finishes it."""
+    ds = next((d for d in datasets(results) if d["name"] == name), None)
+    if ds is not None:
+        lines = [dataset_heading(ds), "", *batch_table(results, name)]
+    elif name == "streaming":
+        lines = ["## Streaming", "", *stream_table(results)]
+    else:
+        lines = ["## Backfill", "", *backfill_table(results)]
+    found = [v for v in targets.verdicts(results) if v.section == name]
+    if found:
+        lines += ["", *targets.table(found)]
+    return lines
+
+
+def load_sentence(results: dict[str, Any]) -> str:
+    """The load the figures were taken under, and a warning when others shared the machine."""
+    meta = results["meta"]
+    cores = meta["machine"]["cores"]
+    peak = max(
+        [meta["load_start"], meta["load_end"]]
+        + [sec[k][0] for sec in results.get("sections", []) for k in ("load_before", "load_after")]
+    )
+    text = (
+        f"Load average (1 min): {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at "
+        f"the end, at most {peak:.2f} between sections, on {cores} cores."
+    )
+    # The run itself keeps about `cores` runnable (local[cores]); beyond one more, it shared.
+    if peak > cores + 1:
+        text += " **Other work shared the machine: the figures are noisy.**"
+    return text
 
 
 def render_markdown(results: dict[str, Any], chart: str | None = "results.png") -> str:
@@ -280,16 +276,25 @@ def render_markdown(results: dict[str, Any], chart: str | None = "results.png") 
     lines = [
         "# Benchmark results",
         "",
-        f"Run on {meta['date']} with `{meta['command']}` ({meta['mode']} mode, "
-        f"{meta['reps']} timed repetitions after a warm-up, {meta['wall_s']:.0f} s in all).",
+        f"Run on {meta['date']} at commit {meta['versions'].get('commit', 'unknown')} with "
+        f"`{meta['command']}` ({meta['mode']} mode, {meta['reps']} timed repetitions after a "
+        f"warm-up, {meta['wall_s']:.0f} s in all).",
     ]
     if not meta.get("complete", True):
-        lines += ["", "**Partial run: interrupted before every case had run.**"]
+        lines += ["", "**Partial run: interrupted before every section had run.**"]
     if meta.get("note"):
         lines += ["", meta["note"]]
     lines += [
         "",
-        "## Machine",
+        "## Targets",
+        "",
+        "Each figure is a ratio (or, for 1k-row micro-batches, a difference) of two "
+        "measurements of this run; `ours` is `MXNorm(...).fit(df).transform(df)`, engine auto. "
+        + load_sentence(results),
+        "",
+        *targets.table(targets.verdicts(results)),
+        "",
+        "## Machine and load",
         "",
         f"- {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
         f"{meta['machine']['memory_gib']:.0f} GiB RAM, {meta['machine']['os']}",
@@ -298,26 +303,25 @@ def render_markdown(results: dict[str, Any], chart: str | None = "results.png") 
         "- " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "- Spark settings, the same for every Spark case: "
         + ", ".join(f"`{k}={v}`" for k, v in meta["spark_conf"].items()),
-        "",
-        "## Targets (wide16 = 5M rows x 16 doubles, noop sink, ratios from the same run)",
-        "",
-        "| target | measured | verdict |",
-        "|---|---:|---|",
     ]
-    lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
+    if results.get("sections"):
+        lines += ["", *sections_table(results)]
     if chart:
         lines += ["", f"![median end-to-end time per case]({chart})"]
     for ds in datasets(results):
-        shape = (
-            f"{ds['rows']:,} rows, one array<double> column of dimension {ds['features']}"
-            if ds["vector"]
-            else f"{ds['rows']:,} rows x {ds['features']} double columns"
-        )
-        lines += ["", f"## {ds['name']}: {shape}", ""]
-        lines += batch_table(results, ds["name"])
+        lines += ["", dataset_heading(ds), "", *batch_table(results, ds["name"])]
     lines += ["", "## Streaming", "", *stream_table(results)]
     if results.get("streaming"):
         lines += ["", meta.get("streaming_note", "")]
+    if results.get("backfill"):
+        lines += [
+            "",
+            "## Backfill",
+            "",
+            *backfill_table(results),
+            "",
+            meta.get("backfill_note", ""),
+        ]
     lines += ["", "## How it is measured", "", *meta.get("method", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -390,14 +394,17 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
 
 
 def readme_table(results: dict[str, Any]) -> list[str]:
-    """The short table for README: wide16, both sinks, median seconds and ratios."""
-    out = [
-        "| case (5M rows x 16 doubles) | noop sink s | Parquet sink s | x MLlib throughput (noop) "
-        "| time / SQL (noop) |",
+    """The README's tables: the targets with their verdicts, then wide16 case by case."""
+    out = [*targets.table(targets.verdicts(results)), ""]
+    ds = next((d for d in datasets(results) if d["name"] == README_DATASET), None)
+    if ds is None:
+        return out
+    out += [
+        f"| case ({ds['rows']:,} rows x {ds['features']} doubles) | noop sink s | Parquet sink s "
+        "| x MLlib throughput (noop) | time / SQL (noop) |",
         "|---|---:|---:|---:|---:|",
     ]
-    present = any(d["name"] == TARGET_DATASET for d in datasets(results))
-    rows = batch_rows(results, TARGET_DATASET) if present else []
+    rows = batch_rows(results, README_DATASET)
     for case in CASE_ORDER:
         noop = next((r for r in rows if r["case"] == case and r["sink"] == "noop"), None)
         pq_ = next((r for r in rows if r["case"] == case and r["sink"] == "parquet"), None)
@@ -424,8 +431,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One report from runs done one after the other (e.g. a rerun of the cases that failed).
 
-    Later runs win for the same (case, dataset) and for streaming; the metadata is the
-    first run's, with the wall time summed and the last run's end load.
+    Later runs win for the same (case, dataset), for streaming and for the backfill; the
+    metadata is the first run's, with the wall time summed and the last run's end load; the
+    sections of every run are listed.
     """
     meta = dict(parts[0]["meta"])
     meta["wall_s"] = sum(p["meta"]["wall_s"] for p in parts)
@@ -435,15 +443,19 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     datasets_: dict[str, Any] = {}
     batch: dict[tuple[str, str], Any] = {}
     streaming: list[Any] = []
+    backfill: dict[str, Any] | None = None
     for p in parts:
         datasets_.update({d["name"]: d for d in p.get("datasets", [])})
         batch.update({(r["case"], r["dataset"]): r for r in p.get("batch", [])})
         streaming = p.get("streaming") or streaming
+        backfill = p.get("backfill") or backfill
     return {
         "meta": meta,
         "datasets": list(datasets_.values()),
         "batch": list(batch.values()),
         "streaming": streaming,
+        "backfill": backfill,
+        "sections": [sec for p in parts for sec in p.get("sections", [])],
     }
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark in one command: bench/run.sh [--quick] [--reps N] [--cases a,b] ...
+# The benchmark in one command: bench/run.sh [--quick | --full] [--reps N] [--cases a,b] ...
 # (`make bench` calls it). Writes bench/RESULTS.md, bench/results.png, bench/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import report, worker  # noqa: E402
+from bench import backfill_scaling, report, targets, worker  # noqa: E402
+from bench import run as bench_run  # noqa: E402
 from bench.cases import CASES, Context, check_output  # noqa: E402
 from bench.data import Dataset, ensure_dataset, feature_params, parquet_files  # noqa: E402
 
@@ -100,61 +101,169 @@ def test_worker_and_report_round_trip(data: dict[str, Path], tmp_path: Path) -> 
     assert {len(v["times"]) for v in r["sinks"].values()} == {3}
     assert r["sinks"]["parquet"]["peak_mib"]["driver"] > 0
 
-    def fake(case: str, scale: float) -> dict[str, Any]:
-        sinks = {
-            s: {"times": [scale, 2 * scale, 3 * scale], "peak_mib": {}} for s in ("noop", "parquet")
-        }
-        return {"case": case, "dataset": "wide16", "sinks": sinks, "check": "ok"}
-
-    results = {
-        "meta": {
-            "date": "2000-01-01 00:00 UTC",
-            "command": "make bench",
-            "mode": "quick",
-            "reps": 3,
-            "wall_s": 1.0,
-            "load_start": 0.1,
-            "load_end": 0.2,
-            "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1.0, "os": "os"},
-            "versions": {"python": "3"},
-            "spark_conf": {"spark.master": "local[2]"},
-            "method": ["- how"],
-        },
-        "datasets": [asdict(SCALAR)],
-        "batch": [
-            r,
-            fake("mllib", 6.0),
-            fake("sql", 2.0),
-            fake("mxnorm-auto", 2.0),
-            fake("mxnorm-arrow", 4.0),
-            {"case": "mxnorm-sql", "dataset": "wide16", "error": "Boom: broken"},
-        ],
-        "streaming": [
-            {
-                "impl": "plain",
-                "latency": {"1000": {"timed_ms": [100, 120, 110]}},
-                "throughput": {"rows": 10, "batches": 2, "wall_s": 1.0},
-                "peak_mib": {},
-            },
-            {
-                "impl": "mxnorm",
-                "latency": {"1000": {"timed_ms": [400, 420, 410]}},
-                "throughput": {"rows": 10, "batches": 2, "wall_s": 2.0},
-                "peak_mib": {},
-            },
-        ],
-    }
+    results = synthetic_results(r)
     md, png = report.write_report(json.loads(json.dumps(results)), tmp_path / "report")
     text = md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Paired ratios: MLlib's rep i over auto's rep i is 3.0 in every pair.
+    # Paired ratios: MLlib's rep i over ours' rep i is 3.0 in every pair.
     assert "| mxnorm-auto | noop | 4.00 | 2.00-6.00 |" in text
     assert "3.00x (3.00-3.00)" in text
-    assert "| default engine >= 2.5x MLlib throughput | 3.00x | met |" in text
-    assert "| arrow engine >= 1.3x MLlib throughput | 1.50x | met |" in text
-    assert "| default engine time <= 1.15x hand-written SQL | 1.00x | met |" in text
-    assert "streaming overhead per 1k-row micro-batch < 0.5 s median | 0.300 s | met" in text
     assert "failed: Boom: broken" in text
     assert "10-row (2 micro-batches) stream" in text
-    assert "| mxnorm-auto | noop | 4.00" in text
-    assert any("mxnorm_spark, engine=auto" in line for line in report.readme_table(results))
+    assert "| wide256 | 12 | 1.00 / 0.50 / 0.25 | 3.50 / 2.00 / 1.00 |" in text
+    assert "at most 3.50 between sections, on 2 cores. **Other work shared" in text
+    assert "| 20,000 | 8.00 (6.00-10.00) | 1.20 (1.20-1.20) | 20000 |" in text
+    readme = report.readme_table(results)
+    assert any("mxnorm_spark, engine=auto" in line for line in readme)
+    assert "| case (3,000 rows x 4 doubles) |" in "\n".join(readme)
+    assert any(line.startswith("| backfill") for line in readme)
+
+
+META: dict[str, Any] = {
+    "date": "2000-01-01 00:00 UTC",
+    "command": "make bench",
+    "mode": "quick",
+    "reps": 3,
+    "wall_s": 1.0,
+    "load_start": 0.1,
+    "load_end": 0.2,
+    "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1.0, "os": "os"},
+    "versions": {"python": "3", "commit": "abc1234"},
+    "spark_conf": {"spark.master": "local[2]"},
+    "method": ["- how"],
+}
+
+
+def _fake(case: str, dataset: str, noop: list[float], parquet: list[float]) -> dict[str, Any]:
+    sinks = {"noop": {"times": noop, "peak_mib": {}}, "parquet": {"times": parquet, "peak_mib": {}}}
+    return {"case": case, "dataset": dataset, "sinks": sinks, "check": "ok"}
+
+
+def synthetic_results(numpy_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's results, made up so that some targets are met and others missed."""
+    wide256 = Dataset("wide256", 1_000, 256, vector=False, files=2)
+    batch = [
+        _fake("mllib", "wide16", [6.0, 12.0, 18.0], [6.0, 12.0, 18.0]),
+        _fake("sql", "wide16", [2.0, 4.0, 6.0], [2.0, 4.0, 6.0]),
+        _fake("mxnorm-auto", "wide16", [2.0, 4.0, 6.0], [2.0, 4.0, 6.0]),
+        {"case": "mxnorm-sql", "dataset": "wide16", "error": "Boom: broken"},
+        _fake("mllib", "wide256", [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]),
+        _fake("mxnorm-auto", "wide256", [1.0, 1.0, 1.0], [3.0, 3.0, 3.0]),
+        _fake("mllib", "vec64", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),
+        {"case": "mxnorm-auto", "dataset": "vec64", "error": "Boom: vector"},
+    ]
+    if numpy_run is not None:
+        batch.append(numpy_run)
+
+    def stream(impl: str, ms: dict[str, list[int]], wall: float) -> dict[str, Any]:
+        return {
+            "impl": impl,
+            "latency": {size: {"timed_ms": v} for size, v in ms.items()},
+            "throughput": {"rows": 10, "batches": 2, "wall_s": wall},
+            "peak_mib": {},
+        }
+
+    return {
+        "meta": dict(META),
+        "datasets": [asdict(SCALAR), asdict(wide256), asdict(VECTOR)],
+        "batch": batch,
+        "streaming": [
+            stream("plain", {"1000": [100, 120, 110], "100000": [1000], "1000000": [1000]}, 1.0),
+            stream("mxnorm", {"1000": [400, 420, 410], "100000": [1200], "1000000": [1500]}, 2.0),
+        ],
+        "backfill": {
+            "rows": 2_000_000,
+            "partitions": 16,
+            "values": {
+                "100": {"fit_s": [4.0, 4.0, 4.0], "fit_cpu_s": [1.0, 1.0, 1.0], "batches": 100},
+                "20000": {
+                    "fit_s": [8.0, 6.0, 10.0],
+                    "fit_cpu_s": [1.2, 1.2, 1.2],
+                    "batches": 20000,
+                },
+            },
+            "peak_driver_mib": 150.0,
+            "peak_jvm_mib": 1000.0,
+        },
+        "sections": [
+            {
+                "name": "wide256",
+                "wall_s": 12.0,
+                "load_before": [1, 0.5, 0.25],
+                "load_after": [3.5, 2, 1],
+            }
+        ],
+    }
+
+
+def test_targets_give_a_verdict_that_can_fail() -> None:
+    got = {v.target: (v.measured, v.verdict) for v in targets.verdicts(synthetic_results())}
+    wide16 = "wide16 (3,000 x 4 columns)"
+    wide256 = "wide256 (1,000 x 256 columns)"
+    assert got == {
+        f"{wide16}, noop: ours >= 2.5x MLlib throughput": ("3.00x", "met"),
+        f"{wide16}, noop: ours time <= 1.0x hand-written SQL": ("1.00x", "met"),
+        f"{wide256}, noop: ours >= 1.3x MLlib throughput": ("2.00x", "met"),
+        f"{wide256}, parquet: ours >= 1.3x MLlib throughput": ("1.00x", "missed by 1.30x"),
+        # Ours failed on vec64: no figure, and never "met".
+        "vec64 (2,000 x 3 array), noop: ours >= 1.3x MLlib throughput": ("-", "not measured"),
+        "vec64 (2,000 x 3 array), parquet: ours >= 1.3x MLlib throughput": ("-", "not measured"),
+        "streaming, 1,000-row micro-batch: overhead <= 100 ms": ("300 ms", "missed by 200 ms"),
+        "streaming, 100,000-row micro-batch: overhead <= 30% of plain": ("20%", "met"),
+        "streaming, 1,000,000-row micro-batch: overhead <= 30% of plain": (
+            "50%",
+            "missed by 20 percentage points",
+        ),
+        # Pair by pair 2.0, 1.5 and 2.5: the median 2.0.
+        "backfill (2,000,000 x 8): fit(20,000 batch values) <= 1.5x fit(100)": (
+            "2.00x (CPU 1.20x)",
+            "missed by 1.33x",
+        ),
+    }
+    results = synthetic_results()
+    results["backfill"]["values"]["20000"]["fit_s"] = [5.0, 5.0, 5.0]
+    (verdict,) = targets.backfill_verdicts(results)
+    assert (verdict.measured, verdict.verdict) == ("1.25x (CPU 1.20x)", "met")
+    # A section prints its own table and its verdicts as it finishes.
+    printed = "\n".join(report.section_markdown(results, "backfill"))
+    assert "| 100 | 4.00 (4.00-4.00) | 1.00 (1.00-1.00) | 100 |" in printed
+    assert "fit(100) | 1.25x (CPU 1.20x) | met |" in printed
+    assert "| missed by 1.30x |" in "\n".join(report.section_markdown(results, "wide256"))
+    # Nothing streamed: no streaming verdicts; streamed but a size missing: not measured.
+    results["streaming"] = []
+    assert targets.stream_verdicts(results) == []
+    results["streaming"] = synthetic_results()["streaming"][:1]
+    assert {v.verdict for v in targets.stream_verdicts(results)} == {"not measured"}
+
+
+def test_the_plan_fits_make_bench() -> None:
+    args = bench_run.parse_args([])
+    assert args.mode == "bench" and args.datasets.split(",") == ["wide16", "wide256", "vec64"]
+    sizes = bench_run.datasets_for("bench")
+    assert (sizes["wide16"].rows, sizes["wide16"].features) == (5_000_000, 16)
+    assert (sizes["wide256"].rows, sizes["wide256"].features) == (100_000, 256)
+    assert (sizes["vec64"].rows, sizes["vec64"].vector) == (400_000, True)
+    assert bench_run.datasets_for("full")["wide256"].rows == 500_000
+    # Every target's inputs run by default; --full runs every case.
+    for name in ("wide16", "wide256", "vec64"):
+        assert {"mllib", "mxnorm-auto"} <= set(bench_run.cases_for("bench", name))
+    assert "sql" in bench_run.cases_for("bench", "wide16")
+    assert bench_run.cases_for("full", "vec64") == bench_run.ALL_CASES
+    assert bench_run.cases_for("bench", "vec64", "sql,numpy") == ["sql", "numpy"]
+    assert bench_run.parse_args(["--quick"]).mode == "quick"
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--quick", "--full"])
+
+
+@pytest.mark.spark
+def test_backfill_pair_fits_every_input(spark: Any, tmp_path: Path) -> None:
+    paths = {str(b): str(backfill_scaling.ensure_data(160, b, tmp_path)) for b in (4, 40)}
+    seen: list[int] = []
+    r = backfill_scaling.run_pair(
+        spark, paths, reps=1, progress=lambda _: seen.append(1), warmup=False
+    )
+    assert len(seen) == 2  # after every fit: a stopped run keeps what it measured
+    for b in (4, 40):
+        v = r["values"][str(b)]
+        assert len(v["fit_s"]) == len(v["fit_cpu_s"]) == 1
+        assert v["batches"] == b
