@@ -407,17 +407,21 @@ def stream_fold(
 ) -> pa.Table:
     """The snapshot after micro-batch ``batch_id`` of the keys in ``table``.
 
-    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features):
-    the key columns, the source column, one float64 column per feature (data rows), then
-    :data:`SNAPSHOT_SCALARS` and the layout's state columns (snapshot rows: each key's state
-    before the batch). A key with data rows gets its batch folded in (from a fresh state when
-    it has no snapshot row, or one unseen for more than ``evict_after`` batches); a key
-    without keeps its row (its constants null: they are of an older batch), unless it has
-    been unseen for ``evict_after`` batches (dropped). Output: the key columns,
-    :data:`SNAPSHOT_SCALARS`, the layout's state and constant columns.
+    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features): the
+    key columns, the source column, :data:`SNAPSHOT_SCALARS`, then one float64 column per
+    state column of the layout. Snapshot rows (source 0) hold each key's state before the
+    batch there; data rows (source 1) hold their feature values in the first ``n_features``
+    of those columns and null elsewhere: one row shape for both, so the shuffle carries no
+    column that is null on every row of a kind. A key with data rows gets its batch folded
+    in (from a fresh state when it has no snapshot row, or one unseen for more than
+    ``evict_after`` batches); a key without keeps its row (its constants null: they are of
+    an older batch), unless it has been unseen for ``evict_after`` batches (dropped).
+    Output: the key columns, :data:`SNAPSHOT_SCALARS`, the layout's state and constant
+    columns.
     """
     t = table.combine_chunks()
-    k, f0 = layout.n_features, n_keys + 1
+    k, sc = layout.n_features, n_keys + 1
+    v0 = sc + len(SNAPSHOT_SCALARS)
     cols = [t.column(i).chunk(0) for i in range(t.num_columns)]
     key_diff = np.zeros(t.num_rows, dtype=bool)
     for i in range(n_keys):
@@ -426,7 +430,7 @@ def stream_fold(
     src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
     data, snap = np.flatnonzero(src == 1), np.flatnonzero(src == 0)
     # The key's last micro-batch with rows (NaN on data rows).
-    last = np.asarray(cols[f0 + k].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
+    last = np.asarray(cols[sc].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
     keep = np.ones(snap.shape[0], dtype=bool)
     schema = layout.schema([t.schema.field(i) for i in range(n_keys)])
     parts = []
@@ -435,7 +439,7 @@ def stream_fold(
         starts = np.flatnonzero(np.concatenate([[True], dgroup[1:] != dgroup[:-1]]))
         take = pa.array(data, type=pa.int64())
         x = np.vstack(
-            [cols[f0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
+            [cols[v0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
         ).astype(np.float64, copy=False)
         snap_of = np.full(int(group[-1]) + 1, -1)
         snap_of[group[snap]] = np.arange(snap.shape[0])
@@ -460,7 +464,7 @@ def stream_fold(
     if evict_after is not None:
         keep &= batch_id - last < evict_after
     kept = pa.array(snap[keep], type=pa.int64())
-    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(f0 + k, t.num_columns))]
+    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(sc, t.num_columns))]
     nulls = [pa.nulls(len(kept), pa.float64()) for _ in layout.constant_columns]
     parts.append(pa.Table.from_arrays([*carried, *nulls], names=schema.names).cast(schema))
     return pa.concat_tables(parts)
@@ -479,18 +483,17 @@ def _folded_rows(
 ) -> list[pa.Array]:
     """The snapshot columns of the keys with data: the state of row ``prev`` (-1: none)
     with the batch's ``moments`` folded in; keys taken from rows ``first_rows``."""
-    k = layout.n_features
     s, has = first_rows.shape[0], prev >= 0
     at = pa.array(prev[has], type=pa.int64())
-    first_state = n_keys + 1 + k + len(SNAPSHOT_SCALARS)
+    first_state = n_keys + 1 + len(SNAPSHOT_SCALARS)
     state = [
         np.asarray(cols[first_state + i].take(at).to_numpy(zero_copy_only=False), np.float64)
         for i in range(len(layout.state_columns))
     ]
     values = fold_step(layout.options, layout.before(state, has, s), moments)
     seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
-    seen[has] = cols[n_keys + 2 + k].take(at).to_numpy(zero_copy_only=False)
-    key_rows[has] = cols[n_keys + 3 + k].take(at).to_numpy(zero_copy_only=False)
+    seen[has] = cols[n_keys + 2].take(at).to_numpy(zero_copy_only=False)
+    key_rows[has] = cols[n_keys + 3].take(at).to_numpy(zero_copy_only=False)
     take = pa.array(first_rows, type=pa.int64())
     return [
         *(cols[i].take(take) for i in range(n_keys)),

@@ -222,26 +222,30 @@ class KeyedStreamState:
         keys = list(self.keys.key_cols)
         schema = self.schema(data.schema)
         prev = self.previous(batch_id, committed)
-        features = [
-            quote(f).cast("double").alias(f"__mx_x{j}") for j, f in enumerate(self.features)
-        ]
-        rows = data.select(*(quote(k) for k in keys), F.lit(1).alias(SOURCE_COLUMN), *features)
-        rows = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
-        # The fold reads the scalars and the state, not the constants of an older batch.
-        state_fields = schema.fields[len(keys) : len(keys) + len(SNAPSHOT_SCALARS)]
-        state_fields += [schema[n] for n in self.layout.state_columns]
-        both = rows.select("*", *(F.lit(None).cast(f.dataType).alias(f.name) for f in state_fields))
+        # One row shape for data and snapshot rows (see stream_fold): a data row's features
+        # go where a snapshot row has its state, so no column is null on every row of a kind.
+        scalars = [schema[n] for n in SNAPSHOT_SCALARS]
+        state = self.layout.state_columns
+        values = [f"__mx_v{i}" for i in range(len(state))]
+        nf = len(self.features)
+        rows = data.select(
+            *(quote(k) for k in keys),
+            F.lit(1).alias(SOURCE_COLUMN),
+            *(F.lit(None).cast(f.dataType).alias(f.name) for f in scalars),
+            *(quote(f).cast("double").alias(values[j]) for j, f in enumerate(self.features)),
+            *(F.lit(None).cast("double").alias(v) for v in values[nf:]),
+        )
+        both = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
         if prev is not None:
-            no_x = [F.lit(None).cast("double").alias(f"__mx_x{j}") for j in range(len(features))]
             snap = self.read(spark, prev, data.schema).select(
                 *(quote(k) for k in keys),
                 F.lit(0).alias(SOURCE_COLUMN),
-                *no_x,
-                *(F.col(f.name) for f in state_fields),
+                *(F.col(f.name) for f in scalars),
+                *(F.col(n).alias(v) for n, v in zip(state, values, strict=True)),
             )
             both = both.unionByName(snap)
         parts = (self.keys.num_partitions,) if self.keys.num_partitions else ()
-        order = [*keys, SOURCE_COLUMN, *(f"__mx_x{j}" for j in range(len(self.features)))]
+        order = [*keys, SOURCE_COLUMN, *values[:nf]]
         both = both.repartition(*parts, *keys).sortWithinPartitions(*order)
         kernel = stream_fold_kernel(len(keys), self.layout, batch_id, self.keys.evict_after)
         snapshot = both.mapInArrow(kernel, schema)

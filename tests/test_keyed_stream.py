@@ -329,17 +329,19 @@ def test_stream_fold_kernel_equals_the_reference_in_every_layout(
         x[keys == 3, 1] = np.nan  # a key without valid values of a feature
         x[keys == 4, 0] = 7.0  # zero variance
         n = keys.shape[0]
+        # One row shape: the features of data rows where snapshot rows have their state.
+        values = layout.state_columns
+        scalars = ["last_batch", "batches_seen", "key_rows", "rows"]
+        types = layout.schema([pa.field("k", pa.int64())])
         data = {"k": pa.array(keys), SOURCE_COLUMN: pa.array(np.ones(n, np.int32))}
-        data |= {f"__mx_x{j}": pa.array(x[:, j]) for j in range(2)}
-        fields = ["last_batch", "batches_seen", "key_rows", "rows", *layout.state_columns]
-        state_schema = layout.schema([pa.field("k", pa.int64())])
-        data |= {f: pa.nulls(n, state_schema.field(f).type) for f in fields}
+        data |= {f: pa.nulls(n, types.field(f).type) for f in scalars}
+        data |= {v: pa.array(x[:, i]) if i < 2 else pa.nulls(n, pa.float64())
+                 for i, v in enumerate(values)}  # fmt: skip
         table = pa.table(data)
         if snap is not None:
             m = snap.num_rows
             old = {"k": snap["k"], SOURCE_COLUMN: pa.array(np.zeros(m, np.int32))}
-            old |= {f"__mx_x{j}": pa.nulls(m, pa.float64()) for j in range(2)}
-            old |= {f: snap[f] for f in fields}
+            old |= {f: snap[f] for f in (*scalars, *values)}
             table = pa.concat_tables([pa.table(old), table]).sort_by(
                 [("k", "ascending"), (SOURCE_COLUMN, "ascending")]
             )
