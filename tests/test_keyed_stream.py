@@ -404,3 +404,17 @@ def test_an_old_format_state_and_another_apply_at_are_refused(
         MXNormStream(spark, str(tmp_path / "state"), keys=keys, **kw)
     with pytest.raises(CorruptStateError, match="format 1"):
         export_latest(spark, str(tmp_path / "state"), str(tmp_path / "export"))
+
+
+def test_one_row_runs_have_the_bits_of_the_two_pass() -> None:
+    from mxnorm_spark.keyed_kernel import segment_moments
+
+    rng = np.random.default_rng(2)
+    x = 1e9 + rng.normal(size=(3, 400))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[0, :5] = [np.inf, -0.0, 0.0, -np.inf, 1e300]
+    fast = segment_moments(x, np.arange(400))  # every run one row
+    # One more column makes the last run two rows long: the general two-pass.
+    general = segment_moments(np.hstack([x, x[:, :1]]), np.arange(400))
+    for a, b in zip(fast, general, strict=True):
+        assert np.array_equal(a[:-1].view(np.int64), b[:-1].view(np.int64))
