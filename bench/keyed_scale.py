@@ -103,10 +103,20 @@ def _backfill(spark: Any, data: str, features: list[str], reps: int) -> dict[str
         model.states.write.format("noop").mode("overwrite").save()
 
     times: dict[str, list[float]] = {"groupBy.agg": [], "fit_keyed": []}
-    for _ in range(reps):
+    for rep in range(reps):
         times["groupBy.agg"].append(_timed(plain))
         times["fit_keyed"].append(_timed(ours))
+        _progress(f"backfill round {rep}", times, "fit_keyed", "groupBy.agg")
     return times
+
+
+def _progress(what: str, times: dict[str, list[float]], ours: str, base: str) -> None:
+    """One line per measurement as it is taken (a long run shows its figures as it goes)."""
+    a, b = times[ours][-1], times[base][-1]
+    print(
+        f"{what}: {base} {b:.1f} s, {ours} {a:.1f} s, {a / b:.2f}x (load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
 
 
 def _stream(
@@ -143,6 +153,7 @@ def _stream(
         df = spark.read.parquet(f"{batches}/b{b}")
         times["plain"].append(_timed(lambda: plain(df, b)))  # noqa: B023
         times["mxnorm"].append(_timed(lambda: stream.foreach_batch(df, b)))  # noqa: B023
+        _progress(f"stream micro-batch {b}", times, "mxnorm", "plain")
     return times
 
 
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-keys", default="", help="e.g. 100000,1000000")
     p.add_argument("--memory-rows", type=int, default=2_000_000, help="backfill rows of those runs")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--skip-backfill", action="store_true", help="the stream comparison only")
     args = p.parse_args(argv)
     if args.memory_child:
         return _memory_child(args)
@@ -240,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="mxbench-keyed-")
     features = [f"f{j}" for j in range(args.features)]
     try:
-        _generate(spark, f"{work}/data", args)
-        backfill = _backfill(spark, f"{work}/data", features, args.reps)
+        backfill: dict[str, list[float]] = {"groupBy.agg": [], "fit_keyed": []}
+        if not args.skip_backfill:
+            _generate(spark, f"{work}/data", args)
+            backfill = _backfill(spark, f"{work}/data", features, args.reps)
         n_stream = args.stream_batches
         _stream_batches(spark, f"{work}/batches", args, n_stream)
         stream = _stream(spark, work, features, args.keys, n_stream)
@@ -260,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         ("stream, later micro-batches", stream, "mxnorm", "plain", slice(1, None)),
     ]
     for line in lines:
-        print(_ratio_line(*line))
+        if line[1][line[2]][line[4]]:
+            print(_ratio_line(*line))
     print(f"\nraw seconds: {json.dumps({'backfill': backfill, 'stream': stream})}")
     if args.memory_keys:
         print("\n| keys | driver Python peak MiB | JVM peak MiB |")

@@ -26,9 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mxnorm_spark.moments import FloatArray, Moments
-from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.state import MXNormState, StateOptions, scale_of
 
-__all__ = ["FOLD_ARRAYS", "filled", "filled_constants", "fold_kernel", "segment_moments"]
+__all__ = [
+    "FOLD_ARRAYS",
+    "SnapshotLayout",
+    "filled",
+    "filled_constants",
+    "fold_kernel",
+    "segment_moments",
+]
 
 BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
@@ -65,6 +72,11 @@ def segment_moments(x: FloatArray, starts: np.ndarray) -> tuple[FloatArray, ...]
     """
     n = x.shape[1]
     valid = np.isfinite(x)
+    if starts.shape[0] == n:
+        # Every run is one row (a key with one row in a micro-batch): the two-pass below
+        # gives pivot = the value, delta = m2 = +0.0; the same bits without the reductions.
+        zero = np.zeros(x.shape[::-1])
+        return valid.T.astype(np.float64), np.where(valid, x, 0.0).T, zero, zero.copy()
     lengths = np.diff(np.append(starts, n))
     seg = np.repeat(np.arange(starts.shape[0]), lengths)
     cnt = np.add.reduceat(valid.astype(np.float64), starts, axis=1)
@@ -171,8 +183,12 @@ def filled(state: MXNormState) -> MXNormState:
 
 
 def filled_constants(state: MXNormState) -> tuple[FloatArray, FloatArray]:
-    """:meth:`MXNormState.normalization_constants` of :func:`filled` ``(state)``."""
-    return filled(state).normalization_constants()
+    """:meth:`MXNormState.normalization_constants` of :func:`filled` ``(state)``, the same
+    bits, vectorized: a wide state has a million lanes, and the per-feature check of
+    ``normalization_constants`` (nothing to fall back on: no NaN is left) is a Python loop."""
+    mean = np.where(np.isnan(state.mean), 0.0, state.mean)
+    var = np.where(np.isnan(state.var), 1.0, state.var)
+    return mean, scale_of(var, state.options)
 
 
 def fold_segments(
@@ -281,39 +297,136 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
 
 # ---- one micro-batch of a keyed stream ---------------------------------------------------
 # Scalar columns of a key's row in a stream snapshot, beside the key columns and the
-# FOLD_ARRAYS: the last micro-batch it had rows in, how many it had rows in, its rows so far
-# and its rows in its last micro-batch.
+# per-feature columns: the last micro-batch it had rows in, how many it had rows in, its
+# rows so far and its rows in its last micro-batch.
 SNAPSHOT_SCALARS = ("last_batch", "batches_seen", "key_rows", "rows")
 SOURCE_COLUMN = "__mx_src"  # 0: a snapshot row (a key's state), 1: a data row
+# Where a snapshot field comes from in fold_step's values.
+_STATE_SOURCE = {"count": "count", "mean": "mean", "var": "var", "shift": "totals_shift",
+                 "delta": "totals_delta", "m2": "totals_m2"}  # fmt: skip
+_CONSTANT_SOURCE = {"mean": "after_mean", "scale": "after_scale", "count_before": "count_before",
+                    "mean_before": "before_mean", "scale_before": "before_scale"}  # fmt: skip
 
 
-def _matrix(col: pa.Array, idx: np.ndarray, k: int) -> FloatArray:
-    """Rows ``idx`` of a list<double> column as an ``idx.size x k`` matrix."""
-    values = col.take(pa.array(idx, type=pa.int64())).flatten()
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, k)
+@dataclass(frozen=True)
+class SnapshotLayout:
+    """The per-feature double columns of a stream snapshot, ``f{j}_{field}``: only what the
+    next fold needs (the *state* fields: ``count``, ``mean``, ``var`` with an EMA;
+    ``count`` and the exact running moments ``shift``, ``delta``, ``m2`` with
+    ``alpha=None``, whose mean and variance they are) and the constants this micro-batch's
+    rows of the key are normalized with (the *constant* fields: ``scale``, and ``mean``
+    where it is no state field, with ``apply_at="after"``; ``count_before``,
+    ``mean_before``, ``scale_before`` with ``"before"``). Flat doubles, not arrays: through
+    Arrow, shuffles and Parquet a snapshot costs what its doubles do."""
+
+    n_features: int
+    options: StateOptions
+    apply_at: str = "after"
+
+    @property
+    def ema(self) -> bool:
+        return self.options.alpha is not None
+
+    @property
+    def state_fields(self) -> tuple[str, ...]:
+        return ("count", "mean", "var") if self.ema else ("count", "shift", "delta", "m2")
+
+    @property
+    def constant_fields(self) -> tuple[str, ...]:
+        if self.apply_at == "before":
+            return ("count_before", "mean_before", "scale_before")
+        return ("scale",) if self.ema else ("mean", "scale")
+
+    def names(self, fields: tuple[str, ...]) -> list[str]:
+        return [f"f{j}_{f}" for j in range(self.n_features) for f in fields]
+
+    @property
+    def state_columns(self) -> list[str]:
+        return self.names(self.state_fields)
+
+    @property
+    def constant_columns(self) -> list[str]:
+        return self.names(self.constant_fields)
+
+    def lookup_columns(self) -> list[list[str]]:
+        """The columns of the constants: valid values so far, mean, scale; one per feature."""
+        if self.apply_at == "before":
+            fields = ("count_before", "mean_before", "scale_before")
+        else:
+            fields = ("count", "mean", "scale")
+        return [[f"f{j}_{f}" for j in range(self.n_features)] for f in fields]
+
+    def before(self, state: list[FloatArray], has: np.ndarray, s: int) -> dict[str, FloatArray]:
+        """:func:`fold_step`'s ``before`` for ``s`` keys: the state columns (features x
+        fields order, rows of the keys with ``has``), fresh where not ``has``."""
+        k, nf = self.n_features, len(self.state_fields)
+        cols = {f: np.zeros((s, k)) for f in self.state_fields}
+        for j in range(k):
+            for i, f in enumerate(self.state_fields):
+                cols[f][has, j] = state[j * nf + i]
+        count = cols["count"]
+        if self.ema:
+            mean = np.where(has[:, None], cols["mean"], np.nan)
+            var = np.where(has[:, None], cols["var"], np.nan)
+            # Only the count of the running totals matters to an EMA; a shift near the data
+            # keeps the discarded rest of the merge small.
+            shift, delta, m2 = np.where(count > 0, mean, 0.0), np.zeros_like(count), count * 0
+        else:
+            shift, delta, m2 = cols["shift"], cols["delta"], cols["m2"]
+            totals = Moments(count.ravel(), shift.ravel(), delta.ravel(), m2.ravel())
+            mean, var = totals.mean.reshape(s, k), totals.var.reshape(s, k)
+        names = ("mean", "var", "count", "totals_shift", "totals_delta", "totals_m2")
+        return dict(zip(names, (mean, var, count, shift, delta, m2), strict=True))
+
+    def columns(self, values: dict[str, FloatArray]) -> list[pa.Array]:
+        """The state then the constant columns of :func:`fold_step`'s ``values``."""
+        out = []
+        for fields, source in ((self.state_fields, _STATE_SOURCE), (self.constant_fields, None)):
+            for j in range(self.n_features):
+                for f in fields:
+                    name = _STATE_SOURCE[f] if source else _CONSTANT_SOURCE[f]
+                    out.append(pa.array(np.ascontiguousarray(values[name][:, j])))
+        return out
+
+    def schema(self, key_fields: list[pa.Field]) -> pa.Schema:
+        return pa.schema(
+            [
+                *key_fields,
+                pa.field("last_batch", pa.int64()),
+                pa.field("batches_seen", pa.int32()),
+                pa.field("key_rows", pa.int64()),
+                pa.field("rows", pa.int64()),
+                *(pa.field(n, pa.float64()) for n in self.state_columns),
+                *(pa.field(n, pa.float64()) for n in self.constant_columns),
+            ]
+        )
 
 
 def stream_fold(
     table: pa.Table,
     n_keys: int,
-    n_features: int,
+    layout: SnapshotLayout,
     *,
-    options: StateOptions,
     batch_id: int,
     evict_after: int | None,
 ) -> pa.Table:
     """The snapshot after micro-batch ``batch_id`` of the keys in ``table``.
 
-    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features):
-    the key columns, the source column, one float64 column per feature (data rows), then
-    :data:`SNAPSHOT_SCALARS` and :data:`FOLD_ARRAYS` (snapshot rows: each key's state before
-    the batch). A key with data rows gets its batch folded in (from a fresh state when it
-    has no snapshot row, or one unseen for more than ``evict_after`` batches); a key
-    without keeps its row, unless it has been unseen for ``evict_after`` batches (dropped).
-    Output: the key columns, :data:`SNAPSHOT_SCALARS`, :data:`FOLD_ARRAYS`.
+    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features): the
+    key columns, the source column, :data:`SNAPSHOT_SCALARS`, then one float64 column per
+    state column of the layout. Snapshot rows (source 0) hold each key's state before the
+    batch there; data rows (source 1) hold their feature values in the first ``n_features``
+    of those columns and null elsewhere: one row shape for both, so the shuffle carries no
+    column that is null on every row of a kind. A key with data rows gets its batch folded
+    in (from a fresh state when it has no snapshot row, or one unseen for more than
+    ``evict_after`` batches); a key without keeps its row (its constants null: they are of
+    an older batch), unless it has been unseen for ``evict_after`` batches (dropped).
+    Output: the key columns, :data:`SNAPSHOT_SCALARS`, the layout's state and constant
+    columns.
     """
     t = table.combine_chunks()
-    k, f0 = n_features, n_keys + 1
+    k, sc = layout.n_features, n_keys + 1
+    v0 = sc + len(SNAPSHOT_SCALARS)
     cols = [t.column(i).chunk(0) for i in range(t.num_columns)]
     key_diff = np.zeros(t.num_rows, dtype=bool)
     for i in range(n_keys):
@@ -322,25 +435,16 @@ def stream_fold(
     src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
     data, snap = np.flatnonzero(src == 1), np.flatnonzero(src == 0)
     # The key's last micro-batch with rows (NaN on data rows).
-    last = np.asarray(cols[f0 + k].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
+    last = np.asarray(cols[sc].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
     keep = np.ones(snap.shape[0], dtype=bool)
-    schema = pa.schema(
-        [
-            *(t.schema.field(i) for i in range(n_keys)),
-            pa.field("last_batch", pa.int64()),
-            pa.field("batches_seen", pa.int32()),
-            pa.field("key_rows", pa.int64()),
-            pa.field("rows", pa.int64()),
-            *(pa.field(name, pa.list_(pa.float64())) for name in FOLD_ARRAYS),
-        ]
-    )
+    schema = layout.schema([t.schema.field(i) for i in range(n_keys)])
     parts = []
     if data.size:
         dgroup = group[data]
         starts = np.flatnonzero(np.concatenate([[True], dgroup[1:] != dgroup[:-1]]))
         take = pa.array(data, type=pa.int64())
         x = np.vstack(
-            [cols[f0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
+            [cols[v0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
         ).astype(np.float64, copy=False)
         snap_of = np.full(int(group[-1]) + 1, -1)
         snap_of[group[snap]] = np.arange(snap.shape[0])
@@ -354,49 +458,47 @@ def stream_fold(
         folded = _folded_rows(
             cols,
             n_keys,
-            k,
+            layout,
             prev=prev_row,
             first_rows=data[starts],
             rows=np.diff(np.append(starts, data.shape[0])),
             moments=segment_moments(x, starts),
-            options=options,
             batch_id=batch_id,
         )
         parts.append(pa.Table.from_arrays(folded, schema=schema))
     if evict_after is not None:
         keep &= batch_id - last < evict_after
     kept = pa.array(snap[keep], type=pa.int64())
-    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(f0 + k, t.num_columns))]
-    parts.append(pa.Table.from_arrays(carried, names=schema.names).cast(schema))
+    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(sc, t.num_columns))]
+    nulls = [pa.nulls(len(kept), pa.float64()) for _ in layout.constant_columns]
+    parts.append(pa.Table.from_arrays([*carried, *nulls], names=schema.names).cast(schema))
     return pa.concat_tables(parts)
 
 
 def _folded_rows(
     cols: list[pa.Array],
     n_keys: int,
-    k: int,
+    layout: SnapshotLayout,
     *,
     prev: np.ndarray,
     first_rows: np.ndarray,
     rows: np.ndarray,
     moments: tuple[FloatArray, ...],
-    options: StateOptions,
     batch_id: int,
 ) -> list[pa.Array]:
     """The snapshot columns of the keys with data: the state of row ``prev`` (-1: none)
     with the batch's ``moments`` folded in; keys taken from rows ``first_rows``."""
     s, has = first_rows.shape[0], prev >= 0
-    idx = prev[has]
-    before = {"mean": np.full((s, k), np.nan), "var": np.full((s, k), np.nan)}
-    before.update({name: np.zeros((s, k)) for name in _TOTALS})
-    first_array = n_keys + 1 + k + len(SNAPSHOT_SCALARS)
-    for name in ("mean", "var", *_TOTALS):
-        before[name][has] = _matrix(cols[first_array + FOLD_ARRAYS.index(name)], idx, k)
-    values = fold_step(options, before, moments)
+    at = pa.array(prev[has], type=pa.int64())
+    first_state = n_keys + 1 + len(SNAPSHOT_SCALARS)
+    state = [
+        np.asarray(cols[first_state + i].take(at).to_numpy(zero_copy_only=False), np.float64)
+        for i in range(len(layout.state_columns))
+    ]
+    values = fold_step(layout.options, layout.before(state, has, s), moments)
     seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
-    at = pa.array(idx, type=pa.int64())
-    seen[has] = cols[n_keys + 2 + k].take(at).to_numpy(zero_copy_only=False)
-    key_rows[has] = cols[n_keys + 3 + k].take(at).to_numpy(zero_copy_only=False)
+    seen[has] = cols[n_keys + 2].take(at).to_numpy(zero_copy_only=False)
+    key_rows[has] = cols[n_keys + 3].take(at).to_numpy(zero_copy_only=False)
     take = pa.array(first_rows, type=pa.int64())
     return [
         *(cols[i].take(take) for i in range(n_keys)),
@@ -404,12 +506,12 @@ def _folded_rows(
         pa.array(seen + 1, type=pa.int32()),
         pa.array(key_rows + rows, type=pa.int64()),
         pa.array(rows, type=pa.int64()),
-        *(_list_array(values[name]) for name in FOLD_ARRAYS),
+        *layout.columns(values),
     ]
 
 
 def stream_fold_kernel(
-    n_keys: int, n_features: int, options: StateOptions, batch_id: int, evict_after: int | None
+    n_keys: int, layout: SnapshotLayout, batch_id: int, evict_after: int | None
 ) -> BatchFunction:
     """The ``mapInArrow`` function of :func:`stream_fold` (a partition at once)."""
 
@@ -418,14 +520,37 @@ def stream_fold_kernel(
         if not rbs:
             return
         table = pa.Table.from_batches(rbs)
-        out = stream_fold(
-            table,
-            n_keys,
-            n_features,
-            options=options,
-            batch_id=batch_id,
-            evict_after=evict_after,
-        )
+        out = stream_fold(table, n_keys, layout, batch_id=batch_id, evict_after=evict_after)
         yield from out.to_batches(max_chunksize=_OUT_ROWS)
 
     return fold_partition
+
+
+def snapshot_arrays_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:
+    """``mapInArrow`` over a snapshot's key columns, ``last_batch`` and state columns: the
+    same rows with the per-feature arrays ``count``, ``mean``, ``var`` and ``after_scale``
+    (:func:`filled_constants`) of each key's state, as ``KeyedModel.states`` has them."""
+    nf = len(layout.state_fields)
+
+    def arrays(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            s = rb.num_rows
+            state = [
+                np.asarray(rb.column(n_keys + 1 + i).to_numpy(zero_copy_only=False), np.float64)
+                for i in range(layout.n_features * nf)
+            ]
+            b = layout.before(state, np.ones(s, dtype=bool), s)
+            st = _wide_state(
+                layout.options,
+                b["mean"].ravel(),
+                b["var"].ravel(),
+                Moments(*(b[n].ravel() for n in _TOTALS)),
+            )
+            scale = filled_constants(st)[1].reshape(s, -1)
+            values = {"count": b["count"], "mean": b["mean"], "var": b["var"], "after_scale": scale}
+            cols = [rb.column(i) for i in range(n_keys + 1)]
+            cols += [_list_array(v) for v in values.values()]
+            names = [*rb.schema.names[: n_keys + 1], *values]
+            yield pa.RecordBatch.from_arrays(cols, names=names)
+
+    return arrays

@@ -5,11 +5,14 @@ versions, the state of every key under ``STATE/_keys/``:
 
 * ``batch_id=<12 digits>/``: the *snapshot* after that micro-batch, Parquet, one row per
   key: the key columns, ``last_batch`` (its last micro-batch with rows),
-  ``batches_seen``, ``key_rows``, ``rows`` and the per-feature arrays of
-  :data:`~mxnorm_spark.keyed_kernel.FOLD_ARRAYS` (the state after its last batch and the
-  constants before and after it: the same columns as ``KeyedModel.states``). Any engine
-  reads it as a table.
-* ``keyed.json``: the key columns, features and key options, checked at every restart.
+  ``batches_seen``, ``key_rows``, ``rows`` and flat double columns ``f{j}_{field}`` per
+  feature ``j`` (:class:`~mxnorm_spark.keyed_kernel.SnapshotLayout`): the state after its
+  last batch (``count``, ``mean``, ``var``; with ``alpha=None`` ``count`` and the running
+  moments ``shift``, ``delta``, ``m2``) and the constants its rows of that batch were
+  normalized with (``scale``, or with ``apply_at="before"`` ``count_before``,
+  ``mean_before``, ``scale_before``). Any engine reads it as a table.
+* ``keyed.json``: the key columns, features, key options, ``apply_at`` and the snapshot
+  format, checked at every restart.
 
 For a micro-batch with rows, one Spark job shuffles the micro-batch's rows and the
 previous snapshot together by key, sorted by (key, source, features), and one
@@ -39,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.keyed_kernel import FOLD_ARRAYS, SOURCE_COLUMN, filled, stream_fold_kernel
+from mxnorm_spark.keyed_kernel import (
+    SNAPSHOT_SCALARS,
+    SOURCE_COLUMN,
+    SnapshotLayout,
+    filled,
+    snapshot_arrays_kernel,
+    stream_fold_kernel,
+)
 from mxnorm_spark.progress import fault
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
@@ -54,6 +64,8 @@ __all__ = ["KEYED_STREAM_TYPE", "KEYS_DIR", "KeyOptions", "KeyedStreamState", "e
 _META = "keyed.json"
 _ATTEMPTS = "_attempts"
 _PREFIX = "batch_id="
+# 2: flat per-feature double columns (SnapshotLayout); 1 (no field): per-feature arrays.
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,8 @@ class KeyedStreamState:
         features: Sequence[str],
         keys: KeyOptions,
         options: StateOptions,
+        *,
+        apply_at: str = "after",
     ) -> None:
         self.fs = filesystem(state_path, spark)
         base = local_path(state_path) if isinstance(self.fs, LocalFileSystem) else state_path
@@ -113,14 +127,26 @@ class KeyedStreamState:
         self.features = tuple(features)
         self.keys = keys
         self.options = options
+        self.layout = SnapshotLayout(len(self.features), options, apply_at)
+        clash = set(keys.key_cols) & {*SNAPSHOT_SCALARS, *self._value_columns()}
+        if clash:
+            raise InvalidParameterError(
+                f"key column(s) {sorted(clash)} clash with the per-key snapshot's columns; "
+                "rename them"
+            )
         self._check_metadata()
         self.fs.delete(self.fs.join(self.root, _ATTEMPTS), True)
+
+    def _value_columns(self) -> list[str]:
+        return [*self.layout.state_columns, *self.layout.constant_columns]
 
     def _metadata(self) -> dict[str, Any]:
         return {
             "type": KEYED_STREAM_TYPE,
+            "snapshot_format": SNAPSHOT_FORMAT,
             "features": list(self.features),
             "options": self.options.to_dict(),
+            "apply_at": self.layout.apply_at,
             **self.keys.to_dict(),
         }
 
@@ -132,6 +158,13 @@ class KeyedStreamState:
             self.fs.mkdirs(self.root)
             self.fs.write_atomic(path, (json.dumps(ours, indent=2, sort_keys=True) + "\n").encode())
             return
+        if found.get("snapshot_format", 1) != SNAPSHOT_FORMAT:
+            raise CorruptStateError(
+                f"the per-key state in {self.root} has snapshot format "
+                f"{found.get('snapshot_format', 1)} (1: per-feature arrays), this version reads "
+                f"format {SNAPSHOT_FORMAT} (flat columns); start a fresh state directory, or "
+                "export the old one with the version that wrote it"
+            )
         diff = [
             f"{k}={found.get(k)!r} (stream: {v!r})" for k, v in ours.items() if found.get(k) != v
         ]
@@ -157,7 +190,6 @@ class KeyedStreamState:
         """The snapshot's schema: the key columns as in the data, then the state columns."""
         from pyspark.sql import types as T
 
-        dbl = T.ArrayType(T.DoubleType(), containsNull=True)
         return T.StructType(
             [
                 *(T.StructField(k, data_schema[k].dataType, True) for k in self.keys.key_cols),
@@ -165,7 +197,7 @@ class KeyedStreamState:
                 T.StructField("batches_seen", T.IntegerType(), True),
                 T.StructField("key_rows", T.LongType(), True),
                 T.StructField("rows", T.LongType(), True),
-                *(T.StructField(name, dbl, True) for name in FOLD_ARRAYS),
+                *(T.StructField(name, T.DoubleType(), True) for name in self._value_columns()),
             ]
         )
 
@@ -190,32 +222,32 @@ class KeyedStreamState:
         keys = list(self.keys.key_cols)
         schema = self.schema(data.schema)
         prev = self.previous(batch_id, committed)
-        features = [
-            quote(f).cast("double").alias(f"__mx_x{j}") for j, f in enumerate(self.features)
-        ]
-        rows = data.select(*(quote(k) for k in keys), F.lit(1).alias(SOURCE_COLUMN), *features)
-        rows = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
-        state_fields = schema.fields[len(keys) :]
-        both = rows.select("*", *(F.lit(None).cast(f.dataType).alias(f.name) for f in state_fields))
+        # One row shape for data and snapshot rows (see stream_fold): a data row's features
+        # go where a snapshot row has its state, so no column is null on every row of a kind.
+        scalars = [schema[n] for n in SNAPSHOT_SCALARS]
+        state = self.layout.state_columns
+        values = [f"__mx_v{i}" for i in range(len(state))]
+        nf = len(self.features)
+        rows = data.select(
+            *(quote(k) for k in keys),
+            F.lit(1).alias(SOURCE_COLUMN),
+            *(F.lit(None).cast(f.dataType).alias(f.name) for f in scalars),
+            *(quote(f).cast("double").alias(values[j]) for j, f in enumerate(self.features)),
+            *(F.lit(None).cast("double").alias(v) for v in values[nf:]),
+        )
+        both = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
         if prev is not None:
-            no_x = [F.lit(None).cast("double").alias(f"__mx_x{j}") for j in range(len(features))]
             snap = self.read(spark, prev, data.schema).select(
                 *(quote(k) for k in keys),
                 F.lit(0).alias(SOURCE_COLUMN),
-                *no_x,
-                *(F.col(f.name) for f in state_fields),
+                *(F.col(f.name) for f in scalars),
+                *(F.col(n).alias(v) for n, v in zip(state, values, strict=True)),
             )
             both = both.unionByName(snap)
         parts = (self.keys.num_partitions,) if self.keys.num_partitions else ()
-        order = [*keys, SOURCE_COLUMN, *(f"__mx_x{j}" for j in range(len(self.features)))]
+        order = [*keys, SOURCE_COLUMN, *values[:nf]]
         both = both.repartition(*parts, *keys).sortWithinPartitions(*order)
-        kernel = stream_fold_kernel(
-            len(keys),
-            len(self.features),
-            self.options,
-            batch_id,
-            self.keys.evict_after,
-        )
+        kernel = stream_fold_kernel(len(keys), self.layout, batch_id, self.keys.evict_after)
         snapshot = both.mapInArrow(kernel, schema)
         self._publish(snapshot, batch_id)
 
@@ -259,6 +291,11 @@ class KeyedStreamState:
         from mxnorm_spark.columns import quote, resolve_input
         from mxnorm_spark.keyed import pick_and_normalize
 
+        if apply_at != self.layout.apply_at:
+            raise InvalidParameterError(
+                f"the per-key snapshots hold the constants of apply_at="
+                f"{self.layout.apply_at!r}, not {apply_at!r}"
+            )
         if batch_id not in self.snapshot_ids():
             raise StateConflictError(
                 f"micro-batch {batch_id} needs its per-key snapshot "
@@ -268,17 +305,16 @@ class KeyedStreamState:
         keys = list(self.keys.key_cols)
         spec = resolve_input(payload, list(self.features), None)
         if apply_at == "before":
-            n, m, s = "count_before", "before_mean", "before_scale"
             gm, gs = global_before.normalization_constants(filled(global_after))
         else:
-            n, m, s = "count", "after_mean", "after_scale"
             gm, gs = filled(global_after).normalization_constants()
+        n, m, s = self.layout.lookup_columns()
         mine = self.read(payload.sparkSession, batch_id, payload.schema)
         right = mine.where(F.col("last_batch") == batch_id).select(
             *(quote(k).alias(f"__mx_key{i}") for i, k in enumerate(keys)),
-            F.col(n).alias("__mx_n"),
-            F.col(m).alias("__mx_km"),
-            F.col(s).alias("__mx_ks"),
+            F.array(*n).alias("__mx_n"),
+            F.array(*m).alias("__mx_km"),
+            F.array(*s).alias("__mx_ks"),
         )
         cond = [quote(k) == F.col(f"__mx_key{i}") for i, k in enumerate(keys)]
         joined = payload.join(right, cond, "left").drop(*(f"__mx_key{i}" for i in range(len(keys))))
@@ -314,6 +350,26 @@ def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:
     return doc
 
 
+def snapshot_arrays(snap: DataFrame, keys: Sequence[str], layout: SnapshotLayout) -> DataFrame:
+    """The key columns, ``last_batch`` and the arrays ``count``, ``mean``, ``var`` and
+    ``after_scale`` (one element per feature) of each key's state in ``snap``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from mxnorm_spark.columns import quote
+
+    dbl = T.ArrayType(T.DoubleType(), containsNull=True)
+    schema = T.StructType(
+        [
+            *(snap.schema[k] for k in keys),
+            T.StructField("last_batch", T.LongType(), True),
+            *(T.StructField(n, dbl, True) for n in ("count", "mean", "var", "after_scale")),
+        ]
+    )
+    cols = [*(quote(k) for k in keys), F.col("last_batch"), *map(F.col, layout.state_columns)]
+    return snap.select(*cols).mapInArrow(snapshot_arrays_kernel(len(keys), layout), schema)
+
+
 def export_latest(
     spark: SparkSession, state_dir: str, out_dir: str, *, overwrite: bool = False
 ) -> int:
@@ -331,6 +387,12 @@ def export_latest(
     base = local_path(state_dir) if isinstance(fs, LocalFileSystem) else state_dir
     root = fs.join(base, KEYS_DIR)
     meta = _read_metadata(fs, fs.join(root, _META))
+    if meta is not None and meta.get("snapshot_format", 1) != SNAPSHOT_FORMAT:
+        raise CorruptStateError(
+            f"{state_dir} holds per-key snapshots of format {meta.get('snapshot_format', 1)} "
+            f"(per-feature arrays); this version reads format {SNAPSHOT_FORMAT}: export it "
+            "with the version that wrote it"
+        )
     if meta is None or committed is None:
         raise CorruptStateError(
             f"{state_dir} holds no committed per-key stream state (no {KEYS_DIR}/{_META} or "
@@ -357,7 +419,9 @@ def export_latest(
             "has been processed yet, so there is nothing to export"
         )
     snap = spark.read.parquet(fs.join(root, snapshot_dir(ids[-1])))
-    table = export_table(snap, keys, meta["features"], F.col("last_batch"))
+    layout = SnapshotLayout(len(meta["features"]), StateOptions(**meta["options"]))
+    arrays = snapshot_arrays(snap, keys, layout)
+    table = export_table(arrays, keys, meta["features"], F.col("last_batch"))
     table.write.mode(mode).parquet(out_dir.rstrip("/") + "/keys.parquet")
     write_state(state, out_fs.join(out_root, "global.json"), spark)
     doc = {

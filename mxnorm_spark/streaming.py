@@ -161,7 +161,9 @@ class MXNormStream:
                 raise InvalidParameterError(
                     "per-key state (keys=) needs scalar feature columns (cols=), not input_col"
                 )
-            self.keys = KeyedStreamState(spark, self.store.path, self.cols, keys, self.options)
+            self.keys = KeyedStreamState(
+                spark, self.store.path, self.cols, keys, self.options, apply_at=self.apply_at
+            )
 
     def __getstate__(self) -> dict[str, object]:
         # Spark Connect pickles the foreachBatch function, and this object with it, to run it

@@ -76,8 +76,14 @@ def _run(spark: Any, root: Path, keys: KeyOptions, **kw: Any) -> MXNormStream:
 
 
 def _snapshot(spark: Any, state: Path, batch_id: int) -> pd.DataFrame:
+    """The snapshot, with its flat ``f{j}_{field}`` columns also as one array per field."""
     path = state / KEYS_DIR / snapshot_dir(batch_id)
-    return spark.read.parquet(str(path)).toPandas().set_index("k").sort_index()
+    pdf = spark.read.parquet(str(path)).toPandas().set_index("k").sort_index()
+    for field in ("count", "mean", "var", "scale", "count_before", "scale_before"):
+        names = [f"f{j}_{field}" for j in range(len(FEATURES))]
+        if names[0] in pdf:
+            pdf[field] = list(pdf[names].to_numpy(dtype=float))
+    return pdf
 
 
 def _reference(frames: list[pd.DataFrame], evict_after: int | None = None) -> dict[str, Any]:
@@ -126,9 +132,18 @@ def test_stream_equals_backfill_per_key_and_output(spark: Any, streamed: dict[st
     want = model.key_states.toPandas().set_index("k").sort_index()
     got = _snapshot(spark, streamed["root"] / "state", BATCHES - 1)
     assert list(got.index) == list(want.index)
-    for col in ("mean", "var", "after_scale", "before_scale"):
-        a, b = np.stack(got[col].to_numpy()), np.stack(want[col].to_numpy())
+    # The constants are those of the key's rows in this micro-batch: null for the others.
+    now = (got["last_batch"] == BATCHES - 1).to_numpy()
+    assert 0 < now.sum() < len(now)
+    assert got.loc[~now, "f0_scale"].isna().all()
+    for ours, theirs, rows in (
+        ("mean", "mean", ...),
+        ("var", "var", ...),
+        ("scale", "after_scale", now),
+    ):
+        a, b = np.stack(got[ours].to_numpy())[rows], np.stack(want[theirs].to_numpy())[rows]
         np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(np.stack(got["count"]), np.stack(want["count"]))
     np.testing.assert_array_equal(got["batches_seen"], want["batches_seen"])
     # The output: every row once, as the backfill model's transform of its batch.
     out = spark.read.parquet(str(streamed["root"] / "out")).toPandas().sort_values("id")
@@ -283,3 +298,123 @@ def test_a_missing_snapshot_is_named(spark: Any, streamed: dict[str, Any], tmp_p
     df = spark.createDataFrame(streamed["frames"][BATCHES - 1])
     with pytest.raises(StateConflictError, match="per-key snapshot"):
         stream.foreach_batch(df, BATCHES - 1)  # a replay of the committed last batch
+
+
+# ---- the fold kernel on plain Arrow (no Spark) ----------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "apply_at"),
+    [
+        (StateOptions(alpha=0.2), "after"),
+        (StateOptions(alpha=0.3, var_update="mixture", decay="rows"), "before"),
+        (StateOptions(alpha=None), "after"),
+        (StateOptions(alpha=None, zero_variance="unit"), "before"),
+    ],
+)
+def test_stream_fold_kernel_equals_the_reference_in_every_layout(
+    options: StateOptions, apply_at: str
+) -> None:
+    import pyarrow as pa
+
+    from mxnorm_spark.keyed_kernel import SOURCE_COLUMN, SnapshotLayout, stream_fold
+    from mxnorm_spark.state import scale_of
+
+    rng = np.random.default_rng(5)
+    layout = SnapshotLayout(2, options, apply_at)
+    snap: pa.Table | None = None
+    ref: dict[int, MXNormState] = {}
+    for b in range(4):
+        keys = np.sort(rng.integers(0, 30, 120))
+        x = np.stack([1e9 + rng.normal(size=120), rng.normal(5.0, 2.0, 120)], axis=1)
+        x[rng.random(120) < 0.1, 1] = np.nan
+        x[keys == 3, 1] = np.nan  # a key without valid values of a feature
+        x[keys == 4, 0] = 7.0  # zero variance
+        n = keys.shape[0]
+        # One row shape: the features of data rows where snapshot rows have their state.
+        values = layout.state_columns
+        scalars = ["last_batch", "batches_seen", "key_rows", "rows"]
+        types = layout.schema([pa.field("k", pa.int64())])
+        data = {"k": pa.array(keys), SOURCE_COLUMN: pa.array(np.ones(n, np.int32))}
+        data |= {f: pa.nulls(n, types.field(f).type) for f in scalars}
+        data |= {v: pa.array(x[:, i]) if i < 2 else pa.nulls(n, pa.float64())
+                 for i, v in enumerate(values)}  # fmt: skip
+        table = pa.table(data)
+        if snap is not None:
+            m = snap.num_rows
+            old = {"k": snap["k"], SOURCE_COLUMN: pa.array(np.zeros(m, np.int32))}
+            old |= {f: snap[f] for f in (*scalars, *values)}
+            table = pa.concat_tables([pa.table(old), table]).sort_by(
+                [("k", "ascending"), (SOURCE_COLUMN, "ascending")]
+            )
+        snap = stream_fold(table, 1, layout, batch_id=b, evict_after=None)
+        before = dict(ref)
+        for key in np.unique(keys):
+            s = ref.get(int(key), MXNormState.create(["a", "c"], options=options))
+            ref[int(key)] = s.update(Moments.from_array(x[keys == key]))
+        got = snap.to_pandas().set_index("k")
+        assert sorted(got.index) == sorted(ref)
+        for key in np.unique(keys):
+            row, s = got.loc[int(key)], ref[int(key)]
+            assert row["last_batch"] == b
+            count = row[["f0_count", "f1_count"]].to_numpy(float)
+            np.testing.assert_array_equal(count, s.totals.count)
+            if options.alpha is not None:
+                mean = row[["f0_mean", "f1_mean"]].to_numpy(float)
+                var = row[["f0_var", "f1_var"]].to_numpy(float)
+            else:
+                totals = Moments(
+                    *(
+                        row[[f"f{j}_{f}" for j in range(2)]]
+                        for f in ("count", "shift", "delta", "m2")
+                    )
+                )
+                mean, var = totals.mean, totals.var
+            np.testing.assert_allclose(mean, s.mean, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(var, s.var, rtol=1e-12, atol=1e-300, equal_nan=True)
+            if apply_at == "before":
+                old_state = before.get(int(key), MXNormState.create(["a", "c"], options=options))
+                want = scale_of(np.where(np.isnan(old_state.var), 1.0, old_state.var), options)
+                got_scale = row[["f0_scale_before", "f1_scale_before"]].to_numpy(float)
+                np.testing.assert_allclose(got_scale, want, rtol=1e-12)
+                n_before = row[["f0_count_before", "f1_count_before"]].to_numpy(float)
+                np.testing.assert_array_equal(n_before, old_state.totals.count)
+            else:
+                want = scale_of(np.where(np.isnan(s.var), 1.0, s.var), options)
+                got_scale = row[["f0_scale", "f1_scale"]].to_numpy(float)
+                np.testing.assert_allclose(got_scale, want, rtol=1e-12)
+
+
+def test_an_old_format_state_and_another_apply_at_are_refused(
+    spark: Any, streamed: dict[str, Any], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from mxnorm_spark.errors import CorruptStateError
+
+    shutil.copytree(streamed["root"] / "state", tmp_path / "state")
+    kw = {"cols": FEATURES, "output": str(tmp_path / "out"), "options": OPTIONS}
+    keys = KeyOptions(("k",), min_key_rows=3)
+    with pytest.raises(InvalidParameterError, match="apply_at='after'"):
+        MXNormStream(spark, str(tmp_path / "state"), apply_at="before", keys=keys, **kw)
+    meta = tmp_path / "state" / KEYS_DIR / "keyed.json"
+    doc = json.loads(meta.read_text())
+    del doc["snapshot_format"]  # as the arrays format wrote it
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(CorruptStateError, match="snapshot format 1"):
+        MXNormStream(spark, str(tmp_path / "state"), keys=keys, **kw)
+    with pytest.raises(CorruptStateError, match="format 1"):
+        export_latest(spark, str(tmp_path / "state"), str(tmp_path / "export"))
+
+
+def test_one_row_runs_have_the_bits_of_the_two_pass() -> None:
+    from mxnorm_spark.keyed_kernel import segment_moments
+
+    rng = np.random.default_rng(2)
+    x = 1e9 + rng.normal(size=(3, 400))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[0, :5] = [np.inf, -0.0, 0.0, -np.inf, 1e300]
+    fast = segment_moments(x, np.arange(400))  # every run one row
+    # One more column makes the last run two rows long: the general two-pass.
+    general = segment_moments(np.hstack([x, x[:, :1]]), np.arange(400))
+    for a, b in zip(fast, general, strict=True):
+        assert np.array_equal(a[:-1].view(np.int64), b[:-1].view(np.int64))

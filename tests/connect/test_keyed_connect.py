@@ -89,10 +89,10 @@ def test_keyed_stream_on_connect(spark: Any, tmp_path: Path) -> None:
             ref[key] = s.update(Moments.from_array(g[["x"]].to_numpy()))
     assert sorted(snap.index) == sorted(ref)
     for key, s in ref.items():
-        assert abs(snap.loc[key, "var"][0] - s.var[0]) <= 1e-12 * s.var[0]
+        assert abs(snap.loc[key, "f0_var"] - s.var[0]) <= 1e-12 * s.var[0]
         assert (
-            snap.loc[key, "mean"][0] == s.mean[0]
-            or abs(snap.loc[key, "mean"][0] - s.mean[0]) <= 1e-12 * s.mean[0]
+            snap.loc[key, "f0_mean"] == s.mean[0]
+            or abs(snap.loc[key, "f0_mean"] - s.mean[0]) <= 1e-12 * s.mean[0]
         )
     out = pd.read_parquet(tmp_path / "out")
     assert sorted(out["id"]) == list(range(600))  # every row once
