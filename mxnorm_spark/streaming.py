@@ -420,7 +420,8 @@ class MXNormStream:
         try:
             # Files to check or corrupt records to find: a first job that counts and checks
             # the batch. Otherwise the moments job counts it too: one job less per batch.
-            scan = FILE_COLUMN in data.columns or CORRUPT_COLUMN in data.columns
+            internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
+            scan = FILE_COLUMN in internal or CORRUPT_COLUMN in internal
             rows: int | None = None
             if scan:
                 rows = count_and_check_batch(
@@ -431,7 +432,7 @@ class MXNormStream:
                     features=self._checked_features(),
                     checked=self._checked_files,
                 )
-            payload = data.drop(*INTERNAL_COLUMNS)
+            payload = data.drop(*internal) if internal else data  # each call: py4j + analysis
             if self.keys is not None:
                 from mxnorm_spark.keyed import check_keys
 
