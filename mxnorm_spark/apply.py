@@ -47,6 +47,7 @@ from mxnorm_spark.columns import (
     is_finite,
     quote,
     resolve_input,
+    sql_constant,
     sql_is_finite,
     sql_values,
     to_vector,
@@ -90,6 +91,7 @@ def normalize(
     handle_invalid: str = "keep",
     engine: str = "auto",
     fallback: MXNormState | None = None,
+    reused_code: bool = False,
 ) -> DataFrame:
     """Normalize ``cols`` (or the vector/array ``input_col``) of ``df`` with ``state``.
 
@@ -99,6 +101,10 @@ def normalize(
     ``output_col`` of the input's kind (vector or ``array<double>``). Columns are matched
     to the state's features by position. ``fallback`` supplies constants for features the
     state has not seen (see :meth:`MXNormState.normalization_constants`).
+
+    ``reused_code``: the ``sql`` engine reads the constants from one array per row
+    instead of literals, so the generated code does not change with the state and is
+    compiled once (a stream normalizes every micro-batch with new constants).
 
     Everything is checked before any Spark job: columns, types, counts, options.
     """
@@ -115,7 +121,13 @@ def normalize(
         engine=engine,
     )
     mean, scale = state.normalization_constants(fallback)
-    return _apply_plan(df, plan, Constants.literal(mean, scale))
+    if not reused_code or plan.engine != "sql":
+        return _apply_plan(df, plan, Constants.literal(mean, scale))
+    both = df.withColumns(
+        {"__mx_m": F.expr(sql_constant(mean)), "__mx_s": F.expr(sql_constant(scale))}
+    )
+    constants = Constants(len(mean), mean_col="__mx_m", scale_col="__mx_s")
+    return _apply_plan(both, plan, constants).drop("__mx_m", "__mx_s")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ The option sets ``ENGINES`` and ``HANDLE_INVALID`` are defined in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +51,7 @@ __all__ = [
     "is_finite",
     "quote",
     "resolve_input",
+    "sql_constant",
     "sql_double",
     "sql_finite_or_null",
     "sql_is_finite",
@@ -96,7 +97,8 @@ class InputSpec:
         return c.cast(T.ArrayType(T.DoubleType()))
 
     def scalar_doubles(self) -> list[Column]:
-        return [quote(c).cast(T.DoubleType()) for c in self.cols]
+        # SQL text: one py4j call per column; Column.cast(DoubleType()) takes about 30.
+        return [F.expr(x) for x in sql_values(self, len(self.cols))]
 
 
 _NUMERIC = (
@@ -265,6 +267,21 @@ def sql_double(value: float) -> str:
 
 
 _SQL_FLOAT64_MAX = sql_double(FLOAT64_MAX)
+
+
+def sql_constant(values: Iterable[float]) -> str:
+    """An ``array<double>`` of ``values`` (finite) that the optimizer does not fold away.
+
+    Folded constants are compiled into the generated code as literals, so code that reads
+    new constants on every micro-batch is compiled again each time (tens to hundreds of
+    ms). Behind a condition on ``spark_partition_id()`` (not foldable) the array stays one
+    object handed to the generated code, which is then the same on every batch and
+    compiled once. Project it once per row and read it with ``get(name, j)``.
+    """
+    return (
+        "CASE WHEN spark_partition_id() >= 0 THEN "
+        f"array({', '.join(sql_double(v) for v in values)}) END"
+    )
 
 
 def sql_is_finite(x: str) -> str:

@@ -49,6 +49,33 @@ class BatchReport:
     changed_feature: str | None = None
     output: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        batch_id: int,
+        rows: int,
+        *,
+        seconds: float,
+        replayed: bool,
+        prev: MXNormState | None,
+        new: MXNormState | None,
+        out_dir: str | None,
+    ) -> BatchReport:
+        """The report of a batch that turned state ``prev`` into ``new`` (None: no state)."""
+        change, feature = (None, None)
+        if not replayed and new is not None and prev is not None and rows:
+            change, feature = largest_mean_change(prev, new)
+        return cls(
+            batch_id=batch_id,
+            rows=rows,
+            seconds=seconds,
+            replayed=replayed,
+            state_version=None if new is None else version_file_name(batch_id),
+            max_mean_change=change,
+            changed_feature=feature,
+            output=out_dir,
+        )
+
     def line(self) -> str:
         head = f"[mxnorm] batch {self.batch_id}: {self.rows:,} rows in {self.seconds:.2f} s"
         if self.state_version is None:

@@ -2,13 +2,15 @@
 
 :class:`MXNormStream` is a ``foreachBatch`` updater. For each micro-batch it
 
-1. reads the micro-batch once (persisted); for a file stream
+1. keeps the micro-batch in memory, unless reading it again gives the same rows as
+   cheaply (a deterministic plan over files: :func:`~mxnorm_spark.stream_reads.
+   rereads_same_rows`; ``persist`` decides otherwise); for a file stream
    (:class:`~mxnorm_spark.sources.FileSource`) a first job counts it and checks every new
    file against the stream's schema (:class:`SchemaMismatchError` names the file and the
    column);
-2. computes the batch moments and its row count in one job
-   (:func:`~mxnorm_spark.aggregate.batch_moments_and_rows`, pivoted on the current state
-   mean) and folds them into the state of the previous batch id;
+2. computes the batch moments and its row count in one aggregation
+   (:func:`~mxnorm_spark.aggregate.batch_moments_and_rows`, pivot and engine from
+   :mod:`~mxnorm_spark.stream_reads`) and folds them into the state of the previous batch;
 3. commits the new state durably as version ``v-<batch id>.json`` of the
    :class:`~mxnorm_spark.store.StateStore`;
 4. normalizes the micro-batch (``apply_at="after"``: with the new state; ``"before"``: with
@@ -52,7 +54,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
@@ -68,7 +70,6 @@ from mxnorm_spark.moments import Moments
 from mxnorm_spark.progress import (
     BatchReport,
     fault,
-    largest_mean_change,
     print_report,
     reports_from_history,
 )
@@ -83,6 +84,12 @@ from mxnorm_spark.sources import (
 )
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore, is_classic, read_state, version_file_name
+from mxnorm_spark.stream_reads import (
+    REUSED_CODE_ROWS,
+    moments_engine,
+    moments_pivot,
+    rereads_same_rows,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -108,6 +115,10 @@ class MXNormStream:
     :class:`StreamOutput`. ``options`` are the state's options (default
     ``StateOptions()``). ``initial_state`` (a state, or a path to one) warm-starts an empty
     state directory, e.g. with the result of ``mxnorm-spark fit --batch-col``.
+    ``persist``: keep each micro-batch in memory for its two reads (moments, then the
+    write); by default only when a second read could differ or cost more than a plain
+    read, i.e. unless the attached query is a deterministic read of files
+    (:func:`~mxnorm_spark.stream_reads.rereads_same_rows`).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class MXNormStream:
         initial_state: MXNormState | str | None = None,
         progress: Callable[[BatchReport], None] | None = print_report,
         keys: KeyOptions | None = None,
+        persist: bool | None = None,
     ) -> None:
         from mxnorm_spark.aggregate import check_engine
 
@@ -145,11 +157,13 @@ class MXNormStream:
         check_engine(engine)
         self.engine = engine
         self.progress = progress
+        self.persist = persist
         self.store = store if isinstance(store, StateStore) else StateStore(store, spark)
         self.source: FileSource | None = None
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
         self._claimed = False
+        self._rereads = False  # the attached query reads files only (stream_reads)
         self._checked_files: set[str] = set()
         self._directories = (
             None if self.output.path is None else BatchDirectories(self.output.path, spark)
@@ -246,6 +260,8 @@ class MXNormStream:
         """
         if source is not None:
             self.source = source
+        streaming_df = getattr(writer, "_df", None)  # the query's input, where it is kept
+        self._rereads = streaming_df is not None and rereads_same_rows(streaming_df)
         return writer.foreachBatch(self.foreach_batch)
 
     def start(
@@ -399,11 +415,15 @@ class MXNormStream:
         committed = self.store.get(batch_id)
         prev = self._state_before(batch_id)
         new: MXNormState | None = None
-        data = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
+        keep = self.persist
+        if keep is None:
+            keep = not (self._rereads or rereads_same_rows(batch_df))
+        data = batch_df.persist(StorageLevel.MEMORY_AND_DISK) if keep else batch_df
         try:
             # Files to check or corrupt records to find: a first job that counts and checks
             # the batch. Otherwise the moments job counts it too: one job less per batch.
-            scan = FILE_COLUMN in data.columns or CORRUPT_COLUMN in data.columns
+            internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
+            scan = FILE_COLUMN in internal or CORRUPT_COLUMN in internal
             rows: int | None = None
             if scan:
                 rows = count_and_check_batch(
@@ -414,7 +434,7 @@ class MXNormStream:
                     features=self._checked_features(),
                     checked=self._checked_files,
                 )
-            payload = data.drop(*INTERNAL_COLUMNS)
+            payload = data.drop(*internal) if internal else data  # each call: py4j + analysis
             if self.keys is not None:
                 from mxnorm_spark.keyed import check_keys
 
@@ -431,14 +451,15 @@ class MXNormStream:
                 rows = data.count()
             out_dir = None
             if rows and new is not None:
-                out_dir = self._write(payload, new, prev, batch_id, spark)
+                out_dir = self._write(payload, new, prev, batch_id, rows)
             fault("after_write", batch_id, spark)
         finally:
-            data.unpersist()
+            if keep:
+                data.unpersist()
         self._report(
             batch_id,
             rows,
-            started=t0,
+            seconds=time.perf_counter() - t0,
             replayed=committed is not None,
             prev=prev,
             new=new,
@@ -464,8 +485,8 @@ class MXNormStream:
                     payload,
                     self.cols,
                     input_col=self.input_col,
-                    engine=self.engine,
-                    shift=prev.mean,
+                    engine=self._moments_engine(prev),
+                    shift=moments_pivot(prev),
                     allow_empty=True,
                 )
             except Exception as exc:
@@ -494,33 +515,14 @@ class MXNormStream:
             self.keys.prune(batch_id)
         return new, rows
 
-    def _report(
-        self,
-        batch_id: int,
-        rows: int,
-        *,
-        started: float,
-        replayed: bool,
-        prev: MXNormState | None,
-        new: MXNormState | None,
-        out_dir: str | None,
-    ) -> None:
-        change, feature = (None, None)
-        if not replayed and new is not None and prev is not None and rows:
-            change, feature = largest_mean_change(prev, new)
-        report = BatchReport(
-            batch_id=batch_id,
-            rows=rows,
-            seconds=time.perf_counter() - started,
-            replayed=replayed,
-            state_version=None if new is None else version_file_name(batch_id),
-            max_mean_change=change,
-            changed_feature=feature,
-            output=out_dir,
-        )
+    def _report(self, batch_id: int, rows: int, **facts: Any) -> None:
+        report = BatchReport.of(batch_id, rows, **facts)
         self.reports.append(report)
         if self.progress is not None:
             self.progress(report)
+
+    def _moments_engine(self, prev: MXNormState) -> str:
+        return moments_engine(self.engine, prev, None if self.cols is None else len(self.cols))
 
     # ---- checks of a micro-batch --------------------------------------------------------
     def _checked_features(self) -> list[str]:
@@ -554,7 +556,7 @@ class MXNormStream:
         new: MXNormState,
         prev: MXNormState | None,
         batch_id: int,
-        spark: SparkSession,
+        rows: int,
     ) -> str | None:
         """Normalize the batch and hand it to the sink, or publish it under the output."""
         from mxnorm_spark.apply import normalize
@@ -584,6 +586,7 @@ class MXNormStream:
             handle_invalid=self.handle_invalid,
             engine=self.engine,
             fallback=fallback,
+            reused_code=rows <= REUSED_CODE_ROWS,
         )
         return self._publish(out, batch_id)
 

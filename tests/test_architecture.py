@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sources",
             "progress",
             "sinks",
+            "stream_reads",
             "keyed_stream",
         ),
     ),
