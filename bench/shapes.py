@@ -202,11 +202,15 @@ def report(
                 f"| {name} ({ds.rows:,} x {ds.features}{', vector' if ds.udt else ''}"
                 f"{', array' if ds.vector and not ds.udt else ''}) | {sink} "
                 f"| {_med(ml)} | {_med(sq)} | {_med(us)} "
-                f"| {thr[0]:.2f}x ({thr[1]:.2f}-{thr[2]:.2f}) "
-                f"| {rel[0]:.2f} ({rel[1]:.2f}-{rel[2]:.2f}) | {target} "
+                f"| {_ratio(thr, 'x')} "
+                f"| {_ratio(rel, '')} | {target} "
                 f"| {'met' if ok else 'missed'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(r: tuple[float, float, float], unit: str) -> str:
+    return "-" if math.isnan(r[0]) else f"{r[0]:.2f}{unit} ({r[1]:.2f}-{r[2]:.2f})"
 
 
 def _med(v: list[float]) -> str:
