@@ -237,6 +237,17 @@ def _list_rows(rb: pa.RecordBatch, by_batch: bool) -> np.ndarray | None:
     return x if bool(np.isfinite(x).all()) else None
 
 
+def _scalar_rows(rb: pa.RecordBatch, by_batch: bool) -> np.ndarray | None:
+    """The scalar columns of ``rb`` as rows x features float64 when all values are finite."""
+    start = 1 if by_batch else 0
+    if rb.num_rows == 0 or rb.num_columns <= start:
+        return None
+    x = np.column_stack(
+        [rb.column(j).to_numpy(zero_copy_only=False) for j in range(start, rb.num_columns)]
+    ).astype(np.float64, copy=False)
+    return x if bool(np.isfinite(x).all()) else None
+
+
 # Rows summed one after the other per block, then the block sums: the rounding error of a
 # column sum grows with ~_BLOCK + rows / _BLOCK, not with the rows of an Arrow batch.
 _BLOCK = 128
@@ -288,10 +299,10 @@ def _feature_matrix(
 def _record_batch_moments(
     rb: pa.RecordBatch, scalar: bool, shift: np.ndarray | None, by_batch: bool
 ) -> tuple[Moments | None, int | None]:
-    if not scalar:
-        rows = _list_rows(rb, by_batch)
-        if rows is not None and (shift is None or shift.shape[0] == rows.shape[1]):
-            return _row_major_moments(rows, shift), rows.shape[1]
+    # Scalar and list input take the same path, so their moments agree bit for bit.
+    rows = _scalar_rows(rb, by_batch) if scalar else _list_rows(rb, by_batch)
+    if rows is not None and (shift is None or shift.shape[0] == rows.shape[1]):
+        return _row_major_moments(rows, shift), None if scalar else rows.shape[1]
     mat, dim = _feature_matrix(rb, scalar, by_batch)
     if mat.shape[1] == 0 and not scalar:
         return None, None
