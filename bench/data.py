@@ -37,6 +37,9 @@ class Dataset:
     features: int
     vector: bool  # True: one array<double> column "v"; False: scalar columns c00, c01, ...
     files: int
+    # With ``vector``: "v" is a pyspark.ml vector (VectorUDT), written by Spark from the
+    # array<double> files of the same shape (bench/shapes.py); pyarrow cannot write the UDT.
+    udt: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -61,6 +64,25 @@ QUICK = {
 }
 
 
+# bench/shapes.py: vector, array and wide inputs against MLlib (issue 14, items 1 and 2).
+SHAPES = {
+    "arr64": Dataset("arr64", 600_000, 64, vector=True, files=8),
+    "vec64": Dataset("vec64", 600_000, 64, vector=True, files=8, udt=True),
+    "arr1000": Dataset("arr1000", 40_000, 1000, vector=True, files=8),
+    "vec1000": Dataset("vec1000", 40_000, 1000, vector=True, files=8, udt=True),
+    "wide256": Dataset("wide256", 200_000, 256, vector=False, files=8),
+    "wide16": Dataset("wide16", 5_000_000, 16, vector=False, files=8),
+}
+SHAPES_QUICK = {
+    "arr64": Dataset("arr64", 60_000, 64, vector=True, files=4),
+    "vec64": Dataset("vec64", 60_000, 64, vector=True, files=4, udt=True),
+    "arr1000": Dataset("arr1000", 4_000, 1000, vector=True, files=4),
+    "vec1000": Dataset("vec1000", 4_000, 1000, vector=True, files=4, udt=True),
+    "wide256": Dataset("wide256", 20_000, 256, vector=False, files=4),
+    "wide16": Dataset("wide16", 500_000, 16, vector=False, files=4),
+}
+
+
 def feature_params(features: int) -> tuple[np.ndarray, np.ndarray]:
     j = np.arange(features, dtype=np.float64)
     return 10.0 * j, 1.0 + j / 4.0
@@ -82,7 +104,7 @@ def _file_table(ds: Dataset, index: int, rows: int) -> pa.Table:
 
 
 def dataset_dir(ds: Dataset, root: Path = DATA_DIR) -> Path:
-    return root / f"{ds.name}-{ds.rows}"
+    return root / f"{ds.name}-{ds.rows}{'-udt' if ds.udt else ''}"
 
 
 def ensure_dataset(ds: Dataset, root: Path = DATA_DIR) -> Path:
@@ -90,6 +112,8 @@ def ensure_dataset(ds: Dataset, root: Path = DATA_DIR) -> Path:
     path = dataset_dir(ds, root)
     marker = path / "_bench_dataset.json"
     spec = {**asdict(ds), "generator": GENERATOR_VERSION}
+    if not ds.udt:  # the marker of inputs written before the field existed stays valid
+        del spec["udt"]
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return path
     if path.exists():

@@ -244,7 +244,7 @@ def _local_probe(
     # Vector dimensions are unknown before reading: count 64 values per row.
     width = len(spec.cols) if spec.kind == "scalar" else 64
     limit = max(_PIVOT_ROWS, _LOCAL_VALUES // width)
-    src = arrow_engine.kernel_input(df, spec, None)
+    src = arrow_engine.kernel_input(df, spec, None, packed=False)
     # collect(), not toArrow(): toArrow runs the limit on every partition.
     rows = src.limit(limit + 1).collect()
     if spec.kind == "scalar":

@@ -9,8 +9,8 @@
   or an estimator), computing with ``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE
   float64, nulls kept). This is the same arithmetic as the pure-numpy serving path.
 
-``auto`` picks ``sql``, except for a vector/array column with no other vector column
-alongside, where one Arrow UDF is faster (README ``### Engines``).
+``auto`` picks ``sql``: a vector/array column is normalized by one ``transform``
+higher-order function, measured faster than the Arrow UDF (bench/SHAPES.md).
 
 ``handle_invalid`` decides what happens to null, NaN and +/-inf input values:
 
@@ -397,8 +397,6 @@ def _plan_normalization(
         outputs = _scalar_outputs(spec, features, output_cols, output_col)
         return NormalizationPlan(spec, outputs, handle_invalid, chosen)
     output = _vector_output(spec, output_cols, output_col)
-    if engine == "auto" and _no_vector_alongside(df, spec, output):
-        chosen = "arrow"
     return NormalizationPlan(spec, [output], handle_invalid, chosen)
 
 
@@ -454,18 +452,6 @@ def _vector_output(
     if not isinstance(output, str) or not output:
         raise InvalidParameterError(f"output_col must be a column name, got {output_col!r}")
     return output
-
-
-def _no_vector_alongside(df: DataFrame, spec: InputSpec, output: str) -> bool:
-    """Whether no vector (UDT) column is left beside the output; ``auto`` then takes arrow.
-
-    A list column goes to Python through one Arrow UDF when no vector (UDT) column rides
-    along: fit + transform of vec64 took 5.1 s that way against 8.3 s with one get()
-    expression per element (bench/full/RESULTS.md). With a UDT column left, Spark needs
-    mapInArrow over the whole row, slower than the expressions.
-    """
-    kept = [f for f in df.schema.fields if f.name != spec.input_col or output != f.name]
-    return not any(isinstance(f.dataType, T.UserDefinedType) for f in kept)
 
 
 def _apply_plan(df: DataFrame, plan: NormalizationPlan, constants: Constants) -> DataFrame:

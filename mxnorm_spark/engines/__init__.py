@@ -254,6 +254,15 @@ class Constants:
             return F.lit(float(self.scale[j]))
         return F.get(F.col(str(self.scale_col)), j)
 
+    def sql_arrays(self) -> tuple[str, str]:
+        """Every feature's mean and scale as two ``array<double>`` SQL expressions (array
+        literals of exact doubles, or the per-row columns)."""
+        if self.mean is not None and self.scale is not None:
+            return tuple(  # type: ignore[return-value]
+                f"array({', '.join(sql_double(v) for v in x)})" for x in (self.mean, self.scale)
+            )
+        return sql_name(str(self.mean_col)), sql_name(str(self.scale_col))
+
     def sql(self, j: int) -> tuple[str, str]:
         """Feature ``j``'s mean and scale as SQL text (exact literals, or array elements)."""
         if self.mean is not None and self.scale is not None:

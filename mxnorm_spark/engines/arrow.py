@@ -27,7 +27,15 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.columns import ARRAY_COL, InputSpec, check_dims, quote, to_vector
+from mxnorm_spark.columns import (
+    ARRAY_COL,
+    WIDE_FEATURES,
+    InputSpec,
+    check_dims,
+    quote,
+    sql_values,
+    to_vector,
+)
 from mxnorm_spark.engines import (
     Constants,
     PartitionMoments,
@@ -43,12 +51,28 @@ _MOMENT_FIELDS = ("count", "shift", "delta", "m2")
 
 
 # ---- moments: driver side ----------------------------------------------------------------
-def kernel_input(df: DataFrame, spec: InputSpec, batch_col: str | None) -> DataFrame:
-    """The columns the moments kernel reads: ``__mx_batch``, then ``x0..`` or the array."""
+def packs_scalars(spec: InputSpec) -> bool:
+    """Whether the kernel reads scalar columns packed into one ``array<double>``.
+
+    Spark converts one list column to Arrow much faster than many double columns: 200k
+    rows x 256 doubles took 14 s packed against 25 s as columns (loaded machine), and the
+    row-major kernel then needs no stacking.
+    """
+    return spec.kind == "scalar" and len(spec.cols) > WIDE_FEATURES
+
+
+def kernel_input(
+    df: DataFrame, spec: InputSpec, batch_col: str | None, *, packed: bool = True
+) -> DataFrame:
+    """The columns the moments kernel reads: ``__mx_batch``, then ``x0..`` or the array
+    (many scalar columns packed into one unless not ``packed``, see :func:`packs_scalars`)."""
     selected: list[Column] = []
     if batch_col is not None:
         selected.append(quote(batch_col).alias("__mx_batch"))
-    if spec.kind == "scalar":
+    if packed and packs_scalars(spec):
+        values = ", ".join(sql_values(spec, len(spec.cols)))
+        selected.append(F.expr(f"array({values})").alias(ARRAY_COL))
+    elif spec.kind == "scalar":
         selected += [c.alias(f"x{j}") for j, c in enumerate(spec.scalar_doubles())]
     else:
         selected.append(spec.as_double_array().alias(ARRAY_COL))
@@ -90,7 +114,8 @@ def _partials_frame(
     if batch_type is not None:
         out_fields.insert(0, T.StructField("batch", batch_type, True))
     schema = T.StructType(out_fields)
-    kernel = moments_kernel(spec.kind == "scalar", shift, batch_col is not None)
+    scalar = spec.kind == "scalar" and not packs_scalars(spec)
+    kernel = moments_kernel(scalar, shift, batch_col is not None)
     return src.mapInArrow(kernel, schema)
 
 
@@ -195,6 +220,61 @@ def moments_kernel(scalar: bool, shift: np.ndarray | None, by_batch: bool) -> Ba
     return moments_per_partition
 
 
+def _list_rows(rb: pa.RecordBatch, by_batch: bool) -> np.ndarray | None:
+    """The list column of ``rb`` as rows x dim float64 when every row is there, of one
+    length, with only finite values; else None (the general path then handles it)."""
+    lst = rb.column(1 if by_batch else 0)
+    if lst.null_count or len(lst) == 0:
+        return None
+    lengths = pc.list_value_length(lst)
+    lo, hi = pc.min_max(lengths).values()
+    if lo.as_py() != hi.as_py() or not lo.as_py():
+        return None
+    flat = lst.flatten()
+    if flat.null_count:
+        return None
+    x = flat.to_numpy(zero_copy_only=False).reshape(len(lst), lo.as_py())
+    return x if bool(np.isfinite(x).all()) else None
+
+
+def _scalar_rows(rb: pa.RecordBatch, by_batch: bool) -> np.ndarray | None:
+    """The scalar columns of ``rb`` as rows x features float64 when all values are finite."""
+    start = 1 if by_batch else 0
+    if rb.num_rows == 0 or rb.num_columns <= start:
+        return None
+    x = np.column_stack(
+        [rb.column(j).to_numpy(zero_copy_only=False) for j in range(start, rb.num_columns)]
+    ).astype(np.float64, copy=False)
+    return x if bool(np.isfinite(x).all()) else None
+
+
+# Rows summed one after the other per block, then the block sums: the rounding error of a
+# column sum grows with ~_BLOCK + rows / _BLOCK, not with the rows of an Arrow batch.
+_BLOCK = 128
+
+
+def _column_sums(x: np.ndarray) -> np.ndarray:
+    full = x.shape[0] - x.shape[0] % _BLOCK
+    head = x[:full].reshape(-1, _BLOCK, x.shape[1]).sum(axis=1).sum(axis=0)
+    return np.asarray(head + x[full:].sum(axis=0))
+
+
+def _row_major_moments(x: np.ndarray, shift: np.ndarray | None) -> Moments:
+    """:meth:`Moments.from_columns` of ``x.T`` for rows x features of finite values, without
+    the transposed copy: the same compensated two-pass in shifted coordinates (pivot: the
+    finite ``shift``, else the first row), summed down the columns in blocks. Measured
+    ~4x faster than transposing a 64-dim list batch for ``from_columns``."""
+    rows, k = x.shape
+    pivot = x[0].copy()
+    if shift is not None:
+        pivot = np.where(np.isfinite(shift), shift, pivot)
+    r = x - pivot
+    delta = _column_sums(r) / rows
+    r -= delta
+    m2 = _column_sums(r * r) - _column_sums(r) ** 2 / rows
+    return Moments(np.full(k, float(rows)), pivot, delta, np.maximum(m2, 0.0))
+
+
 def _feature_matrix(
     rb: pa.RecordBatch, scalar: bool, by_batch: bool
 ) -> tuple[np.ndarray, int | None]:
@@ -219,6 +299,10 @@ def _feature_matrix(
 def _record_batch_moments(
     rb: pa.RecordBatch, scalar: bool, shift: np.ndarray | None, by_batch: bool
 ) -> tuple[Moments | None, int | None]:
+    # Scalar and list input take the same path, so their moments agree bit for bit.
+    rows = _scalar_rows(rb, by_batch) if scalar else _list_rows(rb, by_batch)
+    if rows is not None and (shift is None or shift.shape[0] == rows.shape[1]):
+        return _row_major_moments(rows, shift), None if scalar else rows.shape[1]
     mat, dim = _feature_matrix(rb, scalar, by_batch)
     if mat.shape[1] == 0 and not scalar:
         return None, None
