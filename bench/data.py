@@ -64,7 +64,7 @@ QUICK = {
 }
 
 
-# bench/shapes.py: vector, array and wide inputs against MLlib (issue 14, items 1 and 2).
+# bench/shapes.py: vector, array and wide inputs against MLlib.
 SHAPES = {
     "arr64": Dataset("arr64", 600_000, 64, vector=True, files=8),
     "vec64": Dataset("vec64", 600_000, 64, vector=True, files=8, udt=True),

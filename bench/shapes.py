@@ -11,7 +11,7 @@ end to end from Parquet, interleaved: in each repetition every case runs once pe
 on all of them alike. Ratios are pair by pair within a repetition. Times print as they
 come; the table and the verdict per target go to ``bench/SHAPES.md``.
 
-Targets (issue 14): ours >= 1.3x MLlib's throughput on every shape and sink; wide16 >=
+Targets: ours >= 1.3x MLlib's throughput on every shape and sink; wide16 >=
 2.5x MLlib's and no slower than the hand-written SQL.
 """
 
@@ -30,18 +30,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.cases import CASES, EPS, SINKS, SPARK_CONF, Context, check_output, make_session
+from bench.cases import (
+    CASES,
+    EPS,
+    SINKS,
+    SPARK_CONF,
+    Context,
+    _write,
+    check_output,
+    make_session,
+)
 from bench.data import SHAPES, SHAPES_QUICK, Dataset, dataset_dir, ensure_dataset, parquet_files
 
 BENCH_DIR = Path(__file__).resolve().parent
 Case = Callable[[Context, Dataset, list[str], str, str], None]
-
-
-def _write(df: Any, sink: str, out: str) -> None:
-    if sink == "noop":
-        df.write.format("noop").mode("overwrite").save()
-    else:
-        df.write.mode("overwrite").parquet(out)
 
 
 def mllib(ctx: Context, ds: Dataset, source: list[str], sink: str, out: str) -> None:
