@@ -7,7 +7,9 @@
   worker; whole-stage code generation).
 * ``arrow``: one ``mapInArrow`` pass closed over plain numpy arrays (never over a session
   or an estimator), computing with ``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE
-  float64, nulls kept). This is the same arithmetic as the pure-numpy serving path.
+  float64, nulls kept). This is the same arithmetic as the pure-numpy serving path. An ml
+  vector column is read as its Arrow struct (no ``vector_to_array``/``array_to_vector``);
+  a sparse row comes out dense.
 
 ``auto`` picks ``sql``: a vector/array column is normalized by one ``transform``
 higher-order function, measured faster than the Arrow UDF (bench/SHAPES.md).
@@ -464,6 +466,10 @@ def _apply_plan(df: DataFrame, plan: NormalizationPlan, constants: Constants) ->
             df = df.where(" AND ".join(sql_is_finite(x) for x in texts))
         scalars = sql_engine.normalize_scalars if use_sql else arrow_engine.normalize_scalars
         return scalars(df, spec, plan.outputs, constants, check=check)
+    if spec.kind == "vector" and plan.engine == "arrow":
+        skip = plan.handle_invalid == "skip"
+        output = plan.outputs[0]
+        return arrow_engine.normalize_vectors(df, spec, output, constants, check=check, skip=skip)
     df = df.withColumn(ARRAY_COL, spec.as_double_array())
     if plan.handle_invalid == "skip":
         a = F.col(ARRAY_COL)

@@ -23,6 +23,8 @@ from typing import Literal
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -51,6 +53,7 @@ __all__ = [
     "is_finite",
     "quote",
     "resolve_input",
+    "rows_to_keep",
     "sql_constant",
     "sql_double",
     "sql_finite_or_null",
@@ -58,7 +61,9 @@ __all__ = [
     "sql_name",
     "sql_values",
     "to_vector",
+    "vector_lists",
     "vector_names",
+    "vectors_of_lists",
 ]
 
 FLOAT64_MAX = float(np.finfo(np.float64).max)
@@ -241,6 +246,64 @@ def to_vector(arr: Column) -> Column:
     from pyspark.ml.functions import array_to_vector
 
     return F.when(arr.isNotNull(), array_to_vector(arr))
+
+
+# ---- ml vectors as Arrow hands them over ------------------------------------------------
+# Spark gives a Python worker a VectorUDT column as its SQL struct: type (int8, 0 sparse,
+# 1 dense), size (int32, sparse only), indices (list<int32>, sparse only) and values
+# (list<double>). Reading it so skips vector_to_array / array_to_vector, which cost more
+# than the arithmetic (bench/SHAPES.md).
+def vector_lists(vectors: pa.Array) -> pa.Array:
+    """Every vector's values as one dense ``list<double>`` row (a sparse row densified to
+    its size; a null vector stays null). Zero-copy when every row is a dense vector."""
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    if not vectors.null_count and pc.all(pc.equal(vectors.field("type"), 1)).as_py():
+        return vectors.field("values")
+    valid = vectors.is_valid().to_numpy(zero_copy_only=False)
+    present = vectors.filter(pa.array(valid))
+    dense = present.field("type").to_numpy(zero_copy_only=False) == 1
+    values = present.field("values")
+    nnz = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
+    sizes = pc.fill_null(present.field("size"), 0).to_numpy(zero_copy_only=False)
+    lengths = np.where(dense, nnz, sizes).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    # Where each stored value goes in its dense row: its place (dense) or its index (sparse).
+    at = np.arange(int(nnz.sum())) - np.repeat(np.cumsum(nnz) - nnz, nnz)
+    sparse = np.repeat(~dense, nnz)
+    at[sparse] = present.field("indices").flatten().to_numpy(zero_copy_only=False)
+    flat = np.zeros(int(lengths.sum()))
+    flat[np.repeat(starts, nnz) + at] = values.flatten().to_numpy(zero_copy_only=False)
+    row_lengths = np.zeros(len(vectors), dtype=np.int64)
+    row_lengths[valid] = lengths
+    offsets = np.concatenate([[0], np.cumsum(row_lengths)]).astype(np.int32)
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
+
+
+def rows_to_keep(lists: pa.Array, dim: int) -> pa.Array:
+    """The ``list<double>`` rows that ``handle_invalid='skip'`` keeps: not null, and all
+    finite or of another length than ``dim`` (which then fails)."""
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(lists.flatten().to_numpy(zero_copy_only=False))
+    owner = np.repeat(np.arange(len(lists)), lengths)
+    invalid = np.bincount(owner[bad], minlength=len(lists)) > 0
+    valid = lists.is_valid().to_numpy(zero_copy_only=False)
+    return pa.array(valid & ((lengths != dim) | ~invalid))
+
+
+def vectors_of_lists(lists: pa.Array, vector_type: pa.StructType) -> pa.StructArray:
+    """Dense vectors (``vector_type``: the struct Spark gave) of ``list<double>`` rows;
+    a null row stays null."""
+    n, fields = len(lists), list(vector_type)
+    arrays = [
+        pa.array(np.ones(n, dtype=np.int8)),
+        pa.nulls(n, fields[1].type),
+        pa.nulls(n, fields[2].type),
+        lists.cast(fields[3].type),
+    ]
+    mask = lists.is_null() if lists.null_count else None
+    return pa.StructArray.from_arrays(arrays, fields=fields, mask=mask)
 
 
 # ---- the validity test -------------------------------------------------------------------

@@ -5,7 +5,8 @@ shifted coordinates) on every Arrow record batch, merged within the partition; o
 row per partition (and batch value) comes back to the driver. The same kernel runs on the
 driver for a small input (:func:`moments_on_driver`).
 
-Normalization: one ``mapInArrow`` pass (or an Arrow UDF for a list column) closed over
+Normalization: one ``mapInArrow`` pass (or an Arrow UDF for an array column; an ml vector
+column is read as its Arrow struct, no ``vector_to_array``) closed over
 plain numpy arrays (never over a session or an estimator), computing with
 ``pyarrow.compute`` ``subtract`` / ``divide`` (IEEE float64, nulls kept). This is the same
 arithmetic as the pure-numpy serving path.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
@@ -33,8 +34,10 @@ from mxnorm_spark.columns import (
     InputSpec,
     check_dims,
     quote,
+    rows_to_keep,
     sql_values,
-    to_vector,
+    vector_lists,
+    vectors_of_lists,
 )
 from mxnorm_spark.engines import (
     Constants,
@@ -65,7 +68,10 @@ def kernel_input(
     df: DataFrame, spec: InputSpec, batch_col: str | None, *, packed: bool = True
 ) -> DataFrame:
     """The columns the moments kernel reads: ``__mx_batch``, then ``x0..`` or the array
-    (many scalar columns packed into one unless not ``packed``, see :func:`packs_scalars`)."""
+    (many scalar columns packed into one unless not ``packed``, see :func:`packs_scalars`).
+
+    A vector column goes through ``vector_to_array``: Spark hands its raw struct to Arrow
+    3-4x slower (600k x 64: 4.1 s against 1.1 s for the moments, bench/SHAPES.md)."""
     selected: list[Column] = []
     if batch_col is not None:
         selected.append(quote(batch_col).alias("__mx_batch"))
@@ -396,8 +402,9 @@ def normalize_vector(
     *,
     check: bool,
 ) -> DataFrame:
-    """Normalize the :data:`ARRAY_COL` column of ``df`` in Python; a null row stays null
-    (fails with ``check``), a row of another length fails."""
+    """Normalize the :data:`ARRAY_COL` column (array input; vectors take
+    :func:`normalize_vectors`) of ``df`` in Python; a null row stays null (fails with
+    ``check``), a row of another length fails."""
     assert spec.input_col is not None
     name = spec.input_col
     a = F.col(ARRAY_COL)
@@ -417,9 +424,31 @@ def normalize_vector(
             names, constants, source=at, index=at, column=name, is_list=True, feature=0
         )
         done = df.mapInArrow(_normalize_kernel([column], names, check), df.schema)
-    out = to_vector(a) if spec.kind == "vector" else a
-    done = done.withColumn(output, out)
+    done = done.withColumn(output, a)
     return done.select(*[quote(c) for c in [*order, *([] if output in order else [output])]])
+
+
+def normalize_vectors(
+    df: DataFrame, spec: InputSpec, output: str, constants: Constants, *, check: bool, skip: bool
+) -> DataFrame:
+    """Normalize an ml vector column in one ``mapInArrow`` over its Arrow struct (no
+    ``vector_to_array`` / ``array_to_vector``, and it works in place, where an Arrow UDF
+    refuses the vector column): the output is dense (a sparse row too), a null row stays
+    null (fails with ``check``), ``skip`` drops null rows and rows with an invalid value,
+    a row of another length fails. ``auto`` keeps the SQL ``transform``: Spark hands the
+    struct to Arrow 3-4x slower than ``vector_to_array``'s list (bench/SHAPES.md)."""
+    name = str(spec.input_col)
+    names, fields = df.columns, list(df.schema.fields)
+    field = T.StructField(output, df.schema[name].dataType, True)
+    index = names.index(output) if output in names else len(fields)
+    fields[index : index + 1] = [field]
+    at = names.index(name)
+    column = _column_to_normalize(
+        names, constants, source=at, index=index, column=name, is_list=True, feature=0
+    )
+    columns = [replace(column, vectors=True)]
+    kernel = _normalize_kernel(columns, [f.name for f in fields], check, skip)
+    return df.mapInArrow(kernel, T.StructType(fields))
 
 
 def _list_udf_args(a: Column, constants: Constants) -> list[Column]:
@@ -479,6 +508,7 @@ class _ColumnToNormalize:
     scale: np.ndarray | None = None
     mean_index: int = -1
     scale_index: int = -1
+    vectors: bool = False  # ml vectors: the Arrow struct in, dense vectors out
 
 
 def _column_to_normalize(
@@ -508,19 +538,29 @@ def _column_to_normalize(
     )
 
 
-def _normalize_kernel(columns: list[_ColumnToNormalize], names: list[str], check: bool) -> Any:
+def _normalize_kernel(
+    columns: list[_ColumnToNormalize], names: list[str], check: bool, skip: bool = False
+) -> Any:
     """The ``mapInArrow`` function: closed over plain constants, never a session.
 
-    ``names`` are the output columns: the input ones, then the appended outputs.
+    ``names`` are the output columns: the input ones, then the appended outputs. ``skip``
+    (one vector column only) drops its null rows and rows holding an invalid value.
     """
 
     def normalize_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for rb in batches:
+        for batch in batches:
+            rb = batch
+            if skip:
+                (t,) = columns
+                rb = rb.filter(rows_to_keep(vector_lists(rb.column(t.source)), t.dim))
             width = rb.num_columns
             arrays = list(rb.columns)
             for t in columns:
                 x = rb.column(t.source)
-                if t.is_list:
+                if t.vectors:
+                    z = _normalize_list_array(t, vector_lists(x), rb, check)
+                    z = vectors_of_lists(z, x.type)
+                elif t.is_list:
                     z = _normalize_list_array(t, x, rb, check)
                 else:
                     z = _normalize_scalar_array(t, x, rb, check)
