@@ -54,8 +54,7 @@ from mxnorm_spark.columns import (
     sql_values,
     to_vector,
 )
-from mxnorm_spark.engines import BatchTable, Constants
-from mxnorm_spark.engines import arrow as arrow_engine
+from mxnorm_spark.engines import BatchTable, Constants, arrow_normalize
 from mxnorm_spark.engines import sql as sql_engine
 from mxnorm_spark.errors import (
     FeatureMismatchError,
@@ -464,16 +463,18 @@ def _apply_plan(df: DataFrame, plan: NormalizationPlan, constants: Constants) ->
         if plan.handle_invalid == "skip":
             texts = sql_values(spec, len(spec.cols))
             df = df.where(" AND ".join(sql_is_finite(x) for x in texts))
-        scalars = sql_engine.normalize_scalars if use_sql else arrow_engine.normalize_scalars
+        scalars = sql_engine.normalize_scalars if use_sql else arrow_normalize.normalize_scalars
         return scalars(df, spec, plan.outputs, constants, check=check)
     if spec.kind == "vector" and plan.engine == "arrow":
         skip = plan.handle_invalid == "skip"
         output = plan.outputs[0]
-        return arrow_engine.normalize_vectors(df, spec, output, constants, check=check, skip=skip)
+        return arrow_normalize.normalize_vectors(
+            df, spec, output, constants, check=check, skip=skip
+        )
     df = df.withColumn(ARRAY_COL, spec.as_double_array())
     if plan.handle_invalid == "skip":
         a = F.col(ARRAY_COL)
         bad_len = F.size(a) != F.lit(constants.n_features)
         df = df.where(a.isNotNull() & (bad_len | F.forall(a, is_finite)))
-    vector = sql_engine.normalize_vector if use_sql else arrow_engine.normalize_vector
+    vector = sql_engine.normalize_vector if use_sql else arrow_normalize.normalize_vector
     return vector(df, spec, plan.outputs[0], constants, check=check)

@@ -22,7 +22,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("serving", ("serving.values", "serving.normalizer", "serving.keyed", "serving")),
     ("report", ("report",)),
     ("spark-base", ("spark_extra", "columns")),
-    ("engines", ("engines", "engines.sql", "engines.arrow", "keyed_kernel")),
+    (
+        "engines",
+        ("engines", "engines.sql", "engines.arrow", "engines.arrow_normalize", "keyed_kernel"),
+    ),
     ("spark-api", ("aggregate", "apply", "keyed")),
     (
         "spark-jobs",
