@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mxnorm_spark.choices import LOCAL_VALUES
 from mxnorm_spark.columns import (
     ENGINES,
     InputSpec,
@@ -98,11 +99,6 @@ _PIVOT_ROWS = 16
 # millions of rows that is still ~1e-13 of the variance (an estimate; the tests check
 # 1e-12 against exact arithmetic).
 _MAX_AMPLIFICATION = 4.0
-# Inputs of at most this many values are computed on the driver by ``auto``: one small
-# ``collect`` and numpy, instead of a distributed job of two stages (a micro-batch of 1k
-# rows: ~50 ms instead of ~250 ms, measured). Rows cross py4j as Python objects, so the
-# limit stays small.
-_LOCAL_VALUES = 32_768
 
 
 # ---- public API --------------------------------------------------------------------------
@@ -243,7 +239,7 @@ def _local_probe(
     """
     # Vector dimensions are unknown before reading: count 64 values per row.
     width = len(spec.cols) if spec.kind == "scalar" else 64
-    limit = max(_PIVOT_ROWS, _LOCAL_VALUES // width)
+    limit = max(_PIVOT_ROWS, LOCAL_VALUES // width)
     src = arrow_engine.kernel_input(df, spec, None, packed=False)
     # collect(), not toArrow(): toArrow runs the limit on every partition.
     rows = src.limit(limit + 1).collect()

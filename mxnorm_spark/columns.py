@@ -29,7 +29,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.choices import ENGINES, HANDLE_INVALID, Engine, check_choice
+from mxnorm_spark.choices import ENGINES, HANDLE_INVALID, WIDE_FEATURES, Engine, check_choice
 from mxnorm_spark.errors import (
     EmptyInputError,
     FeatureMismatchError,
@@ -67,11 +67,6 @@ __all__ = [
 ]
 
 FLOAT64_MAX = float(np.finfo(np.float64).max)
-# Spark compiles no whole-stage code for an operator with more than 100 input or output
-# fields (spark.sql.codegen.maxFields). More than this many features are therefore
-# aggregated as one row per (partition, feature), with four fields, not three fields per
-# feature (measured 1.5x faster on 256 columns); ``auto`` takes the arrow engine there.
-WIDE_FEATURES = 32
 # The temporary ``array<double>`` column holding a vector/array input's values.
 ARRAY_COL = "__mx_arr"
 

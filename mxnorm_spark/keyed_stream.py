@@ -216,7 +216,7 @@ class KeyedStreamState:
         publish the result as the snapshot of ``batch_id``."""
         from pyspark.sql import functions as F
 
-        from mxnorm_spark.columns import quote
+        from mxnorm_spark.columns import quote, sql_name
 
         spark = data.sparkSession
         keys = list(self.keys.key_cols)
@@ -235,7 +235,7 @@ class KeyedStreamState:
             *(quote(f).cast("double").alias(values[j]) for j, f in enumerate(self.features)),
             *(F.lit(None).cast("double").alias(v) for v in values[nf:]),
         )
-        both = rows.where(" AND ".join(f"{_sql_name(k)} IS NOT NULL" for k in keys))
+        both = rows.where(" AND ".join(f"{sql_name(k)} IS NOT NULL" for k in keys))
         if prev is not None:
             snap = self.read(spark, prev, data.schema).select(
                 *(quote(k) for k in keys),
@@ -331,10 +331,6 @@ class KeyedStreamState:
             min_key_rows=self.keys.min_key_rows,
             handle_invalid=handle_invalid,
         )
-
-
-def _sql_name(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mxnorm_spark.choices import LOCAL_VALUES, WIDE_FEATURES
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import is_classic
 
@@ -28,11 +29,8 @@ __all__ = [
     "rereads_same_rows",
 ]
 
-# As columns.WIDE_FEATURES (not imported: this module needs no pyspark until a batch runs).
-WIDE_FEATURES = 32
-
-# The values auto's probe folds on the driver (aggregate._LOCAL_VALUES).
-SMALL_BATCH_VALUES = 32_768
+# The values auto's probe folds on the driver.
+SMALL_BATCH_VALUES = LOCAL_VALUES
 
 # Up to this many rows a micro-batch is normalized with constants read from an array
 # (apply.normalize(reused_code=True)): no new code to compile per batch (0.1-0.35 s), but
