@@ -140,6 +140,15 @@ def batch_moments_and_rows(
     return Moments.merge_all([m for _, m in groups], k), rows
 
 
+def local_moments_and_rows(table: pa.Table, spec: InputSpec, shift: Any) -> tuple[Moments, int]:
+    """:func:`batch_moments_and_rows` of rows already on the driver: scalar features as
+    float64 columns ``x0..`` (as :func:`_local_probe` reads them); the same numbers."""
+    given = None if shift is None else np.asarray(shift, dtype=np.float64).reshape(-1)
+    found = arrow_engine.moments_on_driver(table, spec, given)
+    groups, k, rows = _fold_arrow_partials(found, spec, given, batch_col=None, allow_empty=True)
+    return Moments.merge_all([m for _, m in groups], k), rows
+
+
 def moments_by_batch(
     df: DataFrame,
     cols: Sequence[str] | None = None,

@@ -55,6 +55,11 @@ WIDE_FEATURES = 32
 # rows: ~50 ms instead of ~250 ms, measured). Rows cross py4j as Python objects, so the
 # limit stays small.
 LOCAL_VALUES = 32_768
+# A stream's micro-batch of at most this many values (rows x columns, any column type
+# counting one) is read to the driver as Arrow in one job, normalized there and written as
+# one Parquet file (stream_local): one Spark job instead of two. 1k rows x 16 columns:
+# ~0.1 s less per micro-batch than the two jobs, measured on local[2].
+DRIVER_BATCH_VALUES = 131_072
 
 
 # Type tags of the per-key directories and the per-key directory of a stream's state: plain

@@ -16,6 +16,7 @@ from mxnorm_spark.progress import fault
 from mxnorm_spark.store import FileSystem, filesystem
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
 OUTPUT_ATTEMPTS = "_attempts"
@@ -72,13 +73,37 @@ class BatchDirectories:
         self.fs.delete(self.fs.join(self.root, OUTPUT_ATTEMPTS), True)
 
     def publish(self, out: DataFrame, output: StreamOutput, batch_id: int) -> str:
-        fs, root = self.fs, self.root
-        final = fs.join(root, batch_output_dir(batch_id))
-        attempt = fs.join(
-            fs.join(root, OUTPUT_ATTEMPTS), f"{batch_output_dir(batch_id)}-{uuid.uuid4().hex}"
-        )
+        attempt = self._attempt(batch_id)
         out.write.format(output.format).options(**output.write_options).save(attempt)
         fault("during_write", batch_id, out.sparkSession)
+        return self._into_place(attempt, batch_id)
+
+    def publish_table(
+        self, table: pa.Table, batch_id: int, codec: str, spark: SparkSession | None
+    ) -> str:
+        """:meth:`publish` of a micro-batch normalized on the driver: one Parquet file
+        (named as Spark names its parts) and ``_SUCCESS``, written aside, renamed."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        attempt = self._attempt(batch_id)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression=codec)
+        suffix = "" if codec == "none" else f".{codec}"
+        part = f"part-00000-{uuid.uuid4()}-c000{suffix}.parquet"
+        self.fs.mkdirs(attempt)
+        self.fs.write_bytes(self.fs.join(attempt, part), buffer.getvalue().to_pybytes())
+        self.fs.write_bytes(self.fs.join(attempt, "_SUCCESS"), b"")
+        fault("during_write", batch_id, spark)
+        return self._into_place(attempt, batch_id)
+
+    def _attempt(self, batch_id: int) -> str:
+        name = f"{batch_output_dir(batch_id)}-{uuid.uuid4().hex}"
+        return self.fs.join(self.fs.join(self.root, OUTPUT_ATTEMPTS), name)
+
+    def _into_place(self, attempt: str, batch_id: int) -> str:
+        fs = self.fs
+        final = fs.join(self.root, batch_output_dir(batch_id))
         if fs.exists(final):
             fs.delete(final, recursive=True)
         if not fs.rename(attempt, final):

@@ -83,7 +83,13 @@ from mxnorm_spark.sources import (
     explain_read_failure,
 )
 from mxnorm_spark.state import MXNormState, StateOptions
-from mxnorm_spark.store import StateStore, is_classic, read_state, version_file_name
+from mxnorm_spark.store import StateStore, is_classic, read_state
+from mxnorm_spark.stream_local import (
+    DriverBatches,
+    collect_small,
+    normalize_table,
+    table_moments,
+)
 from mxnorm_spark.stream_reads import (
     REUSED_CODE_ROWS,
     moments_engine,
@@ -92,6 +98,7 @@ from mxnorm_spark.stream_reads import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
     from pyspark.sql.streaming.readwriter import DataStreamWriter
@@ -178,6 +185,13 @@ class MXNormStream:
             self.keys = KeyedStreamState(
                 spark, self.store.path, self.cols, keys, self.options, apply_at=self.apply_at
             )
+        self._driver = DriverBatches.for_stream(
+            spark,
+            self.output,
+            engine=engine,
+            scalar=self.cols is not None,
+            keyed=self.keys is not None,
+        )
 
     def __getstate__(self) -> dict[str, object]:
         # Spark Connect pickles the foreachBatch function, and this object with it, to run it
@@ -374,37 +388,6 @@ class MXNormStream:
                 "checkpoint that produced this state, or a fresh state directory"
             )
 
-    def _state_before(self, batch_id: int) -> MXNormState | None:
-        """The state a batch folds into: the version of the previous batch id."""
-        if batch_id > 0:
-            prev = self.store.get(batch_id - 1)
-            if prev is not None:
-                return prev
-            ids = self.store.batch_ids()
-            if ids:
-                fix = "Restore it, or start over with a fresh checkpoint and state directory"
-                if ids[-1] == batch_id - 2:
-                    fix = (
-                        "Restore it, or delete the checkpoint entry commits/"
-                        f"{batch_id - 1} so that batch {batch_id - 1} is run again"
-                    )
-                raise StateConflictError(
-                    f"micro-batch {batch_id} needs state version "
-                    f"{version_file_name(batch_id - 1)} in {self.store.path}, which holds "
-                    f"{len(ids)} version(s) ({ids[0]}..{ids[-1]}): a version was deleted. {fix}"
-                )
-            if self.cols is not None:
-                # Every batch of scalar columns commits a version (empty ones too), so none
-                # at all means the directory was emptied. Only a vector column whose size
-                # no row has shown yet gets here legitimately.
-                raise StateConflictError(
-                    f"micro-batch {batch_id} needs state version "
-                    f"{version_file_name(batch_id - 1)}, but {self.store.path} holds no "
-                    "version: it was emptied or replaced. Restore it, or start over with a "
-                    "fresh checkpoint and state directory"
-                )
-        return self.store.initial()
-
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         from pyspark import StorageLevel
 
@@ -413,7 +396,7 @@ class MXNormStream:
         self._claim(spark, batch_id)
         self._check_not_behind(batch_id)
         committed = self.store.get(batch_id)
-        prev = self._state_before(batch_id)
+        prev = self.store.state_before(batch_id, every_batch=self.cols is not None)
         new: MXNormState | None = None
         keep = self.persist
         if keep is None:
@@ -441,17 +424,18 @@ class MXNormStream:
                 check_keys(payload, list(self.cols or ()), self.keys.keys.key_cols, None)
             if prev is None:
                 prev = self._fresh_state(payload)
+            small = self._small_batch(payload, prev)
             if committed is not None:
                 new = committed
             elif prev is not None:  # else a vector column with no row yet: nothing to fold
                 new, rows = self._fold_and_commit(
-                    spark, batch_id, data, payload=payload, prev=prev, rows=rows
+                    spark, batch_id, data, payload=payload, prev=prev, rows=rows, small=small
                 )
             if rows is None:  # a replayed batch, or a vector column still without rows
-                rows = data.count()
+                rows = data.count() if small is None else small.num_rows
             out_dir = None
             if rows and new is not None:
-                out_dir = self._write(payload, new, prev, batch_id, rows)
+                out_dir = self._write(payload, new, prev, batch_id, rows, small=small)
             fault("after_write", batch_id, spark)
         finally:
             if keep:
@@ -475,11 +459,15 @@ class MXNormStream:
         payload: DataFrame,
         prev: MXNormState,
         rows: int | None,
+        small: pa.Table | None,
     ) -> tuple[MXNormState, int | None]:
         """Fold the batch's moments into ``prev`` and commit the result as its version."""
         from mxnorm_spark.aggregate import batch_moments_and_rows
 
-        if rows != 0:
+        if small is not None:
+            moments, rows = table_moments(small, tuple(self.cols or ()), moments_pivot(prev))
+            self._check_invalid(moments, rows, batch_id)
+        elif rows != 0:
             try:
                 moments, rows = batch_moments_and_rows(
                     payload,
@@ -521,6 +509,13 @@ class MXNormStream:
         if self.progress is not None:
             self.progress(report)
 
+    def _small_batch(self, payload: DataFrame, prev: MXNormState | None) -> pa.Table | None:
+        """The micro-batch as Arrow if it is processed on the driver (stream_local)."""
+        if prev is None or self.cols is None:
+            return None
+        limit = self._driver.row_limit(payload, self.cols, prev, self.apply_at)
+        return collect_small(payload, limit) if limit else None
+
     def _moments_engine(self, prev: MXNormState) -> str:
         return moments_engine(self.engine, prev, None if self.cols is None else len(self.cols))
 
@@ -557,6 +552,8 @@ class MXNormStream:
         prev: MXNormState | None,
         batch_id: int,
         rows: int,
+        *,
+        small: pa.Table | None = None,
     ) -> str | None:
         """Normalize the batch and hand it to the sink, or publish it under the output."""
         from mxnorm_spark.apply import normalize
@@ -576,6 +573,10 @@ class MXNormStream:
             state, fallback = new, None
         else:
             state, fallback = prev, new
+        if small is not None and self._directories is not None and self._driver.codec:
+            table = normalize_table(small, state, self.cols or (), self.output, self.handle_invalid)
+            spark = payload.sparkSession
+            return self._directories.publish_table(table, batch_id, self._driver.codec, spark)
         out = normalize(
             payload,
             state,

@@ -141,6 +141,39 @@ class StateStore:
         """The warm-start state (``init.json``), or None."""
         return self._read(self.fs.join(self.path, INITIAL_FILE), None)
 
+    def state_before(self, batch_id: int, *, every_batch: bool) -> MXNormState | None:
+        """The state micro-batch ``batch_id`` folds into: the version of the batch id
+        before it, else (batch 0) the warm start. ``every_batch``: every batch commits a
+        version (scalar columns), so a missing one means the directory lost it."""
+        if batch_id > 0:
+            prev = self.get(batch_id - 1)
+            if prev is not None:
+                return prev
+            ids = self.batch_ids()
+            if ids:
+                fix = "Restore it, or start over with a fresh checkpoint and state directory"
+                if ids[-1] == batch_id - 2:
+                    fix = (
+                        "Restore it, or delete the checkpoint entry commits/"
+                        f"{batch_id - 1} so that batch {batch_id - 1} is run again"
+                    )
+                raise StateConflictError(
+                    f"micro-batch {batch_id} needs state version "
+                    f"{version_file_name(batch_id - 1)} in {self.path}, which holds "
+                    f"{len(ids)} version(s) ({ids[0]}..{ids[-1]}): a version was deleted. {fix}"
+                )
+            if every_batch:
+                # Every batch of scalar columns commits a version (empty ones too), so none
+                # at all means the directory was emptied. Only a vector column whose size
+                # no row has shown yet gets here legitimately.
+                raise StateConflictError(
+                    f"micro-batch {batch_id} needs state version "
+                    f"{version_file_name(batch_id - 1)}, but {self.path} holds no "
+                    "version: it was emptied or replaced. Restore it, or start over with a "
+                    "fresh checkpoint and state directory"
+                )
+        return self.initial()
+
     def _read(self, path: str, batch_id: int | None) -> MXNormState | None:
         data = self.fs.read_bytes(path)
         if data is None:
