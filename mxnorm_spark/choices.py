@@ -56,10 +56,11 @@ WIDE_FEATURES = 32
 # limit stays small.
 LOCAL_VALUES = 32_768
 # A stream's micro-batch of at most this many values (rows x columns, any column type
-# counting one) is read to the driver as Arrow in one job, normalized there and written as
-# one Parquet file (stream_local): one Spark job instead of two. 1k rows x 16 columns:
-# ~0.1 s less per micro-batch than the two jobs, measured on local[2].
-DRIVER_BATCH_VALUES = 131_072
+# counting one; 16 MiB of doubles) is read to the driver as Arrow in one job, normalized
+# there and written as one Parquet file (stream_local): one Spark job instead of two or
+# three. Measured on local[2], 16 double columns: 1k rows 0.1 s less per micro-batch than
+# the Spark path, 100k rows 0.3-0.4 s less (bench/RESULTS.md, Streaming).
+DRIVER_BATCH_VALUES = 2_097_152
 
 
 # Type tags of the per-key directories and the per-key directory of a stream's state: plain

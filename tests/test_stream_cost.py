@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from test_streaming import COLS, frame
 
-from mxnorm_spark.choices import DRIVER_BATCH_VALUES
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore
+from mxnorm_spark.stream_local import DriverBatches
 from mxnorm_spark.stream_reads import (
     SMALL_BATCH_VALUES,
     moments_engine,
@@ -62,13 +62,17 @@ def jobs_of_each_batch(spark: Any, stream: MXNormStream, paths: list[str]) -> li
 
 def updater(spark: Any, root: Path, **kw: Any) -> MXNormStream:
     kw.setdefault("options", StateOptions(alpha=0.3))
-    return MXNormStream(
+    stream = MXNormStream(
         spark, str(root / "state"), cols=COLS, output=str(root / "out"), progress=None, **kw
     )
+    stream._driver = DRIVER
+    return stream
 
 
-# Rows per micro-batch: processed on the driver, then read twice by Spark (an aggregation).
-SIZES = [200, DRIVER_BATCH_VALUES // 3 + 1000]
+# Micro-batches of up to 1,000 rows (of 3 columns) go to the driver here, so that both
+# paths run on small files: 200 rows on the driver, 5,000 through Spark.
+DRIVER = DriverBatches(3_000, "snappy")
+SIZES = [200, 5000]
 
 
 @pytest.mark.parametrize("apply_at", ["after", "before"])
@@ -84,7 +88,7 @@ def test_jobs_per_micro_batch(spark: Any, tmp_path: Path, apply_at: str, rows: i
 def expected_jobs(rows: int) -> int:
     """A small batch: one job reads it to the driver, which writes it. Larger ones: one
     aggregation (two jobs under adaptive execution), then the write."""
-    if rows * len(SCHEMA.split(",")) <= DRIVER_BATCH_VALUES:
+    if rows * len(SCHEMA.split(",")) <= DRIVER.max_values:
         return 1
     return (1 if rows * len(COLS) <= SMALL_BATCH_VALUES else 2) + 1
 
@@ -145,9 +149,9 @@ def test_jobs_of_a_file_stream(spark: Any, tmp_path: Path, rows: int) -> None:
     )
     stream.await_termination(query)
     jobs = spark.sparkContext.statusTracker().getJobIdsForGroup(str(query.runId))
-    # A large first batch: the attempt to read it to the driver finds too many rows, a
-    # probe reads the first rows for a pivot, then as above. Later ones go straight to Spark.
-    first = 1 if expected_jobs(rows) == 1 else 2 + expected_jobs(rows)
+    # A larger first batch: the attempt to read it to the driver finds too many rows, then
+    # as above (its probe reads it whole). Later ones go straight to Spark.
+    first = 1 if expected_jobs(rows) == 1 else 1 + expected_jobs(rows)
     assert len(jobs) == first + 3 * expected_jobs(rows), sorted(jobs)
     assert [r.rows for r in stream.reports] == [rows] * 4
 
