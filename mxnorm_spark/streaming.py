@@ -596,4 +596,5 @@ class MXNormStream:
             self.output.sink(out, batch_id)
             return None
         assert self._directories is not None
-        return self._directories.publish(out, self.output, batch_id)
+        scores = self.output.cols or self.cols or ()  # z-scores: no Parquet dictionary
+        return self._directories.publish(out, self.output, batch_id, scores)

@@ -131,3 +131,16 @@ def test_driver_batches_only_where_nothing_differs(spark: Any, tmp_path: Path) -
         assert DriverBatches.for_stream(spark, StreamOutput(path=out), **kw).codec is None
     finally:
         spark.conf.unset("spark.sql.parquet.compression.codec")
+
+
+def test_z_scores_are_stored_without_parquet_dictionary(spark: Any, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    frames = [batch(60, 0), batch(5000, 1)]  # the second one through Spark
+    run(spark, tmp_path, frames, DriverBatches(600, "snappy"))
+    for batch_id in (0, 1):
+        parts = sorted((tmp_path / "out").glob(f"batch_id={batch_id:012d}/*.parquet"))
+        meta = pq.ParquetFile(parts[0]).metadata.row_group(0)
+        encodings = {meta.column(j).path_in_schema: meta.column(j).encodings for j in range(6)}
+        assert not any("DICTIONARY" in e for e in encodings["a"] + encodings["b"]), encodings
+        assert any("DICTIONARY" in e for e in encodings["tag"]), encodings  # 7 values
