@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "progress",
             "sinks",
             "stream_reads",
+            "stream_local",
             "keyed_stream",
         ),
     ),
