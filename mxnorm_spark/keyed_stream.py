@@ -259,7 +259,12 @@ class KeyedStreamState:
         attempt = fs.join(
             fs.join(self.root, _ATTEMPTS), f"{snapshot_dir(batch_id)}-{uuid.uuid4().hex}"
         )
-        snapshot.write.parquet(attempt)
+        # Means, variances, scales: continuous, a Parquet dictionary is tried in vain.
+        layout = self.layout
+        floats = [c for c in layout.state_columns + layout.constant_columns if "count" not in c]
+        snapshot.write.options(
+            **{f"parquet.enable.dictionary#{c}": "false" for c in floats}
+        ).parquet(attempt)
         fault("during_key_write", batch_id, snapshot.sparkSession)
         if fs.exists(final):
             fs.delete(final, recursive=True)
