@@ -84,15 +84,21 @@ class BatchTable:
         return [(v, self.moments(i)) for i, v in enumerate(self.values.to_pylist())]
 
 
-def merged_by_batch(partials: DataFrame, *, sums: bool) -> pa.Table:
+def merged_by_batch(
+    partials: DataFrame, *, sums: bool, shift: np.ndarray | None = None
+) -> pa.Table:
     """One row per batch value, collected as Arrow: the partials of each value merged.
 
     ``partials`` has one row per (``batch`` value, partition ``pid``) with ``rows``,
     ``lo``, ``hi`` (vector lengths), ``bad`` (the sql engine's unchecked pass saw an
-    invalid value) and the ``array<double>`` columns of :data:`MOMENT_FIELDS` (or, with
-    ``sums``, :data:`SUM_FIELDS`). A shuffle by batch value brings each value's partials
-    together, and :func:`merge_partials` merges them in partition-id order, so the bits
-    do not depend on the order in which the shuffle fetched them.
+    invalid value) and the fields of :data:`MOMENT_FIELDS` (or, with ``sums``,
+    :data:`SUM_FIELDS`), each either one ``array<double>`` column or flat double columns
+    ``{field}_0..`` (no list through the shuffle and the Arrow transfer: half the bytes
+    and no offsets). A flat field may be left out when it is the same in every row:
+    ``count`` is then ``rows`` (as double) and ``shift`` the given ``shift``. A shuffle by
+    batch value brings each value's partials together, and :func:`merge_partials` merges
+    them in partition-id order, so the bits do not depend on the order in which the
+    shuffle fetched them.
     """
     fields = [
         T.StructField("batch", partials.schema["batch"].dataType, True),
@@ -105,8 +111,17 @@ def merged_by_batch(partials: DataFrame, *, sums: bool) -> pa.Table:
             for f in MOMENT_FIELDS
         ],
     ]
-    kernel = merge_kernel(sums)
+    kernel = merge_kernel(sums, _flat_width(partials, sums), shift)
     return partials.repartition("batch").mapInArrow(kernel, T.StructType(fields)).toArrow()
+
+
+def _flat_width(partials: DataFrame, sums: bool) -> int | None:
+    """The feature count of flat partials (``{field}_{j}`` columns), None for lists."""
+    names = set(partials.columns)
+    fields = SUM_FIELDS if sums else MOMENT_FIELDS
+    if any(f in names for f in fields):
+        return None
+    return sum(1 for n in names if n.startswith(f"{fields[-1]}_"))
 
 
 def pivot_frame(df: DataFrame, batch_col: str, values: pa.Array, pivots: np.ndarray) -> DataFrame:
@@ -121,15 +136,19 @@ def pivot_frame(df: DataFrame, batch_col: str, values: pa.Array, pivots: np.ndar
     return df.sparkSession.createDataFrame(pa.table(cols), schema)
 
 
-def merge_kernel(sums: bool) -> BatchFunction:
-    """The ``mapInArrow`` function of :func:`merged_by_batch` (closed over a flag only)."""
+def merge_kernel(
+    sums: bool, flat: int | None = None, shift: np.ndarray | None = None
+) -> BatchFunction:
+    """The ``mapInArrow`` function of :func:`merged_by_batch`: ``flat`` the feature count
+    of flat partials (None: list columns), ``shift`` the pivot that flat partials leave out.
+    """
 
     def merge_partials_of_partition(
         batches: Iterator[pa.RecordBatch],
     ) -> Iterator[pa.RecordBatch]:
         got = [rb for rb in batches if rb.num_rows]
         if got:
-            yield merge_partials(pa.Table.from_batches(got), sums)
+            yield merge_partials(pa.Table.from_batches(got), sums, flat, shift)
 
     return merge_partials_of_partition
 
@@ -154,53 +173,88 @@ def _moments_of_sums(cnt: np.ndarray, s: np.ndarray, q: np.ndarray) -> tuple[Any
     return delta, m2
 
 
-def merge_partials(table: pa.Table, sums: bool) -> pa.RecordBatch:
+def merge_partials(
+    table: pa.Table, sums: bool, flat: int | None = None, shift: np.ndarray | None = None
+) -> pa.RecordBatch:
     """Merge the partials of each batch value of ``table`` in partition-id order.
 
     The Chan merge runs for all values at once, one step per partial rank: lane by lane
     the same float operations as ``Moments.merge_all`` over each value's partials.
+    ``flat``/``shift``: see :func:`merged_by_batch`.
     """
     table = table.combine_chunks()
     enc = pc.dictionary_encode(table.column("batch").combine_chunks(), null_encoding="encode")
     codes = enc.indices.to_numpy(zero_copy_only=False)
+    # Sort the numpy columns, not the table: a take of list columns copies every list.
     order = np.lexsort((table.column("pid").to_numpy(), codes))
-    table, codes = table.take(pa.array(order)), codes[order]
-    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    group = np.cumsum(np.r_[True, codes[1:] != codes[:-1]]) - 1
-    rank = np.arange(len(codes)) - first[group]
-    lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
-    ks = np.unique(lengths[lengths > 0])
-    lo = _reduce(np.fmin, table.column("lo"), first)
-    hi = _reduce(np.fmax, table.column("hi"), first)
-    if len(ks) > 1:  # rows of different lengths: one row that names them, no moments
-        lo = np.full(1, float(min(np.nanmin(lo, initial=ks[0]), ks[0])))
-        hi = np.full(1, float(max(np.nanmax(hi, initial=ks[-1]), ks[-1])))
-        return _merged_record_batch(
-            pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
-        )
-    k = int(ks[0]) if len(ks) else 0
+    codes = codes[order]
+    new = np.r_[True, codes[1:] != codes[:-1]]
+    first = np.flatnonzero(new)
+    size = np.diff(np.r_[first, len(codes)])
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[order]
+
+    lo = _reduce(np.fmin, column("lo"), first)
+    hi = _reduce(np.fmax, column("hi"), first)
     fields = SUM_FIELDS if sums else MOMENT_FIELDS
-    parts = [list_matrix(table.column(f), lengths, k) for f in fields]
+    if flat is None:
+        lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
+        ks = np.unique(lengths[lengths > 0])
+        if len(ks) > 1:  # rows of different lengths: one row that names them, no moments
+            lo = np.full(1, float(min(np.nanmin(lo, initial=ks[0]), ks[0])))
+            hi = np.full(1, float(max(np.nanmax(hi, initial=ks[-1]), ks[-1])))
+            return _merged_record_batch(
+                pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
+            )
+        k = int(ks[0]) if len(ks) else 0
+        parts = [list_matrix(table.column(f), lengths, k)[order] for f in fields]
+    else:
+        k = flat
+        parts = [_flat_matrix(table, f, k, shift)[order] for f in fields]
+    rows = column("rows")
     if sums:
         parts = [parts[0], parts[1], *_moments_of_sums(parts[0], parts[2], parts[3])]
-    acc = [np.zeros((len(first), k)) for _ in MOMENT_FIELDS]
-    for step in range(int(rank.max()) + 1):
-        at = np.flatnonzero(rank == step)
-        g = group[at]
-        a = (acc[0][g], acc[1][g], acc[2][g], acc[3][g])
-        merged = merge_fields(a, (parts[0][at], parts[1][at], parts[2][at], parts[3][at]))
-        for x, y in zip(acc, merged, strict=True):
-            x[g] = y
-    rows = np.add.reduceat(table.column("rows").to_numpy(), first)
-    bad = np.logical_or.reduceat(table.column("bad").to_numpy(zero_copy_only=False), first)
+    acc: list[np.ndarray] = [np.zeros((len(first), k)) for _ in MOMENT_FIELDS]
+    for step in range(int(size.max()) + 1 if len(size) else 0):
+        g = np.flatnonzero(size > step)
+        if len(g) == 0:
+            break
+        at = first[g] + step
+        whole = len(g) == len(first)  # every value has this rank: no gather, no scatter
+        a = tuple(acc) if whole else tuple(x[g] for x in acc)
+        merged = merge_fields(a, tuple(p[at] for p in parts))  # type: ignore[arg-type]
+        if whole:
+            acc = list(merged)
+        else:
+            for x, y in zip(acc, merged, strict=True):
+                x[g] = y
+    rows_sum = np.add.reduceat(rows, first) if len(first) else rows
+    bad = np.logical_or.reduceat(column("bad"), first) if len(first) else column("bad")
     values = enc.dictionary.take(pa.array(codes[first]))
-    return _merged_record_batch(values, rows, lo=lo, hi=hi, bad=bad, acc=acc)
+    return _merged_record_batch(values, rows_sum, lo=lo, hi=hi, bad=bad, acc=acc)
 
 
-def _reduce(ufunc: Any, column: Any, first: np.ndarray) -> np.ndarray:
-    """``ufunc.reduceat`` of a nullable int column (nulls as NaN, skipped by fmin/fmax)."""
-    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.asarray(ufunc.reduceat(values, first))
+def _flat_matrix(table: pa.Table, field: str, k: int, shift: np.ndarray | None) -> np.ndarray:
+    """A flat field of ``table`` as rows x k float64; a field left out is ``rows`` for
+    ``count`` and the given ``shift`` otherwise (see :func:`merged_by_batch`)."""
+    n = table.num_rows
+    if f"{field}_0" in table.column_names or k == 0:
+        out = np.empty((n, k))
+        for j in range(k):
+            out[:, j] = table.column(f"{field}_{j}").to_numpy(zero_copy_only=False)
+        return out
+    if field == "count":
+        rows = table.column("rows").to_numpy().astype(np.float64)
+        return np.repeat(rows[:, None], k, axis=1)
+    assert shift is not None, f"flat partials without {field!r} and no shift given"
+    return np.broadcast_to(np.asarray(shift, dtype=np.float64), (n, k))
+
+
+def _reduce(ufunc: Any, values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """``ufunc.reduceat`` of a nullable int column as numpy (nulls NaN, skipped by
+    fmin/fmax)."""
+    return np.asarray(ufunc.reduceat(values.astype(np.float64), first))
 
 
 def _merged_record_batch(
