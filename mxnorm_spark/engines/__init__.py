@@ -185,12 +185,16 @@ def merge_partials(
     table = table.combine_chunks()
     enc = pc.dictionary_encode(table.column("batch").combine_chunks(), null_encoding="encode")
     codes = enc.indices.to_numpy(zero_copy_only=False)
-    # Sort the numpy columns, not the table: a take of list columns copies every list.
     order = np.lexsort((table.column("pid").to_numpy(), codes))
     codes = codes[order]
     new = np.r_[True, codes[1:] != codes[:-1]]
     first = np.flatnonzero(new)
     size = np.diff(np.r_[first, len(codes)])
+    # Each partial's slot in a (rank, value) layout: step r of the merge reads one
+    # contiguous block instead of gathering its rows (the gathers were most of the time).
+    n_values, group = len(first), np.cumsum(new) - 1
+    slot = np.empty(len(codes), dtype=np.intp)
+    slot[order] = (np.arange(len(codes)) - first[group]) * n_values + group
 
     def column(name: str) -> np.ndarray:
         return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[order]
@@ -198,6 +202,7 @@ def merge_partials(
     lo = _reduce(np.fmin, column("lo"), first)
     hi = _reduce(np.fmax, column("hi"), first)
     fields = SUM_FIELDS if sums else MOMENT_FIELDS
+    ranks = int(size.max()) if n_values else 0
     if flat is None:
         lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
         ks = np.unique(lengths[lengths > 0])
@@ -208,47 +213,66 @@ def merge_partials(
                 pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
             )
         k = int(ks[0]) if len(ks) else 0
-        parts = [list_matrix(table.column(f), lengths, k)[order] for f in fields]
+        parts = [
+            _laid_out(list_matrix(table.column(f), lengths, k), slot, ranks, n_values)
+            for f in fields
+        ]
     else:
         k = flat
-        parts = [_flat_matrix(table, f, k, shift)[order] for f in fields]
-    rows = column("rows")
-    if sums:
-        parts = [parts[0], parts[1], *_moments_of_sums(parts[0], parts[2], parts[3])]
-    acc: list[np.ndarray] = [np.zeros((len(first), k)) for _ in MOMENT_FIELDS]
-    for step in range(int(size.max()) + 1 if len(size) else 0):
+        parts = [
+            _flat_field(table, f, k, shift, slot=slot, ranks=ranks, n_values=n_values)
+            for f in fields
+        ]
+    acc: list[np.ndarray] = [np.zeros((n_values, k)) for _ in MOMENT_FIELDS]
+    for step in range(ranks):  # step 0 merges into zeros, as Moments.merge_all does
         g = np.flatnonzero(size > step)
-        if len(g) == 0:
-            break
-        at = first[g] + step
-        whole = len(g) == len(first)  # every value has this rank: no gather, no scatter
-        a = tuple(acc) if whole else tuple(x[g] for x in acc)
-        merged = merge_fields(a, tuple(p[at] for p in parts))  # type: ignore[arg-type]
+        whole = len(g) == n_values  # every value has this rank: no gather, no scatter
+        b = [p if p.ndim == 1 else p[step] if whole else p[step][g] for p in parts]
+        if sums:
+            b = [b[0], b[1], *_moments_of_sums(b[0], b[2], b[3])]
+        a = acc if whole else [x[g] for x in acc]
+        merged = merge_fields((a[0], a[1], a[2], a[3]), (b[0], b[1], b[2], b[3]))
         if whole:
-            acc = list(merged)
+            acc = [np.asarray(x) for x in merged]
         else:
             for x, y in zip(acc, merged, strict=True):
                 x[g] = y
-    rows_sum = np.add.reduceat(rows, first) if len(first) else rows
-    bad = np.logical_or.reduceat(column("bad"), first) if len(first) else column("bad")
+    rows = np.add.reduceat(column("rows"), first) if n_values else np.zeros(0, np.int64)
+    bad = np.logical_or.reduceat(column("bad"), first) if n_values else np.zeros(0, bool)
     values = enc.dictionary.take(pa.array(codes[first]))
-    return _merged_record_batch(values, rows_sum, lo=lo, hi=hi, bad=bad, acc=acc)
+    return _merged_record_batch(values, rows, lo=lo, hi=hi, bad=bad, acc=acc)
 
 
-def _flat_matrix(table: pa.Table, field: str, k: int, shift: np.ndarray | None) -> np.ndarray:
-    """A flat field of ``table`` as rows x k float64; a field left out is ``rows`` for
-    ``count`` and the given ``shift`` otherwise (see :func:`merged_by_batch`)."""
-    n = table.num_rows
+def _laid_out(x: np.ndarray, slot: np.ndarray, ranks: int, n_values: int) -> np.ndarray:
+    """Rows of ``x`` (partials x ...) moved to their slots: (ranks, values, ...)."""
+    out = np.zeros((ranks * n_values, *x.shape[1:]))
+    out[slot] = x
+    return out.reshape(ranks, n_values, *x.shape[1:])
+
+
+def _flat_field(
+    table: pa.Table,
+    field: str,
+    k: int,
+    shift: np.ndarray | None,
+    *,
+    slot: np.ndarray,
+    ranks: int,
+    n_values: int,
+) -> np.ndarray:
+    """A flat field of ``table`` laid out as (ranks, values, k); a field left out is
+    ``rows`` for ``count`` ((ranks, values, 1), the same for every feature) and the
+    given ``shift`` otherwise ((k,), see :func:`merged_by_batch`)."""
     if f"{field}_0" in table.column_names or k == 0:
-        out = np.empty((n, k))
+        out = np.zeros((ranks * n_values, k))
         for j in range(k):
-            out[:, j] = table.column(f"{field}_{j}").to_numpy(zero_copy_only=False)
-        return out
+            out[slot, j] = table.column(f"{field}_{j}").to_numpy(zero_copy_only=False)
+        return out.reshape(ranks, n_values, k)
     if field == "count":
         rows = table.column("rows").to_numpy().astype(np.float64)
-        return np.repeat(rows[:, None], k, axis=1)
+        return _laid_out(rows[:, None], slot, ranks, n_values)
     assert shift is not None, f"flat partials without {field!r} and no shift given"
-    return np.broadcast_to(np.asarray(shift, dtype=np.float64), (n, k))
+    return np.asarray(shift, dtype=np.float64).reshape(k)
 
 
 def _reduce(ufunc: Any, values: np.ndarray, first: np.ndarray) -> np.ndarray:
