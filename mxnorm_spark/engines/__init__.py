@@ -93,12 +93,12 @@ def merged_by_batch(
     ``lo``, ``hi`` (vector lengths), ``bad`` (the sql engine's unchecked pass saw an
     invalid value) and the fields of :data:`MOMENT_FIELDS` (or, with ``sums``,
     :data:`SUM_FIELDS`), each either one ``array<double>`` column or flat double columns
-    ``{field}_0..`` (no list through the shuffle and the Arrow transfer: half the bytes
-    and no offsets). A flat field may be left out when it is the same in every row:
-    ``count`` is then ``rows`` (as double) and ``shift`` the given ``shift``. A shuffle by
-    batch value brings each value's partials together, and :func:`merge_partials` merges
-    them in partition-id order, so the bits do not depend on the order in which the
-    shuffle fetched them.
+    ``{field}_0..`` (no list through the shuffle and the Arrow transfer: fewer bytes and
+    no offsets). Flat partials may leave out what is the same in every row: ``lo`` and
+    ``hi`` for scalar columns, ``count`` (then ``rows`` as double) and ``shift`` (then
+    the given ``shift``). A shuffle by batch value brings each value's partials
+    together, and :func:`merge_partials` merges them in partition-id order, so the bits
+    do not depend on the order in which the shuffle fetched them.
     """
     fields = [
         T.StructField("batch", partials.schema["batch"].dataType, True),
@@ -199,8 +199,10 @@ def merge_partials(
     def column(name: str) -> np.ndarray:
         return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[order]
 
-    lo = _reduce(np.fmin, column("lo"), first)
-    hi = _reduce(np.fmax, column("hi"), first)
+    # Scalar partials leave out lo and hi (vector lengths): no length, NaN here.
+    sized = "lo" in table.column_names
+    lo = _reduce(np.fmin, column("lo"), first) if sized else np.full(n_values, np.nan)
+    hi = _reduce(np.fmax, column("hi"), first) if sized else np.full(n_values, np.nan)
     fields = SUM_FIELDS if sums else MOMENT_FIELDS
     ranks = int(size.max()) if n_values else 0
     if flat is None:

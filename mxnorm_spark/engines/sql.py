@@ -129,10 +129,10 @@ def batch_partials(
     :func:`mxnorm_spark.engines.merged_by_batch` with ``sums=True`` (columns ``batch``,
     ``pid``, ``rows``, ``lo``, ``hi``, ``bad`` and the fields ``count``, ``shift`` (the
     pivot), ``s``, ``q``). Up to :data:`WIDE_FEATURES` features the fields are flat
-    double columns ``s_0..`` and those equal in every row are left out: ``count`` in the
-    unchecked pass (it is ``rows``) and ``shift`` for one pivot of all batch values
-    (merged_by_batch takes it as ``shift``). Fewer bytes through the shuffle and the
-    Arrow transfer, which dominate a backfill of many batch values.
+    double columns ``s_0..``, without what is the same in every row: ``lo``/``hi`` of
+    scalar columns, ``count`` in the unchecked pass (it is ``rows``) and ``shift`` for one
+    pivot of all batch values (the caller gives it to merged_by_batch). Fewer bytes
+    through the shuffle and the Arrow transfer, the larger part of a backfill's cost.
 
     ``checked=False`` (scalar columns, at most :data:`WIDE_FEATURES`) does not test the
     values: ``bad`` is true where a null, NaN or infinite value (or an overflow) showed,
@@ -169,15 +169,9 @@ def batch_partials(
         flat = [f"{c}{j} AS {c}_{j}" for c in "sq" for j in range(k)]
         flat += [f"n{j} AS count_{j}" for j in range(k)] if checked else []
         flat += [f"shift_{j}" for j in range(k)] if shift else []
-        return agg.selectExpr(
-            "__mx_batch AS batch",
-            "__mx_pid AS pid",
-            "rows",
-            "CAST(lo AS INT) AS lo",
-            "CAST(hi AS INT) AS hi",
-            f"{bad} AS bad",
-            *flat,
-        )
+        flat = (["CAST(lo AS INT) AS lo", "CAST(hi AS INT) AS hi"] if sized else []) + flat
+        keep = ["__mx_batch AS batch", "__mx_pid AS pid", "rows", f"{bad} AS bad"]
+        return agg.selectExpr(*keep, *flat)
     return agg.selectExpr(
         "__mx_batch AS batch",
         "__mx_pid AS pid",
