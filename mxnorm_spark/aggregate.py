@@ -389,7 +389,8 @@ def _sql_batch_table(df: DataFrame, spec: InputSpec, batch_col: str) -> BatchTab
 
     def merged(pivots: sql_engine.BatchPivots, checked: bool) -> pa.Table:
         partials = sql_engine.batch_partials(df, spec, pivots, batch_col, k, checked=checked)
-        return merged_by_batch(partials, sums=True)
+        shift = pivots if isinstance(pivots, np.ndarray) else None
+        return merged_by_batch(partials, sums=True, shift=shift)
 
     checked = spec.kind != "scalar"
     got = None if checked else merged(pivot, False)

@@ -107,8 +107,8 @@ def test_merged_in_spark_equals_driver_fold(spark: Any, engine: str, monkeypatch
     collected: list[int] = []
     real = aggregate.merged_by_batch
 
-    def counting(partials: Any, *, sums: bool) -> Any:
-        got = real(partials, sums=sums)
+    def counting(partials: Any, **options: Any) -> Any:
+        got = real(partials, **options)
         collected.append(got.num_rows)
         return got
 

@@ -84,13 +84,19 @@ class BatchTable:
         return [(v, self.moments(i)) for i, v in enumerate(self.values.to_pylist())]
 
 
-def merged_by_batch(partials: DataFrame, *, sums: bool) -> pa.Table:
+def merged_by_batch(
+    partials: DataFrame, *, sums: bool, shift: np.ndarray | None = None
+) -> pa.Table:
     """One row per batch value, collected as Arrow: the partials of each value merged.
 
     ``partials`` has one row per (``batch`` value, partition ``pid``) with ``rows``,
     ``lo``, ``hi`` (vector lengths), ``bad`` (the sql engine's unchecked pass saw an
-    invalid value) and the ``array<double>`` columns of :data:`MOMENT_FIELDS` (or, with
-    ``sums``, :data:`SUM_FIELDS`). A shuffle by batch value brings each value's partials
+    invalid value) and the fields of :data:`MOMENT_FIELDS` (or, with ``sums``,
+    :data:`SUM_FIELDS`), each either one ``array<double>`` column or flat double columns
+    ``{field}_0..`` (no list through the shuffle and the Arrow transfer: fewer bytes and
+    no offsets). Flat partials may leave out what is the same in every row: ``lo`` and
+    ``hi`` for scalar columns, ``count`` (then ``rows`` as double) and ``shift`` (then
+    the given ``shift``). A shuffle by batch value brings each value's partials
     together, and :func:`merge_partials` merges them in partition-id order, so the bits
     do not depend on the order in which the shuffle fetched them.
     """
@@ -105,8 +111,17 @@ def merged_by_batch(partials: DataFrame, *, sums: bool) -> pa.Table:
             for f in MOMENT_FIELDS
         ],
     ]
-    kernel = merge_kernel(sums)
+    kernel = merge_kernel(sums, _flat_width(partials, sums), shift)
     return partials.repartition("batch").mapInArrow(kernel, T.StructType(fields)).toArrow()
+
+
+def _flat_width(partials: DataFrame, sums: bool) -> int | None:
+    """The feature count of flat partials (``{field}_{j}`` columns), None for lists."""
+    names = set(partials.columns)
+    fields = SUM_FIELDS if sums else MOMENT_FIELDS
+    if any(f in names for f in fields):
+        return None
+    return sum(1 for n in names if n.startswith(f"{fields[-1]}_"))
 
 
 def pivot_frame(df: DataFrame, batch_col: str, values: pa.Array, pivots: np.ndarray) -> DataFrame:
@@ -121,15 +136,19 @@ def pivot_frame(df: DataFrame, batch_col: str, values: pa.Array, pivots: np.ndar
     return df.sparkSession.createDataFrame(pa.table(cols), schema)
 
 
-def merge_kernel(sums: bool) -> BatchFunction:
-    """The ``mapInArrow`` function of :func:`merged_by_batch` (closed over a flag only)."""
+def merge_kernel(
+    sums: bool, flat: int | None = None, shift: np.ndarray | None = None
+) -> BatchFunction:
+    """The ``mapInArrow`` function of :func:`merged_by_batch`: ``flat`` the feature count
+    of flat partials (None: list columns), ``shift`` the pivot that flat partials leave out.
+    """
 
     def merge_partials_of_partition(
         batches: Iterator[pa.RecordBatch],
     ) -> Iterator[pa.RecordBatch]:
         got = [rb for rb in batches if rb.num_rows]
         if got:
-            yield merge_partials(pa.Table.from_batches(got), sums)
+            yield merge_partials(pa.Table.from_batches(got), sums, flat, shift)
 
     return merge_partials_of_partition
 
@@ -154,53 +173,114 @@ def _moments_of_sums(cnt: np.ndarray, s: np.ndarray, q: np.ndarray) -> tuple[Any
     return delta, m2
 
 
-def merge_partials(table: pa.Table, sums: bool) -> pa.RecordBatch:
+def merge_partials(
+    table: pa.Table, sums: bool, flat: int | None = None, shift: np.ndarray | None = None
+) -> pa.RecordBatch:
     """Merge the partials of each batch value of ``table`` in partition-id order.
 
     The Chan merge runs for all values at once, one step per partial rank: lane by lane
     the same float operations as ``Moments.merge_all`` over each value's partials.
+    ``flat``/``shift``: see :func:`merged_by_batch`.
     """
     table = table.combine_chunks()
     enc = pc.dictionary_encode(table.column("batch").combine_chunks(), null_encoding="encode")
     codes = enc.indices.to_numpy(zero_copy_only=False)
     order = np.lexsort((table.column("pid").to_numpy(), codes))
-    table, codes = table.take(pa.array(order)), codes[order]
-    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    group = np.cumsum(np.r_[True, codes[1:] != codes[:-1]]) - 1
-    rank = np.arange(len(codes)) - first[group]
-    lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
-    ks = np.unique(lengths[lengths > 0])
-    lo = _reduce(np.fmin, table.column("lo"), first)
-    hi = _reduce(np.fmax, table.column("hi"), first)
-    if len(ks) > 1:  # rows of different lengths: one row that names them, no moments
-        lo = np.full(1, float(min(np.nanmin(lo, initial=ks[0]), ks[0])))
-        hi = np.full(1, float(max(np.nanmax(hi, initial=ks[-1]), ks[-1])))
-        return _merged_record_batch(
-            pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
-        )
-    k = int(ks[0]) if len(ks) else 0
+    codes = codes[order]
+    new = np.r_[True, codes[1:] != codes[:-1]]
+    first = np.flatnonzero(new)
+    size = np.diff(np.r_[first, len(codes)])
+    # Each partial's slot in a (rank, value) layout: step r of the merge reads one
+    # contiguous block instead of gathering its rows (the gathers were most of the time).
+    n_values, group = len(first), np.cumsum(new) - 1
+    slot = np.empty(len(codes), dtype=np.intp)
+    slot[order] = (np.arange(len(codes)) - first[group]) * n_values + group
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[order]
+
+    # Scalar partials leave out lo and hi (vector lengths): no length, NaN here.
+    sized = "lo" in table.column_names
+    lo = _reduce(np.fmin, column("lo"), first) if sized else np.full(n_values, np.nan)
+    hi = _reduce(np.fmax, column("hi"), first) if sized else np.full(n_values, np.nan)
     fields = SUM_FIELDS if sums else MOMENT_FIELDS
-    parts = [list_matrix(table.column(f), lengths, k) for f in fields]
-    if sums:
-        parts = [parts[0], parts[1], *_moments_of_sums(parts[0], parts[2], parts[3])]
-    acc = [np.zeros((len(first), k)) for _ in MOMENT_FIELDS]
-    for step in range(int(rank.max()) + 1):
-        at = np.flatnonzero(rank == step)
-        g = group[at]
-        a = (acc[0][g], acc[1][g], acc[2][g], acc[3][g])
-        merged = merge_fields(a, (parts[0][at], parts[1][at], parts[2][at], parts[3][at]))
-        for x, y in zip(acc, merged, strict=True):
-            x[g] = y
-    rows = np.add.reduceat(table.column("rows").to_numpy(), first)
-    bad = np.logical_or.reduceat(table.column("bad").to_numpy(zero_copy_only=False), first)
+    ranks = int(size.max()) if n_values else 0
+    if flat is None:
+        lengths = pc.list_value_length(table.column("count")).to_numpy(zero_copy_only=False)
+        ks = np.unique(lengths[lengths > 0])
+        if len(ks) > 1:  # rows of different lengths: one row that names them, no moments
+            lo = np.full(1, float(min(np.nanmin(lo, initial=ks[0]), ks[0])))
+            hi = np.full(1, float(max(np.nanmax(hi, initial=ks[-1]), ks[-1])))
+            return _merged_record_batch(
+                pa.nulls(1, enc.dictionary.type), [0], lo=lo, hi=hi, bad=[True], acc=[]
+            )
+        k = int(ks[0]) if len(ks) else 0
+        parts = [
+            _laid_out(list_matrix(table.column(f), lengths, k), slot, ranks, n_values)
+            for f in fields
+        ]
+    else:
+        k = flat
+        parts = [
+            _flat_field(table, f, k, shift, slot=slot, ranks=ranks, n_values=n_values)
+            for f in fields
+        ]
+    acc: list[np.ndarray] = [np.zeros((n_values, k)) for _ in MOMENT_FIELDS]
+    for step in range(ranks):  # step 0 merges into zeros, as Moments.merge_all does
+        g = np.flatnonzero(size > step)
+        whole = len(g) == n_values  # every value has this rank: no gather, no scatter
+        b = [p if p.ndim == 1 else p[step] if whole else p[step][g] for p in parts]
+        if sums:
+            b = [b[0], b[1], *_moments_of_sums(b[0], b[2], b[3])]
+        a = acc if whole else [x[g] for x in acc]
+        merged = merge_fields((a[0], a[1], a[2], a[3]), (b[0], b[1], b[2], b[3]))
+        if whole:
+            acc = [np.asarray(x) for x in merged]
+        else:
+            for x, y in zip(acc, merged, strict=True):
+                x[g] = y
+    rows = np.add.reduceat(column("rows"), first) if n_values else np.zeros(0, np.int64)
+    bad = np.logical_or.reduceat(column("bad"), first) if n_values else np.zeros(0, bool)
     values = enc.dictionary.take(pa.array(codes[first]))
     return _merged_record_batch(values, rows, lo=lo, hi=hi, bad=bad, acc=acc)
 
 
-def _reduce(ufunc: Any, column: Any, first: np.ndarray) -> np.ndarray:
-    """``ufunc.reduceat`` of a nullable int column (nulls as NaN, skipped by fmin/fmax)."""
-    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.asarray(ufunc.reduceat(values, first))
+def _laid_out(x: np.ndarray, slot: np.ndarray, ranks: int, n_values: int) -> np.ndarray:
+    """Rows of ``x`` (partials x ...) moved to their slots: (ranks, values, ...)."""
+    out = np.zeros((ranks * n_values, *x.shape[1:]))
+    out[slot] = x
+    return out.reshape(ranks, n_values, *x.shape[1:])
+
+
+def _flat_field(
+    table: pa.Table,
+    field: str,
+    k: int,
+    shift: np.ndarray | None,
+    *,
+    slot: np.ndarray,
+    ranks: int,
+    n_values: int,
+) -> np.ndarray:
+    """A flat field of ``table`` laid out as (ranks, values, k); a field left out is
+    ``rows`` for ``count`` ((ranks, values, 1), the same for every feature) and the
+    given ``shift`` otherwise ((k,), see :func:`merged_by_batch`)."""
+    if f"{field}_0" in table.column_names or k == 0:
+        out = np.zeros((ranks * n_values, k))
+        for j in range(k):
+            out[slot, j] = table.column(f"{field}_{j}").to_numpy(zero_copy_only=False)
+        return out.reshape(ranks, n_values, k)
+    if field == "count":
+        rows = table.column("rows").to_numpy().astype(np.float64)
+        return _laid_out(rows[:, None], slot, ranks, n_values)
+    assert shift is not None, f"flat partials without {field!r} and no shift given"
+    return np.asarray(shift, dtype=np.float64).reshape(k)
+
+
+def _reduce(ufunc: Any, values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """``ufunc.reduceat`` of a nullable int column as numpy (nulls NaN, skipped by
+    fmin/fmax)."""
+    return np.asarray(ufunc.reduceat(values.astype(np.float64), first))
 
 
 def _merged_record_batch(

@@ -127,8 +127,12 @@ def batch_partials(
 ) -> DataFrame:
     """Shifted sums per (batch value, partition), not collected: the input of
     :func:`mxnorm_spark.engines.merged_by_batch` with ``sums=True`` (columns ``batch``,
-    ``pid``, ``rows``, ``lo``, ``hi``, ``bad`` and the arrays ``count``, ``shift`` (the
-    pivot), ``s``, ``q``).
+    ``pid``, ``rows``, ``lo``, ``hi``, ``bad`` and the fields ``count``, ``shift`` (the
+    pivot), ``s``, ``q``). Up to :data:`WIDE_FEATURES` features the fields are flat
+    double columns ``s_0..``, without what is the same in every row: ``lo``/``hi`` of
+    scalar columns, ``count`` in the unchecked pass (it is ``rows``) and ``shift`` for one
+    pivot of all batch values (the caller gives it to merged_by_batch). Fewer bytes
+    through the shuffle and the Arrow transfer, the larger part of a backfill's cost.
 
     ``checked=False`` (scalar columns, at most :data:`WIDE_FEATURES`) does not test the
     values: ``bad`` is true where a null, NaN or infinite value (or an overflow) showed,
@@ -141,23 +145,33 @@ def batch_partials(
     if not isinstance(pivot, np.ndarray):
         base = _join_pivots(base, batch_col, pivot, k)
         pivots = [f"__mx_p{j}" for j in range(k)]
-        keys.append(f"array({', '.join(pivots)}) AS __mx_pivot")
-        shift = "first(__mx_pivot) AS shift"
+        if k > WIDE_FEATURES:
+            keys.append(f"array({', '.join(pivots)}) AS __mx_pivot")
+            shift = ["first(__mx_pivot) AS shift"]
+        else:  # each value's pivot as flat columns
+            keys += pivots
+            shift = [f"first(__mx_p{j}) AS shift_{j}" for j in range(k)]
     else:
         pivots = [sql_double(p) for p in pivot]
-        shift = f"array({', '.join(pivots)}) AS shift"
+        shift = [f"array({', '.join(pivots)}) AS shift"] if k > WIDE_FEATURES else []
     sized = spec.kind != "scalar"
     lo_hi = ["min(__mx_size) AS lo", "max(__mx_size) AS hi"] if sized else []
     lo_hi = lo_hi or ["CAST(NULL AS INT) AS lo", "CAST(NULL AS INT) AS hi"]
     if sized:
         keys.append(f"size({ARRAY_COL}) AS __mx_size")
-    aggs = ["count(1) AS rows", shift, *lo_hi]
+    aggs = ["count(1) AS rows", *shift, *lo_hi]
     values = sql_values(spec, k)
     shifted = [(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
     if k > WIDE_FEATURES:
         agg, sums, bad = _long_sums(base, keys, shifted, aggs)
     else:
         agg, sums, bad = _wide_sums(base, keys, spec, shifted, aggs, checked=checked)
+        flat = [f"{c}{j} AS {c}_{j}" for c in "sq" for j in range(k)]
+        flat += [f"n{j} AS count_{j}" for j in range(k)] if checked else []
+        flat += [f"shift_{j}" for j in range(k)] if shift else []
+        flat = (["CAST(lo AS INT) AS lo", "CAST(hi AS INT) AS hi"] if sized else []) + flat
+        keep = ["__mx_batch AS batch", "__mx_pid AS pid", "rows", f"{bad} AS bad"]
+        return agg.selectExpr(*keep, *flat)
     return agg.selectExpr(
         "__mx_batch AS batch",
         "__mx_pid AS pid",
