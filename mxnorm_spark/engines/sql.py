@@ -53,6 +53,11 @@ Pivots: TypeAlias = np.ndarray | dict[Any, np.ndarray]
 # Or, per batch value, a pair (Arrow array of batch values, batch values x features pivots).
 BatchPivots: TypeAlias = np.ndarray | tuple[Any, np.ndarray]
 
+# The column holding the pivots as one array (see :func:`_shifted_sums`).
+_PIVOTS = "__mx_pv"
+# A null value as NaN: it makes the sums non-finite, as a NaN or infinite value does.
+_NAN = "CAST('NaN' AS DOUBLE)"
+
 
 # ---- moments -----------------------------------------------------------------------------
 def partition_moments(
@@ -157,11 +162,11 @@ def batch_partials(
         keys.append(f"size({ARRAY_COL}) AS __mx_size")
     aggs = ["count(1) AS rows", shift, *lo_hi]
     values = sql_values(spec, k)
-    shifted = [(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
+    shifted = list(zip(values, pivots, strict=True))
     if k > WIDE_FEATURES:
         agg, sums, bad = _long_sums(base, keys, shifted, aggs)
     else:
-        agg, sums, bad = _wide_sums(base, keys, spec, shifted, aggs, checked=checked)
+        agg, sums, bad = _wide_sums(base, keys, shifted, aggs, checked=checked)
     return agg.selectExpr(
         "__mx_batch AS batch",
         "__mx_pid AS pid",
@@ -182,7 +187,6 @@ _BATCH_GROUP = ["__mx_batch", "__mx_pid"]
 def _wide_sums(
     base: DataFrame,
     keys: list[str],
-    spec: InputSpec,
     shifted: list[tuple[str, str]],
     aggs: list[str],
     *,
@@ -190,28 +194,27 @@ def _wide_sums(
 ) -> tuple[DataFrame, dict[str, str], str]:
     """:func:`batch_partials` with one column per feature and sum: the aggregated frame,
     the SQL of the ``count``/``s``/``q`` arrays and of ``bad``. ``shifted``: per feature
-    the value and the shifted value, as SQL."""
+    the value and its pivot, as SQL. Unchecked, a null becomes NaN: like a NaN or infinite
+    value it leaves a sum non-finite, which ``bad`` tests (no per-row "any null" flag)."""
     k = len(shifted)
-    flags = []
-    if not checked:
-        nulls = " OR ".join(f"{sql_name(c)} IS NULL" for c in spec.cols)
-        flags.append(f"{nulls} AS __mx_null")
     d = [
-        (sql_finite_or_null(x, e) if checked else e) + f" AS __mx_d{j}"
-        for j, (x, e) in enumerate(shifted)
+        (sql_finite_or_null(x, f"{x} - {p}") if checked else f"coalesce({x}, {_NAN}) - {p}")
+        + f" AS __mx_d{j}"
+        for j, (x, p) in enumerate(shifted)
     ]
     aggs = list(aggs)
     aggs += [f"sum(__mx_d{j}) AS s{j}" for j in range(k)]
     aggs += [f"sum(__mx_d{j} * __mx_d{j}) AS q{j}" for j in range(k)]
     counts = [f"CAST(count(__mx_d{j}) AS DOUBLE) AS n{j}" for j in range(k)]
-    aggs += counts if checked else ["bool_or(__mx_null) AS __mx_null"]
-    projected = base.selectExpr(*keys, *flags, *d)
+    if checked:
+        aggs += counts
+    projected = base.selectExpr(*keys, *d)
     agg = projected.groupBy(*_BATCH_GROUP).agg(*[F.expr(a) for a in aggs])
     n = [f"n{j}" for j in range(k)] if checked else ["CAST(rows AS DOUBLE)"] * k
     sums = {"n": f"array({', '.join(n)})"}
     sums |= {c: f"array({', '.join(f'{c}{j}' for j in range(k))})" for c in "sq"}
     finite = " AND ".join(sql_is_finite(f"{c}{j}") for j in range(k) for c in "sq")
-    bad = "false" if checked else f"coalesce(__mx_null, false) OR NOT coalesce({finite}, false)"
+    bad = "false" if checked else f"NOT coalesce({finite}, false)"
     return agg, sums, bad
 
 
@@ -220,7 +223,7 @@ def _long_sums(
 ) -> tuple[DataFrame, dict[str, str], str]:
     """:func:`batch_partials` for many features: one row per feature, values tested, then
     the features of each group gathered back into arrays in index order."""
-    tested = [sql_finite_or_null(x, e) for x, e in shifted]
+    tested = [sql_finite_or_null(x, f"{x} - {p}") for x, p in shifted]
     exploded = base.selectExpr(*keys, f"posexplode(array({', '.join(tested)})) AS (__mx_j, __mx_d)")
     per_feature = exploded.groupBy(*_BATCH_GROUP, "__mx_j").agg(
         F.expr("count(__mx_d) AS __mx_n"),
@@ -239,9 +242,6 @@ def _long_sums(
 
 
 # ---- the per-partition aggregation ----------------------------------------------------------
-_PIVOTS = "__mx_pv"
-# A null value as NaN: it makes the sums non-finite, as a NaN or infinite value does.
-_NAN = "CAST('NaN' AS DOUBLE)"
 
 
 @dataclass
@@ -308,16 +308,17 @@ def _wide_aggregate(
         sql_finite_or_null(x, f"{x} - {p}") if checked else f"coalesce({x}, {_NAN}) - {p}"
         for x, p in zip(values, pivots, strict=True)
     ]
-    extra = [f"size({ARRAY_COL}) AS __mx_size"] if sized else []
-    projected = base.selectExpr(*keys, *extra, *[f"{e} AS __mx_d{j}" for j, e in enumerate(d)])
-    sums = [f"sum(__mx_d{j}), sum(__mx_d{j} * __mx_d{j})" for j in range(k)]
+    # Written out in the aggregate, no projection first: one py4j call less per column
+    # (Spark evaluates the shifted value once per row for both its sums).
+    sums = [f"sum({e}), sum(({e}) * ({e}))" for e in d]
     aggs = ["count(1) AS __mx_rows", f"array({', '.join(sums)}) AS __mx_sums"]
     if checked:
-        counts = ", ".join(f"count(__mx_d{j})" for j in range(k))
-        aggs.append(f"array({counts}) AS __mx_n")
+        aggs.append(f"array({', '.join(f'count({e})' for e in d)}) AS __mx_n")
     if sized:
-        aggs.append("array(min(__mx_size), max(__mx_size)) AS __mx_size")
-    got = projected.groupBy(*group).agg(*[F.expr(a) for a in aggs]).collect()
+        size = f"size({ARRAY_COL})"
+        aggs.append(f"array(min({size}), max({size})) AS __mx_size")
+    grouped = base.groupBy(*[F.expr(key) for key in keys])
+    got = grouped.agg(*[F.expr(a) for a in aggs]).collect()
     out = []
     for r in got:
         sq = _doubles(r["__mx_sums"])
