@@ -257,7 +257,7 @@ def test_sql_backfill_drifting_batches_recentres_each_batch(spark: Any) -> None:
 @pytest.mark.parametrize("bad", [None, NAN, INF])
 def test_sql_invalid_values_take_the_checked_pass(spark: Any, bad: float | None) -> None:
     # Clean scalar columns: one pass without per-value tests. A null, NaN or inf anywhere
-    # shows in that pass (flag, non-finite sums) and the checked pass runs instead.
+    # shows in that pass (non-finite sums) and the checked pass runs instead.
     rng = np.random.default_rng(31)
     x = rng.normal([5.0, -2.0], [1.0, 3.0], (40, 2))
     rows = [(float(a), float(b)) for a, b in x]
