@@ -17,16 +17,22 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark import store
 from mxnorm_spark.choices import FORMATS, check_choice
-from mxnorm_spark.errors import EmptyInputError, InvalidParameterError, SchemaMismatchError
+from mxnorm_spark.errors import (
+    EmptyInputError,
+    InvalidParameterError,
+    InvalidValueError,
+    SchemaMismatchError,
+)
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
@@ -253,9 +259,9 @@ def count_and_check_batch(
     if has_files:
         aggs.append(F.collect_set(FILE_COLUMN).alias("files"))
     if has_corrupt:
-        bad = F.col(CORRUPT_COLUMN)
-        sample = F.struct(F.col(FILE_COLUMN).alias("file"), bad.alias("record"))
-        aggs.append(F.first(F.when(bad.isNotNull(), sample), ignorenulls=True).alias("bad"))
+        record = F.col(CORRUPT_COLUMN)
+        sample = F.struct(F.col(FILE_COLUMN).alias("file"), record.alias("record"))
+        aggs.append(F.first(F.when(record.isNotNull(), sample), ignorenulls=True).alias("bad"))
     try:
         row = data.agg(*aggs).collect()[0]
     except Exception as exc:
@@ -263,15 +269,72 @@ def count_and_check_batch(
             spark, str(exc), data.schema, batch_id, source=source, features=features
         )
         raise
-    if has_files and source is not None:
-        for uri in sorted(row["files"]):
-            if uri and uri not in checked:
-                source.check_file(spark, uri, data.schema, features)
-                checked.add(uri)
-    if has_corrupt and row["bad"] is not None:
-        fmt = source.format if source is not None else "csv"
-        raise _corrupt_record_error(row["bad"]["file"], row["bad"]["record"], fmt, data.schema)
+    files = row["files"] if has_files else ()
+    bad = row["bad"] if has_corrupt else None
+    _check_found(spark, files, bad, data.schema, source=source, features=features, checked=checked)
     return int(row["rows"])
+
+
+def check_collected_batch(
+    spark: SparkSession,
+    table: pa.Table,
+    schema: StructType,
+    *,
+    source: FileSource | None,
+    features: Sequence[str],
+    checked: set[str],
+) -> int:
+    """:func:`count_and_check_batch` of a micro-batch already read to the driver (its
+    internal columns included): the same checks, no Spark job."""
+    import pyarrow.compute as pc
+
+    names = table.column_names
+    files = set(table.column(FILE_COLUMN).to_pylist()) if FILE_COLUMN in names else set()
+    bad = None
+    if CORRUPT_COLUMN in names:
+        corrupt = table.column(CORRUPT_COLUMN)
+        first = pc.index(pc.is_valid(corrupt), True).as_py()
+        if first >= 0:
+            file = table.column(FILE_COLUMN)[first].as_py() if FILE_COLUMN in names else None
+            bad = {"file": file, "record": corrupt[first].as_py()}
+    _check_found(spark, files, bad, schema, source=source, features=features, checked=checked)
+    return int(table.num_rows)
+
+
+def _check_found(
+    spark: SparkSession,
+    files: Iterable[str],
+    bad: Any,
+    schema: StructType,
+    *,
+    source: FileSource | None,
+    features: Sequence[str],
+    checked: set[str],
+) -> None:
+    """Check every file not in ``checked`` against the schema; raise for a corrupt record."""
+    if source is not None:
+        for uri in sorted(files):
+            if uri and uri not in checked:
+                source.check_file(spark, uri, schema, features)
+                checked.add(uri)
+    if bad is not None:
+        fmt = source.format if source is not None else "csv"
+        raise _corrupt_record_error(bad["file"], bad["record"], fmt, schema)
+
+
+def raise_if_invalid(
+    labels: Sequence[str], counts: Iterable[float], rows: int, batch_id: int
+) -> None:
+    """For ``handle_invalid="error"``: fail a micro-batch in which a feature has fewer
+    valid values than rows, naming each such feature and its invalid count."""
+    bad = [(f, rows - int(n)) for f, n in zip(labels, counts, strict=True) if n < rows]
+    if bad:
+        listed = ", ".join(f"{f!r}: {n}" for f, n in bad)
+        raise InvalidValueError(
+            f"micro-batch {batch_id} has null, NaN or infinite values ({listed}) and "
+            "handle_invalid='error'; nothing was committed. Use handle_invalid='keep' or "
+            "'skip', or remove the file from the input directory and restart the stream"
+        )
 
 
 def explain_read_failure(

@@ -4,7 +4,8 @@ A micro-batch is read twice on the Spark path: once for its moments, once for it
 normalized write. For a small one each job's fixed cost (scheduling, code generation,
 the commit protocol of the write: 100-250 ms each on local[2]) outweighs the rows. So a
 micro-batch of at most :data:`DRIVER_BATCH_VALUES` values (rows x columns) comes to the
-driver as Arrow in one job; its moments come from the arrow engine's kernel (the numbers
+driver as Arrow in one job (a file stream's checks then run on that table too); its
+moments come from the arrow engine's kernel (the numbers
 ``auto``'s probe gives such a batch), its rows are normalized by the serving
 :class:`~mxnorm_spark.serving.Normalizer` (bit-identical to the Spark engines) and written
 as one Parquet file, aside and renamed into place as the Spark path does.

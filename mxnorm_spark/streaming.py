@@ -7,7 +7,8 @@
    rereads_same_rows`; ``persist`` decides otherwise); for a file stream
    (:class:`~mxnorm_spark.sources.FileSource`) a first job counts it and checks every new
    file against the stream's schema (:class:`SchemaMismatchError` names the file and the
-   column);
+   column); a small batch is read to the driver instead, in one job, and steps 2-4 run
+   there (:mod:`~mxnorm_spark.stream_local`);
 2. computes the batch moments and its row count in one aggregation
    (:func:`~mxnorm_spark.aggregate.batch_moments_and_rows`, pivot and engine from
    :mod:`~mxnorm_spark.stream_reads`) and folds them into the state of the previous batch;
@@ -60,7 +61,6 @@ from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
     EmptyInputError,
     InvalidParameterError,
-    InvalidValueError,
     MXNormError,
     StateConflictError,
     error_in_text,
@@ -79,8 +79,10 @@ from mxnorm_spark.sources import (
     FILE_COLUMN,
     INTERNAL_COLUMNS,
     FileSource,
+    check_collected_batch,
     count_and_check_batch,
     explain_read_failure,
+    raise_if_invalid,
 )
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore, is_classic, read_state
@@ -403,28 +405,21 @@ class MXNormStream:
             keep = not (self._rereads or rereads_same_rows(batch_df))
         data = batch_df.persist(StorageLevel.MEMORY_AND_DISK) if keep else batch_df
         try:
-            # Files to check or corrupt records to find: a first job that counts and checks
-            # the batch. Otherwise the moments job counts it too: one job less per batch.
+            # Files to check or corrupt records to find: a first job counts and checks the
+            # batch, unless it was read to the driver. Otherwise the moments job counts it.
             internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
-            scan = FILE_COLUMN in internal or CORRUPT_COLUMN in internal
+            small = self._small_batch(data, prev)
             rows: int | None = None
-            if scan:
-                rows = count_and_check_batch(
-                    spark,
-                    data,
-                    batch_id,
-                    source=self.source,
-                    features=self._checked_features(),
-                    checked=self._checked_files,
-                )
+            if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
+                rows = self._count_and_check(spark, data, batch_id, small)
             payload = data.drop(*internal) if internal else data  # each call: py4j + analysis
+            small = small.drop_columns(internal) if small is not None and internal else small
             if self.keys is not None:
                 from mxnorm_spark.keyed import check_keys
 
                 check_keys(payload, list(self.cols or ()), self.keys.keys.key_cols, None)
             if prev is None:
                 prev = self._fresh_state(payload)
-            small = self._small_batch(payload, prev)
             if committed is not None:
                 new = committed
             elif prev is not None:  # else a vector column with no row yet: nothing to fold
@@ -509,12 +504,25 @@ class MXNormStream:
         if self.progress is not None:
             self.progress(report)
 
-    def _small_batch(self, payload: DataFrame, prev: MXNormState | None) -> pa.Table | None:
+    def _small_batch(self, data: DataFrame, prev: MXNormState | None) -> pa.Table | None:
         """The micro-batch as Arrow if it is processed on the driver (stream_local)."""
-        if prev is None or self.cols is None:
+        if self.cols is None:
             return None
-        limit = self._driver.row_limit(payload, self.cols, prev, self.apply_at)
-        return collect_small(payload, limit) if limit else None
+        state = prev or MXNormState.create(list(self.cols), options=self.options)
+        limit = self._driver.row_limit(data, self.cols, state, self.apply_at)
+        return collect_small(data, limit) if limit else None
+
+    def _count_and_check(
+        self, spark: SparkSession, data: DataFrame, batch_id: int, small: pa.Table | None
+    ) -> int:
+        src, features, checked = self.source, self._checked_features(), self._checked_files
+        if small is not None:
+            return check_collected_batch(
+                spark, small, data.schema, source=src, features=features, checked=checked
+            )
+        return count_and_check_batch(
+            spark, data, batch_id, source=src, features=features, checked=checked
+        )
 
     def _moments_engine(self, prev: MXNormState) -> str:
         return moments_engine(self.engine, prev, None if self.cols is None else len(self.cols))
@@ -524,20 +532,8 @@ class MXNormStream:
         return list(self.cols or [self.input_col or ""])
 
     def _check_invalid(self, moments: Moments, rows: int, batch_id: int) -> None:
-        if self.handle_invalid != "error":
-            return
-        bad = [
-            (f, rows - int(n))
-            for f, n in zip(self._feature_labels(moments), moments.count, strict=True)
-            if n < rows
-        ]
-        if bad:
-            listed = ", ".join(f"{f!r}: {n}" for f, n in bad)
-            raise InvalidValueError(
-                f"micro-batch {batch_id} has null, NaN or infinite values ({listed}) and "
-                "handle_invalid='error'; nothing was committed. Use handle_invalid='keep' or "
-                "'skip', or remove the file from the input directory and restart the stream"
-            )
+        if self.handle_invalid == "error":
+            raise_if_invalid(self._feature_labels(moments), moments.count, rows, batch_id)
 
     def _feature_labels(self, moments: Moments) -> list[str]:
         if self.cols is not None:

@@ -30,6 +30,7 @@ from mxnorm_spark.progress import BatchReport
 from mxnorm_spark.sources import CORRUPT_COLUMN, FILE_COLUMN, FileSource
 from mxnorm_spark.state import StateOptions
 from mxnorm_spark.store import StateStore, write_state
+from mxnorm_spark.stream_local import DriverBatches
 from mxnorm_spark.streaming import MXNormStream, batch_output_dir
 
 pytestmark = pytest.mark.spark
@@ -310,8 +311,9 @@ def file_batch(spark: Any, source: FileSource) -> Any:
     ],
     ids=["csv-not-a-number", "json-not-a-number", "csv-missing-column", "json-missing-column"],
 )
+@pytest.mark.parametrize("on_driver", [True, False])  # read to the driver, or counted by Spark
 def test_bad_csv_or_json_file_is_named_and_nothing_committed(
-    spark: Any, tmp_path: Path, case: tuple[str, str, str, str]
+    spark: Any, tmp_path: Path, case: tuple[str, str, str, str], on_driver: bool
 ) -> None:
     fmt, text, column, what = case
     good, bad = tmp_path / "in" / f"good.{fmt}", tmp_path / "in" / f"bad.{fmt}"
@@ -324,6 +326,8 @@ def test_bad_csv_or_json_file_is_named_and_nothing_committed(
     source = FileSource(str(good.parent), fmt, schema=schema)
     s = updater(spark, tmp_path)
     s.source = source
+    if not on_driver:
+        s._driver = DriverBatches(0, None)
     with pytest.raises(SchemaMismatchError) as info:
         s.foreach_batch(file_batch(spark, source), 0)
     msg = str(info.value)
