@@ -15,7 +15,9 @@ integer or floating types, a directory output as Parquet without write options a
 codec pyarrow writes, no per-key state, and for ``apply_at="before"`` a state for every
 feature. A batch with more rows than the limit, or with a column Arrow cannot carry, goes
 the Spark path. The choice depends on the committed state and the batch itself, so a
-replay takes the same path: the same bits.
+replay takes the same path and gives the same bits; only a read that fails on the driver
+and not on the Spark path (a transient error) could fold a replayed, never committed batch
+through the other path: the same state within 1e-12, not to the bit.
 """
 
 from __future__ import annotations
