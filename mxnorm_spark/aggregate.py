@@ -249,12 +249,7 @@ def _local_probe(
     # Vector dimensions are unknown before reading: count 64 values per row.
     width = len(spec.cols) if spec.kind == "scalar" else 64
     limit = max(_PIVOT_ROWS, LOCAL_VALUES // width)
-    if spec.kind == "scalar":
-        # As the arrow engine's kernel_input, in one py4j call instead of a few per column.
-        values = sql_values(spec, len(spec.cols))
-        src = df.selectExpr(*[f"{x} AS x{j}" for j, x in enumerate(values)])
-    else:
-        src = arrow_engine.kernel_input(df, spec, None, packed=False)
+    src = arrow_engine.kernel_input(df, spec, None, packed=False)
     # collect(), not toArrow(): toArrow runs the limit on every partition.
     rows = src.limit(limit + 1).collect()
     if spec.kind == "scalar":

@@ -20,7 +20,7 @@ import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -30,6 +30,7 @@ from mxnorm_spark.columns import (
     InputSpec,
     check_dims,
     quote,
+    sql_name,
     sql_values,
 )
 from mxnorm_spark.engines import (
@@ -61,17 +62,19 @@ def kernel_input(
 
     A vector column goes through ``vector_to_array``: Spark hands its raw struct to Arrow
     3-4x slower (600k x 64: 4.1 s against 1.1 s for the moments, bench/SHAPES.md)."""
-    selected: list[Column] = []
-    if batch_col is not None:
-        selected.append(quote(batch_col).alias("__mx_batch"))
+    if spec.kind != "scalar":
+        selected = [spec.as_double_array().alias(ARRAY_COL)]
+        if batch_col is not None:
+            selected.insert(0, quote(batch_col).alias("__mx_batch"))
+        return df.select(*selected)
+    # Scalar columns as SQL text: one py4j call, where Column expressions take a few each.
+    texts = [] if batch_col is None else [f"{sql_name(batch_col)} AS __mx_batch"]
+    values = sql_values(spec, len(spec.cols))
     if packed and packs_scalars(spec):
-        values = ", ".join(sql_values(spec, len(spec.cols)))
-        selected.append(F.expr(f"array({values})").alias(ARRAY_COL))
-    elif spec.kind == "scalar":
-        selected += [c.alias(f"x{j}") for j, c in enumerate(spec.scalar_doubles())]
+        texts.append(f"array({', '.join(values)}) AS {ARRAY_COL}")
     else:
-        selected.append(spec.as_double_array().alias(ARRAY_COL))
-    return df.select(*selected)
+        texts += [f"{x} AS x{j}" for j, x in enumerate(values)]
+    return df.selectExpr(*texts)
 
 
 def partition_moments(
