@@ -198,6 +198,12 @@ def batch_partials(
 _BATCH_GROUP = ["__mx_batch", "__mx_pid"]
 
 
+def _shifted(x: str, p: str, *, checked: bool) -> str:
+    """``x - p`` as SQL: checked, null where ``x`` is invalid (so that count and sums skip
+    it); unchecked, a null ``x`` as NaN (so that the sums show it as non-finite)."""
+    return sql_finite_or_null(x, f"{x} - {p}") if checked else f"coalesce({x}, {_NAN}) - {p}"
+
+
 def _wide_sums(
     base: DataFrame,
     keys: list[str],
@@ -211,11 +217,7 @@ def _wide_sums(
     the value and its pivot, as SQL. Unchecked, a null becomes NaN: like a NaN or infinite
     value it leaves a sum non-finite, which ``bad`` tests (no per-row "any null" flag)."""
     k = len(shifted)
-    d = [
-        (sql_finite_or_null(x, f"{x} - {p}") if checked else f"coalesce({x}, {_NAN}) - {p}")
-        + f" AS __mx_d{j}"
-        for j, (x, p) in enumerate(shifted)
-    ]
+    d = [_shifted(x, p, checked=checked) + f" AS __mx_d{j}" for j, (x, p) in enumerate(shifted)]
     aggs = list(aggs)
     aggs += [f"sum(__mx_d{j}) AS s{j}" for j in range(k)]
     aggs += [f"sum(__mx_d{j} * __mx_d{j}) AS q{j}" for j in range(k)]
@@ -237,7 +239,7 @@ def _long_sums(
 ) -> tuple[DataFrame, dict[str, str], str]:
     """:func:`batch_partials` for many features: one row per feature, values tested, then
     the features of each group gathered back into arrays in index order."""
-    tested = [sql_finite_or_null(x, f"{x} - {p}") for x, p in shifted]
+    tested = [_shifted(x, p, checked=True) for x, p in shifted]
     exploded = base.selectExpr(*keys, f"posexplode(array({', '.join(tested)})) AS (__mx_j, __mx_d)")
     per_feature = exploded.groupBy(*_BATCH_GROUP, "__mx_j").agg(
         F.expr("count(__mx_d) AS __mx_n"),
@@ -318,10 +320,7 @@ def _wide_aggregate(
     built on the driver instead of one per sum (each a few py4j calls).
     """
     k = len(values)
-    d = [
-        sql_finite_or_null(x, f"{x} - {p}") if checked else f"coalesce({x}, {_NAN}) - {p}"
-        for x, p in zip(values, pivots, strict=True)
-    ]
+    d = [_shifted(x, p, checked=checked) for x, p in zip(values, pivots, strict=True)]
     # Written out in the aggregate, no projection first: one py4j call less per column
     # (Spark evaluates the shifted value once per row for both its sums).
     sums = [f"sum({e}), sum(({e}) * ({e}))" for e in d]
@@ -358,7 +357,7 @@ def _long_aggregate(
 ) -> list[_Partial]:
     """As :func:`_wide_aggregate` (values tested), from one row per group key and feature."""
     k = len(values)
-    shifted = [sql_finite_or_null(x, f"{x} - {p}") for x, p in zip(values, pivots, strict=True)]
+    shifted = [_shifted(x, p, checked=True) for x, p in zip(values, pivots, strict=True)]
     extra = [f"size({ARRAY_COL}) AS __mx_size"] if sized else []
     exploded = base.selectExpr(
         *keys, *extra, f"posexplode(array({', '.join(shifted)})) AS (__mx_j, __mx_d)"
