@@ -51,6 +51,7 @@ from mxnorm_spark.keyed_kernel import (
     stream_fold_kernel,
 )
 from mxnorm_spark.progress import fault
+from mxnorm_spark.sinks import no_dictionary
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
 from mxnorm_spark.store.filesystems import LocalFileSystem
@@ -262,9 +263,7 @@ class KeyedStreamState:
         # Means, variances, scales: continuous, a Parquet dictionary is tried in vain.
         layout = self.layout
         floats = [c for c in layout.state_columns + layout.constant_columns if "count" not in c]
-        snapshot.write.options(
-            **{f"parquet.enable.dictionary#{c}": "false" for c in floats}
-        ).parquet(attempt)
+        snapshot.write.options(**no_dictionary(floats)).parquet(attempt)
         fault("during_key_write", batch_id, snapshot.sparkSession)
         if fs.exists(final):
             fs.delete(final, recursive=True)

@@ -21,7 +21,20 @@ if TYPE_CHECKING:
 
 OUTPUT_ATTEMPTS = "_attempts"
 
-__all__ = ["OUTPUT_ATTEMPTS", "BatchDirectories", "StreamOutput", "batch_output_dir"]
+__all__ = [
+    "OUTPUT_ATTEMPTS",
+    "BatchDirectories",
+    "StreamOutput",
+    "batch_output_dir",
+    "no_dictionary",
+]
+
+
+def no_dictionary(columns: Sequence[str]) -> dict[str, str]:
+    """Spark Parquet write options that store ``columns`` (top-level names; a name with a
+    dot or ``#`` would read as a path and is left as is) without dictionary encoding."""
+    names = [c for c in columns if "." not in c and "#" not in c]
+    return {f"parquet.enable.dictionary#{c}": "false" for c in names}
 
 
 def batch_output_dir(batch_id: int) -> str:
@@ -81,8 +94,7 @@ class BatchDirectories:
         attempt = self._attempt(batch_id)
         options = dict(output.write_options)
         if output.format == "parquet" and not any("dictionary" in k for k in options):
-            names = [c for c in scores if "." not in c and "#" not in c]  # a path, not a name
-            options |= {f"parquet.enable.dictionary#{c}": "false" for c in names}
+            options |= no_dictionary(scores)
         out.write.format(output.format).options(**options).save(attempt)
         fault("during_write", batch_id, out.sparkSession)
         return self._into_place(attempt, batch_id)
@@ -99,8 +111,8 @@ class BatchDirectories:
         buffer = pa.BufferOutputStream()
         # Dictionaries only where values may repeat: pyarrow's attempt on floating columns
         # (z-scores) costs 5x the write itself (100k x 16 doubles: 157 ms against 29 ms).
-        keyed = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-        pq.write_table(table, buffer, compression=codec, use_dictionary=keyed)
+        repeating = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+        pq.write_table(table, buffer, compression=codec, use_dictionary=repeating)
         suffix = "" if codec == "none" else f".{codec}"
         part = f"part-00000-{uuid.uuid4()}-c000{suffix}.parquet"
         self.fs.mkdirs(attempt)
