@@ -408,6 +408,8 @@ class MXNormStream:
             # Files to check or corrupt records to find: a first job counts and checks the
             # batch, unless it was read to the driver. Otherwise the moments job counts it.
             internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
+            if prev is None and self.cols is not None:  # no job: the columns are the features
+                prev = self._fresh_state(data)
             small = self._small_batch(data, prev)
             rows: int | None = None
             if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
@@ -506,10 +508,9 @@ class MXNormStream:
 
     def _small_batch(self, data: DataFrame, prev: MXNormState | None) -> pa.Table | None:
         """The micro-batch as Arrow if it is processed on the driver (stream_local)."""
-        if self.cols is None:
+        if prev is None or self.cols is None:
             return None
-        state = prev or MXNormState.create(list(self.cols), options=self.options)
-        limit = self._driver.row_limit(data, self.cols, state, self.apply_at)
+        limit = self._driver.row_limit(data, self.cols, prev, self.apply_at)
         return collect_small(data, limit) if limit else None
 
     def _count_and_check(
