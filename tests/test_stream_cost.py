@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from test_streaming import COLS, frame
+from test_streaming import updater as streaming_updater
 
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions
@@ -61,10 +62,7 @@ def jobs_of_each_batch(spark: Any, stream: MXNormStream, paths: list[str]) -> li
 
 
 def updater(spark: Any, root: Path, **kw: Any) -> MXNormStream:
-    kw.setdefault("options", StateOptions(alpha=0.3))
-    stream = MXNormStream(
-        spark, str(root / "state"), cols=COLS, output=str(root / "out"), progress=None, **kw
-    )
+    stream = streaming_updater(spark, root, **kw)
     stream._driver = DRIVER
     return stream
 

@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from reference import assert_state_close, two_pass
+from test_streaming import COLS, updater
 
-from mxnorm_spark.state import StateOptions
 from mxnorm_spark.store import StateStore
 from mxnorm_spark.stream_local import DriverBatches
-from mxnorm_spark.streaming import MXNormStream
 
 pytestmark = pytest.mark.spark
-FEATURES = ["a", "b"]
+FEATURES = COLS
 SCHEMA = "id LONG, a DOUBLE, b INT, tag STRING, at TIMESTAMP, flag BOOLEAN"
 
 
@@ -48,15 +47,7 @@ def run(
     **kw: Any,
 ) -> tuple[Any, pd.DataFrame, Any]:
     """Feed each frame as micro-batch 0, 1, ...; the last state, the output, its schema."""
-    stream = MXNormStream(
-        spark,
-        str(root / "state"),
-        cols=FEATURES,
-        output=str(root / "out"),
-        options=StateOptions(alpha=0.3),
-        progress=None,
-        **kw,
-    )
+    stream = updater(spark, root, **kw)  # features a, b; alpha 0.3
     if driver is not None:
         stream._driver = driver
     for batch_id, pdf in enumerate(frames):
