@@ -30,10 +30,11 @@ from mxnorm_spark.state import MXNormState, StateOptions, scale_of
 
 __all__ = [
     "FOLD_ARRAYS",
-    "SnapshotLayout",
     "filled",
     "filled_constants",
     "fold_kernel",
+    "lane_constants",
+    "lane_moments",
     "segment_moments",
 ]
 
@@ -53,10 +54,10 @@ FOLD_ARRAYS = (
     "after_mean",
     "after_scale",
 )
-_TOTALS = ("count", "totals_shift", "totals_delta", "totals_m2")
+TOTALS = ("count", "totals_shift", "totals_delta", "totals_m2")
 _TOTAL_FIELDS = ("count", "shift", "delta", "m2")
 # Output rows per record batch handed back to the JVM.
-_OUT_ROWS = 8192
+OUT_ROWS = 8192
 
 
 def segment_moments(x: FloatArray, starts: np.ndarray) -> tuple[FloatArray, ...]:
@@ -70,13 +71,18 @@ def segment_moments(x: FloatArray, starts: np.ndarray) -> tuple[FloatArray, ...]
     >>> n.tolist(), (p + d).tolist(), (m2 / n).tolist()
     ([[2.0], [2.0]], [[1000000002.0], [6.0]], [[1.0], [1.0]])
     """
+    return tuple(m.T for m in lane_moments(x, starts))
+
+
+def lane_moments(x: FloatArray, starts: np.ndarray) -> tuple[FloatArray, ...]:
+    """:func:`segment_moments` as features x segments arrays (C-contiguous: lanes)."""
     n = x.shape[1]
     valid = np.isfinite(x)
     if starts.shape[0] == n:
         # Every run is one row (a key with one row in a micro-batch): the two-pass below
         # gives pivot = the value, delta = m2 = +0.0; the same bits without the reductions.
-        zero = np.zeros(x.shape[::-1])
-        return valid.T.astype(np.float64), np.where(valid, x, 0.0).T, zero, zero.copy()
+        zero = np.zeros(x.shape)
+        return valid.astype(np.float64), np.where(valid, x, 0.0), zero, zero.copy()
     lengths = np.diff(np.append(starts, n))
     seg = np.repeat(np.arange(starts.shape[0]), lengths)
     cnt = np.add.reduceat(valid.astype(np.float64), starts, axis=1)
@@ -90,10 +96,10 @@ def segment_moments(x: FloatArray, starts: np.ndarray) -> tuple[FloatArray, ...]
         # The second term removes the residual error of ``delta`` (compensated two-pass).
         rs = np.add.reduceat(r, starts, axis=1)
         m2 = np.where(has, np.add.reduceat(r * r, starts, axis=1) - rs * rs / cnt, 0.0)
-    return cnt.T, pivot.T, delta.T, np.maximum(m2, 0.0).T
+    return cnt, pivot, delta, np.maximum(m2, 0.0)
 
 
-def _differs(prev: pa.Array | None, col: pa.Array) -> np.ndarray:
+def differs(prev: pa.Array | None, col: pa.Array) -> np.ndarray:
     """Per row of ``col``: does it differ from the row before (the first: from ``prev``)?
 
     NaN equals NaN, as in Spark's grouping, join and sort (and -0.0 equals 0.0).
@@ -121,10 +127,10 @@ class _Segments:
         n = rb.num_rows
         key_diff = np.zeros(n, dtype=bool)
         for i in range(n_keys):
-            key_diff |= _differs(None if prev is None else prev[i], rb.column(i))
+            key_diff |= differs(None if prev is None else prev[i], rb.column(i))
         seg_diff = key_diff.copy()
         if g > n_keys:
-            seg_diff |= _differs(None if prev is None else prev[n_keys], rb.column(n_keys))
+            seg_diff |= differs(None if prev is None else prev[n_keys], rb.column(n_keys))
         self.continues.append(not bool(seg_diff[0]))
         seg_diff[0] = True
         starts = np.flatnonzero(seg_diff)
@@ -159,7 +165,7 @@ class _Segments:
         return table, (cnt[keep], sh[keep], de[keep], m2[keep]), rows[keep], new_key[keep]
 
 
-def _wide_state(
+def wide_state(
     options: StateOptions, mean: FloatArray, var: FloatArray, totals: Moments
 ) -> MXNormState:
     # One "feature" per (key, feature) pair: update and the constants are elementwise, so
@@ -186,9 +192,16 @@ def filled_constants(state: MXNormState) -> tuple[FloatArray, FloatArray]:
     """:meth:`MXNormState.normalization_constants` of :func:`filled` ``(state)``, the same
     bits, vectorized: a wide state has a million lanes, and the per-feature check of
     ``normalization_constants`` (nothing to fall back on: no NaN is left) is a Python loop."""
-    mean = np.where(np.isnan(state.mean), 0.0, state.mean)
-    var = np.where(np.isnan(state.var), 1.0, state.var)
-    return mean, scale_of(var, state.options)
+    return lane_constants(state.options, state.mean, state.var)
+
+
+def lane_constants(
+    options: StateOptions, mean: FloatArray, var: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`filled_constants` of lanes given as plain ``mean`` and ``var`` arrays."""
+    mean = np.where(np.isnan(mean), 0.0, mean)
+    var = np.where(np.isnan(var), 1.0, var)
+    return mean, scale_of(var, options)
 
 
 def fold_segments(
@@ -211,12 +224,12 @@ def fold_segments(
         seg = order[bounds[r] : bounds[r + 1]]
         kid = key[seg]
         before = {"mean": st["mean"][kid], "var": st["var"][kid]}
-        before.update({name: tot[f][kid] for f, name in zip(_TOTAL_FIELDS, _TOTALS, strict=True)})
+        before.update({name: tot[f][kid] for f, name in zip(_TOTAL_FIELDS, TOTALS, strict=True)})
         values = fold_step(options, before, (cnt[seg], sh[seg], de[seg], m2[seg]))
         for name, v in values.items():
             out[name][seg] = v
         st["mean"][kid], st["var"][kid] = values["mean"], values["var"]
-        for f, name in zip(_TOTAL_FIELDS, _TOTALS, strict=True):
+        for f, name in zip(_TOTAL_FIELDS, TOTALS, strict=True):
             tot[f][kid] = values[name]
     return out
 
@@ -225,14 +238,14 @@ def fold_step(
     options: StateOptions, before: dict[str, FloatArray], moments: tuple[FloatArray, ...]
 ) -> dict[str, FloatArray]:
     """One batch folded into many keys at once: ``before`` holds each key's ``mean``,
-    ``var`` and totals (:data:`_TOTALS` names), ``moments`` its batch's ``(count, shift,
+    ``var`` and totals (:data:`TOTALS` names), ``moments`` its batch's ``(count, shift,
     delta, m2)``, all keys x features; returns the :data:`FOLD_ARRAYS` of each key."""
     shape = before["mean"].shape
-    old = _wide_state(
+    old = wide_state(
         options,
         before["mean"].ravel(),
         before["var"].ravel(),
-        Moments(*(before[name].ravel() for name in _TOTALS)),
+        Moments(*(before[name].ravel() for name in TOTALS)),
     )
     new = old.update(Moments(*(m.ravel() for m in moments)))
     values = {
@@ -249,7 +262,7 @@ def fold_step(
     return {name: v.reshape(shape) for name, v in values.items()}
 
 
-def _list_array(values: FloatArray) -> pa.Array:
+def list_array(values: FloatArray) -> pa.Array:
     s, k = values.shape
     offsets = pa.array(np.arange(0, s * k + 1, k, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(values.ravel(), type=pa.float64()))
@@ -286,271 +299,10 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
             pa.array(key_rows, type=pa.int64()),
             pa.array(batches_seen, type=pa.int32()),
             pa.array(is_last, type=pa.bool_()),
-            *(_list_array(arrays[name]) for name in FOLD_ARRAYS),
+            *(list_array(arrays[name]) for name in FOLD_ARRAYS),
         ]
         names = [*table.column_names, "rows", "key_rows", "batches_seen", "is_last", *FOLD_ARRAYS]
         out = pa.Table.from_arrays(cols, names=names)
-        yield from out.to_batches(max_chunksize=_OUT_ROWS)
+        yield from out.to_batches(max_chunksize=OUT_ROWS)
 
     return fold_partition
-
-
-# ---- one micro-batch of a keyed stream ---------------------------------------------------
-# Scalar columns of a key's row in a stream snapshot, beside the key columns and the
-# per-feature columns: the last micro-batch it had rows in, how many it had rows in, its
-# rows so far and its rows in its last micro-batch.
-SNAPSHOT_SCALARS = ("last_batch", "batches_seen", "key_rows", "rows")
-SOURCE_COLUMN = "__mx_src"  # 0: a snapshot row (a key's state), 1: a data row
-# Where a snapshot field comes from in fold_step's values.
-_STATE_SOURCE = {"count": "count", "mean": "mean", "var": "var", "shift": "totals_shift",
-                 "delta": "totals_delta", "m2": "totals_m2"}  # fmt: skip
-_CONSTANT_SOURCE = {"mean": "after_mean", "scale": "after_scale", "count_before": "count_before",
-                    "mean_before": "before_mean", "scale_before": "before_scale"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SnapshotLayout:
-    """The per-feature double columns of a stream snapshot, ``f{j}_{field}``: only what the
-    next fold needs (the *state* fields: ``count``, ``mean``, ``var`` with an EMA;
-    ``count`` and the exact running moments ``shift``, ``delta``, ``m2`` with
-    ``alpha=None``, whose mean and variance they are) and the constants this micro-batch's
-    rows of the key are normalized with (the *constant* fields: ``scale``, and ``mean``
-    where it is no state field, with ``apply_at="after"``; ``count_before``,
-    ``mean_before``, ``scale_before`` with ``"before"``). Flat doubles, not arrays: through
-    Arrow, shuffles and Parquet a snapshot costs what its doubles do."""
-
-    n_features: int
-    options: StateOptions
-    apply_at: str = "after"
-
-    @property
-    def ema(self) -> bool:
-        return self.options.alpha is not None
-
-    @property
-    def state_fields(self) -> tuple[str, ...]:
-        return ("count", "mean", "var") if self.ema else ("count", "shift", "delta", "m2")
-
-    @property
-    def constant_fields(self) -> tuple[str, ...]:
-        if self.apply_at == "before":
-            return ("count_before", "mean_before", "scale_before")
-        return ("scale",) if self.ema else ("mean", "scale")
-
-    def names(self, fields: tuple[str, ...]) -> list[str]:
-        return [f"f{j}_{f}" for j in range(self.n_features) for f in fields]
-
-    @property
-    def state_columns(self) -> list[str]:
-        return self.names(self.state_fields)
-
-    @property
-    def constant_columns(self) -> list[str]:
-        return self.names(self.constant_fields)
-
-    def lookup_columns(self) -> list[list[str]]:
-        """The columns of the constants: valid values so far, mean, scale; one per feature."""
-        if self.apply_at == "before":
-            fields = ("count_before", "mean_before", "scale_before")
-        else:
-            fields = ("count", "mean", "scale")
-        return [[f"f{j}_{f}" for j in range(self.n_features)] for f in fields]
-
-    def before(self, state: list[FloatArray], has: np.ndarray, s: int) -> dict[str, FloatArray]:
-        """:func:`fold_step`'s ``before`` for ``s`` keys: the state columns (features x
-        fields order, rows of the keys with ``has``), fresh where not ``has``."""
-        k, nf = self.n_features, len(self.state_fields)
-        cols = {f: np.zeros((s, k)) for f in self.state_fields}
-        for j in range(k):
-            for i, f in enumerate(self.state_fields):
-                cols[f][has, j] = state[j * nf + i]
-        count = cols["count"]
-        if self.ema:
-            mean = np.where(has[:, None], cols["mean"], np.nan)
-            var = np.where(has[:, None], cols["var"], np.nan)
-            # Only the count of the running totals matters to an EMA; a shift near the data
-            # keeps the discarded rest of the merge small.
-            shift, delta, m2 = np.where(count > 0, mean, 0.0), np.zeros_like(count), count * 0
-        else:
-            shift, delta, m2 = cols["shift"], cols["delta"], cols["m2"]
-            totals = Moments(count.ravel(), shift.ravel(), delta.ravel(), m2.ravel())
-            mean, var = totals.mean.reshape(s, k), totals.var.reshape(s, k)
-        names = ("mean", "var", "count", "totals_shift", "totals_delta", "totals_m2")
-        return dict(zip(names, (mean, var, count, shift, delta, m2), strict=True))
-
-    def columns(self, values: dict[str, FloatArray]) -> list[pa.Array]:
-        """The state then the constant columns of :func:`fold_step`'s ``values``."""
-        out = []
-        for fields, source in ((self.state_fields, _STATE_SOURCE), (self.constant_fields, None)):
-            for j in range(self.n_features):
-                for f in fields:
-                    name = _STATE_SOURCE[f] if source else _CONSTANT_SOURCE[f]
-                    out.append(pa.array(np.ascontiguousarray(values[name][:, j])))
-        return out
-
-    def schema(self, key_fields: list[pa.Field]) -> pa.Schema:
-        return pa.schema(
-            [
-                *key_fields,
-                pa.field("last_batch", pa.int64()),
-                pa.field("batches_seen", pa.int32()),
-                pa.field("key_rows", pa.int64()),
-                pa.field("rows", pa.int64()),
-                *(pa.field(n, pa.float64()) for n in self.state_columns),
-                *(pa.field(n, pa.float64()) for n in self.constant_columns),
-            ]
-        )
-
-
-def stream_fold(
-    table: pa.Table,
-    n_keys: int,
-    layout: SnapshotLayout,
-    *,
-    batch_id: int,
-    evict_after: int | None,
-) -> pa.Table:
-    """The snapshot after micro-batch ``batch_id`` of the keys in ``table``.
-
-    ``table`` holds a partition's rows sorted by (key, :data:`SOURCE_COLUMN`, features): the
-    key columns, the source column, :data:`SNAPSHOT_SCALARS`, then one float64 column per
-    state column of the layout. Snapshot rows (source 0) hold each key's state before the
-    batch there; data rows (source 1) hold their feature values in the first ``n_features``
-    of those columns and null elsewhere: one row shape for both, so the shuffle carries no
-    column that is null on every row of a kind. A key with data rows gets its batch folded
-    in (from a fresh state when it has no snapshot row, or one unseen for more than
-    ``evict_after`` batches); a key without keeps its row (its constants null: they are of
-    an older batch), unless it has been unseen for ``evict_after`` batches (dropped).
-    Output: the key columns, :data:`SNAPSHOT_SCALARS`, the layout's state and constant
-    columns.
-    """
-    t = table.combine_chunks()
-    k, sc = layout.n_features, n_keys + 1
-    v0 = sc + len(SNAPSHOT_SCALARS)
-    cols = [t.column(i).chunk(0) for i in range(t.num_columns)]
-    key_diff = np.zeros(t.num_rows, dtype=bool)
-    for i in range(n_keys):
-        key_diff |= _differs(None, cols[i])
-    group = np.cumsum(key_diff) - 1
-    src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
-    data, snap = np.flatnonzero(src == 1), np.flatnonzero(src == 0)
-    # The key's last micro-batch with rows (NaN on data rows).
-    last = np.asarray(cols[sc].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
-    keep = np.ones(snap.shape[0], dtype=bool)
-    schema = layout.schema([t.schema.field(i) for i in range(n_keys)])
-    parts = []
-    if data.size:
-        dgroup = group[data]
-        starts = np.flatnonzero(np.concatenate([[True], dgroup[1:] != dgroup[:-1]]))
-        take = pa.array(data, type=pa.int64())
-        x = np.vstack(
-            [cols[v0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
-        ).astype(np.float64, copy=False)
-        snap_of = np.full(int(group[-1]) + 1, -1)
-        snap_of[group[snap]] = np.arange(snap.shape[0])
-        prev = snap_of[dgroup[starts]]  # the key's snapshot row (index into snap), or -1
-        keep[prev[prev >= 0]] = False  # replaced by the folded row
-        if evict_after is not None and snap.size:
-            stale = batch_id - last[np.maximum(prev, 0)] > evict_after
-            prev = np.where(stale, -1, prev)
-        prev_row = np.full_like(prev, -1)
-        prev_row[prev >= 0] = snap[prev[prev >= 0]]
-        folded = _folded_rows(
-            cols,
-            n_keys,
-            layout,
-            prev=prev_row,
-            first_rows=data[starts],
-            rows=np.diff(np.append(starts, data.shape[0])),
-            moments=segment_moments(x, starts),
-            batch_id=batch_id,
-        )
-        parts.append(pa.Table.from_arrays(folded, schema=schema))
-    if evict_after is not None:
-        keep &= batch_id - last < evict_after
-    kept = pa.array(snap[keep], type=pa.int64())
-    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(sc, t.num_columns))]
-    nulls = [pa.nulls(len(kept), pa.float64()) for _ in layout.constant_columns]
-    parts.append(pa.Table.from_arrays([*carried, *nulls], names=schema.names).cast(schema))
-    return pa.concat_tables(parts)
-
-
-def _folded_rows(
-    cols: list[pa.Array],
-    n_keys: int,
-    layout: SnapshotLayout,
-    *,
-    prev: np.ndarray,
-    first_rows: np.ndarray,
-    rows: np.ndarray,
-    moments: tuple[FloatArray, ...],
-    batch_id: int,
-) -> list[pa.Array]:
-    """The snapshot columns of the keys with data: the state of row ``prev`` (-1: none)
-    with the batch's ``moments`` folded in; keys taken from rows ``first_rows``."""
-    s, has = first_rows.shape[0], prev >= 0
-    at = pa.array(prev[has], type=pa.int64())
-    first_state = n_keys + 1 + len(SNAPSHOT_SCALARS)
-    state = [
-        np.asarray(cols[first_state + i].take(at).to_numpy(zero_copy_only=False), np.float64)
-        for i in range(len(layout.state_columns))
-    ]
-    values = fold_step(layout.options, layout.before(state, has, s), moments)
-    seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
-    seen[has] = cols[n_keys + 2].take(at).to_numpy(zero_copy_only=False)
-    key_rows[has] = cols[n_keys + 3].take(at).to_numpy(zero_copy_only=False)
-    take = pa.array(first_rows, type=pa.int64())
-    return [
-        *(cols[i].take(take) for i in range(n_keys)),
-        pa.array(np.full(s, batch_id, dtype=np.int64)),
-        pa.array(seen + 1, type=pa.int32()),
-        pa.array(key_rows + rows, type=pa.int64()),
-        pa.array(rows, type=pa.int64()),
-        *layout.columns(values),
-    ]
-
-
-def stream_fold_kernel(
-    n_keys: int, layout: SnapshotLayout, batch_id: int, evict_after: int | None
-) -> BatchFunction:
-    """The ``mapInArrow`` function of :func:`stream_fold` (a partition at once)."""
-
-    def fold_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        rbs = [rb for rb in batches if rb.num_rows]
-        if not rbs:
-            return
-        table = pa.Table.from_batches(rbs)
-        out = stream_fold(table, n_keys, layout, batch_id=batch_id, evict_after=evict_after)
-        yield from out.to_batches(max_chunksize=_OUT_ROWS)
-
-    return fold_partition
-
-
-def snapshot_arrays_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:
-    """``mapInArrow`` over a snapshot's key columns, ``last_batch`` and state columns: the
-    same rows with the per-feature arrays ``count``, ``mean``, ``var`` and ``after_scale``
-    (:func:`filled_constants`) of each key's state, as ``KeyedModel.states`` has them."""
-    nf = len(layout.state_fields)
-
-    def arrays(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for rb in batches:
-            s = rb.num_rows
-            state = [
-                np.asarray(rb.column(n_keys + 1 + i).to_numpy(zero_copy_only=False), np.float64)
-                for i in range(layout.n_features * nf)
-            ]
-            b = layout.before(state, np.ones(s, dtype=bool), s)
-            st = _wide_state(
-                layout.options,
-                b["mean"].ravel(),
-                b["var"].ravel(),
-                Moments(*(b[n].ravel() for n in _TOTALS)),
-            )
-            scale = filled_constants(st)[1].reshape(s, -1)
-            values = {"count": b["count"], "mean": b["mean"], "var": b["var"], "after_scale": scale}
-            cols = [rb.column(i) for i in range(n_keys + 1)]
-            cols += [_list_array(v) for v in values.values()]
-            names = [*rb.schema.names[: n_keys + 1], *values]
-            yield pa.RecordBatch.from_arrays(cols, names=names)
-
-    return arrays

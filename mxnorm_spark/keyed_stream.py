@@ -42,19 +42,21 @@ from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.keyed_kernel import (
+from mxnorm_spark.keyed_kernel import filled
+from mxnorm_spark.keyed_stream_kernel import (
     SNAPSHOT_SCALARS,
     SOURCE_COLUMN,
+    RowOutput,
     SnapshotLayout,
-    filled,
+    fold_normalize_kernel,
     snapshot_arrays_kernel,
     stream_fold_kernel,
 )
 from mxnorm_spark.progress import fault
-from mxnorm_spark.sinks import no_dictionary
+from mxnorm_spark.sinks import BatchDirectories, StreamOutput, no_dictionary
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
-from mxnorm_spark.store.filesystems import LocalFileSystem
+from mxnorm_spark.store.filesystems import FileSystem, LocalFileSystem
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -121,8 +123,16 @@ class KeyedStreamState:
         options: StateOptions,
         *,
         apply_at: str = "after",
+        handle_invalid: str = "keep",
+        directories: BatchDirectories | None = None,
+        output: StreamOutput | None = None,
     ) -> None:
         self.fs = filesystem(state_path, spark)
+        self.handle_invalid = handle_invalid
+        # One job folds and writes the rows when the stream writes its own directories.
+        self.directories = directories if output is not None and output.sink is None else None
+        self.output = output
+        self._pending: dict[int, str] = {}  # batch id -> its output written aside
         base = local_path(state_path) if isinstance(self.fs, LocalFileSystem) else state_path
         self.root = self.fs.join(base, KEYS_DIR)
         self.features = tuple(features)
@@ -212,9 +222,20 @@ class KeyedStreamState:
         older = [b for b in self.snapshot_ids() if b < batch_id and b <= committed]
         return older[-1] if older else None
 
-    def advance(self, data: DataFrame, batch_id: int, committed: int | None) -> None:
+    def advance(
+        self,
+        data: DataFrame,
+        batch_id: int,
+        committed: int | None,
+        *,
+        before: MXNormState,
+        after: MXNormState,
+    ) -> None:
         """Fold micro-batch ``batch_id`` (``data``: the rows) into the previous snapshot and
-        publish the result as the snapshot of ``batch_id``."""
+        publish the result as the snapshot of ``batch_id``. Where one job can do it
+        (:meth:`_one_job_schema`), that job also writes the normalized rows aside, and
+        :meth:`publish_rows` puts them in place once the batch is committed; ``before``
+        and ``after`` are the global states around the batch (the fallback)."""
         from pyspark.sql import functions as F
 
         from mxnorm_spark.columns import quote, sql_name
@@ -223,6 +244,9 @@ class KeyedStreamState:
         keys = list(self.keys.key_cols)
         schema = self.schema(data.schema)
         prev = self.previous(batch_id, committed)
+        out_schema = self._one_job_schema(data.schema)
+        # The data rows' other columns ride along (renamed: any name is allowed there).
+        carried = [] if out_schema is None else self._carried(data.schema)
         # One row shape for data and snapshot rows (see stream_fold): a data row's features
         # go where a snapshot row has its state, so no column is null on every row of a kind.
         scalars = [schema[n] for n in SNAPSHOT_SCALARS]
@@ -235,8 +259,11 @@ class KeyedStreamState:
             *(F.lit(None).cast(f.dataType).alias(f.name) for f in scalars),
             *(quote(f).cast("double").alias(values[j]) for j, f in enumerate(self.features)),
             *(F.lit(None).cast("double").alias(v) for v in values[nf:]),
+            *(quote(c).alias(f"__mx_c{i}") for i, c in enumerate(carried)),
         )
-        both = rows.where(" AND ".join(f"{sql_name(k)} IS NOT NULL" for k in keys))
+        both = rows
+        if out_schema is None:  # rows with a null key are normalized by the join
+            both = rows.where(" AND ".join(f"{sql_name(k)} IS NOT NULL" for k in keys))
         if prev is not None:
             snap = self.read(spark, prev, data.schema).select(
                 *(quote(k) for k in keys),
@@ -244,27 +271,117 @@ class KeyedStreamState:
                 *(F.col(f.name) for f in scalars),
                 *(F.col(n).alias(v) for n, v in zip(state, values, strict=True)),
             )
-            both = both.unionByName(snap)
+            both = both.unionByName(snap, allowMissingColumns=True)
         parts = (self.keys.num_partitions,) if self.keys.num_partitions else ()
         order = [*keys, SOURCE_COLUMN, *values[:nf]]
         both = both.repartition(*parts, *keys).sortWithinPartitions(*order)
-        kernel = stream_fold_kernel(len(keys), self.layout, batch_id, self.keys.evict_after)
-        snapshot = both.mapInArrow(kernel, schema)
-        self._publish(snapshot, batch_id)
+        attempt = self._attempt(batch_id)
+        if out_schema is None:
+            kernel = stream_fold_kernel(len(keys), self.layout, batch_id, self.keys.evict_after)
+            snapshot = both.mapInArrow(kernel, schema)
+            snapshot.write.options(**no_dictionary(self._floats())).parquet(attempt)
+        else:
+            assert self.directories is not None
+            assert self.output is not None
+            pieces = _SnapshotPieces(self.fs, attempt, tuple(self._floats()))
+            kernel = fold_normalize_kernel(
+                len(keys),
+                self.layout,
+                self._row_output(data.schema, carried, before, after),
+                batch_id=batch_id,
+                evict_after=self.keys.evict_after,
+                write_snapshot=pieces,
+            )
+            out = both.mapInArrow(kernel, out_schema)
+            self._pending[batch_id] = self.directories.write_aside(
+                out, self.output, batch_id, self._outputs()
+            )
+        fault("during_key_write", batch_id, spark)
+        self._into_place(attempt, batch_id)
 
-    def _publish(self, snapshot: DataFrame, batch_id: int) -> None:
-        import uuid
+    def publish_rows(self, batch_id: int, spark: SparkSession) -> str | None:
+        """Put the rows :meth:`advance` wrote aside for ``batch_id`` in place (None: it did
+        not, e.g. the batch is a replay of a committed one: :meth:`normalize` them)."""
+        attempt = self._pending.pop(batch_id, None)
+        if attempt is None or self.directories is None:
+            return None
+        fault("during_write", batch_id, spark)
+        return self.directories.into_place(attempt, batch_id)
 
-        fs = self.fs
-        final = self._path(batch_id)
-        attempt = fs.join(
-            fs.join(self.root, _ATTEMPTS), f"{snapshot_dir(batch_id)}-{uuid.uuid4().hex}"
+    def _one_job_schema(self, data_schema: T.StructType) -> T.StructType | None:
+        """The schema of the normalized rows if one job folds and writes them: the stream
+        writes its own output directories, executors reach the state directory with no
+        JVM (a local path), and Arrow carries every column. Else None."""
+        from pyspark.sql import types as T
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        if self.directories is None or not isinstance(self.fs, LocalFileSystem):
+            return None
+        try:
+            to_arrow_schema(data_schema, timezone="UTC")  # any zone: only the types count
+        except Exception:  # a type Arrow does not carry (a UDT, an interval, ...)
+            return None
+        outputs = self._outputs()
+        fields = [
+            T.StructField(f.name, T.DoubleType(), True) if f.name in outputs else f
+            for f in data_schema.fields
+        ]
+        fields += [
+            T.StructField(o, T.DoubleType(), True) for o in outputs if o not in data_schema.names
+        ]
+        return T.StructType(fields)
+
+    def _carried(self, data_schema: T.StructType) -> list[str]:
+        outputs, keys = set(self._outputs()), set(self.keys.key_cols)
+        return [n for n in data_schema.names if n not in keys and n not in outputs]
+
+    def _row_output(
+        self, data_schema: T.StructType, carried: list[str], before: MXNormState, after: MXNormState
+    ) -> RowOutput:
+        outputs, keys = self._outputs(), list(self.keys.key_cols)
+        first_carried = len(keys) + 1 + len(SNAPSHOT_SCALARS) + len(self.layout.state_columns)
+        columns = []
+        for name in [*data_schema.names, *(o for o in outputs if o not in data_schema.names)]:
+            if name in outputs:
+                columns.append((name, "z", outputs.index(name)))
+            elif name in keys:
+                columns.append((name, "in", keys.index(name)))
+            else:
+                columns.append((name, "in", first_carried + carried.index(name)))
+        gm, gs = self._global_constants(before, after)
+        return RowOutput(
+            features=self.features,
+            global_mean=tuple(float(v) for v in gm),
+            global_scale=tuple(float(v) for v in gs),
+            min_key_rows=self.keys.min_key_rows,
+            handle_invalid=self.handle_invalid,
+            columns=tuple(columns),
         )
+
+    def _global_constants(self, before: MXNormState, after: MXNormState) -> tuple[Any, Any]:
+        """The fallback constants: of the global state after the batch, or before it
+        (features without a state then take the batch's own, as the global stream does)."""
+        if self.layout.apply_at == "before":
+            return before.normalization_constants(filled(after))
+        return filled(after).normalization_constants()
+
+    def _outputs(self) -> list[str]:
+        cols = None if self.output is None else self.output.cols
+        return list(cols or self.features)
+
+    def _floats(self) -> list[str]:
         # Means, variances, scales: continuous, a Parquet dictionary is tried in vain.
         layout = self.layout
-        floats = [c for c in layout.state_columns + layout.constant_columns if "count" not in c]
-        snapshot.write.options(**no_dictionary(floats)).parquet(attempt)
-        fault("during_key_write", batch_id, snapshot.sparkSession)
+        return [c for c in layout.state_columns + layout.constant_columns if "count" not in c]
+
+    def _attempt(self, batch_id: int) -> str:
+        import uuid
+
+        name = f"{snapshot_dir(batch_id)}-{uuid.uuid4().hex}"
+        return self.fs.join(self.fs.join(self.root, _ATTEMPTS), name)
+
+    def _into_place(self, attempt: str, batch_id: int) -> None:
+        fs, final = self.fs, self._path(batch_id)
         if fs.exists(final):
             fs.delete(final, recursive=True)
         if not fs.rename(attempt, final):
@@ -308,10 +425,7 @@ class KeyedStreamState:
             )
         keys = list(self.keys.key_cols)
         spec = resolve_input(payload, list(self.features), None)
-        if apply_at == "before":
-            gm, gs = global_before.normalization_constants(filled(global_after))
-        else:
-            gm, gs = filled(global_after).normalization_constants()
+        gm, gs = self._global_constants(global_before, global_after)
         n, m, s = self.layout.lookup_columns()
         mine = self.read(payload.sparkSession, batch_id, payload.schema)
         right = mine.where(F.col("last_batch") == batch_id).select(
@@ -335,6 +449,30 @@ class KeyedStreamState:
             min_key_rows=self.keys.min_key_rows,
             handle_invalid=handle_invalid,
         )
+
+
+@dataclass(frozen=True)
+class _SnapshotPieces:
+    """Writes a partition's part of a snapshot from the executor (through the store's file
+    system: no JVM there), named by the partition so a retried task replaces its own."""
+
+    fs: FileSystem
+    directory: str
+    floats: tuple[str, ...]
+
+    def __call__(self, table: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        part = 0 if context is None else context.partitionId()
+        buffer = pa.BufferOutputStream()
+        counts = [c for c in table.column_names if c not in self.floats]
+        pq.write_table(table, buffer, compression="snappy", use_dictionary=counts)
+        self.fs.mkdirs(self.directory)
+        name = self.fs.join(self.directory, f"part-{part:05d}.snappy.parquet")
+        self.fs.write_atomic(name, buffer.getvalue().to_pybytes())
 
 
 def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:

@@ -292,7 +292,7 @@ class MXNormState:
         if self.alpha is None:
             mean, var = totals.mean, totals.var
         else:
-            mean, var = _ema_step(
+            mean, var = ema_step(
                 self.options, self.mean, self.var, self.initialized, moments.fields()
             )
         return replace(
@@ -462,7 +462,7 @@ def scale_of(var: Any, options: StateOptions) -> Any:
     return scale
 
 
-def _ema_step(
+def ema_step(
     options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields
 ) -> tuple[Any, Any]:
     """The EMA ``(mean, var)`` after one batch's moments (``alpha`` not None)."""
@@ -520,7 +520,7 @@ def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
 
     What does not depend on the batches before (running counts, shifts, batch means and
     variances, merge weights) is computed for all batches at once; the loops keep only the
-    recurrences, each operation the one of :func:`merge_fields` / :func:`_ema_step` on
+    recurrences, each operation the one of :func:`merge_fields` / :func:`ema_step` on
     the same operands, so the bits are those of :meth:`MXNormState.update`.
 
     >>> s = MXNormState.create(["a"], alpha=0.5)
@@ -550,7 +550,7 @@ def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
 
 
 def _fold_ema(state: MXNormState, had: Any, rows: Fields) -> tuple[FloatArray, FloatArray]:
-    """:func:`_ema_step` for each row of ``rows`` in turn: the EMA mean and variance
+    """:func:`ema_step` for each row of ``rows`` in turn: the EMA mean and variance
     after every batch."""
     count, shift, delta, m2 = rows
     options, alpha = state.options, state.alpha
@@ -569,7 +569,7 @@ def _fold_ema(state: MXNormState, had: Any, rows: Fields) -> tuple[FloatArray, F
         am, av = (m, v) if per_row else (a * m, a * v)
         every = (in_batch & had).all(axis=1).tolist()
         for i in range(count.shape[0]):
-            if per_row:  # the row's own alpha, computed as _ema_step does
+            if per_row:  # the row's own alpha, computed as ema_step does
                 a = -np.expm1(count[i] * np.log1p(-alpha))
                 am_i, av_i = a * m[i], a * v[i]
             else:

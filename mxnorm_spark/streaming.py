@@ -67,12 +67,7 @@ from mxnorm_spark.errors import (
 )
 from mxnorm_spark.keyed_stream import KeyedStreamState, KeyOptions
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.progress import (
-    BatchReport,
-    fault,
-    print_report,
-    reports_from_history,
-)
+from mxnorm_spark.progress import BatchReport, fault, print_report, reports_from_history
 from mxnorm_spark.sinks import BatchDirectories, StreamOutput, batch_output_dir
 from mxnorm_spark.sources import (
     CORRUPT_COLUMN,
@@ -86,12 +81,7 @@ from mxnorm_spark.sources import (
 )
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore, is_classic, read_state
-from mxnorm_spark.stream_local import (
-    DriverBatches,
-    collect_small,
-    normalize_table,
-    table_moments,
-)
+from mxnorm_spark.stream_local import DriverBatches, collect_small, normalize_table, table_moments
 from mxnorm_spark.stream_reads import (
     REUSED_CODE_ROWS,
     moments_engine,
@@ -185,7 +175,15 @@ class MXNormStream:
                     "per-key state (keys=) needs scalar feature columns (cols=), not input_col"
                 )
             self.keys = KeyedStreamState(
-                spark, self.store.path, self.cols, keys, self.options, apply_at=self.apply_at
+                spark,
+                self.store.path,
+                self.cols,
+                keys,
+                self.options,
+                apply_at=self.apply_at,
+                handle_invalid=self.handle_invalid,
+                directories=self._directories,
+                output=self.output,
             )
         self._driver = DriverBatches.for_stream(
             spark,
@@ -490,7 +488,8 @@ class MXNormStream:
         new = prev.update(moments, batch_id)
         if self.keys is not None and rows:
             # Published before the version: the version commits the batch, keys included.
-            self.keys.advance(payload, batch_id, self.store.latest_batch_id())
+            latest = self.store.latest_batch_id()
+            self.keys.advance(payload, batch_id, latest, before=prev, after=new)
         # Before the version: a replay then finds its history record and keeps it.
         self.store.record_batch(batch_id, rows=rows or 0, moments=moments, state=new)
         fault("before_commit", batch_id, spark)
@@ -556,6 +555,9 @@ class MXNormStream:
         from mxnorm_spark.apply import normalize
 
         if self.keys is not None:
+            done = self.keys.publish_rows(batch_id, payload.sparkSession)
+            if done is not None:  # written by the fold's job
+                return done
             out = self.keys.normalize(
                 payload,
                 batch_id,

@@ -24,7 +24,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("spark-base", ("spark_extra", "columns")),
     (
         "engines",
-        ("engines", "engines.sql", "engines.arrow", "engines.arrow_normalize", "keyed_kernel"),
+        (
+            "engines",
+            "engines.sql",
+            "engines.arrow",
+            "engines.arrow_normalize",
+            "keyed_kernel",
+            "keyed_stream_kernel",
+        ),
     ),
     ("spark-api", ("aggregate", "apply", "keyed")),
     (

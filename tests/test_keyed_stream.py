@@ -315,7 +315,7 @@ def test_stream_fold_kernel_equals_the_reference_in_every_layout(
 ) -> None:
     import pyarrow as pa
 
-    from mxnorm_spark.keyed_kernel import SOURCE_COLUMN, SnapshotLayout, stream_fold
+    from mxnorm_spark.keyed_stream_kernel import SOURCE_COLUMN, SnapshotLayout, stream_fold
     from mxnorm_spark.state import scale_of
 
     rng = np.random.default_rng(5)

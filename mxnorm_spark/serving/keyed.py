@@ -26,15 +26,14 @@ from mxnorm_spark.choices import HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import (
     CorruptStateError,
     InvalidParameterError,
-    InvalidValueError,
     MissingColumnError,
 )
 from mxnorm_spark.serving.values import (
     arrow_scalar,
-    invalid_message,
     normalize_row,
     pandas_result,
     pandas_scalar,
+    rows_to_keep,
     set_columns,
 )
 from mxnorm_spark.state import MXNormState
@@ -156,24 +155,8 @@ class KeyedNormalizer:
 
     def _keep(self, columns: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
         """The rows ``skip`` keeps (None: all); ``error`` raises on an invalid value."""
-        if self.handle_invalid == "keep":
-            return None
-        keep = None
-        for col, (values, nulls) in zip(self.features, columns, strict=True):
-            finite = np.isfinite(values) & ~nulls
-            if finite.all():
-                continue
-            if self.handle_invalid == "error":
-                kind = (
-                    "a null"
-                    if nulls.any()
-                    else "a NaN"
-                    if np.isnan(values).any()
-                    else "an infinite"
-                )
-                raise InvalidValueError(invalid_message(col, kind))
-            keep = finite if keep is None else keep & finite
-        return keep
+        named = [(c, v, n) for c, (v, n) in zip(self.features, columns, strict=True)]
+        return rows_to_keep(named, self.handle_invalid)
 
     def _transform_arrow(self, table: Any) -> Any:
         import pyarrow as pa

@@ -28,6 +28,7 @@ from mxnorm_spark.serving.values import (
     pandas_result,
     pandas_scalar,
     pandas_vectors,
+    rows_to_keep,
     set_columns,
 )
 from mxnorm_spark.state import MXNormState
@@ -277,17 +278,7 @@ class Normalizer:
     def _rows_to_keep(self, columns: list[tuple[str, np.ndarray, np.ndarray]]) -> np.ndarray | None:
         """Scalar columns ``(name, values, null mask)``: the rows ``skip`` keeps (None: all);
         ``error`` raises on the first invalid value."""
-        if self.handle_invalid == "keep":
-            return None
-        keep = None
-        for col, values, nulls in columns:
-            finite = np.isfinite(values) & ~nulls
-            if finite.all():
-                continue
-            if self.handle_invalid == "error":
-                raise InvalidValueError(invalid_message(col, _kind(values, nulls)))
-            keep = finite if keep is None else keep & finite
-        return keep
+        return rows_to_keep(columns, self.handle_invalid)
 
     def _vector_rows_to_keep(self, col: str, vec: Vectors) -> np.ndarray | None:
         dim = self.mean.shape[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -26,6 +26,7 @@ __all__ = [
     "pandas_scalar",
     "pandas_vectors",
     "row_float",
+    "rows_to_keep",
     "set_columns",
 ]
 
@@ -73,6 +74,27 @@ def normalize_row(
             raise InvalidValueError(invalid_message(col, kind))
         out[out_col] = (v - m) / s
     return out
+
+
+def rows_to_keep(
+    columns: Sequence[tuple[str, np.ndarray, np.ndarray]], handle_invalid: str
+) -> np.ndarray | None:
+    """Scalar columns ``(name, float64 values, null mask)``: the rows ``skip`` keeps (None:
+    all); ``error`` raises on the first column with a null, NaN or infinite value."""
+    if handle_invalid == "keep":
+        return None
+    keep = None
+    for col, values, nulls in columns:
+        finite = np.isfinite(values) & ~nulls
+        if finite.all():
+            continue
+        if handle_invalid == "error":
+            kind = (
+                "a null" if nulls.any() else "a NaN" if np.isnan(values).any() else "an infinite"
+            )
+            raise InvalidValueError(invalid_message(col, kind))
+        keep = finite if keep is None else keep & finite
+    return keep
 
 
 # ---- values: Python rows -----------------------------------------------------------------
