@@ -43,10 +43,17 @@ from typing import TYPE_CHECKING, Any
 from mxnorm_spark.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
 from mxnorm_spark.keyed_kernel import filled
+from mxnorm_spark.keyed_one_job import (
+    SnapshotPartFiles,
+    carried_columns,
+    check_parts,
+    output_schema,
+    parts_of,
+    row_output,
+)
 from mxnorm_spark.keyed_stream_kernel import (
     SNAPSHOT_SCALARS,
     SOURCE_COLUMN,
-    RowOutput,
     SnapshotLayout,
     fold_normalize_kernel,
     snapshot_arrays_kernel,
@@ -56,7 +63,7 @@ from mxnorm_spark.progress import fault
 from mxnorm_spark.sinks import BatchDirectories, StreamOutput, no_dictionary
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
-from mxnorm_spark.store.filesystems import FileSystem, LocalFileSystem
+from mxnorm_spark.store.filesystems import LocalFileSystem
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -233,27 +240,58 @@ class KeyedStreamState:
     ) -> None:
         """Fold micro-batch ``batch_id`` (``data``: the rows) into the previous snapshot and
         publish the result as the snapshot of ``batch_id``. Where one job can do it
-        (:meth:`_one_job_schema`), that job also writes the normalized rows aside, and
-        :meth:`publish_rows` puts them in place once the batch is committed; ``before``
-        and ``after`` are the global states around the batch (the fallback)."""
+        (:mod:`~mxnorm_spark.keyed_one_job`), that job also writes the normalized rows
+        aside, and :meth:`publish_rows` puts them in place once the batch is committed;
+        ``before`` and ``after`` are the global states around the batch (the fallback)."""
+        prev = self.previous(batch_id, committed)
+        attempt = self._attempt(batch_id)
+        out_schema = None
+        if self.directories is not None and isinstance(self.fs, LocalFileSystem):
+            out_schema = output_schema(data.schema, self._outputs())
+        if out_schema is None:
+            kernel = stream_fold_kernel(
+                len(self.keys.key_cols), self.layout, batch_id, self.keys.evict_after
+            )
+            snapshot = self._union(data, prev, (), None).mapInArrow(
+                kernel, self.schema(data.schema)
+            )
+            snapshot.write.options(**no_dictionary(self._floats())).parquet(attempt)
+        else:
+            out = self._one_job(
+                data,
+                prev,
+                attempt,
+                batch_id=batch_id,
+                states=(before, after),
+                out_schema=out_schema,
+            )
+            assert self.directories is not None and self.output is not None
+            self._pending[batch_id] = self.directories.write_aside(
+                out, self.output, batch_id, self._outputs()
+            )
+            check_parts(self.fs, attempt, self._partitions(data.sparkSession), batch_id)
+        fault("during_key_write", batch_id, data.sparkSession)
+        self._into_place(attempt, batch_id)
+
+    def _union(
+        self, data: DataFrame, prev: int | None, carried: Sequence[str], parts: int | None
+    ) -> DataFrame:
+        """The rows and the ``prev`` snapshot's rows in one shape, partitioned by key and
+        sorted by (key, source, features); with ``parts`` (the one-job path) rows with a
+        null key stay (to be normalized) and ``carried`` columns ride along."""
         from pyspark.sql import functions as F
 
         from mxnorm_spark.columns import quote, sql_name
 
-        spark = data.sparkSession
         keys = list(self.keys.key_cols)
         schema = self.schema(data.schema)
-        prev = self.previous(batch_id, committed)
-        out_schema = self._one_job_schema(data.schema)
-        # The data rows' other columns ride along (renamed: any name is allowed there).
-        carried = [] if out_schema is None else self._carried(data.schema)
         # One row shape for data and snapshot rows (see stream_fold): a data row's features
         # go where a snapshot row has its state, so no column is null on every row of a kind.
         scalars = [schema[n] for n in SNAPSHOT_SCALARS]
         state = self.layout.state_columns
         values = [f"__mx_v{i}" for i in range(len(state))]
         nf = len(self.features)
-        rows = data.select(
+        both = data.select(
             *(quote(k) for k in keys),
             F.lit(1).alias(SOURCE_COLUMN),
             *(F.lit(None).cast(f.dataType).alias(f.name) for f in scalars),
@@ -261,43 +299,82 @@ class KeyedStreamState:
             *(F.lit(None).cast("double").alias(v) for v in values[nf:]),
             *(quote(c).alias(f"__mx_c{i}") for i, c in enumerate(carried)),
         )
-        both = rows
-        if out_schema is None:  # rows with a null key are normalized by the join
-            both = rows.where(" AND ".join(f"{sql_name(k)} IS NOT NULL" for k in keys))
+        if parts is None:  # rows with a null key are normalized by the join
+            both = both.where(" AND ".join(f"{sql_name(k)} IS NOT NULL" for k in keys))
         if prev is not None:
-            snap = self.read(spark, prev, data.schema).select(
+            snap = self.read(data.sparkSession, prev, data.schema).select(
                 *(quote(k) for k in keys),
                 F.lit(0).alias(SOURCE_COLUMN),
                 *(F.col(f.name) for f in scalars),
                 *(F.col(n).alias(v) for n, v in zip(state, values, strict=True)),
             )
             both = both.unionByName(snap, allowMissingColumns=True)
-        parts = (self.keys.num_partitions,) if self.keys.num_partitions else ()
+        n = parts or self.keys.num_partitions
         order = [*keys, SOURCE_COLUMN, *values[:nf]]
-        both = both.repartition(*parts, *keys).sortWithinPartitions(*order)
-        attempt = self._attempt(batch_id)
-        if out_schema is None:
-            kernel = stream_fold_kernel(len(keys), self.layout, batch_id, self.keys.evict_after)
-            snapshot = both.mapInArrow(kernel, schema)
-            snapshot.write.options(**no_dictionary(self._floats())).parquet(attempt)
-        else:
-            assert self.directories is not None
-            assert self.output is not None
-            pieces = _SnapshotPieces(self.fs, attempt, tuple(self._floats()))
-            kernel = fold_normalize_kernel(
-                len(keys),
-                self.layout,
-                self._row_output(data.schema, carried, before, after),
-                batch_id=batch_id,
-                evict_after=self.keys.evict_after,
-                write_snapshot=pieces,
-            )
-            out = both.mapInArrow(kernel, out_schema)
-            self._pending[batch_id] = self.directories.write_aside(
-                out, self.output, batch_id, self._outputs()
-            )
-        fault("during_key_write", batch_id, spark)
-        self._into_place(attempt, batch_id)
+        return both.repartition(*((n,) if n else ()), *keys).sortWithinPartitions(*order)
+
+    def _one_job(
+        self,
+        data: DataFrame,
+        prev: int | None,
+        attempt: str,
+        *,
+        batch_id: int,
+        states: tuple[MXNormState, MXNormState],
+        out_schema: T.StructType,
+    ) -> DataFrame:
+        """The normalized rows of the one-job path; its tasks write the snapshot parts."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        from mxnorm_spark.columns import quote
+
+        spark, keys = data.sparkSession, list(self.keys.key_cols)
+        n = self._partitions(spark)
+        carried = carried_columns(data.schema, keys, self._outputs())
+        aligned = prev is None or parts_of(self.fs, self._path(prev)) == n
+        zone = spark.conf.get("spark.sql.session.timeZone") or "UTC"
+        parts = SnapshotPartFiles(
+            self.fs,
+            attempt,
+            self._path(prev) if aligned and prev is not None else None,
+            tuple(self._floats()),
+            to_arrow_schema(self.schema(data.schema), timezone=zone),
+        )
+        data_schema = None
+        if not aligned:
+            rows = self._union(data, prev, carried, n)
+        else:  # each task reads its part of the previous snapshot: the rows alone
+            rows = data.select(
+                *(quote(k) for k in keys),
+                *(quote(f).cast("double").alias(f"__mx_v{j}") for j, f in enumerate(self.features)),
+                *(quote(c).alias(f"__mx_c{i}") for i, c in enumerate(carried)),
+            ).repartition(n, *keys)
+            data_schema = to_arrow_schema(rows.schema, timezone=zone)
+        output = row_output(
+            data.schema,
+            keys=keys,
+            outputs=self._outputs(),
+            features=self.features,
+            layout=self.layout,
+            global_constants=self._global_constants(*states),
+            min_key_rows=self.keys.min_key_rows,
+            handle_invalid=self.handle_invalid,
+        )
+        kernel = fold_normalize_kernel(
+            len(keys),
+            self.layout,
+            output,
+            batch_id=batch_id,
+            evict_after=self.keys.evict_after,
+            parts=parts,
+            data_schema=data_schema,
+        )
+        return rows.mapInArrow(kernel, out_schema)
+
+    def _partitions(self, spark: SparkSession) -> int:
+        """The fixed number of partitions (and snapshot parts) of the one-job path."""
+        conf = spark.conf.get("spark.sql.shuffle.partitions") or "200"
+        return self.keys.num_partitions or int(conf)
 
     def publish_rows(self, batch_id: int, spark: SparkSession) -> str | None:
         """Put the rows :meth:`advance` wrote aside for ``batch_id`` in place (None: it did
@@ -307,56 +384,6 @@ class KeyedStreamState:
             return None
         fault("during_write", batch_id, spark)
         return self.directories.into_place(attempt, batch_id)
-
-    def _one_job_schema(self, data_schema: T.StructType) -> T.StructType | None:
-        """The schema of the normalized rows if one job folds and writes them: the stream
-        writes its own output directories, executors reach the state directory with no
-        JVM (a local path), and Arrow carries every column. Else None."""
-        from pyspark.sql import types as T
-        from pyspark.sql.pandas.types import to_arrow_schema
-
-        if self.directories is None or not isinstance(self.fs, LocalFileSystem):
-            return None
-        try:
-            to_arrow_schema(data_schema, timezone="UTC")  # any zone: only the types count
-        except Exception:  # a type Arrow does not carry (a UDT, an interval, ...)
-            return None
-        outputs = self._outputs()
-        fields = [
-            T.StructField(f.name, T.DoubleType(), True) if f.name in outputs else f
-            for f in data_schema.fields
-        ]
-        fields += [
-            T.StructField(o, T.DoubleType(), True) for o in outputs if o not in data_schema.names
-        ]
-        return T.StructType(fields)
-
-    def _carried(self, data_schema: T.StructType) -> list[str]:
-        outputs, keys = set(self._outputs()), set(self.keys.key_cols)
-        return [n for n in data_schema.names if n not in keys and n not in outputs]
-
-    def _row_output(
-        self, data_schema: T.StructType, carried: list[str], before: MXNormState, after: MXNormState
-    ) -> RowOutput:
-        outputs, keys = self._outputs(), list(self.keys.key_cols)
-        first_carried = len(keys) + 1 + len(SNAPSHOT_SCALARS) + len(self.layout.state_columns)
-        columns = []
-        for name in [*data_schema.names, *(o for o in outputs if o not in data_schema.names)]:
-            if name in outputs:
-                columns.append((name, "z", outputs.index(name)))
-            elif name in keys:
-                columns.append((name, "in", keys.index(name)))
-            else:
-                columns.append((name, "in", first_carried + carried.index(name)))
-        gm, gs = self._global_constants(before, after)
-        return RowOutput(
-            features=self.features,
-            global_mean=tuple(float(v) for v in gm),
-            global_scale=tuple(float(v) for v in gs),
-            min_key_rows=self.keys.min_key_rows,
-            handle_invalid=self.handle_invalid,
-            columns=tuple(columns),
-        )
 
     def _global_constants(self, before: MXNormState, after: MXNormState) -> tuple[Any, Any]:
         """The fallback constants: of the global state after the batch, or before it
@@ -449,30 +476,6 @@ class KeyedStreamState:
             min_key_rows=self.keys.min_key_rows,
             handle_invalid=handle_invalid,
         )
-
-
-@dataclass(frozen=True)
-class _SnapshotPieces:
-    """Writes a partition's part of a snapshot from the executor (through the store's file
-    system: no JVM there), named by the partition so a retried task replaces its own."""
-
-    fs: FileSystem
-    directory: str
-    floats: tuple[str, ...]
-
-    def __call__(self, table: Any) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        part = 0 if context is None else context.partitionId()
-        buffer = pa.BufferOutputStream()
-        counts = [c for c in table.column_names if c not in self.floats]
-        pq.write_table(table, buffer, compression="snappy", use_dictionary=counts)
-        self.fs.mkdirs(self.directory)
-        name = self.fs.join(self.directory, f"part-{part:05d}.snappy.parquet")
-        self.fs.write_atomic(name, buffer.getvalue().to_pybytes())
 
 
 def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:

@@ -15,11 +15,13 @@ No Spark import: the functions run in the Python workers (and in tests, on plain
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mxnorm_spark.keyed_kernel import (
     OUT_ROWS,
@@ -40,11 +42,13 @@ __all__ = [
     "SOURCE_COLUMN",
     "RowOutput",
     "SnapshotLayout",
+    "SnapshotParts",
     "fold_and_normalize",
     "fold_normalize_kernel",
     "snapshot_arrays_kernel",
     "stream_fold",
     "stream_fold_kernel",
+    "with_snapshot",
 ]
 
 # Scalar columns of a key's row in a stream snapshot, beside the key columns and the
@@ -413,6 +417,22 @@ def fold_and_normalize(
     return fold.snapshot, pa.Table.from_arrays(out, names=names)
 
 
+class SnapshotParts(Protocol):
+    """A snapshot written in parts, one per partition of the fold (a task writes its own).
+
+    ``schema``: a part's schema (that of a partition with no key); ``previous()``: this
+    partition's part of the previous snapshot, when the fold reads it itself (the data
+    rows alone came through the shuffle), else None; ``write(table)``: this partition's
+    part of the new snapshot."""
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+    def previous(self) -> pa.Table | None: ...
+
+    def write(self, table: pa.Table) -> None: ...
+
+
 def fold_normalize_kernel(
     n_keys: int,
     layout: SnapshotLayout,
@@ -420,28 +440,78 @@ def fold_normalize_kernel(
     *,
     batch_id: int,
     evict_after: int | None,
-    write_snapshot: Callable[[pa.Table], None],
+    parts: SnapshotParts,
+    data_schema: pa.Schema | None = None,
 ) -> BatchFunction:
     """The ``mapInArrow`` function of :func:`fold_and_normalize` (a partition at once): the
-    normalized rows go back to Spark, the partition's snapshot to ``write_snapshot``."""
+    normalized rows go back to Spark, the partition's snapshot to ``parts`` (an empty part
+    too, so that every partition has one). With ``data_schema`` the input holds the data
+    rows alone (:func:`with_snapshot`'s ``data``) and the previous part comes from
+    ``parts``; without, it is :func:`fold_and_normalize`'s input, sorted by Spark."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rbs = [rb for rb in batches if rb.num_rows]
-        if not rbs:
+        if data_schema is not None:
+            data = pa.Table.from_batches(rbs) if rbs else data_schema.empty_table()
+            table = with_snapshot(data, parts.previous(), n_keys, layout)
+        elif rbs:
+            table = pa.Table.from_batches(rbs)
+        else:
+            parts.write(parts.schema.empty_table())
             return
         snapshot, out = fold_and_normalize(
-            pa.Table.from_batches(rbs),
-            n_keys,
-            layout,
-            rows,
-            batch_id=batch_id,
-            evict_after=evict_after,
+            table, n_keys, layout, rows, batch_id=batch_id, evict_after=evict_after
         )
-        if snapshot.num_rows:
-            write_snapshot(snapshot)
+        parts.write(snapshot if snapshot.num_rows else parts.schema.empty_table())
         yield from out.to_batches(max_chunksize=OUT_ROWS)
 
     return run
+
+
+def with_snapshot(
+    data: pa.Table, previous: pa.Table | None, n_keys: int, layout: SnapshotLayout
+) -> pa.Table:
+    """:func:`fold_and_normalize`'s input from a partition's ``data`` rows (the key columns,
+    the features as float64, then the other columns) and its part of the ``previous``
+    snapshot: both kinds of rows in one shape, sorted by (key, source, features) in Spark's
+    order (nulls first, NaN after every number), as Spark sorts the union."""
+    k, n, m = layout.n_features, data.num_rows, 0 if previous is None else previous.num_rows
+    extra = len(layout.state_columns) - k
+    scalar_types = [pa.int64(), pa.int32(), pa.int64(), pa.int64()]
+    names = [*data.column_names[:n_keys], SOURCE_COLUMN, *SNAPSHOT_SCALARS]
+    names += [f"__mx_v{i}" for i in range(k + extra)] + data.column_names[n_keys + k :]
+    cols = [
+        *data.columns[:n_keys],
+        pa.array(np.ones(n, np.int32)),
+        *(pa.nulls(n, t) for t in scalar_types),
+        *data.columns[n_keys : n_keys + k],
+        *(pa.nulls(n, pa.float64()) for _ in range(extra)),
+        *data.columns[n_keys + k :],
+    ]
+    table = pa.Table.from_arrays(cols, names=names)
+    if previous is not None and m:
+        types = [f.type for f in table.schema]
+        old = [
+            *(previous.column(i).cast(types[i]) for i in range(n_keys)),
+            pa.array(np.zeros(m, np.int32)),
+            *(previous[c].cast(t) for c, t in zip(SNAPSHOT_SCALARS, scalar_types, strict=True)),
+            *(previous[c] for c in layout.state_columns),
+            *(pa.nulls(m, t) for t in types[n_keys + 1 + len(SNAPSHOT_SCALARS) + k + extra :]),
+        ]
+        table = pa.concat_tables([table, pa.Table.from_arrays(old, schema=table.schema)])
+    # Spark's order of doubles puts NaN after +inf; Arrow's puts it with the nulls.
+    values = [table[f"__mx_v{j}"] for j in range(k)]
+    nan = [pc.is_nan(v) for v in values]
+    order = [pc.if_else(is_nan, np.inf, v) for is_nan, v in zip(nan, values, strict=True)]
+    keys = pa.Table.from_arrays(
+        [*table.columns[: n_keys + 1], *(c for pair in zip(order, nan, strict=True) for c in pair)],
+        names=[f"s{i}" for i in range(n_keys + 1 + 2 * k)],
+    )
+    index = pc.sort_indices(
+        keys, sort_keys=[(f"s{i}", "ascending") for i in range(keys.num_columns)],
+        null_placement="at_start",
+    )  # fmt: skip
+    return table.take(index)
 
 
 def snapshot_arrays_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:

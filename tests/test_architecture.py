@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sinks",
             "stream_reads",
             "stream_local",
+            "keyed_one_job",
             "keyed_stream",
         ),
     ),
