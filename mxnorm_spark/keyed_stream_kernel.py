@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -499,18 +499,18 @@ def with_snapshot(
             *(pa.nulls(m, t) for t in types[n_keys + 1 + len(SNAPSHOT_SCALARS) + k + extra :]),
         ]
         table = pa.concat_tables([table, pa.Table.from_arrays(old, schema=table.schema)])
-    # Spark's order of doubles puts NaN after +inf; Arrow's puts it with the nulls.
-    values = [table[f"__mx_v{j}"] for j in range(k)]
-    nan = [pc.is_nan(v) for v in values]
-    order = [pc.if_else(is_nan, np.inf, v) for is_nan, v in zip(nan, values, strict=True)]
-    keys = pa.Table.from_arrays(
-        [*table.columns[: n_keys + 1], *(c for pair in zip(order, nan, strict=True) for c in pair)],
-        names=[f"s{i}" for i in range(n_keys + 1 + 2 * k)],
-    )
-    index = pc.sort_indices(
-        keys, sort_keys=[(f"s{i}", "ascending") for i in range(keys.num_columns)],
-        null_placement="at_start",
-    )  # fmt: skip
+    # Spark's order: nulls first (a validity flag before each column, so Arrow's own null
+    # placement never decides), and NaN after +inf (Arrow puts it with the nulls).
+    order: list[Any] = []
+    for c in table.columns[:n_keys]:
+        order += [pc.is_valid(c), c]
+    order.append(table[SOURCE_COLUMN])
+    for j in range(k):
+        v = table[f"__mx_v{j}"]
+        nan = pc.is_nan(v)
+        order += [pc.is_valid(v), pc.if_else(nan, np.inf, v), nan]
+    keys = pa.Table.from_arrays(order, names=[f"s{i}" for i in range(len(order))])
+    index = pc.sort_indices(keys, sort_keys=[(f"s{i}", "ascending") for i in range(len(order))])
     return table.take(index)
 
 

@@ -228,3 +228,50 @@ def test_one_job_equals_the_join_path(spark: Any, tmp_path: Path, case: dict[str
     frames = pd.concat(_frames())
     kept = frames if handle_invalid == "keep" else frames.dropna(subset=["x", "y"])
     assert list(a["id"]) == sorted(kept["id"])  # every row once
+
+
+def test_with_snapshot_sorts_as_spark_sorts() -> None:
+    """Nulls first, NaN after +inf, snapshot rows (source 0) before a key's data rows: the
+    order Spark's sortWithinPartitions gives the union, which fixes the moments' bits."""
+    from mxnorm_spark.keyed_stream_kernel import with_snapshot
+
+    rng = np.random.default_rng(4)
+    layout = SnapshotLayout(2, StateOptions(alpha=0.5))
+    n = 300
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, 1.5, -2.0])
+    x = pool[rng.integers(0, 6, (n, 2))]
+    keys = [None if i % 37 == 0 else f"k{rng.integers(0, 9)}" for i in range(n)]
+    nulls = rng.random((n, 2)) < 0.1
+    data = pa.table(
+        {
+            "k": pa.array(keys, pa.string()),
+            "__mx_v0": pa.array(x[:, 0], mask=nulls[:, 0]),
+            "__mx_v1": pa.array(x[:, 1], mask=nulls[:, 1]),
+            "__mx_c0": pa.array(np.arange(n)),
+        }
+    )
+    snap_keys = ["k1", "k3", "k8"]
+    prev = layout.schema([pa.field("k", pa.string())]).empty_table()
+    prev = pa.Table.from_pylist(
+        [{"k": k, "last_batch": 0, "batches_seen": 1, "key_rows": 2, "rows": 2} for k in snap_keys],
+        schema=prev.schema,
+    )
+    got = with_snapshot(data, prev, 1, layout)
+    assert got.num_rows == n + len(snap_keys)
+
+    def rank(v: Any) -> tuple[int, float, int]:  # Spark's ascending order of a double
+        if v is None:
+            return (0, 0.0, 0)
+        return (1, np.inf, 1) if np.isnan(v) else (1, v, 0)
+
+    def spark_key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            (0, "") if r["k"] is None else (1, r["k"]),
+            r["__mx_src"],
+            rank(r["__mx_v0"]),
+            rank(r["__mx_v1"]),
+        )
+
+    rows = got.select(["k", "__mx_src", "__mx_v0", "__mx_v1"]).to_pylist()
+    assert [spark_key(r) for r in rows] == sorted(spark_key(r) for r in rows)
+    assert rows[0]["k"] is None  # null keys first
