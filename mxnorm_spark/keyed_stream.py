@@ -6,7 +6,7 @@ versions, the state of every key under ``STATE/_keys/``:
 * ``batch_id=<12 digits>/``: the *snapshot* after that micro-batch, Parquet, one row per
   key: the key columns, ``last_batch`` (its last micro-batch with rows),
   ``batches_seen``, ``key_rows``, ``rows`` and flat double columns ``f{j}_{field}`` per
-  feature ``j`` (:class:`~mxnorm_spark.keyed_kernel.SnapshotLayout`): the state after its
+  feature ``j`` (:class:`~mxnorm_spark.keyed_stream_kernel.SnapshotLayout`): the state after its
   last batch (``count``, ``mean``, ``var``; with ``alpha=None`` ``count`` and the running
   moments ``shift``, ``delta``, ``m2``) and the constants its rows of that batch were
   normalized with (``scale``, or with ``apply_at="before"`` ``count_before``,
@@ -14,23 +14,29 @@ versions, the state of every key under ``STATE/_keys/``:
 * ``keyed.json``: the key columns, features, key options, ``apply_at`` and the snapshot
   format, checked at every restart.
 
-For a micro-batch with rows, one Spark job shuffles the micro-batch's rows and the
-previous snapshot together by key, sorted by (key, source, features), and one
-``mapInArrow`` kernel (:func:`~mxnorm_spark.keyed_kernel.stream_fold`) folds each key's
-rows into its state with :meth:`MXNormState.update` (all keys at once); keys without rows
-are carried over or evicted. The snapshot is written aside and renamed into place
-*before* the global version of the batch is committed: that version is the batch's one
-commit point. A replay of a committed batch reads its snapshot back; a replay of an
-uncommitted one recomputes it from the previous snapshot (the same rows in the same order
-give the same bits). After a commit, older snapshots are deleted. Nothing per key reaches
-the driver.
+For a micro-batch with rows, one Spark job hash-partitions the micro-batch's rows by key
+into a fixed number of partitions, and each task of a ``mapInArrow`` kernel
+(:func:`~mxnorm_spark.keyed_stream_kernel.fold_and_normalize`) reads its own part of the
+previous snapshot, folds each key's rows into its state with the math of
+:meth:`MXNormState.update` (all keys at once), carries the keys without rows over (or
+evicts them), writes its part of the new snapshot, and returns the rows normalized with
+their key's constants or the global fallback (:mod:`mxnorm_spark.keyed_one_job`), which
+the same job writes aside under the output. The snapshot is renamed into place *before*
+the global version of the batch is committed: that version is the batch's one commit
+point; the rows are renamed into place after it. A replay of a committed batch reads its
+snapshot back and normalizes its rows with one join by key against the keys of this
+micro-batch, with the fallback rules of :mod:`mxnorm_spark.keyed` (the global state for
+null keys and keys with fewer than ``min_key_rows`` valid values so far); a replay of an
+uncommitted one recomputes the snapshot from the previous one (the same rows in the same
+order give the same bits). After a commit, older snapshots are deleted. Nothing per key
+reaches the driver.
 
-The rows are then normalized with one join by key against the keys of this micro-batch,
-with the fallback rules of :mod:`mxnorm_spark.keyed` (the global state for null keys and
-keys with fewer than ``min_key_rows`` valid values so far).
-
-The snapshots are written by Spark: local, HDFS, or whatever file system the Spark
-session can write (on S3 that needs the S3A connector on the cluster).
+The one job needs the stream to write its own output directories and a local state
+directory (the tasks write the parts with no JVM). With a user sink, or a state directory
+only Hadoop reaches, the snapshot's rows are shuffled with the micro-batch's (sorted by
+(key, source, features)), Spark writes the snapshot
+(:func:`~mxnorm_spark.keyed_stream_kernel.stream_fold`), and the rows are normalized by
+the join, as for a replay.
 """
 
 from __future__ import annotations
