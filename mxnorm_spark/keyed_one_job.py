@@ -146,11 +146,17 @@ class SnapshotPartFiles:
         if data is None:
             raise CorruptStateError(f"{path}, a part of the per-key snapshot, is missing")
         try:
-            return pq.read_table(pa.BufferReader(data))
+            table = pq.read_table(pa.BufferReader(data))
         except (pa.ArrowInvalid, OSError) as exc:
             raise CorruptStateError(
                 f"{path}, a part of the per-key snapshot, is not readable Parquet ({exc})"
             ) from exc
+        missing = [n for n in self.schema.names if n not in table.column_names]
+        if missing:
+            raise CorruptStateError(
+                f"{path}, a part of the per-key snapshot, lacks the column(s) {missing}"
+            )
+        return table
 
     def write(self, table: pa.Table) -> None:
         import pyarrow as pa

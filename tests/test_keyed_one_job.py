@@ -27,6 +27,7 @@ from mxnorm_spark.keyed_stream_kernel import (
 )
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions, scale_of
+from mxnorm_spark.store import StateStore
 
 FEATURES = ("x", "y")
 
@@ -275,3 +276,33 @@ def test_with_snapshot_sorts_as_spark_sorts() -> None:
     rows = got.select(["k", "__mx_src", "__mx_v0", "__mx_v1"]).to_pylist()
     assert [spark_key(r) for r in rows] == sorted(spark_key(r) for r in rows)
     assert rows[0]["k"] is None  # null keys first
+
+
+def test_a_missing_part_is_not_published(tmp_path: Path) -> None:
+    from mxnorm_spark.errors import StateConflictError
+    from mxnorm_spark.keyed_one_job import PARTS_FILE, check_parts, part_name
+    from mxnorm_spark.store.filesystems import LocalFileSystem
+
+    fs = LocalFileSystem()
+    for i in (0, 2):
+        (tmp_path / part_name(i)).write_bytes(b"")
+    with pytest.raises(StateConflictError, match=r"partition\(s\) \[1\] of 3"):
+        check_parts(fs, str(tmp_path), 3, batch_id=7)
+    assert not (tmp_path / PARTS_FILE).exists()
+    (tmp_path / part_name(1)).write_bytes(b"")
+    check_parts(fs, str(tmp_path), 3, batch_id=7)
+    assert (tmp_path / PARTS_FILE).read_text() == "3\n"
+
+
+@pytest.mark.spark
+def test_a_corrupt_part_is_named(spark: Any, tmp_path: Path) -> None:
+    from mxnorm_spark.keyed_stream import KEYS_DIR, snapshot_dir
+
+    frames = _frames()
+    stream = _stream(spark, tmp_path, output=str(tmp_path / "out"))
+    stream.foreach_batch(spark.createDataFrame(frames[0]), 0)
+    part = tmp_path / "state" / KEYS_DIR / snapshot_dir(0) / "part-00001.snappy.parquet"
+    part.write_bytes(b"not parquet")
+    with pytest.raises(Exception, match=r"part-00001\.snappy\.parquet, a part of the per-key"):
+        stream.foreach_batch(spark.createDataFrame(frames[1]), 1)
+    assert StateStore(tmp_path / "state").batch_ids() == [0]  # nothing committed
