@@ -9,9 +9,9 @@ the pieces of a record batch (the pivot is the segment's first valid value, so d
 as ``1e9 + N(0, 1)`` keeps its digits); pieces of one segment are joined with
 :meth:`Moments.merge` (Chan). The fold then runs over the *rank* of a segment within its
 key: step ``r`` updates every key that has an ``r``-th batch at once, with
-:meth:`MXNormState.update` itself on a "wide" state whose features are the (key, feature)
-pairs. ``update`` is elementwise, so each key gets the bits a state of its own would get,
-and the math stays in :mod:`mxnorm_spark.state`.
+:func:`~mxnorm_spark.state.update_lanes` (what :meth:`MXNormState.update` computes) on
+lanes that are the (key, feature) pairs. The update is elementwise, so each key gets the
+bits a state of its own would get, and the math stays in :mod:`mxnorm_spark.state`.
 
 No Spark import: the functions run in the Python workers (and in tests, on plain Arrow).
 """
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mxnorm_spark.moments import FloatArray, Moments
-from mxnorm_spark.state import MXNormState, StateOptions, scale_of
+from mxnorm_spark.state import MXNormState, StateOptions, scale_of, update_lanes
 
 __all__ = [
     "FOLD_ARRAYS",
@@ -165,15 +165,6 @@ class _Segments:
         return table, (cnt[keep], sh[keep], de[keep], m2[keep]), rows[keep], new_key[keep]
 
 
-def wide_state(
-    options: StateOptions, mean: FloatArray, var: FloatArray, totals: Moments
-) -> MXNormState:
-    # One "feature" per (key, feature) pair: update and the constants are elementwise, so
-    # this is many states at once. Built directly (not with create): names are unused here
-    # and create's uniqueness check is quadratic.
-    return MXNormState(("",) * totals.n_features, options, mean, var, totals)
-
-
 def filled(state: MXNormState) -> MXNormState:
     """``state`` with mean 0 and variance 1 for features it has no value of yet.
 
@@ -209,29 +200,35 @@ def fold_segments(
 ) -> dict[str, FloatArray]:
     """The state of each key before and after each of its batches (segments in key, batch
     order), as the arrays of :data:`FOLD_ARRAYS` (segments x features)."""
-    cnt, sh, de, m2 = moments
-    s, k = cnt.shape
+    s, k = moments[0].shape
     key = np.cumsum(new_key) - 1
     first = np.flatnonzero(new_key)
     rank = np.arange(s) - first[key]
-    n_keys = first.shape[0]
-    st = {name: np.full((n_keys, k), np.nan) for name in ("mean", "var")}
-    tot = {name: np.zeros((n_keys, k)) for name in ("count", "shift", "delta", "m2")}
-    out = {name: np.empty((s, k)) for name in FOLD_ARRAYS}
+    # Rank-major, keys ascending within a rank: the keys of rank r + 1 are a subsequence of
+    # those of rank r, so each step reads the state it continues from the step before by
+    # position (no state table per key to scatter to and gather from).
     order = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[order], np.arange(int(rank.max(initial=0)) + 2))
+    ordered = [m[order] for m in moments]
+    kid_of = key[order]
+    n = first.shape[0]
+    before = {"mean": np.full((n, k), np.nan), "var": np.full((n, k), np.nan)}
+    before |= {name: np.zeros((n, k)) for name in TOTALS}
+    parts: dict[str, list[FloatArray]] = {name: [] for name in FOLD_ARRAYS}
+    prev_kid, values = np.arange(n), before
     for r in range(bounds.shape[0] - 1):
-        seg = order[bounds[r] : bounds[r + 1]]
-        kid = key[seg]
-        before = {"mean": st["mean"][kid], "var": st["var"][kid]}
-        before.update({name: tot[f][kid] for f, name in zip(_TOTAL_FIELDS, TOTALS, strict=True)})
-        values = fold_step(options, before, (cnt[seg], sh[seg], de[seg], m2[seg]))
+        lo, hi = bounds[r], bounds[r + 1]
+        kid = kid_of[lo:hi]
+        if r:
+            pos = np.searchsorted(prev_kid, kid)
+            before = {name: values[name][pos] for name in ("mean", "var", *TOTALS)}
+        values = fold_step(options, before, tuple(m[lo:hi] for m in ordered))
         for name, v in values.items():
-            out[name][seg] = v
-        st["mean"][kid], st["var"][kid] = values["mean"], values["var"]
-        for f, name in zip(_TOTAL_FIELDS, TOTALS, strict=True):
-            tot[f][kid] = values[name]
-    return out
+            parts[name].append(v)
+        prev_kid = kid
+    back = np.empty(s, dtype=np.int64)
+    back[order] = np.arange(s)
+    return {name: np.concatenate(parts[name])[back] for name in FOLD_ARRAYS}
 
 
 def fold_step(
@@ -239,27 +236,17 @@ def fold_step(
 ) -> dict[str, FloatArray]:
     """One batch folded into many keys at once: ``before`` holds each key's ``mean``,
     ``var`` and totals (:data:`TOTALS` names), ``moments`` its batch's ``(count, shift,
-    delta, m2)``, all keys x features; returns the :data:`FOLD_ARRAYS` of each key."""
-    shape = before["mean"].shape
-    old = wide_state(
-        options,
-        before["mean"].ravel(),
-        before["var"].ravel(),
-        Moments(*(before[name].ravel() for name in TOTALS)),
-    )
-    new = old.update(Moments(*(m.ravel() for m in moments)))
-    values = {
-        "count_before": old.totals.count,
-        "count": new.totals.count,
-        "mean": new.mean,
-        "var": new.var,
-        "totals_shift": new.totals.shift,
-        "totals_delta": new.totals.delta,
-        "totals_m2": new.totals.m2,
-    }
-    values["before_mean"], values["before_scale"] = filled_constants(old)
-    values["after_mean"], values["after_scale"] = filled_constants(new)
-    return {name: v.reshape(shape) for name, v in values.items()}
+    delta, m2)``, all keys x features (any shape); returns the :data:`FOLD_ARRAYS` of each
+    key. :func:`~mxnorm_spark.state.update_lanes` is :meth:`MXNormState.update` itself."""
+    mean, var = before["mean"], before["var"]
+    totals = (before["count"], before["totals_shift"], before["totals_delta"], before["totals_m2"])
+    cnt, shift, delta, m2 = moments
+    new_mean, new_var, merged = update_lanes(options, mean, var, totals, (cnt, shift, delta, m2))
+    values = {"count_before": before["count"], "mean": new_mean, "var": new_var}
+    values |= dict(zip(TOTALS, merged, strict=True))
+    values["before_mean"], values["before_scale"] = lane_constants(options, mean, var)
+    values["after_mean"], values["after_scale"] = lane_constants(options, new_mean, new_var)
+    return values
 
 
 def list_array(values: FloatArray) -> pa.Array:

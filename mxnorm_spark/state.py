@@ -64,7 +64,14 @@ from mxnorm_spark.errors import (
     NotFittedError,
     UnsupportedSchemaVersionError,
 )
-from mxnorm_spark.moments import Fields, FloatArray, Moments, as_float_matrix, merge_running
+from mxnorm_spark.moments import (
+    Fields,
+    FloatArray,
+    Moments,
+    as_float_matrix,
+    merge_fields,
+    merge_running,
+)
 
 STATE_TYPE = "mxnorm_spark.MXNormState"
 SCHEMA_VERSION = 1
@@ -288,18 +295,14 @@ class MXNormState:
         Replays are recognised by the state store, which keeps one version per id.
         """
         self._check_moments(moments)
-        totals = self.totals.merge(moments)
-        if self.alpha is None:
-            mean, var = totals.mean, totals.var
-        else:
-            mean, var = ema_step(
-                self.options, self.mean, self.var, self.initialized, moments.fields()
-            )
+        mean, var, totals = update_lanes(
+            self.options, self.mean, self.var, self.totals.fields(), moments.fields()
+        )
         return replace(
             self,
             mean=mean,
             var=var,
-            totals=totals,
+            totals=Moments(*totals),
             batches_seen=self.batches_seen + 1,
             last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
         )
@@ -462,9 +465,26 @@ def scale_of(var: Any, options: StateOptions) -> Any:
     return scale
 
 
-def ema_step(
-    options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields
-) -> tuple[Any, Any]:
+def update_lanes(
+    options: StateOptions, mean: Any, var: Any, totals: Fields, moments: Fields
+) -> tuple[Any, Any, Fields]:
+    """:meth:`MXNormState.update` on plain arrays of any shape, lane by lane (many states
+    at once): the new mean, variance and totals ``(count, shift, delta, m2)``."""
+    merged = merge_fields(totals, moments)
+    if options.alpha is None:
+        count, shift, delta, m2 = merged
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Moments.mean and Moments.var of the merged totals.
+            return (
+                np.where(count > 0, shift + delta, np.nan),
+                np.where(count > 0, m2 / count, np.nan),
+                merged,
+            )
+    ema_mean, ema_var = ema_step(options, mean, var, np.asarray(totals[0]) > 0, moments)
+    return ema_mean, ema_var, merged
+
+
+def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields) -> tuple[Any, Any]:
     """The EMA ``(mean, var)`` after one batch's moments (``alpha`` not None)."""
     count, shift, delta, m2 = moments
     in_batch = count > 0

@@ -89,9 +89,7 @@ def rows_to_keep(
         if finite.all():
             continue
         if handle_invalid == "error":
-            kind = (
-                "a null" if nulls.any() else "a NaN" if np.isnan(values).any() else "an infinite"
-            )
+            kind = "a null" if nulls.any() else "a NaN" if np.isnan(values).any() else "an infinite"
             raise InvalidValueError(invalid_message(col, kind))
         keep = finite if keep is None else keep & finite
     return keep
