@@ -6,11 +6,12 @@ versions, the state of every key under ``STATE/_keys/``:
 * ``batch_id=<12 digits>/``: the *snapshot* after that micro-batch, Parquet, one row per
   key: the key columns, ``last_batch`` (its last micro-batch with rows),
   ``batches_seen``, ``key_rows``, ``rows`` and flat double columns ``f{j}_{field}`` per
-  feature ``j`` (:class:`~mxnorm_spark.keyed_stream_kernel.SnapshotLayout`): the state after its
-  last batch (``count``, ``mean``, ``var``; with ``alpha=None`` ``count`` and the running
-  moments ``shift``, ``delta``, ``m2``) and the constants its rows of that batch were
-  normalized with (``scale``, or with ``apply_at="before"`` ``count_before``,
-  ``mean_before``, ``scale_before``). Any engine reads it as a table.
+  feature ``j`` (:class:`~mxnorm_spark.keyed_stream_kernel.SnapshotLayout`): the state
+  after its last batch (``count``, ``mean``, ``var``; with ``alpha=None`` ``count`` and
+  the running moments ``shift``, ``delta``, ``m2``) and the constants its rows of that
+  batch were normalized with (``scale``, or with ``apply_at="before"`` ``count_before``,
+  ``mean_before``, ``scale_before``). Any engine reads it as a table. Written by the fold's
+  tasks it is in parts, ``part-<partition>.snappy.parquet``, and ``_parts`` holds how many.
 * ``keyed.json``: the key columns, features, key options, ``apply_at`` and the snapshot
   format, checked at every restart.
 
