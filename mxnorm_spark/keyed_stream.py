@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 __all__ = ["KEYED_STREAM_TYPE", "KEYS_DIR", "KeyOptions", "KeyedStreamState", "export_latest"]
 
 _META = "keyed.json"
-_ATTEMPTS = "_attempts"
 _PREFIX = "batch_id="
 # 2: flat per-feature double columns (SnapshotLayout); 1 (no field): per-feature arrays.
 SNAPSHOT_FORMAT = 2
@@ -160,7 +159,9 @@ class KeyedStreamState:
                 "rename them"
             )
         self._check_metadata()
-        self.fs.delete(self.fs.join(self.root, _ATTEMPTS), True)
+        # Snapshots are published as the stream's outputs are: written aside, renamed.
+        self._snapshots = BatchDirectories(self.root, fs=self.fs)
+        self._snapshots.clear_attempts()
 
     def _value_columns(self) -> list[str]:
         return [*self.layout.state_columns, *self.layout.constant_columns]
@@ -251,7 +252,7 @@ class KeyedStreamState:
         aside, and :meth:`publish_rows` puts them in place once the batch is committed;
         ``before`` and ``after`` are the global states around the batch (the fallback)."""
         prev = self.previous(batch_id, committed)
-        attempt = self._attempt(batch_id)
+        attempt = self._snapshots.new_attempt(batch_id)
         out_schema = None
         if self.directories is not None and isinstance(self.fs, LocalFileSystem):
             out_schema = output_schema(data.schema, self._outputs())
@@ -278,7 +279,7 @@ class KeyedStreamState:
             )
             check_parts(self.fs, attempt, self._partitions(data.sparkSession), batch_id)
         fault("during_key_write", batch_id, data.sparkSession)
-        self._into_place(attempt, batch_id)
+        self._snapshots.into_place(attempt, batch_id)
 
     def _union(
         self, data: DataFrame, prev: int | None, carried: Sequence[str], parts: int | None
@@ -407,19 +408,6 @@ class KeyedStreamState:
         # Means, variances, scales: continuous, a Parquet dictionary is tried in vain.
         layout = self.layout
         return [c for c in layout.state_columns + layout.constant_columns if "count" not in c]
-
-    def _attempt(self, batch_id: int) -> str:
-        import uuid
-
-        name = f"{snapshot_dir(batch_id)}-{uuid.uuid4().hex}"
-        return self.fs.join(self.fs.join(self.root, _ATTEMPTS), name)
-
-    def _into_place(self, attempt: str, batch_id: int) -> None:
-        fs, final = self.fs, self._path(batch_id)
-        if fs.exists(final):
-            fs.delete(final, recursive=True)
-        if not fs.rename(attempt, final):
-            raise OSError(f"could not rename {attempt} to {final}")
 
     def prune(self, committed: int) -> None:
         """Delete the snapshots older than the newest one of a committed batch."""
