@@ -62,7 +62,8 @@ from mxnorm_spark.errors import (
     MissingColumnError,
 )
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState, StateHistory, fold_history, scale_of
+from mxnorm_spark.state import MXNormState, scale_of
+from mxnorm_spark.state_history import StateHistory, fold_history
 from mxnorm_spark.store.history import history_schema
 
 # Re-exported: other modules import these from here.

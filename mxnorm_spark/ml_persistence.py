@@ -32,7 +32,8 @@ from pyspark.sql import types as T
 from mxnorm_spark.apply import BackfillHistory
 from mxnorm_spark.engines import BatchTable
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError
-from mxnorm_spark.state import MXNormState, StateHistory
+from mxnorm_spark.state import MXNormState
+from mxnorm_spark.state_history import StateHistory
 from mxnorm_spark.store import filesystem, is_classic
 
 __all__ = ["EstimatorWriter", "ModelReader", "ModelWriter"]

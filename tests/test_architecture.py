@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mxnorm_spark"
 # Lowest first. Each module of the package is in exactly one layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("errors", "choices")),
-    ("math", ("moments", "state")),
+    ("math", ("moments", "state", "state_history")),
     ("io", ("store.filesystems", "store.states", "store.history", "store.inputs", "store")),
     ("serving", ("serving.values", "serving.normalizer", "serving.keyed", "serving")),
     ("report", ("report",)),

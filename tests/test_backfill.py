@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState, StateOptions, fold_history
+from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.state_history import fold_history
 
 OPTIONS = [
     StateOptions(alpha=0.1),

@@ -19,7 +19,7 @@ import pytest
 from mxnorm_spark import CorruptStateError, InvalidParameterError, MXNormState
 from mxnorm_spark.apply import BackfillHistory
 from mxnorm_spark.ml import MXNorm, MXNormModel
-from mxnorm_spark.state import StateHistory
+from mxnorm_spark.state_history import StateHistory
 
 pytestmark = pytest.mark.spark
 DATA = Path(__file__).resolve().parent / "data"
