@@ -171,7 +171,12 @@ def _stream(spark: Any, root: Path, **kw: Any) -> Any:
         cols=["x", "y"],
         options=StateOptions(alpha=0.25),
         progress=None,
-        keys=KeyOptions(("k",), min_key_rows=2, evict_after=kw.pop("evict_after", None)),
+        keys=KeyOptions(
+            ("k",),
+            min_key_rows=2,
+            evict_after=kw.pop("evict_after", None),
+            num_partitions=kw.pop("num_partitions", None),
+        ),
         **kw,
     )
 
@@ -306,3 +311,39 @@ def test_a_corrupt_part_is_named(spark: Any, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"part-00001\.snappy\.parquet, a part of the per-key"):
         stream.foreach_batch(spark.createDataFrame(frames[1]), 1)
     assert StateStore(tmp_path / "state").batch_ids() == [0]  # nothing committed
+
+
+@pytest.mark.spark
+def test_another_partition_count_realigns_the_parts(spark: Any, tmp_path: Path) -> None:
+    """A restart with another number of partitions shuffles the old snapshot once (its
+    parts do not match), writes the new count of parts, and gives the bits of a run that
+    kept one count throughout."""
+    from mxnorm_spark.keyed_stream import KEYS_DIR, snapshot_dir
+
+    frames = [*_frames(), *_frames(seed=8)]
+    steady = _stream(spark, tmp_path / "steady", output=str(tmp_path / "steady" / "out"))
+    for b, frame in enumerate(frames):
+        steady.foreach_batch(spark.createDataFrame(frame), b)
+    root = tmp_path / "moved"
+    first = _stream(spark, root, output=str(root / "out"))
+    for b in range(3):
+        first.foreach_batch(spark.createDataFrame(frames[b]), b)
+    again = _stream(spark, root, output=str(root / "out"), num_partitions=3)
+    for b in range(3, len(frames)):
+        again.foreach_batch(spark.createDataFrame(frames[b]), b)
+        snapshot = root / "state" / KEYS_DIR / snapshot_dir(b)
+        assert (snapshot / "_parts").read_text() == "3\n"
+    last = snapshot_dir(len(frames) - 1)
+    got, want = (
+        pd.read_parquet(r / "state" / KEYS_DIR / last).sort_values("k").reset_index(drop=True)
+        for r in (root, tmp_path / "steady")
+    )
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    out, ref = (
+        spark.read.parquet(str(r / "out"))
+        .toPandas()
+        .sort_values(["batch_id", "id"])  # ids repeat over the two halves
+        .reset_index(drop=True)
+        for r in (root, tmp_path / "steady")
+    )
+    pd.testing.assert_frame_equal(out, ref, check_exact=True)
