@@ -172,11 +172,12 @@ def filled(state: MXNormState) -> MXNormState:
     back to the global state); the fill only keeps
     :meth:`MXNormState.normalization_constants` total, as ``MXNormModel`` does.
     """
-    return replace(
-        state,
-        mean=np.where(np.isnan(state.mean), 0.0, state.mean),
-        var=np.where(np.isnan(state.var), 1.0, state.var),
-    )
+    mean, var = _filled(state.mean, state.var)
+    return replace(state, mean=mean, var=var)
+
+
+def _filled(mean: FloatArray, var: FloatArray) -> tuple[FloatArray, FloatArray]:
+    return np.where(np.isnan(mean), 0.0, mean), np.where(np.isnan(var), 1.0, var)
 
 
 def filled_constants(state: MXNormState) -> tuple[FloatArray, FloatArray]:
@@ -190,8 +191,7 @@ def lane_constants(
     options: StateOptions, mean: FloatArray, var: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
     """:func:`filled_constants` of lanes given as plain ``mean`` and ``var`` arrays."""
-    mean = np.where(np.isnan(mean), 0.0, mean)
-    var = np.where(np.isnan(var), 1.0, var)
+    mean, var = _filled(mean, var)
     return mean, scale_of(var, options)
 
 

@@ -64,7 +64,8 @@ def carried_columns(
 
 
 def row_output(
-    data_schema: T.StructType,
+    names: Sequence[str],
+    carried: Sequence[str],
     *,
     keys: Sequence[str],
     outputs: Sequence[str],
@@ -74,18 +75,18 @@ def row_output(
     min_key_rows: int,
     handle_invalid: str,
 ) -> RowOutput:
-    """The kernel's :class:`RowOutput`: each output column from its input column or its
-    feature; the carried columns follow the state columns in the kernel's input."""
-    carried = carried_columns(data_schema, keys, outputs)
+    """The kernel's :class:`RowOutput` for the output columns ``names`` (those of
+    :func:`output_schema`): each from its input column or its feature; the ``carried``
+    columns follow the state columns in the kernel's input."""
     first_carried = len(keys) + 1 + len(SNAPSHOT_SCALARS) + len(layout.state_columns)
     columns = []
-    for name in [*data_schema.names, *(o for o in outputs if o not in data_schema.names)]:
+    for name in names:
         if name in outputs:
             columns.append((name, "z", list(outputs).index(name)))
         elif name in keys:
             columns.append((name, "in", list(keys).index(name)))
         else:
-            columns.append((name, "in", first_carried + carried.index(name)))
+            columns.append((name, "in", first_carried + list(carried).index(name)))
     gm, gs = global_constants
     return RowOutput(
         features=tuple(features),

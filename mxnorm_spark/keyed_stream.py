@@ -67,7 +67,7 @@ from mxnorm_spark.keyed_stream_kernel import (
     stream_fold_kernel,
 )
 from mxnorm_spark.progress import fault
-from mxnorm_spark.sinks import BatchDirectories, StreamOutput, no_dictionary
+from mxnorm_spark.sinks import BatchDirectories, StreamOutput, batch_output_dir, no_dictionary
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
 from mxnorm_spark.store.filesystems import LocalFileSystem
@@ -121,7 +121,8 @@ class KeyOptions:
 
 
 def snapshot_dir(batch_id: int) -> str:
-    return f"{_PREFIX}{batch_id:012d}"
+    # BatchDirectories publishes each snapshot under this name (into_place).
+    return batch_output_dir(batch_id)
 
 
 class KeyedStreamState:
@@ -359,7 +360,8 @@ class KeyedStreamState:
             ).repartition(n, *keys)
             data_schema = to_arrow_schema(rows.schema, timezone=zone)
         output = row_output(
-            data.schema,
+            out_schema.names,
+            carried,
             keys=keys,
             outputs=self._outputs(),
             features=self.features,

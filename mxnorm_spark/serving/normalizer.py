@@ -23,6 +23,7 @@ from mxnorm_spark.serving.values import (
     arrow_vectors,
     cell_like,
     cell_values,
+    invalid_kind,
     invalid_message,
     normalize_row,
     pandas_result,
@@ -291,7 +292,7 @@ class Normalizer:
         finite = np.isfinite(vec.values) & ~vec.nulls
         if self.handle_invalid == "error":
             if not finite.all():
-                raise InvalidValueError(invalid_message(col, _kind(vec.values, vec.nulls)))
+                raise InvalidValueError(invalid_message(col, invalid_kind(vec.values, vec.nulls)))
             return None
         # Spark drops null rows and rows with an invalid element (vector rows have dim values).
         keep: np.ndarray = ~vec.row_nulls & finite.all(axis=1)
@@ -335,12 +336,6 @@ def _vector_base(features: Sequence[str]) -> str | None:
     bases = {m.group(1) for m in parsed if m}
     idx = [int(m.group(2)) for m in parsed if m]
     return bases.pop() if len(bases) == 1 and idx == list(range(len(idx))) else None
-
-
-def _kind(values: np.ndarray, nulls: np.ndarray) -> str:
-    if nulls.any():
-        return "a null"
-    return "a NaN" if np.isnan(values).any() else "an infinite"
 
 
 def _first_invalid(values: np.ndarray, nulls: np.ndarray | None) -> str | None:

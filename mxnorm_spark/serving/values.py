@@ -20,6 +20,7 @@ __all__ = [
     "arrow_vectors",
     "cell_like",
     "cell_values",
+    "invalid_kind",
     "invalid_message",
     "normalize_row",
     "pandas_result",
@@ -76,6 +77,13 @@ def normalize_row(
     return out
 
 
+def invalid_kind(values: np.ndarray, nulls: np.ndarray) -> str:
+    """What a column with an invalid value holds, for the message: a null first."""
+    if nulls.any():
+        return "a null"
+    return "a NaN" if np.isnan(values).any() else "an infinite"
+
+
 def rows_to_keep(
     columns: Sequence[tuple[str, np.ndarray, np.ndarray]], handle_invalid: str
 ) -> np.ndarray | None:
@@ -89,8 +97,7 @@ def rows_to_keep(
         if finite.all():
             continue
         if handle_invalid == "error":
-            kind = "a null" if nulls.any() else "a NaN" if np.isnan(values).any() else "an infinite"
-            raise InvalidValueError(invalid_message(col, kind))
+            raise InvalidValueError(invalid_message(col, invalid_kind(values, nulls)))
         keep = finite if keep is None else keep & finite
     return keep
 
