@@ -5,9 +5,10 @@
 DESIGN.md section 1 (every option of :class:`StateOptions`): rows are hash-partitioned by
 key and sorted by (key, batch, features), and one ``mapInArrow`` kernel
 (:mod:`mxnorm_spark.keyed_kernel`) emits one row per (key, batch) with the key's state
-before and after that batch. Nothing per key reaches the driver: the per-key states are a
-DataFrame (:attr:`KeyedModel.states`), written as Parquet. Sorting on the feature values
-too fixes the order of every sum, so the same input gives the same bits on every run.
+after that batch, in flat double columns (its state before is its previous row). Nothing
+per key reaches the driver: the per-key states are a DataFrame (:attr:`KeyedModel.states`),
+written as Parquet. Sorting on the feature values too fixes the order of every sum, so the
+same input gives the same bits on every run.
 
 A key's batches are the batch values in which it has rows. Beside the per-key states the
 model keeps the *global* state: the ordinary MXNorm state over all rows (what
@@ -29,8 +30,8 @@ Policies:
   (before or after it, as in ``MXNormModel``), or the final global state for a batch
   value not fitted. Without a batch column: the key's final state, the final global state.
 
-Scalar numeric feature columns only (vector/array input: not yet). Streaming per-key
-state and eviction are not part of this module yet.
+Scalar numeric feature columns only (vector/array input: not yet). Per-key state in a
+stream, with eviction: :mod:`mxnorm_spark.keyed_stream`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import mxnorm_spark.spark_extra  # noqa: F401  (before pyspark: names the [spark] extra if missing)
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -71,15 +72,24 @@ from mxnorm_spark.errors import (
     InvalidParameterError,
     MissingColumnError,
 )
-from mxnorm_spark.keyed_kernel import FOLD_ARRAYS, filled, filled_constants, fold_kernel
+from mxnorm_spark.keyed_kernel import (
+    SCALARS,
+    SOURCE,
+    fields,
+    filled,
+    filled_constants,
+    fold_kernel,
+    state_columns,
+)
 from mxnorm_spark.state import MXNormState, StateOptions
 from mxnorm_spark.store import filesystem, local_path, write_state
 from mxnorm_spark.store.filesystems import LocalFileSystem
 
 __all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "export_table", "fit_keyed", "pick_and_normalize"]
 
-# Columns of the per-key states beside the key and batch columns.
-STATE_COLUMNS = ("rows", "key_rows", "batches_seen", "is_last", *FOLD_ARRAYS)
+# The layout of the per-key states table (schema_version in keyed.json): 1 had one array
+# per field (read back by :func:`_states_of_version`), 2 flat f{j}_{field} columns.
+STATES_VERSION = 2
 
 GlobalHistory = Sequence[tuple[Any, MXNormState]]
 
@@ -139,11 +149,13 @@ def check_keys(
     missing = [k for k in keys if k not in fields]
     if missing:
         raise MissingColumnError(missing, list(fields))
-    clash = [k for k in keys if k in cols or k == batch_col or k in STATE_COLUMNS]
+    taken = {*cols, batch_col, *SCALARS, *state_columns(len(cols), StateOptions(alpha=None))}
+    clash = [k for k in keys if k in taken]
     if clash or len(set(keys)) != len(keys):
         raise InvalidParameterError(
             f"key columns must be unique and differ from the feature columns, the batch "
-            f"column and the state columns {list(STATE_COLUMNS)}; got {list(keys)}"
+            f"column and the state columns ({', '.join(SCALARS)}, f<j>_<field>); got "
+            f"{list(keys)}"
         )
     bad = [f"{k!r} ({fields[k].simpleString()})" for k in keys]
     bad = [b for k, b in zip(keys, bad, strict=True) if not isinstance(fields[k], T.AtomicType)]
@@ -208,16 +220,15 @@ def _fit_states(
     names = [f"__mx_k{i}" for i in range(len(keys))]
     order = [*names, *(["__mx_batch"] if batch_col else []), *(f"x{j}" for j in range(len(xs)))]
     src = src.repartition(*parts, *names).sortWithinPartitions(*order)
-    dbl = T.ArrayType(T.DoubleType(), containsNull=False)
-    fields = [f for f in src.schema.fields if not f.name.startswith("x")]
+    per_feature = state_columns(len(xs), options)
     schema = T.StructType(
         [
-            *fields,
+            *(f for f in src.schema.fields if not f.name.startswith("x")),
             T.StructField("rows", T.LongType(), False),
             T.StructField("key_rows", T.LongType(), False),
             T.StructField("batches_seen", T.IntegerType(), False),
             T.StructField("is_last", T.BooleanType(), False),
-            *(T.StructField(name, dbl, False) for name in FOLD_ARRAYS),
+            *(T.StructField(name, T.DoubleType(), False) for name in per_feature),
         ]
     )
     kernel = fold_kernel(len(keys), batch_col is not None, options)
@@ -225,7 +236,7 @@ def _fit_states(
     renamed = [F.col(n).alias(k) for n, k in zip(names, keys, strict=True)]
     if batch_col is not None:
         renamed.append(F.col("__mx_batch").alias(batch_col))
-    return out.select(*renamed, *STATE_COLUMNS)
+    return out.select(*renamed, *SCALARS, *per_feature)
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -234,11 +245,13 @@ class KeyedModel:
     """Per-key MXNorm states (a Spark DataFrame) and the global state beside them.
 
     :attr:`states` has one row per (key, batch): the key columns, the batch column (with
-    ``batch_col``) and :data:`STATE_COLUMNS`: ``rows`` (the key's rows in the batch),
-    ``key_rows`` (through it), ``batches_seen``, ``is_last`` (the key's final state),
-    ``count_before`` / ``count`` (valid values per feature before / after the batch), the
-    state after (``mean``, ``var``, ``totals_shift``, ``totals_delta``, ``totals_m2``) and
-    the constants ``(x - mean) / scale`` before and after (``before_mean``, ...).
+    ``batch_col``), ``rows`` (the key's rows in the batch), ``key_rows`` (through it),
+    ``batches_seen``, ``is_last`` (the key's final state) and, per feature ``j`` (of
+    :attr:`features`), the key's state after the batch in double columns: ``f{j}_count``
+    (valid values so far), ``f{j}_mean``, ``f{j}_var`` (NaN before the key's first valid
+    value), ``f{j}_scale`` (``x`` normalizes as ``(x - mean) / scale``) and, with
+    ``alpha=None``, the exact running moments ``f{j}_shift``, ``f{j}_delta``, ``f{j}_m2``.
+    A key's state before a batch is its row of its previous batch.
     """
 
     features: tuple[str, ...]
@@ -350,7 +363,7 @@ class KeyedModel:
     def _metadata(self) -> dict[str, Any]:
         return {
             "type": KEYED_MODEL_TYPE,
-            "schema_version": 1,
+            "schema_version": STATES_VERSION,
             "features": list(self.features),
             "key_cols": list(self.key_cols),
             "batch_col": self.batch_col,
@@ -392,22 +405,33 @@ class KeyedModel:
         state_text = fs.read_bytes(fs.join(root, "global.json"))
         if state_text is None:
             raise CorruptStateError(f"{path} has no global.json")
+        version = meta.get("schema_version", 1)
+        if version not in (1, STATES_VERSION):
+            raise CorruptStateError(
+                f"{path} holds a keyed model of schema_version {version!r}; this version "
+                f"reads 1 and {STATES_VERSION}"
+            )
         rows = spark.read.parquet(_under(path, "global_history")).collect()
         history = [(r["batch"], MXNormState.from_json(r["state"])) for r in rows]
         history.sort(key=lambda item: item[0])
         outs = meta.get("output_cols")
+        options = StateOptions(**meta["options"])
+        states = spark.read.parquet(_under(path, "states"))
+        if version == 1:
+            head = [*meta["key_cols"], *([meta["batch_col"]] if meta["batch_col"] else [])]
+            states = _flat_states(states, head, len(meta["features"]), options)
         return cls(
             features=tuple(meta["features"]),
             key_cols=tuple(meta["key_cols"]),
             batch_col=meta["batch_col"],
-            options=StateOptions(**meta["options"]),
+            options=options,
             min_key_rows=int(meta["min_key_rows"]),
             apply_at=meta["apply_at"],
             handle_invalid=meta["handle_invalid"],
             output_cols=None if outs is None else tuple(outs),
             global_state=MXNormState.from_json(state_text, source=f"{path}/global.json"),
             global_history=history,
-            states=spark.read.parquet(_under(path, "states")),
+            states=states,
         )
 
     def export(self, path: str, *, overwrite: bool = False) -> None:
@@ -467,24 +491,28 @@ def pick_and_normalize(
 def export_table(
     states: DataFrame, key_cols: Sequence[str], features: Sequence[str], last: Any
 ) -> DataFrame:
-    """The serving export's rows of ``states`` (one row per key): one row per key and
+    """The serving export's rows of ``states`` (one row per key, with the columns
+    ``f{j}_count``, ``f{j}_mean``, ``f{j}_var``, ``f{j}_scale``): one row per key and
     feature, with the key's final ``mean``, ``var``, ``scale``, ``count`` and ``last``
     (a column: the key's last batch)."""
-    names = F.array(*[F.lit(f) for f in features])
-    zipped = F.arrays_zip("mean", "var", "after_scale", "count")
-    long = states.select(
+    entries = [
+        F.struct(
+            F.lit(f).alias("feature"),
+            F.lit(j).alias("feature_index"),
+            *(F.col(f"f{j}_{field}").alias(field) for field in ("mean", "var", "scale", "count")),
+        )
+        for j, f in enumerate(features)
+    ]
+    return states.select(
+        *[quote(k) for k in key_cols], last.alias("last_batch"), F.inline(F.array(*entries))
+    ).select(
         *[quote(k) for k in key_cols],
-        last.alias("last_batch"),
-        F.posexplode(zipped).alias("feature_index", "z"),
-    )
-    return long.select(
-        *[quote(k) for k in key_cols],
-        F.get(names, F.col("feature_index")).alias("feature"),
+        "feature",
         "feature_index",
-        F.col("z.mean").alias("mean"),
-        F.col("z.var").alias("var"),
-        F.col("z.after_scale").alias("scale"),
-        F.col("z.count").alias("count"),
+        "mean",
+        "var",
+        "scale",
+        "count",
         "last_batch",
     )
 
@@ -496,21 +524,30 @@ def _join_key_constants(
     (its constants), all null where the key has no state yet.
 
     An as-of lookup in one shuffle: the rows and the key's states are put together,
-    partitioned by key and ordered by batch (a state before the rows of its batch), and
-    each row takes the last state at or before its batch. A batch the key had no rows in
-    thus gets the key's state after its latest earlier batch, and none before its first
-    (point in time correct); without a batch column, the key's final state.
+    partitioned by key and ordered by batch, and each row takes the last state before it.
+    A state row sorts before the rows of its own batch with ``apply_at="after"`` and after
+    them with ``"before"``, so a row takes the key's state after its batch, or after the
+    key's latest earlier batch (which is the state before its batch). A batch the key had
+    no rows in thus gets the key's state after its latest earlier batch, and none before
+    its first (point in time correct); without a batch column, the key's final state.
     """
     keys, batch = model.key_cols, model.batch_col
-    fields = ["count_before", "before_mean", "before_scale", "count", "after_mean", "after_scale"]
+    n_features = len(model.features)
     types = {f.name: f.dataType for f in df.schema.fields}
     chosen = states if by_batch else states.where(F.col("is_last"))
+
+    def per_feature(field: str) -> Column:
+        return F.array(*[F.col(f"f{j}_{field}") for j in range(n_features)])
+
+    after = not (by_batch and model.apply_at == "before")
     st = chosen.select(
         *[quote(k).cast(types[k]).alias(k) for k in keys],
         *([quote(str(batch)).cast(types[str(batch)]).alias(str(batch))] if by_batch else []),
-        F.lit(0).alias("__mx_src"),
+        F.lit(0 if after else 2).alias("__mx_src"),
         F.struct(
-            *([quote(str(batch)).alias("b")] if by_batch else []), *[F.col(c) for c in fields]
+            per_feature("count").alias("n"),
+            per_feature("mean").alias("m"),
+            per_feature("scale").alias("s"),
         ).alias("__mx_st"),
     )
     rows = df.withColumn("__mx_src", F.lit(1))
@@ -524,17 +561,22 @@ def _join_key_constants(
     both = both.withColumn("__mx_st", F.last("__mx_st", ignorenulls=True).over(w))
     out = both.where(F.col("__mx_src") == 1).drop("__mx_src")
     s = F.col("__mx_st")
-    if by_batch and model.apply_at == "before":
-        # The state row of the row's own batch holds the state before it; an earlier
-        # batch's state row, the state after that batch, which is the same thing.
-        same = s["b"] == quote(str(batch))
-        n = F.when(same, s["count_before"]).otherwise(s["count"])
-        m = F.when(same, s["before_mean"]).otherwise(s["after_mean"])
-        sc = F.when(same, s["before_scale"]).otherwise(s["after_scale"])
-    else:
-        n, m, sc = s["count"], s["after_mean"], s["after_scale"]
-    out = out.withColumns({"__mx_n": n, "__mx_km": m, "__mx_ks": sc})
+    out = out.withColumns({"__mx_n": s["n"], "__mx_km": s["m"], "__mx_ks": s["s"]})
     return out.drop("__mx_st")
+
+
+def _flat_states(
+    states: DataFrame, head: Sequence[str], n_features: int, options: StateOptions
+) -> DataFrame:
+    """A states table of schema_version 1 (one array per field, named as the kernel's
+    values: ``count``, ``mean``, ``after_scale``, ``totals_shift``, ...) in the flat
+    layout of :data:`STATES_VERSION`."""
+    flat = [
+        F.get(F.col(SOURCE[f]), j).alias(f"f{j}_{f}")
+        for j in range(n_features)
+        for f in fields(options)
+    ]
+    return states.select(*[quote(c) for c in head], *SCALARS, *flat)
 
 
 def _filesystem(path: str, spark: SparkSession) -> tuple[Any, str]:

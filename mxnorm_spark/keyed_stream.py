@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.keyed_kernel import filled
+from mxnorm_spark.keyed_kernel import FIELDS, feature_columns, filled
 from mxnorm_spark.keyed_one_job import (
     SnapshotPartFiles,
     carried_columns,
@@ -63,7 +63,7 @@ from mxnorm_spark.keyed_stream_kernel import (
     SOURCE_COLUMN,
     SnapshotLayout,
     fold_normalize_kernel,
-    snapshot_arrays_kernel,
+    snapshot_states_kernel,
     stream_fold_kernel,
 )
 from mxnorm_spark.progress import fault
@@ -488,24 +488,25 @@ def _read_metadata(fs: Any, path: str) -> dict[str, Any] | None:
     return doc
 
 
-def snapshot_arrays(snap: DataFrame, keys: Sequence[str], layout: SnapshotLayout) -> DataFrame:
-    """The key columns, ``last_batch`` and the arrays ``count``, ``mean``, ``var`` and
-    ``after_scale`` (one element per feature) of each key's state in ``snap``."""
+def snapshot_states(snap: DataFrame, keys: Sequence[str], layout: SnapshotLayout) -> DataFrame:
+    """The key columns, ``last_batch`` and the columns ``f{j}_count``, ``f{j}_mean``,
+    ``f{j}_var`` and ``f{j}_scale`` of each key's state in ``snap`` (as
+    ``KeyedModel.states``)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     from mxnorm_spark.columns import quote
 
-    dbl = T.ArrayType(T.DoubleType(), containsNull=True)
+    names = feature_columns(layout.n_features, FIELDS)
     schema = T.StructType(
         [
             *(snap.schema[k] for k in keys),
             T.StructField("last_batch", T.LongType(), True),
-            *(T.StructField(n, dbl, True) for n in ("count", "mean", "var", "after_scale")),
+            *(T.StructField(n, T.DoubleType(), True) for n in names),
         ]
     )
     cols = [*(quote(k) for k in keys), F.col("last_batch"), *map(F.col, layout.state_columns)]
-    return snap.select(*cols).mapInArrow(snapshot_arrays_kernel(len(keys), layout), schema)
+    return snap.select(*cols).mapInArrow(snapshot_states_kernel(len(keys), layout), schema)
 
 
 def export_latest(
@@ -558,8 +559,8 @@ def export_latest(
         )
     snap = spark.read.parquet(fs.join(root, snapshot_dir(ids[-1])))
     layout = SnapshotLayout(len(meta["features"]), StateOptions(**meta["options"]))
-    arrays = snapshot_arrays(snap, keys, layout)
-    table = export_table(arrays, keys, meta["features"], F.col("last_batch"))
+    states = snapshot_states(snap, keys, layout)
+    table = export_table(states, keys, meta["features"], F.col("last_batch"))
     table.write.mode(mode).parquet(out_dir.rstrip("/") + "/keys.parquet")
     write_state(state, out_fs.join(out_root, "global.json"), spark)
     doc = {

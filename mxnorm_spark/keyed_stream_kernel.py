@@ -4,11 +4,9 @@ its state (:func:`stream_fold`) and, in the same pass, the normalization of thos
 
 A partition holds the micro-batch's rows and the previous snapshot's rows of the same
 keys, sorted by (key, :data:`SOURCE_COLUMN`, features). The state math is that of
-:mod:`mxnorm_spark.state` on lanes (features x keys arrays): ``alpha=None`` goes through
-:func:`~mxnorm_spark.keyed_kernel.fold_step` (:meth:`MXNormState.update` itself); an EMA
-keeps only ``count``, ``mean`` and ``var`` per key, so its step computes those alone, with
-the functions ``update`` calls (the count is the merge's sum, the mean and variance
-:func:`~mxnorm_spark.state.ema_step`): the same bits at a third of the work.
+:mod:`mxnorm_spark.state` on lanes (features x keys arrays), through
+:func:`~mxnorm_spark.keyed_kernel.fold_step`, the backfill's step (:meth:`MXNormState.update`
+itself; an EMA keeps only ``count``, ``mean`` and ``var`` per key).
 
 No Spark import: the functions run in the Python workers (and in tests, on plain Arrow).
 """
@@ -24,18 +22,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mxnorm_spark.keyed_kernel import (
+    FIELDS,
     OUT_ROWS,
+    SOURCE,
     TOTALS,
     BatchFunction,
     differs,
+    feature_columns,
     fold_step,
     lane_constants,
     lane_moments,
-    list_array,
 )
 from mxnorm_spark.moments import FloatArray, Moments
 from mxnorm_spark.serving.values import rows_to_keep
-from mxnorm_spark.state import StateOptions, ema_step
+from mxnorm_spark.state import StateOptions
 
 __all__ = [
     "SNAPSHOT_SCALARS",
@@ -45,7 +45,7 @@ __all__ = [
     "SnapshotParts",
     "fold_and_normalize",
     "fold_normalize_kernel",
-    "snapshot_arrays_kernel",
+    "snapshot_states_kernel",
     "stream_fold",
     "stream_fold_kernel",
     "with_snapshot",
@@ -56,9 +56,7 @@ __all__ = [
 # rows so far and its rows in its last micro-batch.
 SNAPSHOT_SCALARS = ("last_batch", "batches_seen", "key_rows", "rows")
 SOURCE_COLUMN = "__mx_src"  # 0: a snapshot row (a key's state), 1: a data row
-# Where a snapshot field comes from in fold_step's values.
-_STATE_SOURCE = {"count": "count", "mean": "mean", "var": "var", "shift": "totals_shift",
-                 "delta": "totals_delta", "m2": "totals_m2"}  # fmt: skip
+# Where a snapshot's constant field comes from in fold_step's values (state fields: SOURCE).
 _CONSTANT_SOURCE = {"mean": "after_mean", "scale": "after_scale", "count_before": "count_before",
                     "mean_before": "before_mean", "scale_before": "before_scale"}  # fmt: skip
 
@@ -93,7 +91,7 @@ class SnapshotLayout:
         return ("scale",) if self.ema else ("mean", "scale")
 
     def names(self, fields: tuple[str, ...]) -> list[str]:
-        return [f"f{j}_{f}" for j in range(self.n_features) for f in fields]
+        return feature_columns(self.n_features, fields)
 
     @property
     def state_columns(self) -> list[str]:
@@ -141,29 +139,18 @@ class SnapshotLayout:
     def step(
         self, before: dict[str, FloatArray], moments: tuple[FloatArray, ...]
     ) -> dict[str, FloatArray]:
-        """One batch folded into many keys (features x keys lanes): the state fields and
-        the constants of :func:`fold_step`'s values, with its bits."""
-        if not self.ema:
-            return fold_step(self.options, before, moments)
-        count, mean, var = before["count"], before["mean"], before["var"]
-        # MXNormState.update of an EMA: totals.merge (count: na + nb), then ema_step.
-        cnt, shift, delta, m2 = moments
-        new_mean, new_var = ema_step(self.options, mean, var, count > 0, (cnt, shift, delta, m2))
-        values = {"count_before": count, "count": count + cnt}
-        values |= {"mean": new_mean, "var": new_var}
-        values["before_mean"], values["before_scale"] = lane_constants(self.options, mean, var)
-        values["after_mean"], values["after_scale"] = lane_constants(
-            self.options, new_mean, new_var
-        )
-        return values
+        """One batch folded into many keys (features x keys lanes): :func:`fold_step`, with
+        the constants before the batch where ``apply_at="before"`` uses them."""
+        return fold_step(self.options, before, moments, before_constants=self.apply_at == "before")
 
     def columns(self, values: dict[str, FloatArray]) -> list[pa.Array]:
         """The state then the constant columns of :meth:`step`'s ``values``."""
         out = []
-        for fields, source in ((self.state_fields, _STATE_SOURCE), (self.constant_fields, None)):
+        pairs = ((self.state_fields, SOURCE), (self.constant_fields, _CONSTANT_SOURCE))
+        for fields, source in pairs:
             for j in range(self.n_features):
                 for f in fields:
-                    name = _STATE_SOURCE[f] if source else _CONSTANT_SOURCE[f]
+                    name = source[f]
                     out.append(pa.array(np.ascontiguousarray(values[name][j])))
         return out
 
@@ -387,9 +374,9 @@ def fold_and_normalize(
     mean, scale = np.zeros_like(n), np.ones_like(n)
     if fold.group.size:
         count_name, mean_name, scale_name = layout.lookup_values()
-        n[:, has_key] = fold.values[count_name][:, fold.group]
-        mean[:, has_key] = fold.values[mean_name][:, fold.group]
-        scale[:, has_key] = fold.values[scale_name][:, fold.group]
+        n[:, has_key] = np.take(fold.values[count_name], fold.group, axis=1)
+        mean[:, has_key] = np.take(fold.values[mean_name], fold.group, axis=1)
+        scale[:, has_key] = np.take(fold.values[scale_name], fold.group, axis=1)
     with np.errstate(invalid="ignore"):
         use = n >= max(rows.min_key_rows, 1)
     gm, gs = np.asarray(rows.global_mean)[:, None], np.asarray(rows.global_scale)[:, None]
@@ -514,14 +501,14 @@ def with_snapshot(
     return table.take(index)
 
 
-def snapshot_arrays_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:
+def snapshot_states_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:
     """``mapInArrow`` over a snapshot's key columns, ``last_batch`` and state columns: the
-    same rows with the per-feature arrays ``count``, ``mean``, ``var`` and ``after_scale``
-    (:func:`~mxnorm_spark.keyed_kernel.filled_constants`) of each key's state, as
-    ``KeyedModel.states`` has them."""
+    same rows with the columns ``f{j}_count``, ``f{j}_mean``, ``f{j}_var`` and
+    ``f{j}_scale`` (:func:`~mxnorm_spark.keyed_kernel.filled_constants`) of each key's
+    state, as ``KeyedModel.states`` has them."""
     nf = len(layout.state_fields)
 
-    def arrays(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def states(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for rb in batches:
             s = rb.num_rows
             state = [
@@ -529,11 +516,10 @@ def snapshot_arrays_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction
                 for i in range(layout.n_features * nf)
             ]
             b = layout.before(state, np.ones(s, dtype=bool), s)
-            scale = lane_constants(layout.options, b["mean"], b["var"])[1]
-            values = {"count": b["count"], "mean": b["mean"], "var": b["var"], "after_scale": scale}
+            b["scale"] = lane_constants(layout.options, b["mean"], b["var"])[1]
             cols = [rb.column(i) for i in range(n_keys + 1)]
-            cols += [list_array(v.T) for v in values.values()]
-            names = [*rb.schema.names[: n_keys + 1], *values]
+            cols += [pa.array(b[f][j]) for j in range(layout.n_features) for f in FIELDS]
+            names = [*rb.schema.names[: n_keys + 1], *feature_columns(layout.n_features, FIELDS)]
             yield pa.RecordBatch.from_arrays(cols, names=names)
 
-    return arrays
+    return states

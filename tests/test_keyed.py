@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from reference import Reference, assert_state_close, two_pass
 
-from mxnorm_spark.errors import InvalidParameterError, MissingColumnError
+from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, MissingColumnError
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState, StateOptions
 
@@ -82,7 +82,28 @@ def fitted_states(fitted: Any) -> pd.DataFrame:
 
 
 def _states_pdf(model: Any) -> pd.DataFrame:
-    return model.states.toPandas()
+    order = [*model.key_cols, *([model.batch_col] if model.batch_col else [])]
+    return with_arrays(model.states.toPandas(), order)
+
+
+def with_arrays(pdf: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """A states table (sorted by ``order``, key columns then batch) with its flat
+    ``f{j}_{field}`` columns also as one array per field, and the state before each batch
+    (the key's previous row; none before its first) as ``count_before``, ``before_mean``
+    and ``before_scale``."""
+    k = sum(c.endswith("_scale") for c in pdf.columns)
+    for field in ("count", "mean", "var", "scale"):
+        pdf[field] = list(pdf[[f"f{j}_{field}" for j in range(k)]].to_numpy(float))
+    pdf = pdf.sort_values(order).reset_index(drop=True)
+    first = (pdf["batches_seen"] == 1).to_numpy()
+    for before, after, fresh in (
+        ("count_before", "count", 0.0),
+        ("before_mean", "mean", np.nan),
+        ("before_scale", "scale", np.nan),
+    ):
+        prev = [np.full(k, fresh), *pdf[after].iloc[:-1]]
+        pdf[before] = [np.full(k, fresh) if f else p for f, p in zip(first, prev, strict=True)]
+    return pdf
 
 
 # ---- states -------------------------------------------------------------------------------
@@ -112,6 +133,8 @@ def test_states_equal_the_per_key_loop(request: Any, data: Any, options: StateOp
         before, after = expected[(r.k, r.b)]
         has = after.initialized
         assert np.array_equal(r.count, after.count) and np.array_equal(r.count_before, before.count)
+        had = before.initialized
+        np.testing.assert_allclose(r.before_mean[had], before.mean[had], rtol=1e-12, atol=0)
         assert_state_close(
             np.asarray(r.mean)[has], np.asarray(r.var)[has], after.mean[has], after.var[has]
         )
@@ -155,7 +178,7 @@ def test_moments_are_exact_across_record_batches(spark: Any) -> None:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     for r in got.itertuples():
         m, v = two_pass(x[keys == r.k].reshape(-1, 1))
-        assert_state_close(r.mean, r.var, m, v)
+        assert_state_close(np.array([r.f0_mean]), np.array([r.f0_var]), m, v)
 
 
 def test_multi_column_keys(spark: Any, data: Any) -> None:
@@ -187,8 +210,8 @@ def _expected_transform(model: Any, pdf: pd.DataFrame, states: pd.DataFrame) -> 
         m, s = np.array(gm), np.array(gs)
         if st is not None:
             n = np.asarray(st.count_before if before else st.count)
-            km = np.asarray(st.before_mean if before else st.after_mean)
-            ks = np.asarray(st.before_scale if before else st.after_scale)
+            km = np.asarray(st.before_mean if before else st.mean)
+            ks = np.asarray(st.before_scale if before else st.scale)
             m, s = np.where(n >= thr, km, m), np.where(n >= thr, ks, s)
         out[i] = (np.array([r.x, r.y]) - m) / s
     return out
@@ -244,7 +267,7 @@ def test_new_data_unseen_keys_and_batches(spark: Any, fitted: Any) -> None:
     got = fitted.transform(new).toPandas().sort_values("id")
     gm, gs = fitted.global_state.normalization_constants()
     last = fitted.key_states.where("k = 'k0000'").toPandas().iloc[0]
-    assert got["x"].tolist()[0] == (1e9 + 0.5 - last["after_mean"][0]) / last["after_scale"][0]
+    assert got["x"].tolist()[0] == (1e9 + 0.5 - last["f0_mean"]) / last["f0_scale"]
     assert got["x"].tolist()[1:] == [(1e9 - gm[0]) / gs[0]] * 2
     assert np.isnan(got["y"].tolist()[2])
 
@@ -262,13 +285,53 @@ def test_write_read_round_trip(
     assert np.array_equal(back.global_state.var, fitted.global_state.var)
     read = back.states.toPandas().sort_values(["k", "b"]).reset_index(drop=True)
     mine = fitted_states.sort_values(["k", "b"]).reset_index(drop=True)
-    for col in ("mean", "var", "after_scale", "before_mean", "count_before"):
-        np.testing.assert_array_equal(np.stack(read[col]), np.stack(mine[col]))
+    assert list(back.states.columns) == list(fitted.states.columns)
+    for col in ("f0_mean", "f1_var", "f1_scale", "f0_count", "key_rows", "is_last"):
+        np.testing.assert_array_equal(read[col], mine[col])
     new = spark.createDataFrame([("k0000", 3, 1e9, 1.0)], "k string, b int, x double, y double")
     a, b = fitted.transform(new).collect(), back.transform(new).collect()
     assert a == b
     with pytest.raises(Exception, match="already exists"):
         fitted.write(path)
+
+
+def test_reads_a_model_of_the_array_layout(spark: Any, fitted: Any, tmp_path: Any) -> None:
+    # schema_version 1 kept one array per field (count, mean, var, after_scale, ...).
+    import json
+
+    from pyspark.sql import functions as F
+
+    from mxnorm_spark.keyed import KeyedModel
+
+    path = tmp_path / "old"
+    fitted.write(str(path))
+    states = fitted.states
+
+    def arr(field: str) -> Any:
+        return F.array(F.col(f"f0_{field}"), F.col(f"f1_{field}"))
+
+    old = states.select(
+        "k", "b", "rows", "key_rows", "batches_seen", "is_last",
+        arr("count").alias("count_before"), arr("count").alias("count"),
+        arr("mean").alias("mean"), arr("var").alias("var"),
+        arr("mean").alias("after_mean"), arr("scale").alias("after_scale"),
+    )  # fmt: skip
+    old.write.mode("overwrite").parquet(str(path / "states2"))
+    meta = json.loads((path / "keyed.json").read_text())
+    assert meta["schema_version"] == 2
+    (path / "keyed.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    import shutil
+
+    shutil.rmtree(path / "states")
+    (path / "states2").rename(path / "states")
+    back = KeyedModel.read(spark, str(path))
+    assert back.states.columns == fitted.states.columns
+    a = back.states.orderBy("k", "b").toPandas()
+    b = fitted.states.orderBy("k", "b").toPandas()
+    pd.testing.assert_frame_equal(a, b)
+    (path / "keyed.json").write_text(json.dumps({**meta, "schema_version": 7}))
+    with pytest.raises(CorruptStateError, match="schema_version 7"):
+        KeyedModel.read(spark, str(path))
 
 
 # ---- serving ------------------------------------------------------------------------------
@@ -350,7 +413,7 @@ def test_ml_model_save_load(spark: Any, tmp_path: Any) -> None:
     z = {(r.k, r.b, r.x): r.z for r in a}
     assert z[("b", 0, 10.0)] == (10.0 - glob[0][0][0]) / glob[0][1][0]
     ka = model.key_states.where("k = 'a'").first()
-    assert z[("a", 1, 5.0)] == (5.0 - ka["after_mean"][0]) / ka["after_scale"][0]
+    assert z[("a", 1, 5.0)] == (5.0 - ka["f0_mean"]) / ka["f0_scale"]
     with pytest.raises(InvalidParameterError, match="minKeyRows"):
         model.setMinKeyRows(-2)
 
@@ -375,9 +438,9 @@ def test_kernel_keys_of_any_type_over_tiny_record_batches() -> None:
     assert got["rows"] == [2, 1, 2, 1, 1]
     assert got["key_rows"] == [2, 3, 2, 1, 2]
     assert got["is_last"] == [False, True, True, False, True]
-    assert got["mean"] == [[2.0], [3.5], [1e9 + 1], [7.0], [8.0]]
-    assert got["var"] == [[1.0], [0.5], [1.0], [0.0], [0.0]]
-    assert got["count_before"] == [[0.0], [2.0], [0.0], [0.0], [1.0]]
+    assert got["f0_mean"] == [2.0, 3.5, 1e9 + 1, 7.0, 8.0]
+    assert got["f0_var"] == [1.0, 0.5, 1.0, 0.0, 0.0]
+    assert got["f0_count"] == [2.0, 3.0, 2.0, 1.0, 2.0]
 
 
 @pytest.mark.parametrize("apply_at", ["after", "before"])
@@ -389,7 +452,7 @@ def test_batches_a_key_had_no_rows_in_are_as_of(spark: Any, apply_at: str) -> No
         "k string, b int, x double",
     )
     model = fit_keyed(df, ["x"], ["k"], "b", apply_at=apply_at)
-    states = {(r.k, r.b): r for r in model.states.collect()}
+    states = {(r.k, r.b): r for r in _states_pdf(model).itertuples()}
     glob = {v: (m[0], s[0]) for v, m, s in model.global_constants_by_batch()}
     new = spark.createDataFrame(
         [(1, "a", 0, 2.0), (2, "a", 2, 2.0), (3, "a", 4, 2.0), (4, "a", 3, 2.0), (5, "a", 9, 2.0)],
@@ -398,17 +461,13 @@ def test_batches_a_key_had_no_rows_in_are_as_of(spark: Any, apply_at: str) -> No
     z = [r.x for r in model.transform(new).orderBy("id").collect()]
     a1, a3 = states[("a", 1)], states[("a", 3)]
     gm, gs = model.global_state.normalization_constants()
-    own3 = (
-        (a3.before_mean, a3.before_scale)
-        if apply_at == "before"
-        else (a3.after_mean, a3.after_scale)
-    )
+    own3 = (a1.mean, a1.scale) if apply_at == "before" else (a3.mean, a3.scale)
     assert z == [
         (2.0 - glob[0][0]) / glob[0][1],  # before a's first batch: the global state of batch 0
-        (2.0 - a1.after_mean[0]) / a1.after_scale[0],  # batch 2: a's state after batch 1
-        (2.0 - a3.after_mean[0]) / a3.after_scale[0],  # batch 4 (fitted for none of a)
-        (2.0 - own3[0][0]) / own3[1][0],  # a's own batch 3
-        (2.0 - a3.after_mean[0]) / a3.after_scale[0],  # after every batch
+        (2.0 - a1.mean[0]) / a1.scale[0],  # batch 2: a's state after batch 1
+        (2.0 - a3.mean[0]) / a3.scale[0],  # batch 4 (fitted for none of a)
+        (2.0 - own3[0][0]) / own3[1][0],  # a's own batch 3: after it, or after batch 1
+        (2.0 - a3.mean[0]) / a3.scale[0],  # after every batch
     ]
     assert 4 not in glob and 9 not in glob and gm.shape == gs.shape
 
@@ -428,6 +487,7 @@ def test_kernel_equals_the_per_key_fold_at_every_split(options: StateOptions) ->
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
+    from mxnorm_spark import keyed_kernel
     from mxnorm_spark.keyed_kernel import fold_kernel
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -442,17 +502,28 @@ def test_kernel_equals_the_per_key_fold_at_every_split(options: StateOptions) ->
             max_size=60,
         ),
         chunk=st.integers(1, 9),
+        chunk_rows=st.sampled_from([1, 5, keyed_kernel.CHUNK_ROWS]),
         offset=st.sampled_from([0.0, 1e9]),
     )
-    def check(rows: list[tuple[int, int, float]], chunk: int, offset: float) -> None:
+    def check(
+        rows: list[tuple[int, int, float]], chunk: int, chunk_rows: int, offset: float
+    ) -> None:
         rows = sorted((k, b, x + offset) for k, b, x in rows)
         table = pa.table(
             {"k": [r[0] for r in rows], "b": [r[1] for r in rows], "x": [r[2] for r in rows]}
         )
         kernel = fold_kernel(1, True, options)
-        got = pa.Table.from_batches(
-            list(kernel(iter(table.to_batches(max_chunksize=chunk))))
-        ).to_pylist()
+        saved, keyed_kernel.CHUNK_ROWS = keyed_kernel.CHUNK_ROWS, chunk_rows
+        try:
+            split = pa.Table.from_batches(list(kernel(iter(table.to_batches(chunk)))))
+        finally:
+            keyed_kernel.CHUNK_ROWS = saved
+        # A segment is never split: the same bits however Arrow and the chunks cut the rows.
+        whole = pa.Table.from_batches(list(kernel(iter(table.to_batches()))))
+        assert split.schema == whole.schema
+        for a, b in zip(split.columns, whole.columns, strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=a.type == pa.float64())
+        got = split.to_pylist()
         expected = []
         for key in sorted({r[0] for r in rows}):
             s = MXNormState.create(["x"], options=options)
@@ -462,11 +533,11 @@ def test_kernel_equals_the_per_key_fold_at_every_split(options: StateOptions) ->
                 expected.append((key, b, s))
         assert [(g["k"], g["b"]) for g in got] == [(k, b) for k, b, _ in expected]
         for g, (_, _, s) in zip(got, expected, strict=True):
-            assert g["count"] == s.count.tolist()
+            assert [g["f0_count"]] == s.count.tolist()
             if s.initialized[0]:
-                assert_state_close(np.array(g["mean"]), np.array(g["var"]), s.mean, s.var)
+                assert_state_close(np.array([g["f0_mean"]]), np.array([g["f0_var"]]), s.mean, s.var)
             else:
-                assert np.isnan(g["mean"][0])
+                assert np.isnan(g["f0_mean"])
 
     check()
 

@@ -29,7 +29,7 @@ def test_keyed_on_connect(spark: Any, tmp_path: Path) -> None:
         for b in sorted({b for k, b, _ in rows if k == key}):
             xs = np.array([[x] for k, bb, x in rows if k == key and bb == b])
             s = s.update(Moments.from_array(xs))
-        assert abs(r["var"][0] - s.var[0]) <= 1e-12 * s.var[0]
+        assert abs(r["f0_var"] - s.var[0]) <= 1e-12 * s.var[0]
     path = str(tmp_path / "model")
     model.write(path)
     back = KeyedModel.read(spark, path)
