@@ -237,7 +237,7 @@ def fold_step(
         )
         values = dict(zip(TOTALS, merged, strict=True))
     else:
-        # The merge of totals an EMA keeps only the count of (its na + nb).
+        # Of the totals' merge an EMA keeps only the count (na + nb): the same bits.
         new_mean, new_var = ema_step(options, mean, var, count > 0, (cnt, shift, delta, m2))
         values = {"count": count + cnt}
     values |= {"mean": new_mean, "var": new_var}

@@ -492,7 +492,10 @@ def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields)
         v = np.where(in_batch, m2 / count, np.nan)
     alpha = options.alpha
     assert alpha is not None
-    a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+    # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
+    # (0 * -inf = NaN) keep their state below.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
     with np.errstate(invalid="ignore"):
         ema_mean = (1 - a) * mu + a * m
         if options.var_update == "mixture":
