@@ -87,6 +87,8 @@ from mxnorm_spark.store.filesystems import LocalFileSystem
 
 __all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "export_table", "fit_keyed", "pick_and_normalize"]
 
+# The columns of the serving export's keys.parquet after the key columns.
+EXPORT_COLUMNS = ("feature", "feature_index", "mean", "var", "scale", "count", "last_batch")
 # The layout of the per-key states table (schema_version in keyed.json): 1 had one array
 # per field (read back by :func:`_states_of_version`), 2 flat f{j}_{field} columns.
 STATES_VERSION = 2
@@ -503,18 +505,9 @@ def export_table(
         )
         for j, f in enumerate(features)
     ]
-    return states.select(
-        *[quote(k) for k in key_cols], last.alias("last_batch"), F.inline(F.array(*entries))
-    ).select(
-        *[quote(k) for k in key_cols],
-        "feature",
-        "feature_index",
-        "mean",
-        "var",
-        "scale",
-        "count",
-        "last_batch",
-    )
+    keys = [quote(k) for k in key_cols]
+    long = states.select(*keys, last.alias("last_batch"), F.inline(F.array(*entries)))
+    return long.select(*keys, *EXPORT_COLUMNS)
 
 
 def _join_key_constants(
@@ -523,13 +516,11 @@ def _join_key_constants(
     """``df`` with ``__mx_n`` (the key's valid values so far), ``__mx_km``, ``__mx_ks``
     (its constants), all null where the key has no state yet.
 
-    An as-of lookup in one shuffle: the rows and the key's states are put together,
-    partitioned by key and ordered by batch, and each row takes the last state before it.
-    A state row sorts before the rows of its own batch with ``apply_at="after"`` and after
-    them with ``"before"``, so a row takes the key's state after its batch, or after the
-    key's latest earlier batch (which is the state before its batch). A batch the key had
-    no rows in thus gets the key's state after its latest earlier batch, and none before
-    its first (point in time correct); without a batch column, the key's final state.
+    An as-of lookup in one shuffle: rows and states, partitioned by key and ordered by
+    batch; each row takes the last state before it. A state row sorts before the rows of
+    its batch with ``apply_at="after"``, after them with ``"before"`` (the state after the
+    key's latest earlier batch is its state before this one). Point in time correct:
+    none before a key's first batch; without a batch column, the key's final state.
     """
     keys, batch = model.key_cols, model.batch_col
     n_features = len(model.features)
@@ -571,11 +562,8 @@ def _flat_states(
     """A states table of schema_version 1 (one array per field, named as the kernel's
     values: ``count``, ``mean``, ``after_scale``, ``totals_shift``, ...) in the flat
     layout of :data:`STATES_VERSION`."""
-    flat = [
-        F.get(F.col(SOURCE[f]), j).alias(f"f{j}_{f}")
-        for j in range(n_features)
-        for f in fields(options)
-    ]
+    names = [(j, f) for j in range(n_features) for f in fields(options)]
+    flat = [F.get(F.col(SOURCE[f]), j).alias(f"f{j}_{f}") for j, f in names]
     return states.select(*[quote(c) for c in head], *SCALARS, *flat)
 
 
