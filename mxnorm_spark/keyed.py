@@ -90,7 +90,7 @@ __all__ = ["KEYED_EXPORT_TYPE", "KeyedModel", "export_table", "fit_keyed", "pick
 # The columns of the serving export's keys.parquet after the key columns.
 EXPORT_COLUMNS = ("feature", "feature_index", "mean", "var", "scale", "count", "last_batch")
 # The layout of the per-key states table (schema_version in keyed.json): 1 had one array
-# per field (read back by :func:`_states_of_version`), 2 flat f{j}_{field} columns.
+# per field (read back by :func:`_flat_states`), 2 flat f{j}_{field} columns.
 STATES_VERSION = 2
 
 GlobalHistory = Sequence[tuple[Any, MXNormState]]
@@ -151,6 +151,7 @@ def check_keys(
     missing = [k for k in keys if k not in fields]
     if missing:
         raise MissingColumnError(missing, list(fields))
+    # alpha=None has every per-feature field: the names of any layout are taken.
     taken = {*cols, batch_col, *SCALARS, *state_columns(len(cols), StateOptions(alpha=None))}
     clash = [k for k in keys if k in taken]
     if clash or len(set(keys)) != len(keys):
@@ -451,7 +452,8 @@ class KeyedModel:
         )
         assert self.global_state is not None
         write_state(self.global_state, fs.join(root, "global.json"), spark)
-        meta = {**self._metadata(), "type": KEYED_EXPORT_TYPE}
+        # The export's own layout (keys.parquet) is still its first.
+        meta = {**self._metadata(), "type": KEYED_EXPORT_TYPE, "schema_version": 1}
         fs.write_atomic(fs.join(root, "keyed.json"), _json_bytes(meta))
 
 

@@ -366,11 +366,15 @@ def test_serving_export_is_bit_identical(spark: Any, fitted: Any, data: Any, tmp
 
 
 def test_serving_load_dispatches_on_an_export(fitted: Any, tmp_path: Any) -> None:
+    import json
+
     from mxnorm_spark import serving
     from mxnorm_spark.serving.keyed import KeyedNormalizer
 
     out = str(tmp_path / "export")
     fitted.export(out)
+    # The model's states changed layout (schema_version 2); the export's did not.
+    assert json.loads((tmp_path / "export" / "keyed.json").read_text())["schema_version"] == 1
     norm = serving.load(out)
     assert isinstance(norm, KeyedNormalizer)
     gm, gs = fitted.global_state.normalization_constants()
