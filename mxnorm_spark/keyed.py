@@ -73,8 +73,11 @@ from mxnorm_spark.errors import (
     MissingColumnError,
 )
 from mxnorm_spark.keyed_kernel import (
+    EXACT_FIELDS,
+    FIELDS,
     SCALARS,
     SOURCE,
+    feature_columns,
     fields,
     filled,
     filled_constants,
@@ -151,14 +154,11 @@ def check_keys(
     missing = [k for k in keys if k not in fields]
     if missing:
         raise MissingColumnError(missing, list(fields))
-    # alpha=None has every per-feature field: the names of any layout are taken.
-    taken = {*cols, batch_col, *SCALARS, *state_columns(len(cols), StateOptions(alpha=None))}
-    clash = [k for k in keys if k in taken]
-    if clash or len(set(keys)) != len(keys):
+    taken = {*cols, batch_col, *SCALARS, *feature_columns(len(cols), (*FIELDS, *EXACT_FIELDS))}
+    if any(k in taken for k in keys) or len(set(keys)) != len(keys):
         raise InvalidParameterError(
-            f"key columns must be unique and differ from the feature columns, the batch "
-            f"column and the state columns ({', '.join(SCALARS)}, f<j>_<field>); got "
-            f"{list(keys)}"
+            "key columns must be unique and differ from the feature columns, the batch column "
+            f"and the state columns ({', '.join(SCALARS)}, f<j>_<field>); got {list(keys)}"
         )
     bad = [f"{k!r} ({fields[k].simpleString()})" for k in keys]
     bad = [b for k, b in zip(keys, bad, strict=True) if not isinstance(fields[k], T.AtomicType)]

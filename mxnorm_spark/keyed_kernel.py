@@ -261,7 +261,7 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
     g = n_keys + int(by_batch)
 
     def fold_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        held: list[pa.RecordBatch] = []
+        held: list[tuple[pa.RecordBatch, np.ndarray]] = []  # with each row's "new key?"
         held_rows = 0
         prev: list[pa.Array] | None = None
         for rb in batches:
@@ -275,10 +275,11 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
             starts = np.flatnonzero(new_key)
             if held_rows + n >= CHUNK_ROWS and starts.size and held_rows + starts[-1] > 0:
                 cut = int(starts[-1])  # the last key may go on in the next record batch
-                yield from _fold_chunk([*held, rb.slice(0, cut)], n_keys, g, options)
-                held, held_rows = [rb.slice(cut)], n - cut
+                chunk = [*held, (rb.slice(0, cut), new_key[:cut])]
+                yield from _fold_chunk(chunk, n_keys, g, options)
+                held, held_rows = [(rb.slice(cut), new_key[cut:])], n - cut
             else:
-                held.append(rb)
+                held.append((rb, new_key))
                 held_rows += n
         if held:
             yield from _fold_chunk(held, n_keys, g, options)
@@ -287,16 +288,13 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
 
 
 def _fold_chunk(
-    batches: list[pa.RecordBatch], n_keys: int, g: int, options: StateOptions
+    pieces: list[tuple[pa.RecordBatch, np.ndarray]], n_keys: int, g: int, options: StateOptions
 ) -> Iterator[pa.RecordBatch]:
-    """:func:`fold_kernel`'s output for ``batches``: whole keys, sorted by (key, batch)."""
-    table = pa.Table.from_batches(batches).combine_chunks()
+    """:func:`fold_kernel`'s output for ``pieces`` (record batches and where their keys
+    start): whole keys, sorted by (key, batch), at least one row."""
+    table = pa.Table.from_batches([rb for rb, _ in pieces]).combine_chunks()
     n = table.num_rows
-    if n == 0:
-        return
-    new_key = np.zeros(n, dtype=bool)
-    for i in range(n_keys):
-        new_key |= differs(None, table.column(i).chunk(0))
+    new_key = np.concatenate([k for _, k in pieces])
     new_seg = new_key | differs(None, table.column(n_keys).chunk(0)) if g > n_keys else new_key
     starts = np.flatnonzero(new_seg)
     cols = [table.column(j).to_numpy() for j in range(g, table.num_columns)]
