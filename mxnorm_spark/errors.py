@@ -72,6 +72,11 @@ class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
 
 
+class StoreUnavailableError(MXNormError):
+    """The file system or object store under a state kept failing (5xx, timeouts, resets)
+    after every retry of the store's retry policy; the operation did not complete."""
+
+
 def _error_classes() -> dict[str, type[MXNormError]]:
     found: dict[str, type[MXNormError]] = {}
     for name, obj in list(globals().items()):

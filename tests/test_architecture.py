@@ -18,7 +18,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mxnorm_spark"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("errors", "choices")),
     ("math", ("moments", "state", "state_history")),
-    ("io", ("store.filesystems", "store.states", "store.history", "store.inputs", "store")),
+    (
+        "io",
+        (
+            "store.retries",
+            "store.filesystems",
+            "store.states",
+            "store.history",
+            "store.inputs",
+            "store",
+        ),
+    ),
     ("serving", ("serving.values", "serving.normalizer", "serving.keyed", "serving")),
     ("report", ("report",)),
     ("spark-base", ("spark_extra", "columns")),

@@ -7,6 +7,8 @@
   :func:`write_state`.
 * :mod:`~mxnorm_spark.store.history`: the per-batch history next to a state.
 * :mod:`~mxnorm_spark.store.inputs`: the few bytes a file stream reads of each new file.
+* :mod:`~mxnorm_spark.store.retries`: the bounded, jittered retry of an object store's
+  transient failures.
 
 No Spark import: the serving path and Spark Connect use the same store.
 """
@@ -24,6 +26,7 @@ from mxnorm_spark.store.filesystems import (
 )
 from mxnorm_spark.store.history import history_dir, read_history, record_batch
 from mxnorm_spark.store.inputs import file_exists, read_first_line, read_parquet_schema
+from mxnorm_spark.store.retries import DEFAULT_RETRY, RETRIES_ENV, RetryPolicy
 from mxnorm_spark.store.states import (
     INITIAL_FILE,
     OWNER_FILE,
@@ -36,13 +39,16 @@ from mxnorm_spark.store.states import (
 
 __all__ = [
     "ARROW_SCHEMES",
+    "DEFAULT_RETRY",
     "INITIAL_FILE",
     "OWNER_FILE",
+    "RETRIES_ENV",
     "VERSION_FILE",
     "ArrowFileSystem",
     "FileSystem",
     "HadoopFileSystem",
     "LocalFileSystem",
+    "RetryPolicy",
     "StateStore",
     "file_exists",
     "filesystem",

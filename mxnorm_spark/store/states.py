@@ -45,6 +45,7 @@ from mxnorm_spark.store.filesystems import (
     filesystem,
     local_path,
 )
+from mxnorm_spark.store.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -77,7 +78,12 @@ class StateStore:
 
     ``retention`` keeps only the newest N versions (at least 2: a replayed micro-batch
     reads the version before it); ``None`` keeps all. ``spark`` selects the Hadoop file
-    system of that session (required for non-local paths).
+    system of that session (required for non-local paths). ``retry``: how an object
+    store's transient failures are retried (:class:`~mxnorm_spark.store.retries.
+    RetryPolicy`; default from ``MXNORM_STORE_RETRIES``); when they outlast it, the
+    operation raises :class:`~mxnorm_spark.errors.StoreUnavailableError` and a commit
+    has not happened (or, if its last PUT landed unanswered, holds exactly the bytes a
+    replay commits again as a no-op).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class StateStore:
         spark: SparkSession | None = None,
         *,
         retention: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if retention is not None and (
             isinstance(retention, bool) or not isinstance(retention, int) or retention < 2
@@ -96,7 +103,7 @@ class StateStore:
             )
         self.path = str(path)
         self.retention = retention
-        self.fs: FileSystem = filesystem(self.path, spark)
+        self.fs: FileSystem = filesystem(self.path, spark, retry=retry)
         if isinstance(self.fs, LocalFileSystem):
             self.path = local_path(self.path)
 
