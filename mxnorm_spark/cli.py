@@ -60,9 +60,17 @@ from mxnorm_spark.errors import (
     MXNormError,
     error_in_text,
 )
+from mxnorm_spark.progress import fault
 from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
-from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
+from mxnorm_spark.store import (
+    StateStore,
+    is_local,
+    local_path,
+    read_state,
+    state_file_writer,
+    write_state,
+)
 from mxnorm_spark.store.history import write_history
 from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
@@ -322,9 +330,12 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         out_format = cfg.output_format or cfg.format
         if cfg.output is not None:
             write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)
-        written = save_state(state, cfg.state, spark)
-        # Beside the file (<state>.history/); a rerun replaces the old state's history.
-        write_history(cfg.state, model.history_table(), spark, state_file=True)
+        # One run at a time writes the state and its history (a second one stops here).
+        with state_file_writer(cfg.state, spark):
+            fault("fit_write", 0, spark)
+            written = save_state(state, cfg.state, spark)
+            # Beside the file (<state>.history/); a rerun replaces the old state's history.
+            write_history(cfg.state, model.history_table(), spark, state_file=True)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {describe_batches(batches)}")
     print(inspect_table(state))
     print(f"state written to {written}")

@@ -162,6 +162,7 @@ class MXNormStream:
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
         self._claimed = False
+        self._cleaned = False
         self._rereads = False  # the attached query reads files only (stream_reads)
         self._checked_files: set[str] = set()
         self._directories = (
@@ -226,9 +227,9 @@ class MXNormStream:
             self.store.set_initial(given)  # the same state again is a no-op; another fails
         elif init is not None:
             self._check_compatible(init, f"initial state of {self.store.path}")
-        self.store.remove_temporaries()
-        if self._directories is not None:
-            self._directories.clear_attempts()
+        # What killed attempts left behind is removed once this stream holds the directory
+        # (_clean_up, after its claim): a second stream pointed here by mistake must not
+        # delete the first one's files in flight before its claim fails.
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
@@ -302,6 +303,7 @@ class MXNormStream:
         if not is_classic(self.spark):
             # On Connect the micro-batches cannot see their query id: claim from here.
             self._claim_for(str(query.id), None)
+            self._clean_up()
         return query
 
     def await_termination(self, query: StreamingQuery, timeout: int | None = None) -> bool:
@@ -368,6 +370,19 @@ class MXNormStream:
             if query_id:
                 self._claim_for(str(query_id), batch_id - 1)
         self._claimed = True
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        """Delete what killed attempts of this stream left (temporary state files, outputs
+        and key snapshots written aside): never committed, so nothing is lost."""
+        if self._cleaned:
+            return
+        self.store.remove_temporaries()
+        if self._directories is not None:
+            self._directories.clear_attempts()
+        if self.keys is not None:
+            self.keys.clear_attempts()
+        self._cleaned = True
 
     def _claim_for(self, query_id: str, previous_batch: int | None) -> None:
         if self.store.owner() is None and previous_batch is not None and previous_batch >= 0:

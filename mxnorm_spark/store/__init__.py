@@ -33,6 +33,7 @@ from mxnorm_spark.store.states import (
     VERSION_FILE,
     StateStore,
     read_state,
+    state_file_writer,
     version_file_name,
     write_state,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "read_parquet_schema",
     "read_state",
     "record_batch",
+    "state_file_writer",
     "version_file_name",
     "write_state",
 ]
