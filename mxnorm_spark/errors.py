@@ -72,6 +72,10 @@ class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
 
 
+class ValueRangeError(MXNormError):
+    """Finite input values whose mean or variance is beyond float64 (about 1.8e308)."""
+
+
 class StoreUnavailableError(MXNormError):
     """The file system or object store under a state kept failing (5xx, timeouts, resets)
     after every retry of the store's retry policy; the operation did not complete."""

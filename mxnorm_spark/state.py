@@ -63,6 +63,7 @@ from mxnorm_spark.errors import (
     InvalidParameterError,
     NotFittedError,
     UnsupportedSchemaVersionError,
+    ValueRangeError,
 )
 from mxnorm_spark.moments import (
     Fields,
@@ -297,6 +298,7 @@ class MXNormState:
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
+        self._check_range(mean, var, Moments(*totals), batch_id)
         return replace(
             self,
             mean=mean,
@@ -305,6 +307,24 @@ class MXNormState:
             batches_seen=self.batches_seen + 1,
             last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
         )
+
+    def _check_range(
+        self, mean: FloatArray, var: FloatArray, totals: Moments, batch_id: int | None
+    ) -> None:
+        # Finite values can still overflow: values spread over more than ~1.3e154 have a
+        # variance beyond float64. A state of inf or NaN would normalize every later row
+        # to NaN or 0 without a word, so the update is refused instead.
+        had = totals.count > 0
+        bad = had & ~(np.isfinite(mean) & np.isfinite(var))
+        if bad.any():
+            names = [f for f, b in zip(self.features, bad, strict=True) if b]
+            which = "the batch" if batch_id is None else f"batch {batch_id}"
+            raise ValueRangeError(
+                f"feature(s) {names}: the values of {which} overflow float64 in their mean "
+                "or variance (values spread over more than about 1e154 have a variance "
+                "beyond 1.8e308); the state was not updated. Scale the feature(s) down "
+                "(e.g. multiply by 1e-150) or remove the outliers"
+            )
 
     # ---- normalization ------------------------------------------------------------
     def normalization_constants(
