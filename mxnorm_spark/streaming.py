@@ -64,6 +64,7 @@ from mxnorm_spark.errors import (
     MXNormError,
     StateConflictError,
     error_in_text,
+    server_lost_error,
 )
 from mxnorm_spark.keyed_stream import KeyedStreamState, KeyOptions
 from mxnorm_spark.moments import Moments
@@ -227,9 +228,8 @@ class MXNormStream:
             self.store.set_initial(given)  # the same state again is a no-op; another fails
         elif init is not None:
             self._check_compatible(init, f"initial state of {self.store.path}")
-        # What killed attempts left behind is removed once this stream holds the directory
-        # (_clean_up, after its claim): a second stream pointed here by mistake must not
-        # delete the first one's files in flight before its claim fails.
+        # Leftovers of killed attempts go only once this stream holds the directory
+        # (_clean_up): a rival stream must not delete the owner's files in flight.
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
@@ -307,7 +307,8 @@ class MXNormStream:
         return query
 
     def await_termination(self, query: StreamingQuery, timeout: int | None = None) -> bool:
-        """Wait for ``query``; a failed micro-batch re-raises its own (MXNorm) error."""
+        """Wait for ``query``; a failed micro-batch re-raises its own (MXNorm) error, and a
+        Spark Connect server that stops answering raises :class:`ServerLostError`."""
         from pyspark.errors import StreamingQueryException
 
         try:
@@ -318,6 +319,11 @@ class MXNormStream:
             failure = self.failure or error_in_text(str(exc))
             if isinstance(failure, MXNormError):
                 raise failure from exc
+            raise
+        except Exception as exc:
+            lost = server_lost_error(exc, self.store.path)
+            if lost is not None:
+                raise lost from exc
             raise
 
     def run(
@@ -373,8 +379,7 @@ class MXNormStream:
         self._clean_up()
 
     def _clean_up(self) -> None:
-        """Delete what killed attempts of this stream left (temporary state files, outputs
-        and key snapshots written aside): never committed, so nothing is lost."""
+        """Delete what killed attempts left aside (never committed: nothing is lost)."""
         if self._cleaned:
             return
         self.store.remove_temporaries()
@@ -612,3 +617,4 @@ class MXNormStream:
         assert self._directories is not None
         scores = self.output.cols or self.cols or ()  # z-scores: no Parquet dictionary
         return self._directories.publish(out, self.output, batch_id, scores)
+
