@@ -80,10 +80,10 @@ class Sampler:
 
 
 def run_stream(spark: Any, work: Path, name: str, batches: int, rows: int, *, keyed: bool) -> Any:
-    from mxnorm_spark.keyed_stream import KeyOptions
-    from mxnorm_spark.state import StateOptions
+    from mxnorm_spark.core.state import StateOptions
     from mxnorm_spark.store import StateStore
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.keyed import KeyOptions
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     inp = work / f"{name}-in"
     write_files(inp, batches, rows, keys=50, seed=7)

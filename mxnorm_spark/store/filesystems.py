@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from mxnorm_spark.errors import InvalidParameterError
+from mxnorm_spark.core.errors import InvalidParameterError
 from mxnorm_spark.store.retries import RetryPolicy
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ the only one and its bound is the documented one:
 
 With the defaults (6 tries, 0.2 s doubling to at most 5 s, a 60 s deadline) one operation
 gives up after at most 0.2 + 0.4 + 0.8 + 1.6 + 3.2 = 6.2 s of pauses plus its tries' time.
-Then it raises :class:`~mxnorm_spark.errors.StoreUnavailableError` naming the operation,
+Then it raises :class:`~mxnorm_spark.core.errors.StoreUnavailableError` naming the operation,
 the path, the tries and the last error. Not found, access denied and other answers that a
 retry cannot change are raised at once.
 
@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from mxnorm_spark.errors import InvalidParameterError, StoreUnavailableError
+from mxnorm_spark.core.errors import InvalidParameterError, StoreUnavailableError
 
 T = TypeVar("T")
 

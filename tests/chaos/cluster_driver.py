@@ -20,12 +20,12 @@ FEATURES = ["a", "b", "c"]
 def main(master: str, kind: str, out: str, inp: str) -> int:
     from pyspark.sql import SparkSession
 
-    from mxnorm_spark.keyed_stream import KeyOptions
-    from mxnorm_spark.ml import MXNorm
-    from mxnorm_spark.state import StateOptions
+    from mxnorm_spark.core.state import StateOptions
+    from mxnorm_spark.ml.estimator import MXNorm
     from mxnorm_spark.store import write_state
-    from mxnorm_spark.stream_local import DriverBatches
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming._local import DriverBatches
+    from mxnorm_spark.streaming.keyed import KeyOptions
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     builder = SparkSession.builder.master(master).appName(f"mxnorm-chaos-{kind}")
     conf = {

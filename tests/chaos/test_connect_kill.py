@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mxnorm_spark.cli import main as cli_main
+from mxnorm_spark.cli.commands import main as cli_main
 from mxnorm_spark.store import StateStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]

@@ -33,6 +33,7 @@ RUN_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    sys.path.insert(0, str(HERE.parent / "cluster"))
     from test_cluster import ClusterBoot
 
     boot = ClusterBoot(tmp_path_factory.mktemp("cluster"))

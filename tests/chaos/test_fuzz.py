@@ -23,16 +23,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mxnorm_spark import Moments, MXNormState
-from mxnorm_spark.cli import build_parser
-from mxnorm_spark.config import SECTIONS, config_from_args, parse_config_text
-from mxnorm_spark.config_fields import fields
-from mxnorm_spark.errors import (
+from mxnorm_spark.cli.commands import build_parser
+from mxnorm_spark.cli.config import SECTIONS, config_from_args, parse_config_text
+from mxnorm_spark.cli.config_fields import fields
+from mxnorm_spark.core.errors import (
     CorruptStateError,
     MXNormError,
     SchemaMismatchError,
     ValueRangeError,
 )
-from mxnorm_spark.state import _checksum
+from mxnorm_spark.core.state import _checksum
 from mxnorm_spark.store import StateStore
 
 pytestmark = pytest.mark.chaos
@@ -158,7 +158,7 @@ FLAGS = {
     st.data(),
 )
 def test_cli_flags(command: str, data: st.DataObject) -> None:
-    from mxnorm_spark.config import FitConfig, StreamConfig
+    from mxnorm_spark.cli.config import FitConfig, StreamConfig
 
     chosen = data.draw(st.lists(st.sampled_from(FLAGS[command]), max_size=8, unique=True))
     argv = [command]
@@ -202,7 +202,7 @@ odd_names = st.text(
     st.sampled_from([",", ";"]),
 )
 def test_csv_header(tmp_path_factory: pytest.TempPathFactory, header: list[str], sep: str) -> None:
-    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming.sources import FileSource
 
     d = tmp_path_factory.mktemp("csv")
     path = d / "f.csv"
@@ -230,7 +230,7 @@ def test_csv_header(tmp_path_factory: pytest.TempPathFactory, header: list[str],
     | json_values
 )
 def test_json_first_record(tmp_path_factory: pytest.TempPathFactory, record: Any) -> None:
-    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming.sources import FileSource
 
     d = tmp_path_factory.mktemp("json")
     path = d / "f.json"
@@ -265,7 +265,7 @@ def test_parquet_schema_drift(
     added: list[tuple[str, Any]],
     dropped: set[str],
 ) -> None:
-    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming.sources import FileSource
 
     base = {"id": pa.int64(), "a": pa.float64(), "b": pa.float64()}
     schema = {k: changed.get(k, t) for k, t in base.items() if k not in dropped}
@@ -348,8 +348,8 @@ BAD_FILES = [
 def test_drawn_files_through_a_stream(
     spark: Any, tmp_path: Path, fmt: str, text: str, error: type[Exception] | None
 ) -> None:
-    from mxnorm_spark.sources import CORRUPT_COLUMN, FILE_COLUMN, FileSource
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.sources import CORRUPT_COLUMN, FILE_COLUMN, FileSource
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     inp = tmp_path / "in"
     inp.mkdir()

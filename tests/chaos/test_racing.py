@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mxnorm_spark.cli import main as cli_main
-from mxnorm_spark.errors import StateConflictError
-from mxnorm_spark.keyed_stream import KeyOptions
-from mxnorm_spark.sources import FileSource
-from mxnorm_spark.state import StateOptions
+from mxnorm_spark.cli.commands import main as cli_main
+from mxnorm_spark.core.errors import StateConflictError
+from mxnorm_spark.core.state import StateOptions
 from mxnorm_spark.store import StateStore, read_state
 from mxnorm_spark.store.history import read_history
-from mxnorm_spark.streaming import MXNormStream
+from mxnorm_spark.streaming.keyed import KeyOptions
+from mxnorm_spark.streaming.sources import FileSource
+from mxnorm_spark.streaming.updater import MXNormStream
 
 pytestmark = [pytest.mark.chaos, pytest.mark.spark]
 COLS = ["a", "b"]

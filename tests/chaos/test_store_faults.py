@@ -18,7 +18,11 @@ import pytest
 from faultproxy import KINDS, FaultProxy
 
 from mxnorm_spark import Moments, MXNormState
-from mxnorm_spark.errors import InvalidParameterError, StateConflictError, StoreUnavailableError
+from mxnorm_spark.core.errors import (
+    InvalidParameterError,
+    StateConflictError,
+    StoreUnavailableError,
+)
 from mxnorm_spark.store import RetryPolicy, StateStore, filesystem, read_state, write_state
 from mxnorm_spark.store.retries import is_transient
 
