@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-fast test-connect lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect test-chaos lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 setup:
 	@scripts/bootstrap.sh test,dev
@@ -36,6 +36,12 @@ test-fast: setup
 
 test-connect: setup
 	MXNORM_CONNECT=1 $(PY) -m pytest -q tests/connect
+
+# The heavy fault tests (docs/guides/reliability.md): executors killed on a standalone
+# cluster, a Spark Connect server killed mid-stream, racing writers. Minutes each: a CI
+# stage of their own; `make test` runs only the object-store faults and the fuzzing.
+test-chaos: setup
+	MXNORM_CHAOS=1 $(PY) -m pytest -q -m chaos tests/chaos
 
 # Benchmarks. `make bench` (< 10 min on a quiet 2-core machine) measures every target and
 # prints its verdict, section by section as each finishes: wide16 (5M x 16), wide256
