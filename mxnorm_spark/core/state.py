@@ -298,7 +298,8 @@ class MXNormState:
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
-        self._check_range(mean, var, Moments(*totals), batch_id)
+        which = "the batch" if batch_id is None else f"batch {batch_id}"
+        check_range(self.features, mean, var, Moments(*totals).count > 0, which)
         return replace(
             self,
             mean=mean,
@@ -307,24 +308,6 @@ class MXNormState:
             batches_seen=self.batches_seen + 1,
             last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
         )
-
-    def _check_range(
-        self, mean: FloatArray, var: FloatArray, totals: Moments, batch_id: int | None
-    ) -> None:
-        # Finite values can still overflow: values spread over more than ~1.3e154 have a
-        # variance beyond float64. A state of inf or NaN would normalize every later row
-        # to NaN or 0 without a word, so the update is refused instead.
-        had = totals.count > 0
-        bad = had & ~(np.isfinite(mean) & np.isfinite(var))
-        if bad.any():
-            names = [f for f, b in zip(self.features, bad, strict=True) if b]
-            which = "the batch" if batch_id is None else f"batch {batch_id}"
-            raise ValueRangeError(
-                f"feature(s) {names}: the values of {which} overflow float64 in their mean "
-                "or variance (values spread over more than about 1e154 have a variance "
-                "beyond 1.8e308); the state was not updated. Scale the feature(s) down "
-                "(e.g. multiply by 1e-150) or remove the outliers"
-            )
 
     # ---- normalization ------------------------------------------------------------
     def normalization_constants(
@@ -530,3 +513,20 @@ def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields)
 def _checksum(payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def check_range(
+    features: tuple[str, ...], mean: FloatArray, var: FloatArray, seen: Any, which: str
+) -> None:
+    """Refuse a state of inf or NaN where a feature has values (``seen``): finite values
+    spread over more than ~1.3e154 have a variance beyond float64, and such a state would
+    normalize every later row to NaN or 0 without a word."""
+    bad = seen & ~(np.isfinite(mean) & np.isfinite(var))
+    if bad.any():
+        names = [f for f, b in zip(features, bad, strict=True) if b]
+        raise ValueRangeError(
+            f"feature(s) {names}: the values of {which} overflow float64 in their mean "
+            "or variance (values spread over more than about 1e154 have a variance "
+            "beyond 1.8e308); the state was not updated. Scale the feature(s) down "
+            "(e.g. multiply by 1e-150) or remove the outliers"
+        )
