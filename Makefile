@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-fast test-connect lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect lint docs setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 setup:
 	@scripts/bootstrap.sh test,dev
@@ -68,12 +68,19 @@ bench-backfill: setup
 seed-claim: setup
 	SEED_CLAIM_COMMAND="make seed-claim" $(PY) -m bench.seed_claim.run
 
+# The documentation site (docs/, mkdocs.yml) into site/, strict: a broken link, a missing
+# page or an unresolved API reference fails the build. Installs the [docs] extra if missing.
+docs: setup
+	@$(PY) -c 'import mkdocs, material, mkdocstrings_handlers.python' 2>/dev/null || \
+		$(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output
+	rm -rf build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output
 
 # A Spark standalone cluster on 127.0.0.1 (master + 2 workers); see README "Running on a cluster".
 .PHONY: cluster-down cluster-status package test-cluster

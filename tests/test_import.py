@@ -1,4 +1,4 @@
-"""The numpy core imports without pyspark: the serving path needs no JVM (DESIGN.md 3)."""
+"""The numpy core imports without pyspark: the serving path needs no JVM (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def add_transform_parser(subparsers: Any) -> None:
             "write the result (other columns are kept). By default the columns are the\n"
             "state's features and are replaced in place. A keyed model directory (fit\n"
             "--key-cols) is recognised by its keyed.json and normalizes each row with its\n"
-            "key's state as of its batch, or the global state (see docs/keyed.md).\n\n"
+            "key's state as of its batch, or the global state (see docs/guides/keyed.md).\n\n"
             "example:\n"
             "  mxnorm-spark transform --input events.parquet --state state.json \\\n"
             "      --output normalized/ --mode overwrite"

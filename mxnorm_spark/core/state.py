@@ -1,6 +1,6 @@
 """The MXNorm state: per-feature EMA mean and variance, numpy only (no Spark import).
 
-Semantics (DESIGN.md section 1). For each batch with per-feature moments ``n, m, v``
+Semantics (docs/design.md, section 1). For each batch with per-feature moments ``n, m, v``
 (``v`` the population variance of the valid values):
 
 * a feature's first batch with valid values initializes it: ``mu = m``, ``var = v``;

@@ -2,7 +2,7 @@
 
 :func:`fit_keyed` computes, in one distributed pass, the exact moments of every
 (key, batch) and folds each key's batches in ascending batch order with the rules of
-DESIGN.md section 1 (every option of :class:`StateOptions`): rows are hash-partitioned by
+docs/design.md, section 1 (every option of :class:`StateOptions`): rows are hash-partitioned by
 key and sorted by (key, batch, features), and one ``mapInArrow`` kernel
 (:mod:`mxnorm_spark.keyed.kernel`) emits one row per (key, batch) with the key's state
 after that batch, in flat double columns (its state before is its previous row). Nothing

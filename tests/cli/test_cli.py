@@ -3,7 +3,7 @@
 Subprocesses (each starts a JVM, so there are few): ``mxnorm-spark fit`` and ``inspect``
 through the installed entry points, and both ``jobs/`` scripts through ``spark-submit``.
 Everything else calls :func:`mxnorm_spark.cli.main` in-process on the shared session.
-Results are checked against the DESIGN.md reference loop and plain numpy.
+Results are checked against the reference loop of docs/design.md and plain numpy.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 export-keys, the keyed config keys and the errors, in-process on the shared session.
 
 Results are checked against the library (``fit_keyed(...).transform``, same bits) and a
-numpy reference: the DESIGN.md loop per key and per day, with the global fallback.
+numpy reference: the reference loop of docs/design.md per key and per day, with the global fallback.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MXNormState against the DESIGN.md reference loop and each option's own formula."""
+"""MXNormState against the reference loop of docs/design.md and each option's own formula."""
 
 from __future__ import annotations
 

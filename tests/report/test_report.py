@@ -1,6 +1,6 @@
 """The per-batch history of fit and the history / drift report.
 
-Drift events are checked against the DESIGN.md reference loop run per feature in plain
+Drift events are checked against the reference loop of docs/design.md run per feature in plain
 numpy; the backfill's history table against the reference loop and two-pass moments.
 """
 
