@@ -18,6 +18,7 @@ et al. parallel update. The public ``mean`` is ``shift + delta``.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,11 +118,20 @@ class Moments:
         [1.0, 0.0]
         """
         arr = as_float_matrix(x)
-        # Every value valid (the common batch): the same two-pass, read row-major with no
-        # transposed copy and no masks.
-        if arr.shape[0] and arr.shape[1] and np.isfinite(arr).all():
+        if arr.shape[0] and arr.shape[1]:
             given = None if shift is None else _shift_of(shift, arr.shape[1])
-            return finite_rows_moments(arr, given)
+            # Every value valid (the common batch): the same two-pass with no masks.
+            if arr.size < _CHECK_AFTER:
+                if np.isfinite(arr).all():
+                    return finite_rows_moments(arr, given)
+            else:
+                # A large batch is checked after, one pass fewer: a NaN or inf anywhere in
+                # a column reaches its delta or m2, and then their dot product is not
+                # finite either (an overflow of finite values only sends the batch below).
+                with np.errstate(all="ignore"):
+                    m = finite_rows_moments(arr, given)
+                if math.isfinite(float(np.dot(m.delta, m.m2))):
+                    return m
         return cls.from_columns(arr.T, shift)
 
     @classmethod
@@ -297,6 +307,10 @@ def all_counted(m: Moments) -> bool:
         full = m.__dict__["_all_counted"] = bool((m.count > 0).all())
     return bool(full)
 
+
+# From this many values on, from_array checks a batch for NaN and inf after its unmasked
+# moments rather than before: measured faster at 4096x64, slower at 64x64.
+_CHECK_AFTER = 1 << 16
 
 # Rows summed one after the other per block, then the block sums: the rounding error of a
 # column sum grows with ~_BLOCK + rows / _BLOCK, not with the rows of a batch.

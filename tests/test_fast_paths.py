@@ -5,6 +5,7 @@ normalization constants. Same answers, same immutability."""
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from typing import Any
 
@@ -62,14 +63,20 @@ def test_bits_do_not_depend_on_memory_layout_and_the_input_is_untouched(rows: in
     assert np.array_equal(x, keep) and np.array_equal(wide[:, ::2], keep)
 
 
+@pytest.mark.parametrize("rows", [64, 2048])  # checked before / after the moments (65,536)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_one_invalid_value_takes_the_masked_path(bad: float) -> None:
+def test_one_invalid_value_takes_the_masked_path(bad: float, rows: int) -> None:
     rng = np.random.default_rng(5)
-    x = offset_rows(rng, 64, 6)
+    x = offset_rows(rng, rows, 40)
     x[0, 2] = x[40, 4] = bad  # the first row too: it is the default pivot
-    m = Moments.from_array(x)
+    x[7, 30] = -bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning from the unmasked attempt
+        m = Moments.from_array(x)
     assert bits(m) == bits(Moments.from_columns(x.T))
-    assert m.count.tolist() == [64.0, 64.0, 63.0, 64.0, 63.0, 64.0]
+    want = np.full(40, float(rows))
+    want[[2, 4, 30]] -= 1
+    assert m.count.tolist() == want.tolist()
     ok = np.isfinite(x[:, 2])
     assert_state_close(m.mean[2:3], m.var[2:3], *two_pass(x[ok, 2:3]))
 
