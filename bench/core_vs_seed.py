@@ -88,7 +88,9 @@ class Row:
 
     @property
     def met(self) -> bool:
-        return self.ratio() <= TARGET
+        """The verdict reads the CPU-time ratio: on a shared machine the wall clock also
+        counts the time this thread waited for a core."""
+        return self.ratio(cpu=True) <= TARGET
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,12 +157,12 @@ def run(quick: bool = False, shapes: Sequence[tuple[int, int]] = SHAPES) -> list
 def table(rows: Sequence[Row]) -> list[str]:
     out = [
         "| batch (rows x features) | ours µs/batch, min / median | seed µs/batch, min / median "
-        f"| ours / seed time, median (min-max) | same, CPU time | target <= {TARGET}x |",
+        f"| ours / seed wall time, median (min-max) | same, CPU time | target <= {TARGET}x (CPU) |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ratios, cpu = r.ratios(), r.ratios(cpu=True)
-        verdict = "met" if r.met else f"missed by {r.ratio() / TARGET:.2f}x"
+        verdict = "met" if r.met else f"missed by {r.ratio(cpu=True) / TARGET:.2f}x"
         out.append(
             f"| {r.shape[0]} x {r.shape[1]} | {min(r.ours_us):.1f} / "
             f"{statistics.median(r.ours_us):.1f} | {min(r.seed_us):.1f} / "

@@ -1,7 +1,9 @@
 """The ``arrow`` engine: numpy and pyarrow in the Python workers, over Arrow record batches.
 
-Moments: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
-shifted coordinates) on every Arrow record batch, merged within the partition; one typed
+Moments: ``mapInArrow`` running the two-pass in shifted coordinates on every Arrow record
+batch (:func:`~mxnorm_spark.core.moments.finite_rows_moments` when every value is valid,
+as ``Moments.from_array`` does; :meth:`Moments.from_columns` with masks otherwise),
+merged within the partition; one typed
 row per partition (and batch value) comes back to the driver. The same kernel runs on the
 driver for a small input (:func:`moments_on_driver`).
 
