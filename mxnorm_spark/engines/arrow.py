@@ -3,9 +3,9 @@
 Moments: ``mapInArrow`` running the two-pass in shifted coordinates on every Arrow record
 batch (:func:`~mxnorm_spark.core.moments.finite_rows_moments` when every value is valid,
 as ``Moments.from_array`` does; :meth:`Moments.from_columns` with masks otherwise),
-merged within the partition; one typed
-row per partition (and batch value) comes back to the driver. The same kernel runs on the
-driver for a small input (:func:`moments_on_driver`).
+merged within the partition; one typed row per partition (and batch value) comes back to
+the driver. The same kernel runs on the driver for a small input
+(:func:`moments_on_driver`).
 
 Normalization: :mod:`.arrow_normalize`.
 """
