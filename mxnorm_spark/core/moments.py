@@ -382,7 +382,9 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
 @functools.lru_cache(maxsize=64)
 def _counts(k: int, rows: int) -> FloatArray:
     """``rows`` for each of ``k`` features, read-only: shared by the batches of one shape."""
-    return np.full(k, float(rows))
+    counts = np.full(k, float(rows))
+    counts.setflags(write=False)
+    return counts
 
 
 def _shift_of(shift: Any, k: int) -> FloatArray:
