@@ -37,11 +37,15 @@ test-fast: setup
 test-connect: setup
 	MXNORM_CONNECT=1 $(PY) -m pytest -q tests/connect
 
-# Benchmarks. `make bench` (< 10 min on a quiet 2-core machine) measures every target and
-# prints its verdict, section by section as each finishes: wide16 (5M x 16), wide256
-# (100k x 256), vec64 (400k rows of a 64-double array), streaming against a plain
-# foreachBatch, and the backfill fit with 20,000 batch values against 100; writes
-# bench/RESULTS.md, bench/results.png and bench/results.json.
+# Benchmarks. `make bench` measures every target and prints its verdict, section by
+# section as each finishes: the numpy core against the seed loop and the keyed serving
+# lookup of 1M keys (no Spark, ~1 min), wide16 (5M x 16), wide256 (100k x 256), vec64
+# (400k rows of a 64-double array, then as a VectorUDT), streaming against a plain
+# foreachBatch, the backfill fit with 20,000 batch values against 100, and the keyed
+# stream (1M-row micro-batches over 1M keys); writes bench/RESULTS.md, bench/results.png
+# and bench/results.json. The sections before the VectorUDT one took < 10 min on a quiet
+# 2-core machine; the VectorUDT and keyed-stream sections add several minutes (not yet
+# timed on a quiet machine). --no-udt / --no-keyed-stream / --no-core skip them.
 # `make bench-full`: every case, 500k x 256 and 1M x 64 (~40 min here); writes bench/full/.
 # BENCH_ARGS=--quick for a short development run.
 bench: setup

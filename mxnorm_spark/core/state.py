@@ -68,6 +68,7 @@ from mxnorm_spark.core.moments import (
     Fields,
     FloatArray,
     Moments,
+    all_counted,
     as_float_matrix,
     merge_fields,
 )
@@ -294,6 +295,12 @@ class MXNormState:
         Replays are recognised by the state store, which keeps one version per id.
         """
         self._check_moments(moments)
+        last = self.last_batch_id if batch_id is None else int(batch_id)
+        if all_counted(self.totals) and all_counted(moments):
+            mean, var, merged = _update_counted(
+                self.options, self.mean, self.var, self.totals, moments
+            )
+            return self._next(mean, var, merged, last)
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
@@ -303,8 +310,27 @@ class MXNormState:
             var=var,
             totals=Moments(*totals),
             batches_seen=self.batches_seen + 1,
-            last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
+            last_batch_id=last,
         )
+
+    def _next(
+        self, mean: FloatArray, var: FloatArray, totals: Moments, last_batch_id: int | None
+    ) -> MXNormState:
+        """The state after one more batch, over fresh arrays of the right length (frozen in
+        place): what ``replace`` builds, without its copies and checks."""
+        mean.setflags(write=False)
+        var.setflags(write=False)
+        state = object.__new__(MXNormState)
+        state.__dict__.update(
+            features=self.features,
+            options=self.options,
+            mean=mean,
+            var=var,
+            totals=totals,
+            batches_seen=self.batches_seen + 1,
+            last_batch_id=last_batch_id,
+        )
+        return state
 
     # ---- normalization ------------------------------------------------------------
     def normalization_constants(
@@ -315,19 +341,34 @@ class MXNormState:
         ``scale = sqrt(var + eps)``, or per the zero-variance policy where ``var == 0``.
         Features with no state take ``fallback``'s constants (used by ``applyAt='before'``:
         the batch's own moments); without one, they raise :class:`NotFittedError`.
+        The arrays are read-only; without ``fallback`` they are computed once per state.
         """
+        if fallback is None:
+            cached: tuple[FloatArray, FloatArray] | None = self.__dict__.get("_constants")
+            if cached is not None:
+                return cached
         mean, var = self.mean, self.var
         if fallback is not None:
             had = self.initialized
             mean = np.where(had, mean, fallback.mean)
             var = np.where(had, var, fallback.var)
-        missing = [f for f, m in zip(self.features, mean, strict=True) if math.isnan(m)]
-        if missing:
-            raise NotFittedError(
-                f"feature(s) {missing} have no state yet (no valid value has been seen); "
-                "fit or update on data where they have values first"
-            )
-        return _readonly(mean), _readonly(scale_of(var, self.options))
+        # Every feature counted (the common case) has a mean; else name those without one.
+        if not all_counted(self.totals) or fallback is not None:
+            unset = np.isnan(mean)
+            if unset.any():
+                missing = [f for f, u in zip(self.features, unset.tolist(), strict=True) if u]
+                raise NotFittedError(
+                    f"feature(s) {missing} have no state yet (no valid value has been seen); "
+                    "fit or update on data where they have values first"
+                )
+        if fallback is not None:
+            return _readonly(mean), _readonly(scale_of(var, self.options))
+        scale = np.asarray(scale_of(var, self.options))
+        scale.setflags(write=False)
+        # The state is immutable, so are its constants: computed once, ``mean`` itself.
+        constants = self.mean, scale
+        self.__dict__["_constants"] = constants
+        return constants
 
     def normalize(self, x: Any) -> FloatArray:
         """Normalize a 2-D array (rows x features) with this state; NaN stays NaN.
@@ -337,13 +378,16 @@ class MXNormState:
         [[1.0]]
         """
         arr = as_float_matrix(x)
-        if arr.shape[1] != self.n_features:
+        if arr.shape[1] != len(self.features):
             raise FeatureMismatchError(
                 f"x has {arr.shape[1]} columns but the state has {self.n_features} "
                 f"features: {list(self.features)}"
             )
         mean, scale = self.normalization_constants()
-        return np.asarray((arr - mean) / scale, dtype=np.float64)
+        out: FloatArray = arr - mean
+        # In place, spelled out: numpy's own temporary elision probes the call stack first,
+        # which cost more than the division itself on large batches. Same bits.
+        return np.divide(out, scale, out=out)
 
     def process_batch(
         self, x: Any, batch_id: int | None = None, apply_at: ApplyAt = "after"
@@ -490,21 +534,55 @@ def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields)
     m = np.where(in_batch, shift + delta, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         v = np.where(in_batch, m2 / count, np.nan)
-    alpha = options.alpha
-    assert alpha is not None
-    # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
-    # (0 * -inf = NaN) keep their state below.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+        # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
+        # (0 * -inf = NaN) keep their state below.
+        a = _weight(options, count)
     with np.errstate(invalid="ignore"):
-        ema_mean = (1 - a) * mu + a * m
-        if options.var_update == "mixture":
-            ema_var = (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
-        else:
-            ema_var = (1 - a) * s2 + a * v
+        ema_mean, ema_var = _ema(options, a, mu, s2, (m, v))
     mean = np.where(in_batch, np.where(had, ema_mean, m), mu)
     var = np.where(in_batch, np.where(had, ema_var, v), s2)
     return mean, var
+
+
+def _weight(options: StateOptions, count: Any) -> Any:
+    """The weight ``a`` of a batch: ``alpha``, or ``1 - (1 - alpha) ** n`` (``decay='rows'``)."""
+    alpha = options.alpha
+    assert alpha is not None
+    return -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+
+
+def _ema(options: StateOptions, a: Any, mu: Any, s2: Any, mv: tuple[Any, Any]) -> tuple[Any, Any]:
+    m, v = mv
+    ema_mean = (1 - a) * mu + a * m
+    if options.var_update == "mixture":
+        return ema_mean, (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
+    return ema_mean, (1 - a) * s2 + a * v
+
+
+def _update_counted(
+    options: StateOptions, mu: FloatArray, s2: FloatArray, totals: Moments, moments: Moments
+) -> tuple[FloatArray, FloatArray, Moments]:
+    """:func:`update_lanes` when every feature has data on both sides (every batch after
+    the first, as a rule): the operations :func:`merge_fields` and :func:`ema_step` apply
+    to such lanes, in the same order, without their masks, so the same bits."""
+    na, shift_a, delta_a, m2_a = totals.fields()
+    nb, shift_b, delta_b, m2_b = moments.fields()
+    n = na + nb
+    d = ((shift_b - shift_a) + delta_b) - delta_a
+    w = nb / n
+    delta = delta_a + d * w
+    m2 = m2_a + m2_b + d * d * na * w
+    merged = Moments._owned(n, shift_a, delta, m2)
+    merged.__dict__["_all_counted"] = True
+    if options.alpha is None:
+        return shift_a + delta, m2 / n, merged
+    if options.decay == "rows":
+        with np.errstate(divide="ignore"):  # alpha = 1: log1p(-1) = -inf, a = 1
+            a = _weight(options, nb)
+    else:
+        a = options.alpha
+    mean, var = _ema(options, a, mu, s2, (shift_b + delta_b, m2_b / nb))
+    return mean, var, merged
 
 
 def _checksum(payload: Mapping[str, Any]) -> str:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -85,18 +88,20 @@ class KeyedNormalizer:
         self.source = source
         self.min_key_rows = int(min_key_rows)
         gm, gs = global_state.normalization_constants()
+        n, k = len(keys), gm.shape[0]
         use = np.asarray(count) >= max(self.min_key_rows, 1)
-        # The fallback is decided per feature once: the export holds each key's final state.
-        eff_m = np.where(use, mean, gm) if len(keys) else np.empty((0, gm.shape[0]))
-        eff_s = np.where(use, scale, gs) if len(keys) else np.empty((0, gs.shape[0]))
-        # Row -1 (a key not found) is the global state.
-        self._mean = np.vstack([eff_m, gm[None, :]])
-        self._scale = np.vstack([eff_s, gs[None, :]])
-        self._index = {tuple(_key_part(v) for v in k): i for i, k in enumerate(keys)}
-        self._row_constants = [
-            list(zip(m, s, strict=True))
-            for m, s in zip(self._mean.tolist(), self._scale.tolist(), strict=True)
-        ]
+        # The fallback is decided per feature once (the export holds each key's final
+        # state), into one preallocated table each; row n (-1, a key not found) is the
+        # global state.
+        self._mean = np.empty((n + 1, k))
+        self._scale = np.empty((n + 1, k))
+        for table, own, fallback in ((self._mean, mean, gm), (self._scale, scale, gs)):
+            table[:] = fallback
+            if n:
+                np.copyto(table[:n], own, where=use)
+            table.setflags(write=False)
+        self._index = _key_index(keys, len(self.key_cols))
+        self._single = len(self.key_cols) == 1
 
     def __repr__(self) -> str:
         return (
@@ -114,6 +119,8 @@ class KeyedNormalizer:
         return self._mean[i].copy(), self._scale[i].copy()
 
     def _lookup(self, key: tuple[Any, ...]) -> int:
+        if self._single:
+            return self._index.get(_key_part(key[0]), -1)
         return self._index.get(tuple(_key_part(v) for v in key), -1)
 
     # ---- one row ------------------------------------------------------------------------
@@ -125,8 +132,14 @@ class KeyedNormalizer:
             raise MissingColumnError(
                 [c for c in self.key_cols if c not in row], list(row)
             ) from None
-        constants = self._row_constants[self._lookup(key)]
-        items = zip(self.features, self.outputs, *zip(*constants, strict=True), strict=True)
+        i = self._lookup(key)
+        items = zip(
+            self.features,
+            self.outputs,
+            self._mean[i].tolist(),
+            self._scale[i].tolist(),
+            strict=True,
+        )
         return normalize_row(row, items, self.handle_invalid, self.features)
 
     # ---- frames -------------------------------------------------------------------------
@@ -142,11 +155,12 @@ class KeyedNormalizer:
         )
 
     def _row_index(self, key_lists: list[list[Any]]) -> np.ndarray:
-        index, part = self._index, _key_part
-        return np.array(
-            [index.get(tuple(part(v) for v in k), -1) for k in zip(*key_lists, strict=True)],
-            dtype=np.int64,
-        )
+        get, part = self._index.get, _key_part
+        if self._single:
+            found = [get(part(v), -1) for v in key_lists[0]]
+        else:
+            found = [get(tuple(part(v) for v in k), -1) for k in zip(*key_lists, strict=True)]
+        return np.array(found, dtype=np.int64)
 
     def _check(self, names: Sequence[str]) -> None:
         missing = [c for c in (*self.key_cols, *self.features) if c not in names]
@@ -192,6 +206,22 @@ class KeyedNormalizer:
         return out
 
 
+def _key_index(keys: Sequence[tuple[Any, ...]], width: int) -> dict[Any, int]:
+    """Key -> row of the constant tables; a one-column key is its value, not a 1-tuple
+    (no tuple per key to keep, and no tuple to build per lookup)."""
+    values: list[Any] = list(map(itemgetter(0), keys)) if width == 1 else list(map(tuple, keys))
+    # NaN keys need their stand-in (NaN equals nothing, itself included); most key sets
+    # hold none. Checked value by value (a tuple equals itself whatever it holds), with
+    # map and all, in C.
+    flat = (lambda: values) if width == 1 else (lambda: chain.from_iterable(values))
+    if not all(map(operator.eq, flat(), flat())):
+        if width == 1:
+            values = [_key_part(v) for v in values]
+        else:
+            values = [tuple(_key_part(v) for v in k) for k in values]
+    return dict(zip(values, range(len(values)), strict=True))
+
+
 # ---- loading -----------------------------------------------------------------------------
 def is_keyed_export(fs: FileSystem, where: str) -> bool:
     return fs.is_dir(where) and EXPORT_MARKER in fs.list_names(where)
@@ -227,7 +257,8 @@ def load_keyed(
     def matrix(name: str) -> np.ndarray:
         return np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(-1, k)
 
-    keys = list(zip(*(table.column(c).to_pylist()[::k] for c in key_cols), strict=True))
+    firsts = table.take(np.arange(0, table.num_rows, k)) if k > 1 else table
+    keys = list(zip(*(firsts.column(c).to_pylist() for c in key_cols), strict=True))
     return KeyedNormalizer(
         state,
         key_cols,
