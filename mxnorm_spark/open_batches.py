@@ -24,7 +24,8 @@ exactly (Dekker's product of the 53-bit mantissa, which cannot overflow or under
 >>> m = parts[0].moments()
 >>> m.mean.tolist(), m.var.tolist()
 ([1000000002.0], [1.0])
->>> a, b = exact_partials(x[:1], np.zeros(1, int), 1)[0], exact_partials(x[1:], np.zeros(2, int), 1)[0]
+>>> a = exact_partials(x[:1], np.zeros(1, int), 1)[0]
+>>> b = exact_partials(x[1:], np.zeros(2, int), 1)[0]
 >>> a.merge(b) == parts[0]
 True
 """
@@ -167,7 +168,7 @@ def exact_partials(x: Any, codes: Any, n_groups: int) -> list[OpenBatch]:
     ]
 
 
-def _add_sums(
+def _add_sums(  # noqa: PLR0917 (a private helper of exact_partials)
     into: list[list[int]],
     lane: Any,
     exp: Any,

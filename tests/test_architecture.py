@@ -17,8 +17,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mxnorm_spark"
 # Lowest first. Each module of the package is in exactly one layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("errors", "choices")),
-    ("math", ("moments", "state", "state_history")),
-    ("io", ("store.filesystems", "store.states", "store.history", "store.inputs", "store")),
+    ("math", ("moments", "state", "state_history", "open_batches", "event_time")),
+    (
+        "io",
+        (
+            "store.filesystems",
+            "store.states",
+            "store.history",
+            "store.inputs",
+            "store.folds",
+            "store",
+        ),
+    ),
     ("serving", ("serving.values", "serving.normalizer", "serving.keyed", "serving")),
     ("report", ("report",)),
     ("spark-base", ("spark_extra", "columns")),
@@ -46,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sinks",
             "stream_reads",
             "stream_local",
+            "stream_event_time",
             "keyed_one_job",
             "keyed_stream",
         ),
