@@ -410,6 +410,7 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
             1 if cfg.min_key_rows is None else cfg.min_key_rows,
             cfg.evict_after,
         ),
+        event_time=cfg.event_time_spec,
     )
     return source, stream
 
@@ -438,6 +439,7 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
             available_now=cfg.available_now,
             trigger_interval=cfg.trigger_interval,
             source=source,
+            end_of_input=cfg.close_open_batches,
         )
         state = stream.store.latest()
         rows = sum(r.rows for r in reports)

@@ -51,6 +51,7 @@ from mxnorm_spark.choices import (
     ENGINES,
     FORMATS,
     HANDLE_INVALID,
+    LATE_ROWS,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
 )
@@ -78,6 +79,7 @@ from mxnorm_spark.config_fields import (
 # Re-exported: the session reads Spark properties files through this module.
 from mxnorm_spark.config_fields import read_properties as read_properties  # noqa: PLC0414
 from mxnorm_spark.errors import ConfigError, InvalidParameterError
+from mxnorm_spark.event_time import EventTime, parse_interval
 from mxnorm_spark.state import StateOptions, check_alpha, check_eps
 
 if sys.version_info >= (3, 11):
@@ -125,6 +127,25 @@ def _eps(value: Any, key: str) -> float:
 
 
 FROM_TEXT[_alpha] = _alpha_text
+
+
+def _lateness(value: Any, key: str) -> Any:
+    """A number (the batch column's units) or an interval text such as "10 minutes"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise fail(key, 'a number >= 0 or an interval such as "10 minutes"', value)
+    if isinstance(value, str):
+        parse_interval(value, key)
+    elif value < 0:
+        raise fail(key, 'a number >= 0 or an interval such as "10 minutes"', value)
+    return value
+
+
+def _lateness_text(value: str, key: str) -> Any:
+    stripped = value.strip().lstrip("+-").replace(".", "", 1)
+    return number_text(value, key, "a number") if stripped.isdigit() else value
+
+
+FROM_TEXT[_lateness] = _lateness_text
 FROM_TEXT[_eps] = lambda v, k: number_text(v, k, "a positive number")
 
 _FORMAT = one_of(FORMATS, fold=str.lower)
@@ -469,6 +490,31 @@ class StreamConfig:
     evict_after: int | None = opt(
         int_at_least(1), "with --key-cols: drop keys unseen for N micro-batches", metavar="N"
     )
+    batch_col: str | None = opt(
+        text, "event-time batches: the batch is this column's value, not the micro-batch",
+        metavar="COL",
+    )  # fmt: skip
+    event_time: str | None = opt(
+        text, "event-time batches: tumbling --window windows of this timestamp column",
+        metavar="COL",
+    )  # fmt: skip
+    window: str | None = opt(text, 'with --event-time: the window, e.g. "1 hour"', metavar="SIZE")
+    lateness: int | float | str | None = opt(
+        _lateness, 'how far behind the largest batch value rows may arrive: a number in '
+        '--batch-col units, or an interval such as "10 minutes" (default 0)', metavar="L",
+    )  # fmt: skip
+    late_rows: str = opt(
+        one_of(LATE_ROWS), "rows of an already folded batch: drop (counted) or error",
+        default="drop",
+    )  # fmt: skip
+    lineage_col: str | None = opt(
+        text, "output column: the batch value of the state each row was normalized with",
+        metavar="COL",
+    )  # fmt: skip
+    close_open_batches: bool = opt(
+        boolean, "at the end of an --available-now run, fold every open batch (end of input)",
+        default=False, switch=True,
+    )  # fmt: skip
     read_options: Mapping[str, str] = opt(
         options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
@@ -481,7 +527,32 @@ class StreamConfig:
         """The five state options as one validated value."""
         return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
 
+    @property
+    def event_time_spec(self) -> EventTime | None:
+        """The event-time batches asked for, or None (one batch per micro-batch)."""
+        if self.batch_col is None and self.event_time is None:
+            return None
+        return EventTime(
+            batch_col=self.batch_col,
+            event_time=self.event_time,
+            window=self.window,
+            lateness=0 if self.lateness is None else self.lateness,
+            late_rows=self.late_rows,
+            lineage_col=self.lineage_col,
+        )
+
     def __post_init__(self) -> None:
+        try:
+            self.event_time_spec  # noqa: B018 (validates the event-time settings)
+        except InvalidParameterError as exc:
+            raise ConfigError(str(exc)) from None
+        given = (
+            [k for k in ("window", "lineage_col") if getattr(self, k) is not None]
+            + ["lateness"] * (self.lateness is not None)
+            + ["close_open_batches"] * bool(self.close_open_batches)
+        )
+        if given and self.event_time_spec is None:
+            raise ConfigError(f"{', '.join(given)} only apply with batch_col or event_time")
         _check_columns(self)
         _check_options(self)
         _check_outputs(self)
