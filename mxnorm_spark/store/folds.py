@@ -131,3 +131,35 @@ def state_as_of(
         else:
             found, lo = state, mid + 1
     return found
+
+
+def read_state_as_of(state_path: str, as_of: Any, spark: SparkSession | None = None) -> MXNormState:
+    """The state of an event-time stream's directory that applied at batch value ``as_of``:
+    every batch ``<= as_of`` folded (for windows: window starts, as microseconds since the
+    epoch or a ``datetime``; a naive one is UTC). With no batch folded by then, the
+    directory's initial state."""
+    import datetime as dt
+
+    from mxnorm_spark.store.states import StateStore
+
+    store = StateStore(state_path, spark)
+    latest = store.latest_batch_id()
+    section = None if latest is None else store.section(latest, "event_time")
+    if section is None:
+        raise InvalidParameterError(
+            f"{store.path} is not the state directory of an event-time stream (no folds to "
+            "pin); as_of applies to streams with batch_col or event_time, batch_id to others"
+        )
+    if isinstance(as_of, dt.datetime) and section["spec"].get("window") is not None:
+        aware = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=dt.timezone.utc)
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        as_of = (aware - epoch) // dt.timedelta(microseconds=1)
+    found = state_as_of(store.path, as_of, folds=int(section["folds"]), spark=spark)
+    if found is None:
+        found = store.initial()
+    if found is None:
+        raise CorruptStateError(
+            f"no batch <= {as_of!r} was folded in {store.path} and it has no initial state: "
+            "no state applied at that batch value"
+        )
+    return found
