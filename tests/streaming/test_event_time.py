@@ -89,7 +89,8 @@ def test_open_batches_merge_to_the_same_bits_however_the_rows_are_split() -> Non
 
 # ---- the watermark and the fold (no Spark) --------------------------------------------------
 def _parts(rows: dict[Any, np.ndarray]) -> dict[Any, tuple[OpenBatch, int | None]]:
-    return {v: (exact_partials(x, np.zeros(len(x), dtype=int), 1)[0], None) for v, x in rows.items()}
+    zeros = {v: np.zeros(len(x), dtype=int) for v, x in rows.items()}
+    return {v: (exact_partials(x, zeros[v], 1)[0], None) for v, x in rows.items()}
 
 
 def test_batches_fold_in_ascending_order_once_the_watermark_passes_them() -> None:
@@ -156,7 +157,7 @@ def test_event_time_settings_are_checked() -> None:
         EventTime(event_time="ts")
     with pytest.raises(InvalidParameterError, match="interval"):
         EventTime(event_time="ts", window="an hour")
-    with pytest.raises(InvalidParameterError, match="takes no lateness|take no lateness"):
+    with pytest.raises(InvalidParameterError, match="take no lateness"):
         EventTime(batch_col="name", lateness=2).limit("b")
 
 
@@ -347,7 +348,8 @@ def test_late_rows_are_dropped_and_counted_or_refused(spark: Any, tmp_path: Path
     assert [r.late_rows for r in stream.reports] == [0, 0, 3]
     assert "3 late rows dropped" in stream.reports[-1].line()
     store = StateStore(tmp_path / "drop" / "state")
-    assert store.history().to_pandas().groupby("batch_id")["late_rows"].first().tolist() == [0, 0, 3]
+    late = store.history().to_pandas().groupby("batch_id")["late_rows"].first()
+    assert late.tolist() == [0, 0, 3]
     out = spark.read.parquet(str(tmp_path / "drop" / "out")).toPandas()
     assert sorted(out["id"]) == [0, 1, 2, 10, 11, 22, 23]  # the late rows are not written
     # The state equals the fold of the rows that were not late.
@@ -477,8 +479,7 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
     assert [(rep.batch_id, rep.replayed) for rep in reports] == [(3, True), (4, False)]
     ref = StateStore(day_streams["root"] / "run1" / "state")
     for b in range(6):  # every version, its open batches included, bit-identical
-        assert (store.fs.read_bytes(store.version_path(b)) or b"").replace(
-            b"\n", b""
-        ) == (ref.fs.read_bytes(ref.version_path(b)) or b"").replace(b"\n", b"")
-    got, want = read_out(spark, tmp_path / "out"), read_out(spark, day_streams["root"] / "run1" / "out")
+        assert store.fs.read_bytes(store.version_path(b)) == ref.fs.read_bytes(ref.version_path(b))
+    got = read_out(spark, tmp_path / "out")
+    want = read_out(spark, day_streams["root"] / "run1" / "out")
     pd.testing.assert_frame_equal(got, want, check_exact=True)
