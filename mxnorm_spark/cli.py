@@ -306,7 +306,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
             inputCol=cfg.input_col,
             # Without a name the vector output would get Spark's generated default name.
             outputCol=cfg.output_col or cfg.input_col,
-            alpha=cfg.alpha,
+            alpha=cfg.state_options.alpha,
             epsilon=cfg.eps,
             batchCol=cfg.batch_col,
             applyAt=cfg.apply_at or "after",

@@ -80,7 +80,7 @@ from mxnorm_spark.config_fields import (
 from mxnorm_spark.config_fields import read_properties as read_properties  # noqa: PLC0414
 from mxnorm_spark.errors import ConfigError, InvalidParameterError
 from mxnorm_spark.event_time import EventTime, parse_interval
-from mxnorm_spark.state import StateOptions, check_alpha, check_eps
+from mxnorm_spark.state import StateOptions, alpha_from_half_life, check_alpha, check_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,6 +127,29 @@ def _eps(value: Any, key: str) -> float:
 
 
 FROM_TEXT[_alpha] = _alpha_text
+
+
+def _half_life(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        raise fail(key, "a positive number", value)
+    try:
+        alpha_from_half_life(value)
+    except InvalidParameterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return float(value)
+
+
+FROM_TEXT[_half_life] = lambda v, k: number_text(v, k, "a positive number")
+
+
+def _state_options(cfg: Any) -> StateOptions:
+    """The five state options of a job config (alpha from half_life when given)."""
+    values = {k: getattr(cfg, k) for k in STATE_OPTION_KEYS}
+    if cfg.half_life is not None:
+        if cfg.alpha != 0.1:
+            raise ConfigError("give alpha or half_life, not both")
+        values["alpha"] = alpha_from_half_life(cfg.half_life)
+    return StateOptions(**values)
 
 
 def _lateness(value: Any, key: str) -> Any:
@@ -212,6 +235,8 @@ def _check_outputs(cfg: Any) -> None:
 
 
 def _check_options(cfg: Any) -> None:
+    if cfg.half_life is not None and cfg.alpha != 0.1:
+        raise ConfigError("give alpha or half_life, not both")
     if cfg.alpha is None and (cfg.var_update != "ema" or cfg.decay != "batch"):
         raise ConfigError(
             'alpha "cumulative" computes exact running moments; it takes no var_update or '
@@ -252,6 +277,10 @@ class FitConfig:
     )
     format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
     alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    half_life: float | None = opt(
+        _half_life, "instead of --alpha: half-life in batches (rows with --decay rows), "
+        "alpha = 1 - 0.5**(1/half_life)", metavar="H",
+    )  # fmt: skip
     eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = opt(
         one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
@@ -312,7 +341,7 @@ class FitConfig:
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
+        return _state_options(self)
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -430,6 +459,10 @@ class StreamConfig:
         text, "output column for --input-col (default: replace it)", metavar="COL"
     )
     alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    half_life: float | None = opt(
+        _half_life, "instead of --alpha: half-life in batches (rows with --decay rows), "
+        "alpha = 1 - 0.5**(1/half_life)", metavar="H",
+    )  # fmt: skip
     eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = opt(
         one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
@@ -525,7 +558,7 @@ class StreamConfig:
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
+        return _state_options(self)
 
     @property
     def event_time_spec(self) -> EventTime | None:

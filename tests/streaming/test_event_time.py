@@ -483,3 +483,56 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
     got = read_out(spark, tmp_path / "out")
     want = read_out(spark, day_streams["root"] / "run1" / "out")
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+# ---- halfLife: another way to give alpha, everywhere alpha is accepted -----------------------
+@pytest.mark.parametrize("half_life", [0.25, 1.0, 6.5788, 1e6])
+def test_half_life_gives_the_alpha_that_halves_old_weight(half_life: float) -> None:
+    from mxnorm_spark.state import alpha_from_half_life
+
+    alpha = alpha_from_half_life(half_life)
+    assert abs(np.exp(half_life * np.log1p(-alpha)) - 0.5) <= 1e-12
+    # Against exact decimal arithmetic of 1 - 0.5 ** (1 / h).
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 50
+        exact = 1 - Decimal("0.5") ** (1 / Decimal(half_life))
+        assert abs(Decimal(alpha) - exact) <= Decimal("4e-16") * exact
+    assert StateOptions(half_life=half_life).alpha == alpha
+    assert MXNormState.create(["x"], half_life=half_life).alpha == alpha
+
+
+def test_half_life_in_rows_halves_the_weight_after_that_many_rows() -> None:
+    state = MXNormState.create(["x"], half_life=4, decay="rows").update(
+        Moments.from_array(np.zeros((3, 1)))
+    )
+    # 4 rows in one batch: the old mean 0 keeps half its weight.
+    state = state.update(Moments.from_array(np.ones((4, 1))))
+    assert abs(state.mean[0] - 0.5) <= 1e-15
+
+
+def test_half_life_is_checked_and_is_not_given_with_alpha() -> None:
+    from mxnorm_spark.config import StreamConfig, resolve
+    from mxnorm_spark.errors import ConfigError
+
+    with pytest.raises(InvalidParameterError, match="half_life must be a positive"):
+        StateOptions(half_life=0)
+    with pytest.raises(InvalidParameterError, match="alpha or half_life"):
+        StateOptions(alpha=0.3, half_life=2)
+    base = {"input": "i", "output": "o", "state": "s", "checkpoint": "c", "cols": "a"}
+    cfg = resolve(StreamConfig, None, {**base, "half_life": "2"})
+    assert cfg.state_options.alpha == -np.expm1(-np.log(2) / 2)
+    with pytest.raises(ConfigError, match="alpha or half_life"):
+        resolve(StreamConfig, None, {**base, "half_life": "2", "alpha": "0.5"})
+
+
+@pytest.mark.spark
+def test_estimator_takes_half_life(spark: Any) -> None:
+    from mxnorm_spark.ml import MXNorm
+
+    est = MXNorm(inputCols=["x"], halfLife=3.0)
+    assert abs(est.getAlpha() - (1 - 0.5 ** (1 / 3))) <= 1e-16
+    assert MXNorm(inputCols=["x"]).setHalfLife(1).getAlpha() == 0.5
+    with pytest.raises(InvalidParameterError, match="alpha or halfLife"):
+        MXNorm(inputCols=["x"], alpha=0.2, halfLife=3.0)
