@@ -41,6 +41,7 @@ def write_batches(root: Path, rows: int, batches: int, open_batches: int) -> lis
     import pandas as pd
 
     rng = np.random.default_rng(rows + open_batches)
+    root.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(batches):
         x = rng.normal(5.0, 2.0, (rows, FEATURES))
@@ -121,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also 1M rows per micro-batch")
     parser.add_argument("--kernel-only", action="store_true", help="numpy kernels only")
+    parser.add_argument("--no-kernel", action="store_true", help="streams only")
     parser.add_argument("--open", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args(argv)
     sizes = [1_000, 100_000, 1_000_000] if args.full else [1_000, 100_000]
     print(f"load average {os.getloadavg()}", flush=True)
-    for rows in sizes:
+    for rows in [] if args.no_kernel else sizes:
         for groups in args.open:
             k = time_kernel(rows, groups)
             print(
