@@ -352,6 +352,105 @@ def report_facts(section: EventSection) -> dict[str, Any]:
     }
 
 
+# Batch column types whose Python values are the same read through Arrow on the driver as
+# collected from Spark (timestamps and decimals take the Spark path).
+_DRIVER_BATCH_TYPES = frozenset(
+    {"tinyint", "smallint", "int", "bigint", "float", "double", "string", "date", "boolean"}
+)
+_DRIVER_FEATURE_TYPES = frozenset({"tinyint", "smallint", "int", "bigint", "float", "double"})
+
+
+def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | None:
+    """The micro-batch with its batch value (and event time) columns as Arrow on the driver,
+    when it is small and every step gives there the bits of the Spark path; else None."""
+    from mxnorm_spark.stream_local import collect_small
+
+    events, driver = stream.events, stream._driver
+    if events is None or driver.codec is None or driver.max_values <= 0:
+        return None
+    spec, types = events.spec, {f.name: f.dataType.simpleString() for f in payload.schema}
+    if any(types.get(c) not in _DRIVER_FEATURE_TYPES for c in events.cols):
+        return None
+    if spec.window is None and types.get(spec.column) not in _DRIVER_BATCH_TYPES:
+        return None
+    if spec.window is not None and spec.lineage_col is not None:
+        return None  # the lineage timestamp is written by Spark
+    b, t = events.value_columns(payload)
+    limit = driver.max_values // (len(payload.columns) + 2)
+    return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+
+
+def small_partials(
+    table: pa.Table, cols: tuple[str, ...]
+) -> dict[Any, tuple[OpenBatch, int | None]]:
+    """:meth:`EventTimeBatches.partials` of a micro-batch collected to the driver."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: dict[Any, tuple[OpenBatch, int | None]] = {}
+    if table.num_rows:
+        columns = {_B: table.column(_B), _T: table.column(_T).cast(pa.int64())}
+        for j, c in enumerate(cols):
+            columns[f"x{j}"] = pc.cast(table.column(c), pa.float64(), safe=False)
+        _add_chunk(found, pa.table(columns), len(cols))
+    return found
+
+
+def normalize_small(
+    table: pa.Table,
+    events: EventTimeBatches,
+    section: EventSection,
+    base: MXNormState,
+    outputs: tuple[str, ...],
+) -> pa.Table:
+    """:meth:`EventTimeBatches.normalize` of a micro-batch on the driver: the same numbers
+    (``(x - mean) / scale`` in float64), null where the Spark path gives null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    b = table.column(_B)
+    if section.watermark_before is not None:
+        keep = pc.greater_equal(b, pa.scalar(section.watermark_before, b.type))
+        table = table.filter(pc.fill_null(keep, False))
+        b = table.column(_B)
+    groups: dict[Any, tuple[MXNormState, list[Any]]] = {}
+    for value in section.values:
+        folded, state = section.state_for(events.spec, value, base)
+        groups.setdefault(folded, (state, []))[1].append(value)
+    masks = {
+        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False)
+        .to_numpy(zero_copy_only=False)
+        for folded, (_, values) in groups.items()
+    }
+    out = table.drop_columns([_B, _T])
+    for j, (c, name) in enumerate(zip(events.cols, outputs, strict=True)):
+        col = pc.cast(table.column(c), pa.float64(), safe=False)
+        x = pc.fill_null(col, float("nan")).to_numpy(zero_copy_only=False)
+        z = np.zeros(table.num_rows)
+        covered = np.zeros(table.num_rows, dtype=bool)
+        for folded, (state, _) in groups.items():
+            mean, var = float(state.mean[j]), float(state.var[j])
+            if np.isnan(mean):
+                continue
+            scale = float(scale_of(np.float64(var), state.options))
+            z = np.where(masks[folded], (x - mean) / scale, z)
+            covered |= masks[folded]
+        nulls = ~covered | col.is_null().to_numpy(zero_copy_only=False)
+        array = pa.array(z, pa.float64(), mask=nulls)
+        if name in out.column_names:
+            out = out.set_column(out.column_names.index(name), name, array)
+        else:
+            out = out.append_column(name, array)
+    lineage = events.spec.lineage_col
+    if lineage is not None:
+        marks = np.full(table.num_rows, None, dtype=object)
+        for folded, mask in masks.items():
+            if folded is not None:
+                marks[mask] = folded
+        out = out.append_column(lineage, pa.array(marks.tolist(), b.type))
+    return out
+
+
 def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) -> None:
     """:meth:`MXNormStream.foreach_batch` of an event-time stream (see the module text)."""
     from pyspark import StorageLevel
@@ -374,9 +473,13 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
         if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
             stream._count_and_check(spark, data, batch_id, None)
         payload = data.drop(*internal) if internal else data
+        small = collect_small_batch(stream, payload)
         if committed is None:
             prev, before = events.previous(batch_id, base)
-            parts = events.partials(payload)
+            if small is not None:
+                parts = small_partials(small, events.cols)
+            else:
+                parts = events.partials(payload)
             section, new = events.fold_and_commit(batch_id, prev, before, parts, spark)
         else:
             found = events.section(batch_id)
@@ -389,8 +492,12 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
                 )
             section, new, before = found, committed, committed
         out_dir = None
-        if section.values:
-            outputs = tuple(stream.output.cols or stream.cols)
+        outputs = tuple(stream.output.cols or stream.cols)
+        if section.values and small is not None and stream._directories is not None:
+            table = normalize_small(small, events, section, base, outputs)
+            codec = stream._driver.codec or "snappy"
+            out_dir = stream._directories.publish_table(table, batch_id, codec, spark)
+        elif section.values:
             out_dir = stream._publish(events.normalize(payload, section, base, outputs), batch_id)
         fault("after_write", batch_id, spark)
     finally:

@@ -209,11 +209,16 @@ def event_stream(spark: Any, root: Path, **kw: Any) -> Any:
     )  # fmt: skip
 
 
-def run_files(spark: Any, inp: Path, root: Path, per_trigger: int | None) -> list[Any]:
+def run_files(
+    spark: Any, inp: Path, root: Path, per_trigger: int | None, *, on_driver: bool = True
+) -> list[Any]:
     from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.stream_local import DriverBatches
 
     source = FileSource(str(inp), "parquet", max_files_per_trigger=per_trigger)
     stream = event_stream(spark, root)
+    if not on_driver:  # every micro-batch through the Spark jobs, not read to the driver
+        stream._driver = DriverBatches(0, None)
     return stream.run(
         source.read(spark, [*COLS, "day"]), str(root / "chk"), source=source, end_of_input=True
     )
@@ -226,10 +231,14 @@ def read_out(spark: Any, path: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def day_streams(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One input, streamed with 1, 2 and all files per micro-batch."""
+    """One input, streamed with 1, 2 and all files per micro-batch (2: on the Spark path,
+    the others with the small micro-batches read to the driver)."""
     root = tmp_path_factory.mktemp("event_time")
     rows = write_day_files(root / "in", DAYS)
-    runs = {n: run_files(spark, root / "in", root / f"run{n}", n) for n in (1, 2, None)}
+    runs = {
+        n: run_files(spark, root / "in", root / f"run{n}", n, on_driver=n != 2)
+        for n in (1, 2, None)
+    }
     return {"root": root, "rows": rows, "reports": runs}
 
 
