@@ -87,6 +87,23 @@ def test_open_batches_merge_to_the_same_bits_however_the_rows_are_split() -> Non
     assert OpenBatch.from_dict(whole[0].to_dict()) == whole[0]
 
 
+def test_open_batch_sums_stay_exact_over_blocks_and_flushes(monkeypatch: Any) -> None:
+    import mxnorm_spark.open_batches as ob
+
+    monkeypatch.setattr(ob, "_BLOCK_ROWS", 512)
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (3_000, 1))
+    x[1_000:] *= 1e200  # later blocks widen the exponent range, up and down
+    x[2_500:] = 1e-300 * rng.normal(0, 1, (500, 1))
+    codes = np.zeros(len(x), dtype=int)
+    whole = exact_partials(x, codes, 1)[0]
+    s1, s2 = exact_sums(x[:, 0])
+    assert Fraction(whole.sum1[0], 1 << SCALE) == s1
+    assert Fraction(whole.sum2[0], 1 << SCALE) == s2
+    monkeypatch.setattr(ob, "CHUNK_ROWS", 1_200)  # the float bins drain to integers midway
+    assert exact_partials(x, codes, 1)[0] == whole
+
+
 # ---- the watermark and the fold (no Spark) --------------------------------------------------
 def _parts(rows: dict[Any, np.ndarray]) -> dict[Any, tuple[OpenBatch, int | None]]:
     zeros = {v: np.zeros(len(x), dtype=int) for v, x in rows.items()}
