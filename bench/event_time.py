@@ -54,9 +54,9 @@ def write_batches(root: Path, rows: int, batches: int, open_batches: int) -> lis
 
 
 def time_streams(spark: Any, rows: int, open_counts: list[int]) -> dict[str, Any]:
-    from mxnorm_spark.event_time import EventTime
-    from mxnorm_spark.state import StateOptions
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.core.event_time import EventTime
+    from mxnorm_spark.core.state import StateOptions
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     batches, warm = SIZES[rows]
     root = Path(tempfile.mkdtemp(prefix="mx_event_bench_"))
@@ -98,8 +98,8 @@ def time_streams(spark: Any, rows: int, open_counts: list[int]) -> dict[str, Any
 
 
 def time_kernel(rows: int, groups: int, repeats: int = 3) -> dict[str, float]:
-    from mxnorm_spark.moments import Moments
-    from mxnorm_spark.open_batches import exact_partials
+    from mxnorm_spark.core.moments import Moments
+    from mxnorm_spark.core.open_batches import exact_partials
 
     rng = np.random.default_rng(1)
     x = rng.normal(5.0, 2.0, (rows, FEATURES))

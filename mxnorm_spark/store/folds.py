@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.errors import CorruptStateError, InvalidParameterError
-from mxnorm_spark.event_time import decode_value, encode_value
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError
+from mxnorm_spark.core.event_time import decode_value, encode_value
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store.filesystems import FileSystem, LocalFileSystem, filesystem, local_path
 
 if TYPE_CHECKING:

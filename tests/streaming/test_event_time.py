@@ -22,11 +22,11 @@ import pytest
 from reference import Reference, assert_state_close
 
 from mxnorm_spark import MXNormState
-from mxnorm_spark.errors import InvalidParameterError, LateRowsError, StateConflictError
-from mxnorm_spark.event_time import EventSection, EventTime
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.open_batches import SCALE, OpenBatch, exact_partials
-from mxnorm_spark.state import StateOptions
+from mxnorm_spark.core.errors import InvalidParameterError, LateRowsError, StateConflictError
+from mxnorm_spark.core.event_time import EventSection, EventTime
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.open_batches import SCALE, OpenBatch, exact_partials
+from mxnorm_spark.core.state import StateOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 COLS = ["a", "b"]
@@ -88,7 +88,7 @@ def test_open_batches_merge_to_the_same_bits_however_the_rows_are_split() -> Non
 
 
 def test_open_batch_sums_stay_exact_over_blocks_and_flushes(monkeypatch: Any) -> None:
-    import mxnorm_spark.open_batches as ob
+    import mxnorm_spark.core.open_batches as ob
 
     monkeypatch.setattr(ob, "_BLOCK_ROWS", 512)
     rng = np.random.default_rng(4)
@@ -217,7 +217,7 @@ def pure_fold(rows: pd.DataFrame) -> list[tuple[int, MXNormState]]:
 
 
 def event_stream(spark: Any, root: Path, **kw: Any) -> Any:
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     spec = EventTime(batch_col="day", lateness=LATENESS, lineage_col="state_day", **kw)
     return MXNormStream(
@@ -229,8 +229,8 @@ def event_stream(spark: Any, root: Path, **kw: Any) -> Any:
 def run_files(
     spark: Any, inp: Path, root: Path, per_trigger: int | None, *, on_driver: bool = True
 ) -> list[Any]:
-    from mxnorm_spark.sources import FileSource
-    from mxnorm_spark.stream_local import DriverBatches
+    from mxnorm_spark.streaming._local import DriverBatches
+    from mxnorm_spark.streaming.sources import FileSource
 
     source = FileSource(str(inp), "parquet", max_files_per_trigger=per_trigger)
     stream = event_stream(spark, root)
@@ -279,7 +279,7 @@ def test_state_and_output_are_bit_identical_for_any_files_per_trigger(
 
 @pytest.mark.spark
 def test_state_equals_backfill_and_reference_loop(spark: Any, day_streams: dict[str, Any]) -> None:
-    from mxnorm_spark.aggregate import moments_by_batch
+    from mxnorm_spark.batch.aggregate import moments_by_batch
     from mxnorm_spark.store import StateStore
 
     rows = day_streams["rows"]
@@ -407,7 +407,7 @@ def test_replayed_micro_batch_rewrites_the_same_output(spark: Any, tmp_path: Pat
 
 @pytest.mark.spark
 def test_apply_at_after_and_unsupported_settings_are_refused(spark: Any, tmp_path: Path) -> None:
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     spec = EventTime(batch_col="day")
     with pytest.raises(InvalidParameterError, match="buffer raw rows"):
@@ -423,7 +423,7 @@ def test_tumbling_windows_fold_as_the_backfill_over_window_starts(
     spark: Any, tmp_path: Path
 ) -> None:
     from mxnorm_spark.serving import load
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     spec = EventTime(event_time="ts", window="1 hour", lateness="10 minutes", lineage_col="v")
     stream = MXNormStream(
@@ -463,8 +463,8 @@ def test_tumbling_windows_fold_as_the_backfill_over_window_starts(
 def test_sigkill_at_each_fault_point_gives_the_same_bits(
     spark: Any, tmp_path: Path, day_streams: dict[str, Any]
 ) -> None:
-    from mxnorm_spark.sources import FileSource
     from mxnorm_spark.store import StateStore
+    from mxnorm_spark.streaming.sources import FileSource
 
     shutil.copytree(day_streams["root"] / "in", tmp_path / "in")
     for k in range(len(DAYS)):  # copytree keeps the modification times: same file order
@@ -514,7 +514,7 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
 # ---- halfLife: another way to give alpha, everywhere alpha is accepted -----------------------
 @pytest.mark.parametrize("half_life", [0.25, 1.0, 6.5788, 1e6])
 def test_half_life_gives_the_alpha_that_halves_old_weight(half_life: float) -> None:
-    from mxnorm_spark.state import alpha_from_half_life
+    from mxnorm_spark.core.state import alpha_from_half_life
 
     alpha = alpha_from_half_life(half_life)
     assert abs(np.exp(half_life * np.log1p(-alpha)) - 0.5) <= 1e-12
@@ -539,8 +539,8 @@ def test_half_life_in_rows_halves_the_weight_after_that_many_rows() -> None:
 
 
 def test_half_life_is_checked_and_is_not_given_with_alpha() -> None:
-    from mxnorm_spark.config import StreamConfig, resolve
-    from mxnorm_spark.errors import ConfigError
+    from mxnorm_spark.cli.config import StreamConfig, resolve
+    from mxnorm_spark.core.errors import ConfigError
 
     with pytest.raises(InvalidParameterError, match="half_life must be a positive"):
         StateOptions(half_life=0)
@@ -555,7 +555,7 @@ def test_half_life_is_checked_and_is_not_given_with_alpha() -> None:
 
 @pytest.mark.spark
 def test_estimator_takes_half_life(spark: Any) -> None:
-    from mxnorm_spark.ml import MXNorm
+    from mxnorm_spark.ml.estimator import MXNorm
 
     est = MXNorm(inputCols=["x"], halfLife=3.0)
     assert abs(est.getAlpha() - (1 - 0.5 ** (1 / 3))) <= 1e-16
