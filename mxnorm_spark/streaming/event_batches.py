@@ -11,7 +11,12 @@ Per micro-batch (semantics: :mod:`mxnorm_spark.core.event_time`):
 3. the rows (late ones left out) are normalized, each with the state of its batch value
    (``apply_at="before"``), and published as the micro-batch's output directory.
 
-A replayed micro-batch (its version committed) runs no moments job: its section says which
+A small micro-batch (the limit of :mod:`~mxnorm_spark.streaming._local`) is read to the
+driver in one job instead, and steps 1 and 3 run there in numpy, its output written as one
+Parquet file: the same partials (they are exact) and the same ``(x - mean) / scale``, so
+the same bits as the Spark path (tested across both).
+
+A replayed micro-batch (its version committed) computes no partials: its section says which
 batch values it held and which state each gets, so it rewrites the same output.
 """
 
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
 
 _B, _T = "__mx_b", "__mx_t"
-# Rows the kernel gathers before one exact_partials call (its fixed cost is per call).
+# Rows the kernel gathers before one exact_partials call (its integer conversion is per call).
 _KERNEL_ROWS = 1 << 18
 _BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal", "string",
                 "date", "timestamp", "timestamp_ntz", "boolean")  # fmt: skip
