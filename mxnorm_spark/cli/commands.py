@@ -307,7 +307,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
             inputCol=cfg.input_col,
             # Without a name the vector output would get Spark's generated default name.
             outputCol=cfg.output_col or cfg.input_col,
-            alpha=cfg.alpha,
+            alpha=cfg.state_options.alpha,
             epsilon=cfg.eps,
             batchCol=cfg.batch_col,
             applyAt=cfg.apply_at or "after",
@@ -414,6 +414,7 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
             1 if cfg.min_key_rows is None else cfg.min_key_rows,
             cfg.evict_after,
         ),
+        event_time=cfg.event_time_spec,
     )
     return source, stream
 
@@ -442,6 +443,7 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
             available_now=cfg.available_now,
             trigger_interval=cfg.trigger_interval,
             source=source,
+            end_of_input=cfg.close_open_batches,
         )
         state = stream.store.latest()
         rows = sum(r.rows for r in reports)

@@ -32,6 +32,8 @@ APPLY_AT = ("after", "before")
 # What normalization does with a null, NaN or infinite input value.
 HANDLE_INVALID = ("keep", "error", "skip")
 ENGINES = ("auto", "arrow", "sql")
+# What an event-time stream does with rows of a batch it has already folded.
+LATE_ROWS = ("drop", "error")
 # Table formats the jobs read and write.
 FORMATS = ("parquet", "csv", "json")
 

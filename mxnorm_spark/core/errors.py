@@ -72,6 +72,11 @@ class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
 
 
+class LateRowsError(MXNormError):
+    """An event-time stream met rows of a batch it has already folded (``late_rows='error'``),
+    or rows without a batch value."""
+
+
 def _error_classes() -> dict[str, type[MXNormError]]:
     found: dict[str, type[MXNormError]] = {}
     for name, obj in list(globals().items()):

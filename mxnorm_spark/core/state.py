@@ -41,7 +41,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,28 @@ def check_alpha(alpha: Any) -> float | None:
     return a
 
 
+def alpha_from_half_life(half_life: Any) -> float:
+    """``alpha`` whose EMA halves the weight of what it folded after ``half_life`` steps:
+    ``(1 - alpha) ** half_life == 0.5``, i.e. ``alpha = 1 - 0.5 ** (1 / half_life)``. A step
+    is a batch, or with ``decay="rows"`` a row (``a = 1 - (1 - alpha) ** n`` per batch).
+
+    >>> alpha_from_half_life(1), round(alpha_from_half_life(6.5788), 6)
+    (0.5, 0.1)
+    """
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)):
+        raise InvalidParameterError(
+            f"half_life must be a positive number of batches (rows with decay='rows'), "
+            f"got {half_life!r}"
+        )
+    h = float(half_life)
+    if not (math.isfinite(h) and h > 0.0):
+        raise InvalidParameterError(
+            f"half_life must be a positive finite number, got {half_life!r}"
+        )
+    # -expm1(log(0.5) / h) is 1 - 0.5 ** (1 / h) without the cancellation for large h.
+    return -math.expm1(-math.log(2.0) / h)
+
+
 def check_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise InvalidParameterError(f"eps must be a positive finite number, got {eps!r}")
@@ -106,11 +128,14 @@ class StateOptions:
 
     ``alpha`` is a float in (0, 1], or None (``"cumulative"`` is accepted and stored as
     None) for exact running moments; cumulative takes no ``var_update`` or ``decay``.
+    ``half_life`` replaces ``alpha`` (:func:`alpha_from_half_life`).
 
     >>> StateOptions(alpha="cumulative").alpha is None
     True
     >>> StateOptions(alpha=0.5, var_update="mixture").to_dict()["var_update"]
     'mixture'
+    >>> StateOptions(half_life=1).alpha
+    0.5
     >>> StateOptions(decay="hours")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -122,8 +147,18 @@ class StateOptions:
     var_update: VarUpdate = "ema"
     decay: Decay = "batch"
     zero_variance: ZeroVariance = "eps"
+    # Instead of alpha: the EMA's half-life in batches (rows with decay="rows"); only
+    # its alpha (alpha_from_half_life) is kept.
+    half_life: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, half_life: float | None) -> None:
+        if half_life is not None:
+            if self.alpha != 0.1 and self.alpha != alpha_from_half_life(half_life):
+                raise InvalidParameterError(
+                    f"give alpha or half_life, not both (alpha={self.alpha!r}, "
+                    f"half_life={half_life!r})"
+                )
+            object.__setattr__(self, "alpha", alpha_from_half_life(half_life))
         alpha = check_alpha(self.alpha)
         var_update = check_choice("var_update", self.var_update, VAR_UPDATES)
         decay = check_choice("decay", self.decay, DECAYS)
@@ -209,8 +244,10 @@ class MXNormState:
         decay: Decay = "batch",
         zero_variance: ZeroVariance = "eps",
         options: StateOptions | None = None,
+        half_life: float | None = None,
     ) -> MXNormState:
-        """A state with no data yet; ``options`` replaces the five option arguments.
+        """A state with no data yet; ``options`` replaces the five option arguments;
+        ``half_life`` replaces ``alpha`` (:func:`alpha_from_half_life`).
 
         >>> MXNormState.create(["x"], alpha=0)
         Traceback (most recent call last):
@@ -219,7 +256,7 @@ class MXNormState:
         """
         names = _check_features(features)
         if options is None:
-            options = StateOptions(alpha, eps, var_update, decay, zero_variance)  # type: ignore[arg-type]
+            options = StateOptions(alpha, eps, var_update, decay, zero_variance, half_life)  # type: ignore[arg-type]
         nan = np.full(len(names), np.nan)
         return cls(
             features=names,

@@ -64,7 +64,13 @@ from mxnorm_spark.core.choices import (
 )
 from mxnorm_spark.core.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.core.moments import Moments
-from mxnorm_spark.core.state import MXNormState, StateOptions, check_alpha, check_eps
+from mxnorm_spark.core.state import (
+    MXNormState,
+    StateOptions,
+    alpha_from_half_life,
+    check_alpha,
+    check_eps,
+)
 from mxnorm_spark.ml._params import HasBatchParams, choice_converter
 from mxnorm_spark.ml._persistence import EstimatorWriter, ModelReader, ModelWriter
 from mxnorm_spark.ml.keyed import fit_keyed_model, to_min_key_rows
@@ -265,6 +271,7 @@ class MXNorm(
         inputCol: str | None = None,
         outputCol: str | None = None,
         alpha: float | str | None = 0.1,
+        halfLife: float | None = None,
         epsilon: float = 1e-8,
         batchCol: str | None = None,
         applyAt: str = "after",
@@ -289,6 +296,7 @@ class MXNorm(
         inputCol: str | None = None,
         outputCol: str | None = None,
         alpha: float | str | None = 0.1,
+        halfLife: float | None = None,
         epsilon: float = 1e-8,
         batchCol: str | None = None,
         applyAt: str = "after",
@@ -304,6 +312,11 @@ class MXNorm(
 
     def setAlpha(self, value: float | str | None) -> MXNorm:
         return self._set(alpha="cumulative" if value is None else value)  # type: ignore[no-any-return]
+
+    def setHalfLife(self, value: float) -> MXNorm:
+        """Set ``alpha`` from a half-life in batches (rows with ``decay='rows'``):
+        ``alpha = 1 - 0.5 ** (1 / halfLife)``."""
+        return self._set(halfLife=value)  # type: ignore[no-any-return]
 
     def setEpsilon(self, value: float) -> MXNorm:
         return self._set(epsilon=value)  # type: ignore[no-any-return]
@@ -330,6 +343,13 @@ class MXNorm(
         # None for alpha means "cumulative"; other None values mean "leave unset".
         if "alpha" in kwargs and kwargs["alpha"] is None:
             kwargs["alpha"] = "cumulative"
+        half_life = kwargs.pop("halfLife", None)
+        if half_life is not None:
+            # halfLife is another way to give alpha (not a Param: the model keeps alpha).
+            alpha = alpha_from_half_life(half_life)
+            if kwargs.get("alpha", 0.1) not in (0.1, alpha):
+                raise InvalidParameterError("give alpha or halfLife, not both")
+            kwargs["alpha"] = alpha
         return super()._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     def _fit(self, dataset: DataFrame) -> MXNormModel:

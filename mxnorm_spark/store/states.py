@@ -137,6 +137,28 @@ class StateStore:
         state = self.get(older[-1])
         return None if state is None else (older[-1], state)
 
+    def section(self, batch_id: int, name: str) -> Any:
+        """The section ``name`` committed with the version of ``batch_id`` (see
+        :meth:`commit`), checksum verified; None when the version or the section is absent."""
+        path = self.version_path(batch_id)
+        data = self.fs.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            found = json.loads(data).get(name)
+        except (ValueError, AttributeError):
+            found = {}
+        if found is None:
+            return None
+        if not isinstance(found, dict) or found.get("checksum") != _section_checksum(
+            found.get("value")
+        ):
+            raise CorruptStateError(
+                f"state file {path}: its {name!r} section fails its checksum (changed or "
+                f"damaged after it was written). {self._recovery_hint(batch_id)}"
+            )
+        return found["value"]
+
     def initial(self) -> MXNormState | None:
         """The warm-start state (``init.json``), or None."""
         return self._read(self.fs.join(self.path, INITIAL_FILE), None)
@@ -194,17 +216,29 @@ class StateStore:
         )
 
     # ---- writing ------------------------------------------------------------------
-    def commit(self, batch_id: int, state: MXNormState) -> str:
+    def commit(
+        self, batch_id: int, state: MXNormState, *, section: tuple[str, Any] | None = None
+    ) -> str:
         """Write ``state`` as the version of ``batch_id`` and return its path.
 
         Committing the same state again is a no-op; a different state for an id that is
         already committed raises :class:`StateConflictError` (versions are immutable).
         Then versions beyond ``retention`` are removed, oldest first.
+
+        ``section``: ``(name, JSON value)`` committed in the same file, beside the state
+        and with a checksum of its own (:meth:`section`); readers of the state ignore it.
+        An event-time stream keeps its open batches and watermark there.
         """
         if isinstance(batch_id, bool) or not isinstance(batch_id, int):
             raise InvalidParameterError(f"batch_id must be an int, got {batch_id!r}")
         target = self.version_path(batch_id)
-        self._write_once(target, state.to_json().encode("utf-8"), f"batch {batch_id}")
+        text = state.to_json()
+        if section is not None:
+            doc = json.loads(text)
+            name, value = section
+            doc[name] = {"checksum": _section_checksum(value), "value": value}
+            text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        self._write_once(target, text.encode("utf-8"), f"batch {batch_id}")
         self._apply_retention()
         return target
 
@@ -340,6 +374,13 @@ def read_state(
             f"and no {INITIAL_FILE}"
         )
     return state
+
+
+def _section_checksum(value: Any) -> str:
+    import hashlib
+
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _describe_ids(ids: list[int]) -> str:

@@ -66,6 +66,7 @@ from mxnorm_spark.core.errors import (
     StateConflictError,
     error_in_text,
 )
+from mxnorm_spark.core.event_time import EventTime
 from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore, is_classic, read_state
@@ -80,6 +81,12 @@ from mxnorm_spark.streaming._reads import (
     moments_engine,
     moments_pivot,
     rereads_same_rows,
+)
+from mxnorm_spark.streaming.event_batches import (
+    EventTimeBatches,
+    check_event_time,
+    close_open_batches,
+    run_micro_batch,
 )
 from mxnorm_spark.streaming.keyed import KeyedStreamState, KeyOptions
 from mxnorm_spark.streaming.progress import BatchReport, fault, print_report, reports_from_history
@@ -142,6 +149,7 @@ class MXNormStream:
         progress: Callable[[BatchReport], None] | None = print_report,
         keys: KeyOptions | None = None,
         persist: bool | None = None,
+        event_time: EventTime | None = None,
     ) -> None:
         from mxnorm_spark.batch.aggregate import check_engine
 
@@ -169,6 +177,17 @@ class MXNormStream:
         )
         self._open(initial_state)
         self.keys = None if keys is None else self._keyed_state(keys)
+        # Event-time batches (event_batches): the batch is the data's, not the trigger's.
+        self.events: EventTimeBatches | None = None
+        if event_time is not None:
+            check_event_time(
+                cols=self.cols,
+                apply_at=self.apply_at,
+                handle_invalid=self.handle_invalid,
+                keyed=keys is not None,
+                input_col=input_col,
+            )
+            self.events = EventTimeBatches(event_time, self.store, self.cols or ())
         self._driver = DriverBatches.for_stream(
             spark,
             self.output,
@@ -327,8 +346,12 @@ class MXNormStream:
         available_now: bool = True,
         trigger_interval: str | None = None,
         source: FileSource | None = None,
+        end_of_input: bool = False,
     ) -> list[BatchReport]:
-        """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports."""
+        """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports.
+
+        ``end_of_input``: an event-time stream then folds its open batches at the end
+        (:meth:`close_open_batches`)."""
         first = len(self.reports)
         last_before = self.store.latest_batch_id()
         query = self.start(
@@ -343,9 +366,17 @@ class MXNormStream:
         except KeyboardInterrupt:
             query.stop()
             raise
+        if end_of_input:
+            self.close_open_batches()
         if not is_classic(self.spark):
             return reports_from_history(self.store, after=last_before)
         return list(self.reports)[first:]
+
+    def close_open_batches(self) -> MXNormState | None:
+        """End of input for an event-time stream: fold every open batch and commit the
+        result as the next version, which closes the state directory to more micro-batches.
+        Returns that state (None before any version)."""
+        return close_open_batches(self)
 
     # ---- one micro-batch ----------------------------------------------------------------
     def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -396,6 +427,9 @@ class MXNormStream:
         spark = batch_df.sparkSession
         self._claim(spark, batch_id)
         self._check_not_behind(batch_id)
+        if self.events is not None:
+            run_micro_batch(self, batch_df, batch_id)
+            return
         committed = self.store.get(batch_id)
         prev = self.store.state_before(batch_id, every_batch=self.cols is not None)
         new: MXNormState | None = None
