@@ -31,6 +31,7 @@ from mxnorm_spark.cli_base import (
     JobSession,
     check_input_path,
     check_output_path,
+    check_writable,
     describe_batches,
     inspect_table,
     read_table,
@@ -296,6 +297,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         return run_fit_keyed(cfg, settings)
     check_input_path(cfg.input)
     _check_state_target(cfg.state)
+    check_writable(cfg.state, "--state", directory=False)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
     with JobSession(settings, "mxnorm-spark fit") as spark:
@@ -423,6 +425,9 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
         "spark.sql.adaptive.enabled": "false",
         **dict(settings.conf),
     }
+    for path, flag in ((cfg.state, "--state"), (cfg.output, "--output"),
+                       (cfg.checkpoint, "--checkpoint")):  # fmt: skip
+        check_writable(path, flag)
     with JobSession(replace(settings, conf=quiet), "mxnorm-spark stream") as spark:
         source, stream = _file_stream(cfg, spark)
         df = source.read(spark, cfg.cols, cfg.input_col)
@@ -461,6 +466,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.k > 0 or args.k == float("inf"):
         raise ConfigError(f"--k must be a positive number of standard deviations, got {args.k}")
+    check_writable(args.out, "--out", directory=False)
     events = write_report(args.state, args.out, k=args.k)
     for event in events:
         print(f"drift: {event.describe()}")

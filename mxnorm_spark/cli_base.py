@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mxnorm_spark.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS, SparkSettings
 from mxnorm_spark.errors import ConfigError, NotFittedError
 from mxnorm_spark.state import MXNormState
-from mxnorm_spark.store import is_local, local_path
+from mxnorm_spark.store import is_local, local_path, unwritable_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,10 +29,22 @@ def check_input_path(path: str, flag: str = "--input") -> None:
 
 
 def check_output_path(path: str, mode: str, flag: str = "--output") -> None:
+    """Fail before Spark starts when a local output exists (under errorifexists) or
+    cannot be written."""
     if mode == "errorifexists" and is_local(path) and Path(local_path(path)).exists():
         raise ConfigError(
             f"{flag} {path} already exists; choose another path or pass --mode overwrite"
         )
+    check_writable(path, flag)
+
+
+def check_writable(path: str, flag: str, *, directory: bool = True) -> None:
+    """Fail before Spark starts when nothing can be written at a local ``path`` (a
+    directory, or with ``directory=False`` a file). URIs are left to the store, which
+    checks them when it writes."""
+    reason = unwritable_reason(path, directory=directory)
+    if reason is not None:
+        raise ConfigError(f"{flag} {path} is not writable: {reason}; choose another location")
 
 
 def read_table(

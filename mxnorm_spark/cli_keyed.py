@@ -24,6 +24,7 @@ from mxnorm_spark.cli_base import (
     JobSession,
     check_input_path,
     check_output_path,
+    check_writable,
     describe_batches,
     inspect_table,
     read_table,
@@ -161,6 +162,7 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
         check_output_path(cfg.output, cfg.mode)
     if is_local(cfg.state):
         check_model_target(cfg.state)
+        check_writable(cfg.state, "--state")
     out_format = cfg.output_format or cfg.format
     with JobSession(settings, "mxnorm-spark fit") as spark:
         if not is_local(cfg.state):
@@ -327,6 +329,7 @@ def run_export_keys(args: argparse.Namespace) -> int:
     settings = config_from_args(SparkSettings, args, config, "spark")
     check_input_path(args.model_dir, "MODEL_DIR")
     check_export_target(args.model_dir, args.out_dir, args.overwrite)
+    check_writable(args.out_dir, "OUT_DIR")
     with JobSession(settings, "mxnorm-spark export-keys") as spark:
         what = _export_source(spark, args.model_dir, args.out_dir, overwrite=args.overwrite)
     print(f"exported {what} from {args.model_dir} to {args.out_dir}")

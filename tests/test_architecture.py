@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "engines",
         (
+            "engines.workers",
             "engines",
             "engines.sql",
             "engines.arrow",

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mxnorm_spark.columns import sql_double, sql_name
+from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.moments import Moments, merge_fields
 
 
@@ -112,7 +113,8 @@ def merged_by_batch(
         ],
     ]
     kernel = merge_kernel(sums, _flat_width(partials, sums), shift)
-    return partials.repartition("batch").mapInArrow(kernel, T.StructType(fields)).toArrow()
+    shuffled = partials.repartition("batch")
+    return map_in_arrow(shuffled, kernel, T.StructType(fields)).toArrow()
 
 
 def _flat_width(partials: DataFrame, sums: bool) -> int | None:

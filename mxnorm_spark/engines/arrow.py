@@ -37,6 +37,7 @@ from mxnorm_spark.engines import (
     PartitionMoments,
     batch_key,
 )
+from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.moments import Moments
 
 BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
@@ -114,7 +115,7 @@ def _partials_frame(
     schema = T.StructType(out_fields)
     scalar = spec.kind == "scalar" and not packs_scalars(spec)
     kernel = moments_kernel(scalar, shift, batch_col is not None)
-    return src.mapInArrow(kernel, schema)
+    return map_in_arrow(src, kernel, schema)
 
 
 def moments_on_driver(

@@ -21,6 +21,7 @@ from mxnorm_spark.store.filesystems import (
     is_classic,
     is_local,
     local_path,
+    unwritable_reason,
 )
 from mxnorm_spark.store.history import history_dir, read_history, record_batch
 from mxnorm_spark.store.inputs import file_exists, read_first_line, read_parquet_schema
@@ -55,6 +56,7 @@ __all__ = [
     "read_parquet_schema",
     "read_state",
     "record_batch",
+    "unwritable_reason",
     "version_file_name",
     "write_state",
 ]
