@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,8 +34,10 @@ from mxnorm_spark.cli_base import (
     check_output_path,
     check_writable,
     describe_batches,
+    explained_read_failures,
     inspect_table,
     read_table,
+    removed_on_failure,
     write_table,
 )
 from mxnorm_spark.cli_keyed import (
@@ -63,7 +66,14 @@ from mxnorm_spark.errors import (
 )
 from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
-from mxnorm_spark.store import StateStore, is_local, local_path, read_state, write_state
+from mxnorm_spark.store import (
+    StateStore,
+    filesystem,
+    is_local,
+    local_path,
+    read_state,
+    write_state,
+)
 from mxnorm_spark.store.history import write_history
 from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
@@ -79,6 +89,11 @@ def save_state(state: MXNormState, path: str, spark: SparkSession | None = None)
     """Write the state JSON file of ``--state``, replacing it atomically (see write_state)."""
     _check_state_target(path)
     return write_state(state, path, spark)
+
+
+def state_exists(path: str, spark: SparkSession | None = None) -> bool:
+    """Whether a file (or anything) is at ``path`` already: fit says when it replaces it."""
+    return filesystem(path, spark).exists(local_path(path) if is_local(path) else path)
 
 
 def load_state(path: str, spark: SparkSession | None = None, flag: str = "--state") -> MXNormState:
@@ -300,7 +315,10 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
     check_writable(cfg.state, "--state", directory=False)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
-    with JobSession(settings, "mxnorm-spark fit") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark fit") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+    ):
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
         estimator = MXNorm(
             inputCols=None if cfg.cols is None else list(cfg.cols),
@@ -322,14 +340,19 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         state = model.state
         batches = model.batch_values() if cfg.batch_col else ["whole input"]
         out_format = cfg.output_format or cfg.format
-        if cfg.output is not None:
-            write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)
-        written = save_state(state, cfg.state, spark)
-        # Beside the file (<state>.history/); a rerun replaces the old state's history.
-        write_history(cfg.state, model.history_table(), spark, state_file=True)
+        replaced = state_exists(cfg.state, spark)
+        cleanup = nullcontext() if cfg.output is None else removed_on_failure(cfg.output, spark)
+        with cleanup:
+            if cfg.output is not None:
+                write_table(
+                    model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options
+                )
+            written = save_state(state, cfg.state, spark)
+            # Beside the file (<state>.history/); a rerun replaces the old state's history.
+            write_history(cfg.state, model.history_table(), spark, state_file=True)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {describe_batches(batches)}")
     print(inspect_table(state))
-    print(f"state written to {written}")
+    print(f"state written to {written}" + (" (it replaced the state there)" if replaced else ""))
     if cfg.output is not None:
         print(f"normalized input written to {cfg.output} ({out_format})")
     return 0
@@ -346,7 +369,10 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     keyed = keyed_source(cfg) if local else None
     state = load_state(cfg.state) if local and keyed is None else None
     out_format = cfg.output_format or cfg.format
-    with JobSession(settings, "mxnorm-spark transform") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark transform") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+    ):
         if not local:
             keyed = keyed_source(cfg, spark)
         if keyed is not None:
@@ -364,7 +390,8 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
                 handle_invalid=cfg.handle_invalid,
                 engine=cfg.engine,
             )
-            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            with removed_on_failure(cfg.output, spark):
+                write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
             done = (
                 f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
                 f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to "

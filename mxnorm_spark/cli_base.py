@@ -6,13 +6,15 @@ importing each other the wrong way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS, SparkSettings
 from mxnorm_spark.errors import ConfigError, NotFittedError
 from mxnorm_spark.state import MXNormState
-from mxnorm_spark.store import is_local, local_path, unwritable_reason
+from mxnorm_spark.store import filesystem, is_local, local_path, unwritable_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -52,6 +54,50 @@ def read_table(
 ) -> DataFrame:
     opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
     return spark.read.format(fmt).options(**opts).load(path)
+
+
+# How a command says what to do about a malformed csv/json record.
+MALFORMED_FIX = (
+    "fix or remove that record, or pass --read-option mode=DROPMALFORMED to drop such "
+    "records (mode=PERMISSIVE reads their missing fields as nulls)"
+)
+
+
+@contextmanager
+def explained_read_failures(
+    fmt: str, options: Mapping[str, str], spark: SparkSession | None = None
+) -> Iterator[None]:
+    """Turn Spark's failure to parse a csv/json record (FAILFAST mode) into a
+    :class:`~mxnorm_spark.errors.MalformedRecordError` naming the file and the record."""
+    try:
+        yield
+    except Exception as exc:
+        if fmt not in ("csv", "json"):
+            raise
+        from mxnorm_spark.sources import malformed_record_error
+
+        opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
+        error = malformed_record_error(str(exc), fmt, opts, MALFORMED_FIX, spark)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def removed_on_failure(path: str, spark: SparkSession | None = None) -> Iterator[None]:
+    """A new output that a failing command leaves behind (Spark keeps the directory of a
+    failed write) is removed, so that the same command can simply be run again."""
+    fs = filesystem(path, spark)
+    where = local_path(path) if is_local(path) else path
+    existed = fs.exists(where)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with suppress(Exception):  # the failure being raised is the one to report
+                if fs.exists(where):
+                    fs.delete(where, recursive=True)
+        raise
 
 
 def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> None:

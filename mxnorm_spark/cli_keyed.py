@@ -26,8 +26,10 @@ from mxnorm_spark.cli_base import (
     check_output_path,
     check_writable,
     describe_batches,
+    explained_read_failures,
     inspect_table,
     read_table,
+    removed_on_failure,
     write_table,
 )
 from mxnorm_spark.config import (
@@ -164,7 +166,10 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
         check_model_target(cfg.state)
         check_writable(cfg.state, "--state")
     out_format = cfg.output_format or cfg.format
-    with JobSession(settings, "mxnorm-spark fit") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark fit") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+    ):
         if not is_local(cfg.state):
             check_model_target(cfg.state, spark)
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
@@ -190,7 +195,8 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
             # As for a plain fit, these two name and filter this output only.
             out = replace(model, handle_invalid=cfg.handle_invalid or "keep",
                           output_cols=cfg.output_cols).transform(df)  # fmt: skip
-            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            with removed_on_failure(cfg.output, spark):
+                write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
     assert model.global_state is not None
     batches = [v for v, _ in model.global_history or []] if cfg.batch_col else ["whole input"]
     print(

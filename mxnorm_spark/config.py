@@ -91,9 +91,11 @@ WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
 # Read options used for a format unless the user gives their own: CSV without a header
-# row or with every column as a string is never what a normalization job wants.
+# row or with every column as a string is never what a normalization job wants, and a
+# malformed row (more or fewer fields than the header) is an error, as in a stream, not
+# nulls or dropped fields (Spark's PERMISSIVE default).
 DEFAULT_READ_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
-    {"csv": MappingProxyType({"header": "true", "inferSchema": "true"})}
+    {"csv": MappingProxyType({"header": "true", "inferSchema": "true", "mode": "FAILFAST"})}
 )
 DEFAULT_WRITE_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {"csv": MappingProxyType({"header": "true"})}
@@ -136,7 +138,10 @@ _HELP_ENGINE = (
 )
 _HELP_COLS = "comma-separated numeric columns to normalize (or use --input-col)"
 _HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --cols"
-_HELP_READ = "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true)"
+_HELP_READ = (
+    "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true, "
+    "mode=FAILFAST: a malformed row is an error)"
+)
 _HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
 
 

@@ -72,6 +72,11 @@ class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
 
 
+class MalformedRecordError(SchemaMismatchError):
+    """A csv or json record cannot be parsed into the input's columns (e.g. a csv row with
+    more or fewer fields than the header)."""
+
+
 def _error_classes() -> dict[str, type[MXNormError]]:
     found: dict[str, type[MXNormError]] = {}
     for name, obj in list(globals().items()):
