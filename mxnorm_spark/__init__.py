@@ -15,6 +15,7 @@ from mxnorm_spark.errors import (
     NonNumericError,
     NotFittedError,
     ShapeError,
+    StateNotFoundError,
     UnsupportedSchemaVersionError,
 )
 from mxnorm_spark.moments import Moments
@@ -35,6 +36,7 @@ __all__ = [
     "NonNumericError",
     "NotFittedError",
     "ShapeError",
+    "StateNotFoundError",
     "UnsupportedSchemaVersionError",
     "__version__",
 ]

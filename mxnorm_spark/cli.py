@@ -2,7 +2,7 @@
 
     mxnorm-spark fit --input data/ --cols a,b,c [--batch-col day] --state state.json
     mxnorm-spark transform --input data/ --state state.json --output out/
-    mxnorm-spark inspect state.json [--json]
+    mxnorm-spark inspect state.json [--json] [--batch-id N]
     mxnorm-spark report state.json --out report.html [--k 3]
     mxnorm-spark export-keys model/ serving/     (a keyed model: fit --key-cols, cli_keyed)
 
@@ -60,8 +60,8 @@ from mxnorm_spark.config import (
 from mxnorm_spark.config_fields import add_arguments
 from mxnorm_spark.errors import (
     ConfigError,
-    CorruptStateError,
     MXNormError,
+    StateNotFoundError,
     error_in_text,
 )
 from mxnorm_spark.sources import FileSource
@@ -96,23 +96,21 @@ def state_exists(path: str, spark: SparkSession | None = None) -> bool:
     return filesystem(path, spark).exists(local_path(path) if is_local(path) else path)
 
 
-def load_state(path: str, spark: SparkSession | None = None, flag: str = "--state") -> MXNormState:
+def load_state(
+    path: str,
+    spark: SparkSession | None = None,
+    flag: str = "--state",
+    *,
+    batch_id: int | None = None,
+) -> MXNormState:
     """A state file, or the newest version in a state directory (see read_state).
 
     Local paths and ``s3://``/``gs://``/``abfs://`` URIs need no Spark; other schemes
     (``hdfs://``, ``s3a://``) are read through ``spark``'s Hadoop file system.
     """
     if is_local(path) and not Path(local_path(path)).exists():
-        raise ConfigError(f"{flag} {path}: no such file or directory")
-    try:
-        return read_state(path, spark)
-    except CorruptStateError as exc:
-        if "holds no committed version" in str(exc):
-            raise ConfigError(
-                f"{flag} {path} is a directory without a committed state version "
-                "(v-<batch id>.json)"
-            ) from None
-        raise
+        raise StateNotFoundError(f"{flag} {path} not found (no such file or directory)")
+    return read_state(path, spark, batch_id=batch_id)
 
 
 # ---- command registration ---------------------------------------------------------------
@@ -237,6 +235,13 @@ def add_inspect_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the verified state document as JSON"
     )
+    parser.add_argument(
+        "--batch-id",
+        type=_batch_id,
+        metavar="N",
+        help="with a state directory: the version committed for micro-batch N "
+        "(default: the newest)",
+    )
     parser.set_defaults(handler=run_inspect)
 
 
@@ -310,7 +315,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
 
     if cfg.key_cols is not None:
         return run_fit_keyed(cfg, settings)
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     _check_state_target(cfg.state)
     check_writable(cfg.state, "--state", directory=False)
     if cfg.output is not None:
@@ -361,7 +366,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
 def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     from mxnorm_spark.apply import normalize
 
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     check_output_path(cfg.output, cfg.mode)
     # A local state (or keyed model) is read and verified before Spark starts; a remote
     # one needs Spark.
@@ -479,8 +484,22 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
     return 0
 
 
+def _batch_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a batch id (a whole number >= 0), got {text!r}")
+    return int(text)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    state = load_state(args.state, flag="STATE_PATH")
+    if (
+        args.batch_id is not None
+        and is_local(args.state)
+        and Path(local_path(args.state)).is_file()
+    ):
+        raise ConfigError(
+            f"--batch-id selects a version of a state directory; {args.state} is one state file"
+        )
+    state = load_state(args.state, flag="STATE_PATH", batch_id=args.batch_id)
     if args.json:
         sys.stdout.write(state.to_json())
     else:

@@ -6,6 +6,7 @@ importing each other the wrong way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS, SparkSettings
 from mxnorm_spark.errors import ConfigError, NotFittedError
+from mxnorm_spark.sources import check_file_format
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import filesystem, is_local, local_path, unwritable_reason
 
@@ -24,10 +26,29 @@ def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[{")
 
 
-def check_input_path(path: str, flag: str = "--input") -> None:
-    """Fail before Spark starts when a local input path does not exist."""
-    if is_local(path) and not _has_glob(path) and not Path(local_path(path)).exists():
+def check_input_path(path: str, flag: str = "--input", fmt: str | None = None) -> None:
+    """Fail before Spark starts when a local input path does not exist, or (``fmt``) when
+    its files are plainly of another format than ``--format`` says."""
+    if not is_local(path) or _has_glob(path):
+        return
+    if not Path(local_path(path)).exists():
         raise ConfigError(f"{flag} {path}: no such file or directory")
+    if fmt is not None:
+        sample = _first_data_file(Path(local_path(path)))
+        if sample is not None:
+            check_file_format(str(sample), fmt, f"{flag} {path}", fix="pass --format {}")
+
+
+def _first_data_file(path: Path) -> Path | None:
+    """The first file Spark would read under ``path`` (it skips names starting with _ or .)."""
+    if path.is_file():
+        return path
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        for name in sorted(files):
+            if not name.startswith(("_", ".")):
+                return Path(root) / name
+    return None
 
 
 def check_output_path(path: str, mode: str, flag: str = "--output") -> None:

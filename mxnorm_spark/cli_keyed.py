@@ -159,7 +159,7 @@ def check_key_columns(df: DataFrame, keys: tuple[str, ...], source: str) -> None
 def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
     """``mxnorm-spark fit --key-cols``: per-key states in one pass, written as a model directory."""
     assert cfg.key_cols is not None and cfg.cols is not None  # FitConfig: keys need cols
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
     if is_local(cfg.state):

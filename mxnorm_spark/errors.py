@@ -33,6 +33,11 @@ class CorruptStateError(MXNormError):
     """A persisted state is unreadable, truncated or fails its checksum."""
 
 
+class StateNotFoundError(MXNormError):
+    """No state is where one was asked for: no file, or a state directory without the
+    version asked for (or without any). Nothing is damaged, unlike CorruptStateError."""
+
+
 class UnsupportedSchemaVersionError(CorruptStateError):
     """A persisted state was written with a schema version this release cannot read."""
 

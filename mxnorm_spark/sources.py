@@ -53,6 +53,7 @@ __all__ = [
     "FILE_COLUMN",
     "INTERNAL_COLUMNS",
     "FileSource",
+    "check_file_format",
     "count_and_check_batch",
     "explain_read_failure",
     "malformed_record_error",
@@ -132,7 +133,9 @@ class FileSource:
                 f"input {self.path} holds no {self.format} file yet, so the stream cannot "
                 "learn its schema; add one file first, or give the schema explicitly"
             )
-        return fs.join(self.path, min(files)[1])
+        oldest = fs.join(self.path, min(files)[1])
+        check_file_format(oldest, self.format, f"input {self.path}", spark)
+        return oldest
 
     def read(
         self,
@@ -485,6 +488,38 @@ def _corrupt_column(fmt: str, record: str, expected: StructType) -> tuple[str, s
             except ValueError:
                 return f.name, repr(v)
     return None
+
+
+# ---- the format of a file ----------------------------------------------------------------
+_PARQUET_MAGIC = b"PAR1"
+
+
+def check_file_format(
+    uri: str,
+    fmt: str,
+    where: str | None = None,
+    spark: SparkSession | None = None,
+    *,
+    fix: str = "read it with format {}",
+) -> None:
+    """Raise :class:`SchemaMismatchError` when the file at ``uri`` is plainly not ``fmt``:
+    a Parquet file read as csv/json (Spark would take its binary bytes for a header), or a
+    text file read as Parquet. ``where`` names what the file belongs to (e.g. a flag);
+    ``fix`` says how to choose the right format (``{}``: the format's name)."""
+    head = store.read_head(uri, len(_PARQUET_MAGIC), spark)
+    if not head:
+        return
+    is_parquet = head == _PARQUET_MAGIC
+    prefix = f"{where}: " if where else ""
+    if fmt in ("csv", "json") and is_parquet:
+        raise SchemaMismatchError(
+            f"{prefix}{uri} is a Parquet file, not {fmt.upper()}; {fix.format('parquet')}"
+        )
+    if fmt == "parquet" and not is_parquet:
+        raise SchemaMismatchError(
+            f"{prefix}{uri} is not a Parquet file (it does not start with PAR1); "
+            f"{fix.format('csv')} (or json), whichever the file is"
+        )
 
 
 # ---- malformed records of a batch read ---------------------------------------------------

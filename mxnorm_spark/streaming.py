@@ -231,24 +231,25 @@ class MXNormStream:
             self._directories.clear_attempts()
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
+        """Refuse a state built otherwise than this stream, listing every difference."""
         theirs, ours = state.options.to_dict(), self.options.to_dict()
         diff = [f"{k}={theirs[k]!r} (stream: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
-        if diff:
-            raise InvalidParameterError(
-                f"{where} was built with {', '.join(diff)}; run the stream with the same "
-                "settings, or start a fresh state directory"
-            )
         if self.cols is not None and state.features != self.cols:
-            raise InvalidParameterError(
-                f"{where} has features {list(state.features)} but the stream normalizes "
-                f"columns {list(self.cols)}; use the same columns in the same order"
+            diff.append(
+                f"features {list(state.features)} (stream: columns {list(self.cols)}, "
+                "in this order)"
             )
         if self.input_col is not None and not all(
             f.startswith(f"{self.input_col}[") for f in state.features
         ):
+            diff.append(
+                f"features {list(state.features)} (stream: the elements of input_col "
+                f"{self.input_col!r})"
+            )
+        if diff:
             raise InvalidParameterError(
-                f"{where} has features {list(state.features)}, not the elements of "
-                f"input_col {self.input_col!r}"
+                f"{where} differs from this stream: {'; '.join(diff)}. Run the stream with "
+                "the same settings and columns, or start a fresh state directory"
             )
 
     def _fresh_state(self, data: DataFrame) -> MXNormState | None:
