@@ -57,7 +57,7 @@ from mxnorm_spark.config import (
     config_from_args,
     load_config,
 )
-from mxnorm_spark.config_fields import add_arguments
+from mxnorm_spark.config_fields import add_arguments, flag_table, with_flags
 from mxnorm_spark.errors import (
     ConfigError,
     MXNormError,
@@ -521,6 +521,33 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 # ---- errors -----------------------------------------------------------------------------
+# The Spark ML params that name a flag of fit/transform (messages of the estimator).
+_ML_PARAM_FLAGS = {
+    "inputCols": "--cols",
+    "inputCol": "--input-col",
+    "outputCols": "--output-cols",
+    "outputCol": "--output-col",
+    "handleInvalid": "--handle-invalid",
+    "batchCol": "--batch-col",
+    "applyAt": "--apply-at",
+    "varUpdate": "--var-update",
+    "zeroVariance": "--zero-variance",
+    "keyCols": "--key-cols",
+    "minKeyRows": "--min-key-rows",
+}
+
+
+def cli_message(exc: BaseException) -> str | None:
+    """:func:`error_message` with the Python parameters it names given as the command's
+    flags (``handle_invalid='error'`` -> ``--handle-invalid error``). A ConfigError is
+    already written for the command line (or for a config file's keys)."""
+    message = error_message(exc)
+    if message is None or isinstance(exc, ConfigError):
+        return message
+    flags = {**flag_table(FitConfig, TransformConfig, StreamConfig), **_ML_PARAM_FLAGS}
+    return with_flags(message, flags)
+
+
 def error_message(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or None for a bug (keep its traceback).
 
@@ -551,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = error_message(exc)
+        message = cli_message(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

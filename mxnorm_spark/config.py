@@ -62,6 +62,7 @@ from mxnorm_spark.config_fields import (
     fail,
     fields,
     flag_name,
+    flag_table,
     flag_values,
     int_at_least,
     interval,
@@ -73,6 +74,7 @@ from mxnorm_spark.config_fields import (
     read_text,
     required,
     text,
+    with_flags,
 )
 
 # Re-exported: the session reads Spark properties files through this module.
@@ -314,7 +316,7 @@ class FitConfig:
             )
             if given:
                 raise ConfigError(
-                    f"{', '.join(given)} only apply to the normalized output: add output"
+                    f"{', '.join(given)} only apply to the normalized output: add output=PATH"
                 )
         _check_outputs(self)
 
@@ -597,4 +599,9 @@ def config_from_args(
     """The config for one command: table ``[table]`` of ``--config``, overridden by flags."""
     from_file = config.section(table) if config is not None else None
     where = f"[{table}] of {config.source}" if config is not None else None
-    return resolve(cls, from_file, flag_values(args, cls), where)
+    try:
+        return resolve(cls, from_file, flag_values(args, cls), where)
+    except ConfigError as exc:
+        if config is not None:
+            raise  # the file's keys are the names to fix
+        raise ConfigError(with_flags(str(exc), flag_table(cls))) from None
