@@ -64,7 +64,6 @@ from mxnorm_spark.errors import (
     StateNotFoundError,
     error_in_text,
 )
-from mxnorm_spark.sources import FileSource
 from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import (
     StateStore,
@@ -75,13 +74,16 @@ from mxnorm_spark.store import (
     write_state,
 )
 from mxnorm_spark.store.history import write_history
-from mxnorm_spark.streaming import MXNormStream, StreamOutput
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming import MXNormStream
+
 C = TypeVar("C")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 # ---- helpers shared by the commands -------------------------------------------------------
@@ -408,6 +410,10 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
 
 def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MXNormStream]:
     """The file source and the exactly-once updater of ``mxnorm-spark stream``."""
+    # Imported here: inspect and report run without Spark (a numpy-only install).
+    from mxnorm_spark.sources import FileSource
+    from mxnorm_spark.streaming import MXNormStream, StreamOutput
+
     source = FileSource(
         cfg.input,
         cfg.format,
@@ -478,6 +484,14 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
         )
         state = stream.store.latest()
         rows = sum(r.rows for r in reports)
+        if stream.interrupted:
+            last = "none" if state is None else f"batch {state.last_batch_id}"
+            print(
+                f"[mxnorm] stopped by Ctrl-C after {len(reports)} micro-batch(es), {rows:,} "
+                f"rows; state committed up to {last}",
+                flush=True,
+            )
+            return EXIT_INTERRUPTED
         print(f"[mxnorm] stream stopped after {len(reports)} micro-batch(es), {rows:,} rows")
         if state is not None:
             print(state.summary())
@@ -557,6 +571,8 @@ def error_message(exc: BaseException) -> str | None:
     if isinstance(exc, MXNormError):
         return str(exc)
     text = str(exc)
+    if isinstance(exc, ImportError) and "pip install 'mxnorm-spark[" in text:
+        return text  # an extra this command needs is not installed (spark_extra, report)
     found = error_in_text(text)
     if found is not None:
         return str(found)
@@ -576,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         message = cli_message(exc)
         if message is None:

@@ -88,6 +88,7 @@ from mxnorm_spark.stream_reads import (
     moments_pivot,
     rereads_same_rows,
 )
+from mxnorm_spark.stream_wait import say_idle, wait_for_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -161,6 +162,7 @@ class MXNormStream:
         self.source: FileSource | None = None
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
+        self.interrupted = False  # run() ended by Ctrl-C
         self._claimed = False
         self._rereads = False  # the attached query reads files only (stream_reads)
         self._checked_files: set[str] = set()
@@ -231,25 +233,17 @@ class MXNormStream:
             self._directories.clear_attempts()
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
-        """Refuse a state built otherwise than this stream, listing every difference."""
         theirs, ours = state.options.to_dict(), self.options.to_dict()
         diff = [f"{k}={theirs[k]!r} (stream: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
         if self.cols is not None and state.features != self.cols:
-            diff.append(
-                f"features {list(state.features)} (stream: columns {list(self.cols)}, "
-                "in this order)"
-            )
-        if self.input_col is not None and not all(
-            f.startswith(f"{self.input_col}[") for f in state.features
-        ):
-            diff.append(
-                f"features {list(state.features)} (stream: the elements of input_col "
-                f"{self.input_col!r})"
-            )
-        if diff:
+            diff.append(f"features {list(state.features)} (stream: columns {list(self.cols)})")
+        col = self.input_col
+        if col is not None and not all(f.startswith(f"{col}[") for f in state.features):
+            diff.append(f"features {list(state.features)} (stream: input_col {col!r})")
+        if diff:  # every difference at once: one restart fixes them all
             raise InvalidParameterError(
                 f"{where} differs from this stream: {'; '.join(diff)}. Run the stream with "
-                "the same settings and columns, or start a fresh state directory"
+                "the same settings and columns (in the same order), or a fresh state directory"
             )
 
     def _fresh_state(self, data: DataFrame) -> MXNormState | None:
@@ -328,7 +322,8 @@ class MXNormStream:
         trigger_interval: str | None = None,
         source: FileSource | None = None,
     ) -> list[BatchReport]:
-        """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports."""
+        """Start, wait for the end (available-now) or Ctrl-C (then ``self.interrupted``),
+        and return this run's reports; a line says when the query waits for new data."""
         first = len(self.reports)
         last_before = self.store.latest_batch_id()
         query = self.start(
@@ -339,7 +334,12 @@ class MXNormStream:
             source=source,
         )
         try:
-            self.await_termination(query)
+            self.interrupted = wait_for_query(
+                query,
+                lambda timeout: self.await_termination(query, timeout),
+                on_idle=None if available_now or self.progress is None else say_idle(self.source),
+                progress_count=lambda: len(self.reports),
+            )
         except KeyboardInterrupt:
             query.stop()
             raise

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sinks",
             "stream_reads",
             "stream_local",
+            "stream_wait",
             "keyed_one_job",
             "keyed_stream",
         ),
