@@ -84,12 +84,24 @@ MALFORMED_FIX = (
 )
 
 
+# Spark's CSV reader parses only the columns a query uses (column pruning): a row with
+# too few or too many fields then goes unnoticed even in FAILFAST mode. Off while a
+# command reads CSV in that mode, so that every row is checked against the header.
+_CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
+
+
 @contextmanager
 def explained_read_failures(
     fmt: str, options: Mapping[str, str], spark: SparkSession | None = None
 ) -> Iterator[None]:
-    """Turn Spark's failure to parse a csv/json record (FAILFAST mode) into a
-    :class:`~mxnorm_spark.errors.MalformedRecordError` naming the file and the record."""
+    """Check every csv row under FAILFAST (the default), and turn Spark's failure to parse
+    a csv/json record into a :class:`~mxnorm_spark.errors.MalformedRecordError` naming
+    the file and the record."""
+    opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
+    strict = fmt == "csv" and opts.get("mode", "").upper() == "FAILFAST" and spark is not None
+    before = spark.conf.get(_CSV_PRUNING, None) if strict and spark is not None else None
+    if strict and spark is not None:
+        spark.conf.set(_CSV_PRUNING, "false")
     try:
         yield
     except Exception as exc:
@@ -97,11 +109,17 @@ def explained_read_failures(
             raise
         from mxnorm_spark.sources import malformed_record_error
 
-        opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
         error = malformed_record_error(str(exc), fmt, opts, MALFORMED_FIX, spark)
         if error is None:
             raise
         raise error from None
+    finally:
+        if strict and spark is not None:
+            with suppress(Exception):  # a stopped session keeps nothing to restore
+                if before is None:
+                    spark.conf.unset(_CSV_PRUNING)
+                else:
+                    spark.conf.set(_CSV_PRUNING, before)
 
 
 @contextmanager
