@@ -571,7 +571,7 @@ def error_message(exc: BaseException) -> str | None:
     if isinstance(exc, MXNormError):
         return str(exc)
     text = str(exc)
-    if isinstance(exc, ImportError) and "pip install 'mxnorm-spark[" in text:
+    if isinstance(exc, ImportError) and "install mxnorm-spark with its [" in text:
         return text  # an extra this command needs is not installed (spark_extra, report)
     found = error_in_text(text)
     if found is not None:

@@ -120,7 +120,7 @@ def _require(module: str) -> Any:
         top = module.partition(".")[0]
         raise MissingExtraError(
             f"the history report needs {top}, which is not installed: "
-            "pip install 'mxnorm-spark[report]'",
+            "install mxnorm-spark with its [report] extra (in a clone: pip install '.[report]')",
             name=top,
         ) from exc
 

@@ -492,4 +492,4 @@ def test_spark_modules_name_the_extra_when_pyspark_is_missing() -> None:
             "else:\n    raise SystemExit('imported')\n"
         )
         assert proc.returncode == 0, proc.stderr
-        assert "mxnorm-spark[spark]" in proc.stdout, proc.stdout
+        assert "mxnorm-spark with its [spark] extra" in proc.stdout, proc.stdout
