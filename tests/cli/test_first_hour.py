@@ -328,6 +328,7 @@ USER_SCRIPT = """
 import numpy as np
 from pyspark.sql import SparkSession
 from mxnorm_spark.ml import MXNorm
+from mxnorm_spark.store import write_state
 
 builder = SparkSession.builder.master("local[1]")
 for key, value in {conf!r}.items():
@@ -338,7 +339,7 @@ df = spark.createDataFrame(rows, "day int, price double, qty double")
 est = MXNorm(inputCols=["price", "qty"], outputCols=["pz", "qz"], engine="arrow")
 model = est.fit(df)
 out = model.transform(df).orderBy("day", "price").select("pz", "qz").toArrow()
-print(model.state.to_json())
+write_state(model.state, {state_path!r})
 np.save({out_path!r}, np.column_stack([out.column(0).to_numpy(), out.column(1).to_numpy()]))
 """
 
@@ -353,11 +354,12 @@ def test_a_users_own_local_session_runs_the_python_kernels(tmp_path: Path) -> No
     if system.returncode == 0:
         pytest.skip("PATH's python3 has mxnorm_spark and pyarrow: no mismatch to test")
     script = tmp_path / "user.py"
-    script.write_text(USER_SCRIPT.format(conf=FAST_JVM, out_path=str(tmp_path / "z.npy")))
+    script.write_text(USER_SCRIPT.format(conf=FAST_JVM, out_path=str(tmp_path / "z.npy"),
+                                         state_path=str(tmp_path / "state.json")))  # fmt: skip
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    state = MXNormState.from_json(done.stdout.strip().splitlines()[-1])
+    state = read_state(tmp_path / "state.json")
     x = np.array(sorted((float(d * 10 + i), float(i % 3)) for d in (3, 1, 2) for i in range(6)))
     np.testing.assert_allclose(state.mean, x.mean(0), rtol=1e-12)
     np.testing.assert_allclose(state.var, x.var(0), rtol=1e-12)
