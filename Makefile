@@ -12,9 +12,10 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 setup:
 	@scripts/bootstrap.sh test,dev
 
-# Only what the demo needs: the [spark] extra (pyspark, pyarrow, pandas).
+# Only what the demo and the README's walkthrough after it need: the [spark] extra (pyspark,
+# pyarrow, pandas) and [report] (matplotlib, for `mxnorm-spark report`).
 setup-run:
-	@scripts/bootstrap.sh spark
+	@scripts/bootstrap.sh spark,report
 
 run: setup-run
 	$(PY) -m mxnorm_spark.demo

@@ -379,6 +379,7 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     with (
         JobSession(settings, "mxnorm-spark transform") as spark,
         explained_read_failures(cfg.format, cfg.read_options, spark),
+        removed_on_failure(cfg.output, spark),
     ):
         if not local:
             keyed = keyed_source(cfg, spark)
@@ -397,8 +398,7 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
                 handle_invalid=cfg.handle_invalid,
                 engine=cfg.engine,
             )
-            with removed_on_failure(cfg.output, spark):
-                write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
             done = (
                 f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
                 f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv with the package and its extras; check Python and Java first.
-# Usage: scripts/bootstrap.sh [extras]   (default extras: test,dev; `make run` uses spark)
+# Usage: scripts/bootstrap.sh [extras]   (default extras: test,dev; `make run` uses spark,report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test,dev}"
@@ -54,7 +54,9 @@ if [ "$missing" = 1 ]; then
   done
   for extra in "${wanted[@]}"; do
     touch ".venv/.installed-$hash-$extra"
-    # The test extra holds every package of the spark extra.
-    [ "$extra" = test ] && touch ".venv/.installed-$hash-spark"
+    # The test extra holds every package of the spark and report extras.
+    if [ "$extra" = test ]; then
+      touch ".venv/.installed-$hash-spark" ".venv/.installed-$hash-report"
+    fi
   done
 fi
