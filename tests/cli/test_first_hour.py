@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mxnorm_spark import CorruptStateError, Moments, MXNormState, StateNotFoundError, cli
-from mxnorm_spark.cli_base import inspect_table
-from mxnorm_spark.state import StateOptions
+from mxnorm_spark.cli._base import inspect_table
+from mxnorm_spark.core.state import StateOptions
 from mxnorm_spark.store import StateStore, read_state, record_batch, write_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def assert_one_error_line(code: int, err: str, *parts: str) -> str:
 @pytest.fixture
 def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if a command starts its SparkSession."""
-    from mxnorm_spark import cli_base
+    from mxnorm_spark.cli import _base as cli_base
 
     def refuse(self: Any) -> None:
         raise AssertionError("the command started Spark before rejecting its input")
@@ -213,8 +213,8 @@ def test_inspect_reads_a_pinned_version(
 
 # ---- 8. a warm start that does not fit lists every difference ------------------------------
 def test_warm_start_mismatch_lists_every_difference(spark: Any, tmp_path: Path) -> None:
-    from mxnorm_spark.errors import InvalidParameterError
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.core.errors import InvalidParameterError
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     saved = MXNormState.create(["a", "b"], alpha=0.1, var_update="mixture")
     write_state(saved.update(Moments.from_array([[1.0, 2.0]])), tmp_path / "init.json")
