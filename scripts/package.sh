@@ -78,6 +78,9 @@ if [ "$want_wheel" = 1 ] || [ "$want_venv" = 1 ]; then
   # Build isolation fetches the build backend named in pyproject.toml from the package index.
   # Its output (deprecation notices from the backend) is kept in a log, shown on failure.
   log="$root/build/package-wheel.log"
+  # setuptools reuses build/lib and never removes what is gone from the sources: a module
+  # moved since the last build would still be in the wheel.
+  rm -rf "$root/build/lib" "$root"/build/bdist.*
   mkdir -p "$root/build"
   "$py" -m pip wheel -q --no-deps -w "$dist" . >"$log" 2>&1 ||
     {

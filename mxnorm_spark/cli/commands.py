@@ -50,7 +50,7 @@ from mxnorm_spark.cli.config import (
     config_from_args,
     load_config,
 )
-from mxnorm_spark.cli.config_fields import add_arguments, flag_table, with_flags
+from mxnorm_spark.cli.config_fields import add_arguments
 from mxnorm_spark.cli.keyed import (
     add_export_keys_parser,
     keyed_marker,
@@ -58,11 +58,10 @@ from mxnorm_spark.cli.keyed import (
     run_fit_keyed,
     transform_keyed,
 )
+from mxnorm_spark.cli.messages import cli_message
 from mxnorm_spark.core.errors import (
     ConfigError,
-    MXNormError,
     StateNotFoundError,
-    error_in_text,
 )
 from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store import (
@@ -534,57 +533,7 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- errors -----------------------------------------------------------------------------
-# The Spark ML params that name a flag of fit/transform (messages of the estimator).
-_ML_PARAM_FLAGS = {
-    "inputCols": "--cols",
-    "inputCol": "--input-col",
-    "outputCols": "--output-cols",
-    "outputCol": "--output-col",
-    "handleInvalid": "--handle-invalid",
-    "batchCol": "--batch-col",
-    "applyAt": "--apply-at",
-    "varUpdate": "--var-update",
-    "zeroVariance": "--zero-variance",
-    "keyCols": "--key-cols",
-    "minKeyRows": "--min-key-rows",
-}
-
-
-def cli_message(exc: BaseException) -> str | None:
-    """:func:`error_message` with the Python parameters it names given as the command's
-    flags (``handle_invalid='error'`` -> ``--handle-invalid error``). A ConfigError is
-    already written for the command line (or for a config file's keys)."""
-    message = error_message(exc)
-    if message is None or isinstance(exc, ConfigError):
-        return message
-    flags = {**flag_table(FitConfig, TransformConfig, StreamConfig), **_ML_PARAM_FLAGS}
-    return with_flags(message, flags)
-
-
-def error_message(exc: BaseException) -> str | None:
-    """The one-line message for an expected failure, or None for a bug (keep its traceback).
-
-    Errors raised inside Spark's Python workers come back wrapped in a Java exception; the
-    MXNorm error inside is found by its class name.
-    """
-    if isinstance(exc, MXNormError):
-        return str(exc)
-    text = str(exc)
-    if isinstance(exc, ImportError) and "install mxnorm-spark with its [" in text:
-        return text  # an extra this command needs is not installed (spark_extra, report)
-    found = error_in_text(text)
-    if found is not None:
-        return str(found)
-    try:
-        from pyspark.errors import AnalysisException
-    except ImportError:  # pragma: no cover - pyspark is a dependency
-        return None
-    if isinstance(exc, AnalysisException):
-        return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return None
-
-
+# ---- entry point ------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mxnorm-spark`` and ``python -m mxnorm_spark``; returns the exit code."""
     args = build_parser().parse_args(argv)

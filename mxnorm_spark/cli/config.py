@@ -92,10 +92,9 @@ STATE_OPTION_KEYS = ("alpha", "eps", "var_update", "decay", "zero_variance")
 WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
-# Read options used for a format unless the user gives their own: CSV without a header
-# row or with every column as a string is never what a normalization job wants, and a
-# malformed row (more or fewer fields than the header) is an error, as in a stream, not
-# nulls or dropped fields (Spark's PERMISSIVE default).
+# Read options used for a format unless the user gives their own: CSV without a header,
+# with every column a string or with malformed rows read as nulls (PERMISSIVE, where a
+# stream rejects them) is never what a normalization job wants.
 DEFAULT_READ_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {"csv": MappingProxyType({"header": "true", "inferSchema": "true", "mode": "FAILFAST"})}
 )
@@ -141,8 +140,7 @@ _HELP_ENGINE = (
 _HELP_COLS = "comma-separated numeric columns to normalize (or use --input-col)"
 _HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --cols"
 _HELP_READ = (
-    "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true, "
-    "mode=FAILFAST: a malformed row is an error)"
+    "reader option KEY=VALUE, repeatable (csv: header=true, inferSchema=true, mode=FAILFAST)"
 )
 _HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
 
@@ -602,7 +600,5 @@ def config_from_args(
     where = f"[{table}] of {config.source}" if config is not None else None
     try:
         return resolve(cls, from_file, flag_values(args, cls), where)
-    except ConfigError as exc:
-        if config is not None:
-            raise  # the file's keys are the names to fix
-        raise ConfigError(with_flags(str(exc), flag_table(cls))) from None
+    except ConfigError as exc:  # from a file, its keys are the names to fix; else the flags
+        raise exc if config else ConfigError(with_flags(str(exc), flag_table(cls))) from None
