@@ -282,7 +282,7 @@ def with_flags(message: str, flags: Mapping[str, str]) -> str:
         )
     bare = [n for n in names if not _PROSE.match(n) or n == "cols"]
     if bare:
-        pattern = re.compile(rf"(?<![\w/.=-])({'|'.join(map(re.escape, bare))})(?![\w/=-])")
+        pattern = re.compile(rf"(?<![\w.=-])({'|'.join(map(re.escape, bare))})(?![\w=-])")
         message = pattern.sub(lambda m: flags[m.group(1)], message)
     return message
 
