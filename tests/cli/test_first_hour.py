@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -418,6 +419,13 @@ def test_the_wheel_in_a_numpy_only_environment(tmp_path: Path, fitted: Path) -> 
                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert built.returncode == 0, built.stderr
     wheel = next(dist.glob("mxnorm_spark-*-py3-none-any.whl"))
+    # The wheel holds the package as it is now: every module, and none left from an
+    # earlier build (setuptools reuses build/lib).
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n for n in z.namelist() if n.startswith("mxnorm_spark/")}
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mxnorm_spark").rglob("*")
+               if p.suffix in (".py", ".typed") and "__pycache__" not in p.parts}  # fmt: skip
+    assert shipped == sources
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     vpy = venv / "bin" / "python"
