@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mxnorm_spark.cli.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS, SparkSettings
 from mxnorm_spark.core.errors import ConfigError, NotFittedError
 from mxnorm_spark.core.state import MXNormState
-from mxnorm_spark.store import filesystem, is_local, local_path, unwritable_reason
+from mxnorm_spark.store import FileSystem, filesystem, is_local, local_path, unwritable_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -97,7 +97,7 @@ def explained_read_failures(
     fmt: str, options: Mapping[str, str], spark: SparkSession | None = None
 ) -> Iterator[None]:
     """Check every csv row under FAILFAST (the default), and turn Spark's failure to parse
-    a csv/json record into a :class:`~mxnorm_spark.errors.MalformedRecordError` naming
+    a csv/json record into a :class:`~mxnorm_spark.core.errors.MalformedRecordError` naming
     the file and the record."""
     opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
     strict = fmt == "csv" and opts.get("mode", "").upper() == "FAILFAST" and spark is not None
@@ -128,13 +128,16 @@ def explained_read_failures(
 def removed_on_failure(path: str, spark: SparkSession | None = None) -> Iterator[None]:
     """A new output that a failing command leaves behind (Spark keeps the directory of a
     failed write) is removed, so that the same command can simply be run again."""
-    fs = filesystem(path, spark)
     where = local_path(path) if is_local(path) else path
-    existed = fs.exists(where)
+    try:
+        fs: FileSystem | None = filesystem(path, spark)
+        existed = fs.exists(where)
+    except Exception:  # a scheme only Spark's own writer reaches (hdfs:// on Connect)
+        fs, existed = None, True
     try:
         yield
     except BaseException:
-        if not existed:
+        if fs is not None and not existed:
             with suppress(Exception):  # the failure being raised is the one to report
                 if fs.exists(where):
                     fs.delete(where, recursive=True)
