@@ -129,11 +129,12 @@ def removed_on_failure(path: str, spark: SparkSession | None = None) -> Iterator
     """A new output that a failing command leaves behind (Spark keeps the directory of a
     failed write) is removed, so that the same command can simply be run again."""
     where = local_path(path) if is_local(path) else path
+    fs: FileSystem | None = None
     try:
-        fs: FileSystem | None = filesystem(path, spark)
-        existed = fs.exists(where)
+        found = filesystem(path, spark)
+        existed, fs = found.exists(where), found
     except Exception:  # a scheme only Spark's own writer reaches (hdfs:// on Connect)
-        fs, existed = None, True
+        existed = True
     try:
         yield
     except BaseException:
