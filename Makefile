@@ -6,12 +6,18 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-fast test-connect lint docs setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect lint docs setup setup-run bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
+# The test and dev tools (pytest, ruff, mypy, ... ~1.6 GB) for `make test` and the benchmarks.
 setup:
 	@scripts/bootstrap.sh test,dev
 
-run: setup
+# Only what the demo and the README's walkthrough after it need: the [spark] extra (pyspark,
+# pyarrow, pandas) and [report] (matplotlib, for `mxnorm-spark report`).
+setup-run:
+	@scripts/bootstrap.sh spark,report
+
+run: setup-run
 	$(PY) -m mxnorm_spark.cli.demo
 
 # The classic suite and, alongside it, the Spark Connect tests in a process of their own

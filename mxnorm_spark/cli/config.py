@@ -53,6 +53,7 @@ from mxnorm_spark.cli.config_fields import (
     fail,
     fields,
     flag_name,
+    flag_table,
     flag_values,
     int_at_least,
     interval,
@@ -64,6 +65,7 @@ from mxnorm_spark.cli.config_fields import (
     read_text,
     required,
     text,
+    with_flags,
 )
 
 # Re-exported: the session reads Spark properties files through this module.
@@ -92,10 +94,11 @@ STATE_OPTION_KEYS = ("alpha", "eps", "var_update", "decay", "zero_variance")
 WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
-# Read options used for a format unless the user gives their own: CSV without a header
-# row or with every column as a string is never what a normalization job wants.
+# Read options used for a format unless the user gives their own: CSV without a header,
+# with every column a string or with malformed rows read as nulls (PERMISSIVE, where a
+# stream rejects them) is never what a normalization job wants.
 DEFAULT_READ_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
-    {"csv": MappingProxyType({"header": "true", "inferSchema": "true"})}
+    {"csv": MappingProxyType({"header": "true", "inferSchema": "true", "mode": "FAILFAST"})}
 )
 DEFAULT_WRITE_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {"csv": MappingProxyType({"header": "true"})}
@@ -180,7 +183,9 @@ _HELP_ENGINE = (
 )
 _HELP_COLS = "comma-separated numeric columns to normalize (or use --input-col)"
 _HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --cols"
-_HELP_READ = "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true)"
+_HELP_READ = (
+    "reader option KEY=VALUE, repeatable (csv: header=true, inferSchema=true, mode=FAILFAST)"
+)
 _HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
 
 
@@ -360,7 +365,7 @@ class FitConfig:
             )
             if given:
                 raise ConfigError(
-                    f"{', '.join(given)} only apply to the normalized output: add output"
+                    f"{', '.join(given)} only apply to the normalized output: add output=PATH"
                 )
         _check_outputs(self)
 
@@ -697,4 +702,7 @@ def config_from_args(
     """The config for one command: table ``[table]`` of ``--config``, overridden by flags."""
     from_file = config.section(table) if config is not None else None
     where = f"[{table}] of {config.source}" if config is not None else None
-    return resolve(cls, from_file, flag_values(args, cls), where)
+    try:
+        return resolve(cls, from_file, flag_values(args, cls), where)
+    except ConfigError as exc:  # from a file, its keys are the names to fix; else the flags
+        raise exc if config else ConfigError(with_flags(str(exc), flag_table(cls))) from None

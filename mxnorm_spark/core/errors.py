@@ -33,6 +33,11 @@ class CorruptStateError(MXNormError):
     """A persisted state is unreadable, truncated or fails its checksum."""
 
 
+class StateNotFoundError(MXNormError):
+    """No state is where one was asked for: no file, or a state directory without the
+    version asked for (or without any). Nothing is damaged, unlike CorruptStateError."""
+
+
 class UnsupportedSchemaVersionError(CorruptStateError):
     """A persisted state was written with a schema version this release cannot read."""
 
@@ -75,6 +80,11 @@ class SchemaMismatchError(MXNormError):
 class LateRowsError(MXNormError):
     """An event-time stream met rows of a batch it has already folded (``late_rows='error'``),
     or rows without a batch value."""
+
+
+class MalformedRecordError(SchemaMismatchError):
+    """A csv or json record cannot be parsed into the input's columns (e.g. a csv row with
+    more or fewer fields than the header)."""
 
 
 def _error_classes() -> dict[str, type[MXNormError]]:

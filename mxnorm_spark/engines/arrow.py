@@ -40,6 +40,7 @@ from mxnorm_spark.engines.partials import (
     PartitionMoments,
     batch_key,
 )
+from mxnorm_spark.engines.workers import map_in_arrow
 
 BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 _MOMENT_FIELDS = ("count", "shift", "delta", "m2")
@@ -116,7 +117,7 @@ def _partials_frame(
     schema = T.StructType(out_fields)
     scalar = spec.kind == "scalar" and not packs_scalars(spec)
     kernel = moments_kernel(scalar, shift, batch_col is not None)
-    return src.mapInArrow(kernel, schema)
+    return map_in_arrow(src, kernel, schema)
 
 
 def moments_on_driver(

@@ -73,6 +73,7 @@ from mxnorm_spark.engines.columns import (
     sql_values,
 )
 from mxnorm_spark.engines.constants import Constants
+from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.keyed.kernel import (
     EXACT_FIELDS,
     FIELDS,
@@ -235,7 +236,7 @@ def _fit_states(
         ]
     )
     kernel = fold_kernel(len(keys), batch_col is not None, options)
-    out = src.mapInArrow(kernel, schema)
+    out = map_in_arrow(src, kernel, schema)
     renamed = [F.col(n).alias(k) for n, k in zip(names, keys, strict=True)]
     if batch_col is not None:
         renamed.append(F.col("__mx_batch").alias(batch_col))

@@ -21,9 +21,16 @@ from mxnorm_spark.store.filesystems import (
     is_classic,
     is_local,
     local_path,
+    unwritable_reason,
 )
 from mxnorm_spark.store.history import history_dir, read_history, record_batch
-from mxnorm_spark.store.inputs import file_exists, read_first_line, read_parquet_schema
+from mxnorm_spark.store.inputs import (
+    file_exists,
+    open_text,
+    read_first_line,
+    read_head,
+    read_parquet_schema,
+)
 from mxnorm_spark.store.states import (
     INITIAL_FILE,
     OWNER_FILE,
@@ -50,11 +57,14 @@ __all__ = [
     "is_classic",
     "is_local",
     "local_path",
+    "open_text",
     "read_first_line",
+    "read_head",
     "read_history",
     "read_parquet_schema",
     "read_state",
     "record_batch",
+    "unwritable_reason",
     "version_file_name",
     "write_state",
 ]

@@ -35,7 +35,12 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.core.errors import (
+    CorruptStateError,
+    InvalidParameterError,
+    StateConflictError,
+    StateNotFoundError,
+)
 from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store.filesystems import (
@@ -343,8 +348,8 @@ def read_state(
 
     A directory gives its newest committed version, or the version of ``batch_id``; with no
     version at all, its warm-start state (``init.json``). This is the one fallback rule
-    every reader of a path follows. Raises :class:`CorruptStateError` naming the path when
-    there is no state there or the file fails its checks.
+    every reader of a path follows. Raises :class:`StateNotFoundError` naming the path when
+    there is no state there, :class:`CorruptStateError` when the file fails its checks.
     """
     path = str(path)
     fs = filesystem(path, spark)
@@ -352,7 +357,7 @@ def read_state(
     if not fs.is_dir(where):
         data = fs.read_bytes(where)
         if data is None:
-            raise CorruptStateError(f"state file {where} does not exist")
+            raise StateNotFoundError(f"state file {where} not found")
         if batch_id is not None:
             raise InvalidParameterError(
                 f"{where} is one state file; a batch id selects a version of a state directory"
@@ -362,14 +367,14 @@ def read_state(
     if batch_id is not None:
         state = store.get(batch_id)
         if state is None:
-            raise CorruptStateError(
+            raise StateNotFoundError(
                 f"state directory {where} holds no version for batch {batch_id} "
                 f"(committed: {_describe_ids(store.batch_ids())})"
             )
         return state
     state = store.latest() or store.initial()
     if state is None:
-        raise CorruptStateError(
+        raise StateNotFoundError(
             f"state directory {where} holds no committed version (v-<batch id>.json) "
             f"and no {INITIAL_FILE}"
         )

@@ -82,6 +82,7 @@ from mxnorm_spark.streaming._reads import (
     moments_pivot,
     rereads_same_rows,
 )
+from mxnorm_spark.streaming._wait import say_idle, wait_for_query
 from mxnorm_spark.streaming.event_batches import (
     EventTimeBatches,
     check_event_time,
@@ -169,6 +170,7 @@ class MXNormStream:
         self.source: FileSource | None = None
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
+        self.interrupted = False  # run() ended by Ctrl-C
         self._claimed = False
         self._rereads = False  # the attached query reads files only (stream_reads)
         self._checked_files: set[str] = set()
@@ -253,22 +255,15 @@ class MXNormStream:
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
         diff = [f"{k}={theirs[k]!r} (stream: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
-        if diff:
-            raise InvalidParameterError(
-                f"{where} was built with {', '.join(diff)}; run the stream with the same "
-                "settings, or start a fresh state directory"
-            )
         if self.cols is not None and state.features != self.cols:
+            diff.append(f"features {list(state.features)} (stream: columns {list(self.cols)})")
+        col = self.input_col
+        if col is not None and not all(f.startswith(f"{col}[") for f in state.features):
+            diff.append(f"features {list(state.features)} (stream: input_col {col!r})")
+        if diff:  # every difference at once: one restart fixes them all
             raise InvalidParameterError(
-                f"{where} has features {list(state.features)} but the stream normalizes "
-                f"columns {list(self.cols)}; use the same columns in the same order"
-            )
-        if self.input_col is not None and not all(
-            f.startswith(f"{self.input_col}[") for f in state.features
-        ):
-            raise InvalidParameterError(
-                f"{where} has features {list(state.features)}, not the elements of "
-                f"input_col {self.input_col!r}"
+                f"{where} differs from this stream: {'; '.join(diff)}. Run the stream with "
+                "the same settings and columns (in the same order), or a fresh state directory"
             )
 
     def _fresh_state(self, data: DataFrame) -> MXNormState | None:
@@ -348,7 +343,8 @@ class MXNormStream:
         source: FileSource | None = None,
         end_of_input: bool = False,
     ) -> list[BatchReport]:
-        """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports.
+        """Start, wait for the end (available-now) or Ctrl-C (then ``self.interrupted``),
+        and return this run's reports; a line says when the query waits for new data.
 
         ``end_of_input``: an event-time stream then folds its open batches at the end
         (:meth:`close_open_batches`)."""
@@ -362,11 +358,16 @@ class MXNormStream:
             source=source,
         )
         try:
-            self.await_termination(query)
+            self.interrupted = wait_for_query(
+                query,
+                lambda timeout: self.await_termination(query, timeout),
+                on_idle=None if available_now or self.progress is None else say_idle(self.source),
+                progress_count=lambda: len(self.reports),
+            )
         except KeyboardInterrupt:
             query.stop()
             raise
-        if end_of_input:
+        if end_of_input and not self.interrupted:
             self.close_open_batches()
         if not is_classic(self.spark):
             return reports_from_history(self.store, after=last_before)

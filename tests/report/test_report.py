@@ -145,7 +145,7 @@ def test_report_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EmptyInputError, match="no such state file or state directory"):
         load_history(str(tmp_path / "nowhere.json"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MissingExtraError, match=r"mxnorm-spark\[report\]"):
+    with pytest.raises(MissingExtraError, match=r"mxnorm-spark with its \[report\] extra"):
         write_report(str(tmp_path / "state"), str(tmp_path / "r.png"))
     assert not (tmp_path / "r.png").exists()
 
