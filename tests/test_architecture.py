@@ -21,6 +21,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("store.filesystems", "store.states", "store.history", "store.inputs", "store")),
     ("serving", ("serving.values", "serving.normalizer", "serving.keyed", "serving")),
     ("report", ("report",)),
+    # Apache Beam over the numpy core and serving: no Spark module below it, none imported.
+    (
+        "beam",
+        (
+            "beam.rows",
+            "beam.coders",
+            "beam.combine",
+            "beam.fit",
+            "beam.normalize",
+            "beam.io",
+            "beam.stream",
+            "beam",
+        ),
+    ),
     ("spark-base", ("spark_extra", "columns")),
     (
         "engines",

@@ -28,7 +28,7 @@ import apache_beam as beam
 import numpy as np
 
 from mxnorm_spark.beam.fit import BatchStates
-from mxnorm_spark.beam.rows import RowSpec, check_names
+from mxnorm_spark.beam.rows import KeySpec, check_names
 from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
 from mxnorm_spark.errors import InvalidParameterError
 from mxnorm_spark.serving import KeyedNormalizer, Normalizer
@@ -208,7 +208,7 @@ class Normalize(beam.PTransform):  # type: ignore[misc]
                 "leave cols unset and name the outputs with output_cols"
             )
         self.key_states = key_states
-        self.key_spec = None if key_cols is None else RowSpec(("",), None, tuple(key_cols))
+        self.key_spec = None if key_cols is None else KeySpec(tuple(key_cols))
         self.min_key_rows = min_key_rows
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
@@ -217,7 +217,6 @@ class Normalize(beam.PTransform):  # type: ignore[misc]
         if self.key_spec is None:
             return rows | "Normalize" >> beam.ParDo(_NormalizeGlobal(settings), fitted)
         spec = self.key_spec
-        assert spec.key_cols is not None
         tagged = rows | "SplitByKey" >> beam.Map(lambda r: (spec.key(r), r)).with_output_types(Any)
         keyless = (
             tagged

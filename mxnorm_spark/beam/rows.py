@@ -16,7 +16,7 @@ from mxnorm_spark.errors import InvalidParameterError, InvalidValueError, Missin
 from mxnorm_spark.moments import FloatArray
 from mxnorm_spark.serving.values import row_float
 
-__all__ = ["RowSpec", "as_matrix", "check_names"]
+__all__ = ["KeySpec", "RowSpec", "as_matrix", "check_names"]
 
 # Python values numpy converts to float64 exactly as float() does (None to NaN): a chunk
 # holding only these is converted in one call.
@@ -99,6 +99,26 @@ class RowSpec:
             key = tuple(row[c] for c in self.key_cols)
         except (KeyError, TypeError):
             raise self._missing_or_type(row) from None
+        return None if any(v is None for v in key) else key
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The key columns of rows whose features are the state's (normalization)."""
+
+    key_cols: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_cols", check_names(self.key_cols, "key_cols"))
+
+    def key(self, row: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The key of ``row`` as a tuple; None when a key value is null (no entity)."""
+        try:
+            key = tuple(row[c] for c in self.key_cols)
+        except KeyError:
+            raise MissingColumnError(
+                [c for c in self.key_cols if c not in row], list(row)
+            ) from None
         return None if any(v is None for v in key) else key
 
     def _missing_or_type(self, row: Any) -> Exception:
