@@ -8,6 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.coders.typecoders import registry
 
 from mxnorm_spark.moments import Moments
 from mxnorm_spark.state import MXNormState
@@ -61,5 +62,5 @@ class StateCoder(beam.coders.Coder):  # type: ignore[misc]
         return MXNormState
 
 
-beam.coders.registry.register_coder(Moments, MomentsCoder)
-beam.coders.registry.register_coder(MXNormState, StateCoder)
+registry.register_coder(Moments, MomentsCoder)
+registry.register_coder(MXNormState, StateCoder)

@@ -23,9 +23,10 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms import combiners
 
 from mxnorm_spark.beam.combine import MomentsCombineFn
-from mxnorm_spark.beam.rows import RowSpec
+from mxnorm_spark.beam.rows import RowSpec, check_names
 from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.moments import FloatArray, Moments
 from mxnorm_spark.state import MXNormState, StateOptions
@@ -119,7 +120,7 @@ class _FitBase(beam.PTransform):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.spec = RowSpec(
-            tuple(cols) if not isinstance(cols, str) else cols,
+            _names(cols),
             batch_col,
             None if key_cols is None else tuple(key_cols),
         )
@@ -132,7 +133,7 @@ class _FitBase(beam.PTransform):  # type: ignore[misc]
     def _start(self) -> MXNormState:
         return MXNormState.create(self.spec.cols, options=self.options)
 
-    def _per_batch(self, rows: beam.PCollection) -> beam.PCollection:
+    def _per_batch(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         spec = self.spec
         return (
             rows
@@ -153,10 +154,10 @@ class FitHistory(_FitBase):
     ) -> None:
         super().__init__(cols, batch_col, options)
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         return (
             self._per_batch(rows)
-            | "AllBatches" >> beam.combiners.ToList()
+            | "AllBatches" >> combiners.ToList()
             | "Fold" >> beam.Map(_global_fold, self._start(), self.spec.batch_col)
         )
 
@@ -177,7 +178,7 @@ class FitMXNorm(_FitBase):
     [3.5] [2.5]
     """
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         if self.spec.key_cols is None:
             return (
                 rows
@@ -199,3 +200,9 @@ def _keyed_values(row: Any, spec: RowSpec) -> Iterable[tuple[tuple[Any, Any], tu
     key = spec.key(row)
     if key is not None:  # a null key value: no entity (the global state counts the row)
         yield (key, spec.batch(row)), spec.values(row)
+
+
+def _names(cols: Sequence[str]) -> tuple[str, ...]:
+    names = check_names(cols, "cols")
+    assert names is not None
+    return names

@@ -34,5 +34,5 @@ class WriteState(beam.PTransform):  # type: ignore[misc]
         super().__init__()
         self.path = str(path)
 
-    def expand(self, states: beam.PCollection) -> beam.PCollection:
+    def expand(self, states: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         return states | "WriteStateFile" >> beam.Map(_write, self.path)

@@ -148,8 +148,10 @@ def _keyed_normalizer(
             f"key {key!r} has a state of features {list(state.features)}, the global state "
             f"{list(glob.features)}; fit both on the same columns"
         )
-    keys, mean, scale, count = [], np.empty((0, glob.n_features)), None, None
+    keys: list[tuple[Any, ...]] = []
+    mean, scale, count = np.empty((0, glob.n_features)), None, None
     if state is not None:
+        assert key is not None
         keys = [key]
         mean = state.mean[None, :]
         scale = np.asarray(scale_of(state.var, state.options))[None, :]
@@ -178,13 +180,13 @@ class Normalize(beam.PTransform):  # type: ignore[misc]
 
     def __init__(
         self,
-        state: beam.PCollection,
+        state: beam.pvalue.PCollection,
         *,
         cols: Sequence[str] | None = None,
         output_cols: Sequence[str] | None = None,
         apply_at: str = "after",
         handle_invalid: str = "keep",
-        key_states: beam.PCollection | None = None,
+        key_states: beam.pvalue.PCollection | None = None,
         key_cols: Sequence[str] | None = None,
         min_key_rows: int = 1,
     ) -> None:
@@ -211,7 +213,7 @@ class Normalize(beam.PTransform):  # type: ignore[misc]
         self.key_spec = None if key_cols is None else KeySpec(tuple(key_cols))
         self.min_key_rows = min_key_rows
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         settings = (self.cols, self.output_cols, self.handle_invalid, self.before)
         fitted = beam.pvalue.AsSingleton(self.state)
         if self.key_spec is None:

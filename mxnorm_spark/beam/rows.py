@@ -101,6 +101,14 @@ class RowSpec:
             raise self._missing_or_type(row) from None
         return None if any(v is None for v in key) else key
 
+    def _missing_or_type(self, row: Any) -> Exception:
+        if not isinstance(row, Mapping):
+            return InvalidParameterError(
+                f"rows must be dicts of column name to value, got a {type(row).__name__}; "
+                "map each element to a dict first (e.g. beam.Map(lambda r: r._asdict()))"
+            )
+        return self._missing(row)
+
 
 @dataclass(frozen=True)
 class KeySpec:
@@ -120,14 +128,6 @@ class KeySpec:
                 [c for c in self.key_cols if c not in row], list(row)
             ) from None
         return None if any(v is None for v in key) else key
-
-    def _missing_or_type(self, row: Any) -> Exception:
-        if not isinstance(row, Mapping):
-            return InvalidParameterError(
-                f"rows must be dicts of column name to value, got a {type(row).__name__}; "
-                "map each element to a dict first (e.g. beam.Map(lambda r: r._asdict()))"
-            )
-        return self._missing(row)
 
 
 def as_matrix(rows: Sequence[Sequence[Any]], cols: Sequence[str]) -> FloatArray:

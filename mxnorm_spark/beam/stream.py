@@ -32,6 +32,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import TupleCoder, VarIntCoder
+from apache_beam.metrics.metric import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
@@ -44,7 +45,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from mxnorm_spark.beam.coders import MomentsCoder, StateCoder
 from mxnorm_spark.beam.combine import BatchMomentsCombineFn
-from mxnorm_spark.beam.rows import RowSpec
+from mxnorm_spark.beam.rows import RowSpec, check_names
 from mxnorm_spark.choices import LATE_DATA, check_choice
 from mxnorm_spark.errors import InvalidParameterError, LateDataError
 from mxnorm_spark.moments import Moments
@@ -101,8 +102,8 @@ class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
         self.start = start
         self.late_data = late_data
         self.keyed = keyed
-        self.late_rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "late_rows")
-        self.late_windows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "late_windows")
+        self.late_rows = Metrics.counter(METRICS_NAMESPACE, "late_rows")
+        self.late_windows = Metrics.counter(METRICS_NAMESPACE, "late_windows")
 
     def process(
         self,
@@ -197,7 +198,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.spec = RowSpec(
-            tuple(cols) if not isinstance(cols, str) else cols,
+            _names(cols),
             None,
             None if key_cols is None else tuple(key_cols),
         )
@@ -216,7 +217,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
         self.late_data = check_choice("late_data", late_data, LATE_DATA)
         self.timestamp_col = timestamp_col
 
-    def expand(self, rows: beam.PCollection) -> Any:
+    def expand(self, rows: beam.pvalue.PCollection) -> Any:
         spec, ts_col = self.spec, self.timestamp_col
         if ts_col is not None:
             rows = rows | "EventTime" >> beam.Map(lambda r: window.TimestampedValue(r, r[ts_col]))
@@ -246,3 +247,9 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
                 LATE_TAG, main=STATES_TAG
             )
         )
+
+
+def _names(cols: Sequence[str]) -> tuple[str, ...]:
+    names = check_names(cols, "cols")
+    assert names is not None
+    return names
