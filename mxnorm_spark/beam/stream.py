@@ -102,8 +102,6 @@ class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
         self.start = start
         self.late_data = late_data
         self.keyed = keyed
-        self.late_rows = Metrics.counter(METRICS_NAMESPACE, "late_rows")
-        self.late_windows = Metrics.counter(METRICS_NAMESPACE, "late_windows")
 
     def process(
         self,
@@ -129,8 +127,6 @@ class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
                 "after the window was folded; use late_data='drop' to count and drop them, "
                 "or a longer window"
             )
-        self.late_rows.inc(rows)
-        self.late_windows.inc()
         yield beam.pvalue.TaggedOutput(
             LATE_TAG, LateWindow(shown, Timestamp(micros=start), Timestamp(micros=end), rows)
         )
@@ -175,14 +171,28 @@ class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
             fold.set(Timestamp(micros=min(w[1] for w in waiting)))
 
 
+class _CountLate(beam.DoFn):  # type: ignore[misc]
+    """Counts the late rows and panes in the Beam counters ``late_rows`` and
+    ``late_windows``, and passes the panes on."""
+
+    def __init__(self) -> None:
+        self.late_rows = Metrics.counter(METRICS_NAMESPACE, "late_rows")
+        self.late_windows = Metrics.counter(METRICS_NAMESPACE, "late_windows")
+
+    def process(self, late: LateWindow) -> Iterator[LateWindow]:
+        self.late_rows.inc(late.rows)
+        self.late_windows.inc()
+        yield late
+
+
 class FitWindows(beam.PTransform):  # type: ignore[misc]
     """A PTransform from event-timestamped dict rows to the MXNorm state after each closed
     window (per key with ``key_cols``), with the late rows as a second output.
 
     ``window_size`` and ``allowed_lateness`` are seconds. ``timestamp_col`` (optional)
     names a column of event times in seconds since the epoch; without it the rows' own
-    Beam timestamps are used. The result is a ``DoOutputsTuple``: ``[STATES_TAG]`` and
-    ``[LATE_TAG]``.
+    Beam timestamps are used. The result is a dict of two PCollections: ``[STATES_TAG]``
+    and ``[LATE_TAG]``.
     """
 
     def __init__(
@@ -229,7 +239,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
                 yield key, spec.values(row)
 
         start = MXNormState.create(spec.cols, options=self.options)
-        return (
+        folded = (
             rows
             | "KeyValues" >> beam.FlatMap(key_values)
             | "Windows"
@@ -247,6 +257,8 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
                 LATE_TAG, main=STATES_TAG
             )
         )
+        late = folded[LATE_TAG] | "CountLate" >> beam.ParDo(_CountLate())
+        return {STATES_TAG: folded[STATES_TAG], LATE_TAG: late}
 
 
 def _names(cols: Sequence[str]) -> tuple[str, ...]:
