@@ -7,7 +7,7 @@ Needs the ``[beam]`` extra (``pip install 'mxnorm-spark[beam]'``). See
 from mxnorm_spark.beam.coders import MomentsCoder, StateCoder
 from mxnorm_spark.beam.combine import BatchMomentsCombineFn, MomentsCombineFn
 from mxnorm_spark.beam.fit import BatchStates, FitHistory, FitMXNorm
-from mxnorm_spark.beam.io import WriteState
+from mxnorm_spark.beam.io import WriteKeyedExport, WriteState
 from mxnorm_spark.beam.normalize import Normalize
 from mxnorm_spark.beam.stream import LATE_TAG, STATES_TAG, FitWindows, LateWindow
 
@@ -24,5 +24,6 @@ __all__ = [
     "MomentsCombineFn",
     "Normalize",
     "StateCoder",
+    "WriteKeyedExport",
     "WriteState",
 ]

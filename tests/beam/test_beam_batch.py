@@ -19,8 +19,8 @@ from beam_outputs import key_state_line, read_lines, row_line
 from reference import Reference, assert_state_close
 
 from mxnorm_spark import Moments, MXNormState
-from mxnorm_spark.beam import FitHistory, FitMXNorm, Normalize, WriteState
-from mxnorm_spark.serving import Normalizer, load
+from mxnorm_spark.beam import FitHistory, FitMXNorm, Normalize, WriteKeyedExport, WriteState
+from mxnorm_spark.serving import KeyedNormalizer, Normalizer, load
 from mxnorm_spark.state import StateOptions
 from mxnorm_spark.store import read_state
 
@@ -87,7 +87,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
         for at in ("after", "before")
     }
     keyed = MXNorm(inputCols=FEATURES, outputCols=OUTS, keyCols=["k"], minKeyRows=MIN_KEY_ROWS)
-    spark_keyed = {r["id"]: r.asDict() for r in keyed.fit(df).transform(df).collect()}
+    keyed_model = keyed.fit(df)
+    spark_keyed = {r["id"]: r.asDict() for r in keyed_model.transform(df).collect()}
+    keyed_model.export(str(tmp / "spark-export"))
 
     # The SDK worker processes import beam_outputs from this directory.
     here = str(Path(__file__).resolve().parent)
@@ -117,6 +119,13 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
             _text(keys, tmp, "key-states", key_state_line)
             key_days = data | "FitKeyDays" >> FitMXNorm(FEATURES, "day", MIXTURE, key_cols=["k"])
             _text(key_days, tmp, "key-day-states", key_state_line)
+            _ = keys | "Export" >> WriteKeyedExport(
+                tmp / "beam-export",
+                glob,
+                key_cols=["k"],
+                min_key_rows=MIN_KEY_ROWS,
+                output_cols=OUTS,
+            )
             keyed_out = data | "NormKeyed" >> Normalize(
                 glob,
                 key_states=keys,
@@ -277,3 +286,21 @@ def test_keyed_normalize_matches_spark_with_the_global_fallback(run: dict[str, A
     # Null keys and keys under min_key_rows fall back to the global state; others do not.
     nulls = sum(r["k"] is None for r in run["rows"])
     assert nulls <= fallback < len(got)
+
+
+def test_beam_keyed_export_is_served_and_matches_the_spark_export(run: dict[str, Any]) -> None:
+    tmp = run["tmp"]
+    beam_export = load(str(tmp / "beam-export"))
+    spark_export = load(str(tmp / "spark-export"))
+    assert isinstance(beam_export, KeyedNormalizer) and isinstance(spark_export, KeyedNormalizer)
+    assert beam_export.n_keys == spark_export.n_keys == 3
+    assert beam_export.outputs == tuple(OUTS) and beam_export.min_key_rows == MIN_KEY_ROWS
+    for key in [("x",), ("y",), ("z",), ("unseen",), (None,)]:
+        bm, bs = beam_export.constants(key)
+        sm, ss = spark_export.constants(key)
+        assert np.allclose(bm, sm, rtol=0, atol=1e-12 * np.abs(sm).max())
+        assert np.allclose(bs, ss, rtol=1e-12, atol=0)
+    # Served rows equal Beam's keyed Normalize bit for bit (same states, same row function).
+    got = {r["id"]: r for r in read_lines(str(tmp / "norm-keyed"))}
+    for r in run["rows"]:
+        _rows_equal(got[r["id"]], beam_export.transform_row(r))  # type: ignore[arg-type]
