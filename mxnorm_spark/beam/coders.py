@@ -10,8 +10,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders.typecoders import registry
 
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState
 
 __all__ = ["MomentsCoder", "StateCoder", "decode_moments", "encode_moments"]
 

@@ -24,7 +24,7 @@ import apache_beam as beam
 
 from mxnorm_spark.beam.coders import decode_moments, encode_moments
 from mxnorm_spark.beam.rows import as_matrix, check_names
-from mxnorm_spark.moments import Moments
+from mxnorm_spark.core.moments import Moments
 
 __all__ = ["BatchMomentsCombineFn", "MomentsAccumulator", "MomentsCombineFn"]
 

@@ -6,7 +6,7 @@ with the semantics of the Spark backfill (``MXNorm(batchCol=...).fit``).
   feature leaves that feature's state as it was (and still counts in ``batches_seen``).
 * The moments of each batch value are a ``CombinePerKey`` of :class:`MomentsCombineFn`
   (combiner lifting merges partials before the shuffle); one small record per batch value
-  reaches the fold, which is :func:`~mxnorm_spark.state_history.fold_history`, bit for bit
+  reaches the fold, which is :func:`~mxnorm_spark.core.history.fold_history`, bit for bit
   :meth:`MXNormState.update` per batch.
 * With ``key_cols``, one state per key over the batch values in which the key has rows
   (rows with a null key value belong to no key: fit a global state beside it for them).
@@ -27,10 +27,10 @@ from apache_beam.transforms import combiners
 
 from mxnorm_spark.beam.combine import MomentsCombineFn
 from mxnorm_spark.beam.rows import RowSpec, check_names
-from mxnorm_spark.errors import EmptyInputError, InvalidParameterError
-from mxnorm_spark.moments import FloatArray, Moments
-from mxnorm_spark.state import MXNormState, StateOptions
-from mxnorm_spark.state_history import StateHistory, fold_history
+from mxnorm_spark.core.errors import EmptyInputError, InvalidParameterError
+from mxnorm_spark.core.history import StateHistory, fold_history
+from mxnorm_spark.core.moments import FloatArray, Moments
+from mxnorm_spark.core.state import MXNormState, StateOptions
 
 __all__ = ["BatchStates", "FitHistory", "FitMXNorm", "fold_batches"]
 

@@ -20,9 +20,9 @@ from apache_beam.transforms import combiners
 
 from mxnorm_spark.beam.fit import BatchStates
 from mxnorm_spark.beam.rows import check_names
-from mxnorm_spark.choices import HANDLE_INVALID, KEYED_EXPORT_TYPE, check_choice
-from mxnorm_spark.errors import InvalidParameterError
-from mxnorm_spark.state import MXNormState, scale_of
+from mxnorm_spark.core.choices import HANDLE_INVALID, KEYED_EXPORT_TYPE, check_choice
+from mxnorm_spark.core.errors import InvalidParameterError
+from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.store import LocalFileSystem, filesystem, local_path, write_state
 
 __all__ = ["WriteKeyedExport", "WriteState"]

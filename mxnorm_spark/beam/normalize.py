@@ -29,11 +29,11 @@ import numpy as np
 
 from mxnorm_spark.beam.fit import BatchStates
 from mxnorm_spark.beam.rows import KeySpec, check_names
-from mxnorm_spark.choices import APPLY_AT, HANDLE_INVALID, check_choice
-from mxnorm_spark.errors import InvalidParameterError
+from mxnorm_spark.core.choices import APPLY_AT, HANDLE_INVALID, check_choice
+from mxnorm_spark.core.errors import InvalidParameterError
+from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.serving import KeyedNormalizer, Normalizer
 from mxnorm_spark.serving.values import normalize_row
-from mxnorm_spark.state import MXNormState, scale_of
 
 __all__ = ["Normalize"]
 

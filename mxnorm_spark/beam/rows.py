@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mxnorm_spark.errors import InvalidParameterError, InvalidValueError, MissingColumnError
-from mxnorm_spark.moments import FloatArray
+from mxnorm_spark.core.errors import InvalidParameterError, InvalidValueError, MissingColumnError
+from mxnorm_spark.core.moments import FloatArray
 from mxnorm_spark.serving.values import row_float
 
 __all__ = ["KeySpec", "RowSpec", "as_matrix", "check_names"]

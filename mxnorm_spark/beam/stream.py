@@ -13,7 +13,7 @@ whose window has already been folded is *late*:
 * ``late_data="drop"`` (default): the row is left out of the state; its rows are counted
   in the Beam counter ``mxnorm_spark.beam/late_rows`` (``late_windows`` counts the panes)
   and one :class:`LateWindow` per late pane goes to the output tag ``"late"``;
-* ``late_data="error"``: :class:`~mxnorm_spark.errors.LateDataError`.
+* ``late_data="error"``: :class:`~mxnorm_spark.core.errors.LateDataError`.
 
 Rows later than ``allowed_lateness`` after their window's end are dropped by Beam's own
 windowing before they reach this policy (Beam's rule for any windowed aggregation); keep
@@ -46,10 +46,10 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from mxnorm_spark.beam.coders import MomentsCoder, StateCoder
 from mxnorm_spark.beam.combine import BatchMomentsCombineFn
 from mxnorm_spark.beam.rows import RowSpec, check_names
-from mxnorm_spark.choices import LATE_DATA, check_choice
-from mxnorm_spark.errors import InvalidParameterError, LateDataError
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.core.choices import LATE_DATA, check_choice
+from mxnorm_spark.core.errors import InvalidParameterError, LateDataError
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState, StateOptions
 
 __all__ = ["LATE_TAG", "STATES_TAG", "FitWindows", "LateWindow"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.core.state import MXNormState
 
 
 def key_state_line(pair: tuple[tuple[Any, ...], MXNormState]) -> str:

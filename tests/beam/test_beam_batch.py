@@ -20,8 +20,8 @@ from reference import Reference, assert_state_close
 
 from mxnorm_spark import Moments, MXNormState
 from mxnorm_spark.beam import FitHistory, FitMXNorm, Normalize, WriteKeyedExport, WriteState
+from mxnorm_spark.core.state import StateOptions
 from mxnorm_spark.serving import KeyedNormalizer, Normalizer, load
-from mxnorm_spark.state import StateOptions
 from mxnorm_spark.store import read_state
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

@@ -16,8 +16,8 @@ from mxnorm_spark.beam import FitMXNorm, MomentsCombineFn, Normalize
 from mxnorm_spark.beam.combine import CHUNK_ROWS
 from mxnorm_spark.beam.fit import fold_batches
 from mxnorm_spark.beam.rows import as_matrix
-from mxnorm_spark.errors import InvalidParameterError, NonNumericError
-from mxnorm_spark.state import StateOptions
+from mxnorm_spark.core.errors import InvalidParameterError, NonNumericError
+from mxnorm_spark.core.state import StateOptions
 
 
 def _bits(m: Moments) -> list[bytes]:

@@ -22,8 +22,8 @@ from reference import assert_state_close
 
 from mxnorm_spark import Moments, MXNormState
 from mxnorm_spark.beam import LATE_TAG, STATES_TAG, FitWindows, LateWindow
-from mxnorm_spark.errors import LateDataError
-from mxnorm_spark.state import StateOptions
+from mxnorm_spark.core.errors import LateDataError
+from mxnorm_spark.core.state import StateOptions
 
 pytestmark = pytest.mark.slow
 
