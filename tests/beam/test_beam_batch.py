@@ -242,6 +242,28 @@ def test_normalize_per_batch_matches_the_spark_model(run: dict[str, Any]) -> Non
         for i, row in got.items():
             for c in OUTS:
                 assert _close(row[c], want[i][c]), (at, i, c, row[c], want[i][c])
+    # Independently of the fold's constants: the numpy core's state after each day, and
+    # before it (the previous day's, for a feature that had a state then).
+    rows = run["rows"]
+    states, state = {}, MXNormState.create(FEATURES)
+    for d, x in zip(sorted({r["day"] for r in rows}), _by_day(rows), strict=True):
+        prev, state = state, state.update(Moments.from_array(x))
+        states[d] = (prev, state)
+    for at in ("after", "before"):
+        got = {r["id"]: r for r in read_lines(str(run["tmp"] / f"norm-{at}"))}
+        for r in rows:
+            prev, new = states[r["day"]]
+            use = prev if at == "before" and prev.batches_seen else new
+            for j, (c, o) in enumerate(zip(FEATURES, OUTS, strict=True)):
+                if r[c] is None:
+                    assert got[r["id"]][o] is None
+                    continue
+                mean = use.mean[j] if use.initialized[j] else new.mean[j]
+                var = use.var[j] if use.initialized[j] else new.var[j]
+                if np.isnan(mean):  # no valid value of the feature yet: passed through
+                    mean, var = 0.0, 1.0
+                want = (r[c] - mean) / np.sqrt(var + 1e-8)
+                assert _close(got[r["id"]][o], float(want)), (at, r, o)
     after = read_lines(str(run["tmp"] / "norm-after"))
     before = {r["id"]: r for r in read_lines(str(run["tmp"] / "norm-before"))}
     # "before" is not "after": a later day's rows use the state before their day.
