@@ -14,6 +14,7 @@ keeps. Timings alternate the two pipelines and keep the best of ``repeats`` runs
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def main() -> None:
     for _ in range(args.repeats):
         plain.append(_plain(rows, cols))
         fit.append(_fit(rows, cols))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     ratio = min(fit) / min(plain)
     ratios = [f / p for f, p in zip(fit, plain, strict=True)]
     def runs(times: list[float]) -> str:
@@ -105,7 +107,7 @@ apache-beam {beam.__version__}; FnApiRunner, direct_running_mode=multi_processin
 Ratio (best / best): **{ratio:.2f}x** ({verdict} the 1.5x target); per repeat:
 {", ".join(f"{r:.2f}x" for r in ratios)}. Times include each pipeline's start
 (two SDK worker processes). The plain pipeline's sum-of-squares variance is not exact
-(DESIGN.md section 2); FitMXNorm's is.
+(DESIGN.md section 2); FitMXNorm's is. Load average at the end: {load}.
 """
     OUT.write_text(text)
     print(text)
