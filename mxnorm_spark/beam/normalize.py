@@ -10,7 +10,8 @@ the bits of the Spark model and of :mod:`mxnorm_spark.serving`.
   keys fit). Feature by feature a row uses its key's constants when the key has at least
   ``max(min_key_rows, 1)`` valid values of it, else the global state's: keys without
   state, null key values, features a key has too few values of. Each key's final state
-  is used (as :class:`~mxnorm_spark.serving.KeyedNormalizer` does).
+  is used (as :class:`~mxnorm_spark.serving.KeyedNormalizer` does); a FitHistory with a batch
+  column is refused there (the as-of-batch lookup of the Spark keyed backfill is not done).
 * ``handle_invalid``: ``keep`` (null stays null, NaN NaN, inf inf), ``skip`` (drop the
   row) or ``error`` (:class:`InvalidValueError` naming the column and the value kind).
 
@@ -118,7 +119,7 @@ class _NormalizeKey(beam.DoFn):  # type: ignore[misc]
             raise InvalidParameterError(
                 f"key {key!r} has {len(states)} states; give Normalize one state per key"
             )
-        glob = fitted.final if isinstance(fitted, BatchStates) else fitted
+        glob = _global_state(fitted)
         norm = _keyed_normalizer(
             glob,
             key_cols=self.key_cols,
@@ -131,6 +132,24 @@ class _NormalizeKey(beam.DoFn):  # type: ignore[misc]
             out = norm.transform_row(row)
             if out is not None:
                 yield out
+
+
+def _global_state(fitted: Any) -> MXNormState:
+    """The global fallback of a per-key normalization: one state, not a batch history."""
+    if isinstance(fitted, BatchStates) and fitted.batch_col is not None:
+        raise InvalidParameterError(
+            "per-key normalization uses each key's final state and the final global state; "
+            "the as-of-batch lookup of the Spark keyed backfill is not available on Beam: "
+            "give Normalize the global state of FitMXNorm, not the history of FitHistory"
+        )
+    if isinstance(fitted, BatchStates):
+        return fitted.final
+    if not isinstance(fitted, MXNormState):
+        raise InvalidParameterError(
+            f"the global state of a per-key Normalize must be an MXNormState, got a "
+            f"{type(fitted).__name__}"
+        )
+    return fitted
 
 
 def _keyed_normalizer(
@@ -243,7 +262,7 @@ class _NullKeyRows(_NormalizeKey):
 
     def process(self, row: Mapping[str, Any], fitted: Any) -> Iterator[Row]:  # type: ignore[override]
         if self._cached is None or self._cached[0] is not fitted:
-            glob = fitted.final if isinstance(fitted, BatchStates) else fitted
+            glob = _global_state(fitted)
             norm = _keyed_normalizer(
                 glob,
                 key_cols=self.key_cols,

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from mxnorm_spark import Moments, MXNormState
-from mxnorm_spark.beam import FitMXNorm, MomentsCombineFn, Normalize
+from mxnorm_spark.beam import FitHistory, FitMXNorm, MomentsCombineFn, Normalize
 from mxnorm_spark.beam.combine import CHUNK_ROWS
 from mxnorm_spark.beam.fit import fold_batches
 from mxnorm_spark.beam.rows import as_matrix
@@ -95,6 +95,15 @@ def test_named_errors_on_the_runner() -> None:
 
     with pytest.raises(Exception, match="column 'x' holds an infinite value"):
         _run(invalid)
+
+    def keyed_history(p: beam.Pipeline) -> None:
+        rows = p | beam.Create([{"k": "a", "day": 1, "x": 1.0}, {"k": "a", "day": 2, "x": 3.0}])
+        history = rows | "H" >> FitHistory(["x"], batch_col="day")
+        keys = rows | "K" >> FitMXNorm(["x"], key_cols=["k"])
+        _ = rows | Normalize(history, key_states=keys, key_cols=["k"])
+
+    with pytest.raises(Exception, match="as-of-batch lookup of the Spark keyed backfill"):
+        _run(keyed_history)
     with pytest.raises(InvalidParameterError, match="apply_at must be one of"):
         Normalize(None, apply_at="later")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="key_states and key_cols go together"):
