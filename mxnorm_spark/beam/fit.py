@@ -103,11 +103,12 @@ def _key_fold(
     item: tuple[tuple[Any, ...], Iterable[tuple[Any, Moments]]],
     start: MXNormState,
     batch_col: str | None,
-) -> tuple[tuple[Any, ...], MXNormState]:
+    history: bool,
+) -> tuple[tuple[Any, ...], MXNormState | BatchStates]:
     key, pairs = item
     states = fold_batches(start, pairs, batch_col)
     assert states is not None  # a key exists only through its rows
-    return key, states.final
+    return key, states if history else states.final
 
 
 class _FitBase(beam.PTransform):  # type: ignore[misc]
@@ -133,6 +134,17 @@ class _FitBase(beam.PTransform):  # type: ignore[misc]
     def _start(self) -> MXNormState:
         return MXNormState.create(self.spec.cols, options=self.options)
 
+    def _per_key(self, rows: beam.pvalue.PCollection, history: bool) -> beam.pvalue.PCollection:
+        spec = self.spec
+        return (
+            rows
+            | "KeyBatchValues" >> beam.FlatMap(_keyed_values, spec)
+            | "MomentsPerKeyBatch" >> beam.CombinePerKey(MomentsCombineFn(spec.cols))
+            | "ByKey" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+            | "Group" >> beam.GroupByKey()
+            | "FoldPerKey" >> beam.Map(_key_fold, self._start(), spec.batch_col, history)
+        )
+
     def _per_batch(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         spec = self.spec
         return (
@@ -144,17 +156,13 @@ class _FitBase(beam.PTransform):  # type: ignore[misc]
 
 class FitHistory(_FitBase):
     """A PTransform from dict rows to one :class:`BatchStates`: the global state after
-    every batch value (what :class:`Normalize` needs for ``apply_at`` per batch)."""
-
-    def __init__(
-        self,
-        cols: Sequence[str],
-        batch_col: str | None = None,
-        options: StateOptions | None = None,
-    ) -> None:
-        super().__init__(cols, batch_col, options)
+    every batch value (what :class:`Normalize` needs for ``apply_at`` per batch); with
+    ``key_cols``, ``(key, BatchStates)`` pairs: each key's state after each of its batches
+    (what a per-key :class:`Normalize` needs to look each row's key up as of its batch)."""
 
     def expand(self, rows: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
+        if self.spec.key_cols is not None:
+            return self._per_key(rows, history=True)
         return (
             self._per_batch(rows)
             | "AllBatches" >> combiners.ToList()
@@ -185,15 +193,7 @@ class FitMXNorm(_FitBase):
                 | "FitHistory" >> FitHistory(self.spec.cols, self.spec.batch_col, self.options)
                 | "Final" >> beam.Map(lambda h: h.final)
             )
-        spec = self.spec
-        return (
-            rows
-            | "KeyBatchValues" >> beam.FlatMap(_keyed_values, spec)
-            | "MomentsPerKeyBatch" >> beam.CombinePerKey(MomentsCombineFn(spec.cols))
-            | "ByKey" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
-            | "Group" >> beam.GroupByKey()
-            | "FoldPerKey" >> beam.Map(_key_fold, self._start(), spec.batch_col)
-        )
+        return self._per_key(rows, history=False)
 
 
 def _keyed_values(row: Any, spec: RowSpec) -> Iterable[tuple[tuple[Any, Any], tuple[Any, ...]]]:

@@ -10,8 +10,9 @@ the bits of the Spark model and of :mod:`mxnorm_spark.serving`.
   keys fit). Feature by feature a row uses its key's constants when the key has at least
   ``max(min_key_rows, 1)`` valid values of it, else the global state's: keys without
   state, null key values, features a key has too few values of. Each key's final state
-  is used (as :class:`~mxnorm_spark.serving.KeyedNormalizer` does); a FitHistory with a batch
-  column is refused there (the as-of-batch lookup of the Spark keyed backfill is not done).
+  is used (as :class:`~mxnorm_spark.serving.KeyedNormalizer` does); with histories
+  (``FitHistory`` with a batch column, for the global state and per key) each row takes
+  its key's state as of its batch, as the Spark keyed backfill does (:mod:`.as_of`).
 * ``handle_invalid``: ``keep`` (null stays null, NaN NaN, inf inf), ``skip`` (drop the
   row) or ``error`` (:class:`InvalidValueError` naming the column and the value kind).
 
@@ -28,6 +29,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from mxnorm_spark.beam.as_of import KeyAsOf
 from mxnorm_spark.beam.fit import BatchStates
 from mxnorm_spark.beam.rows import KeySpec, check_names
 from mxnorm_spark.core.choices import APPLY_AT, HANDLE_INVALID, check_choice
@@ -119,29 +121,51 @@ class _NormalizeKey(beam.DoFn):  # type: ignore[misc]
             raise InvalidParameterError(
                 f"key {key!r} has {len(states)} states; give Normalize one state per key"
             )
-        glob = _global_state(fitted)
-        norm = _keyed_normalizer(
-            glob,
-            key_cols=self.key_cols,
-            key=key,
-            state=states[0] if states else None,
-            settings=self.settings,
-            min_key_rows=self.min_key_rows,
-        )
+        state = states[0] if states else None
+        norm: KeyedNormalizer | KeyAsOf
+        if _as_of(fitted):
+            if state is not None and not isinstance(state, BatchStates):
+                raise InvalidParameterError(
+                    "with a global history (FitHistory with a batch column) the key states must "
+                    "be histories too: FitHistory(cols, batch_col, key_cols=...)"
+                )
+            norm = _key_as_of(fitted, state, self.settings, self.min_key_rows)
+        else:
+            norm = _keyed_normalizer(
+                _global_state(fitted),
+                key_cols=self.key_cols,
+                key=key,
+                state=state.final if isinstance(state, BatchStates) else state,
+                settings=self.settings,
+                min_key_rows=self.min_key_rows,
+            )
         for row in joined["rows"]:
             out = norm.transform_row(row)
             if out is not None:
                 yield out
 
 
+def _as_of(fitted: Any) -> bool:
+    """A global history with a batch column: rows are normalized as of their batch."""
+    return isinstance(fitted, BatchStates) and fitted.batch_col is not None
+
+
+def _key_as_of(
+    fitted: BatchStates, state: BatchStates | None, settings: tuple[Any, ...], min_key_rows: int
+) -> KeyAsOf:
+    _, outputs, handle_invalid, before = settings
+    return KeyAsOf(
+        fitted,
+        state,
+        outputs=outputs,
+        handle_invalid=handle_invalid,
+        before=before,
+        min_key_rows=min_key_rows,
+    )
+
+
 def _global_state(fitted: Any) -> MXNormState:
-    """The global fallback of a per-key normalization: one state, not a batch history."""
-    if isinstance(fitted, BatchStates) and fitted.batch_col is not None:
-        raise InvalidParameterError(
-            "per-key normalization uses each key's final state and the final global state; "
-            "the as-of-batch lookup of the Spark keyed backfill is not available on Beam: "
-            "give Normalize the global state of FitMXNorm, not the history of FitHistory"
-        )
+    """The global fallback of a per-key normalization without batches: one state."""
     if isinstance(fitted, BatchStates):
         return fitted.final
     if not isinstance(fitted, MXNormState):
@@ -258,20 +282,24 @@ class Normalize(beam.PTransform):  # type: ignore[misc]
 class _NullKeyRows(_NormalizeKey):
     """Rows with a null key value: the global state only (one normalizer per side input)."""
 
-    _cached: tuple[Any, KeyedNormalizer] | None = None
+    _cached: tuple[Any, KeyedNormalizer | KeyAsOf] | None = None
 
     def process(self, row: Mapping[str, Any], fitted: Any) -> Iterator[Row]:  # type: ignore[override]
         if self._cached is None or self._cached[0] is not fitted:
-            glob = _global_state(fitted)
-            norm = _keyed_normalizer(
-                glob,
-                key_cols=self.key_cols,
-                key=None,
-                state=None,
-                settings=self.settings,
-                min_key_rows=self.min_key_rows,
-            )
-            self._cached = (fitted, norm)
+            if _as_of(fitted):
+                self._cached = (fitted, _key_as_of(fitted, None, self.settings, self.min_key_rows))
+            else:
+                self._cached = (fitted, self._global_only(fitted))
         out = self._cached[1].transform_row(row)
         if out is not None:
             yield out
+
+    def _global_only(self, fitted: Any) -> KeyedNormalizer:
+        return _keyed_normalizer(
+            _global_state(fitted),
+            key_cols=self.key_cols,
+            key=None,
+            state=None,
+            settings=self.settings,
+            min_key_rows=self.min_key_rows,
+        )

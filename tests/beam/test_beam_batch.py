@@ -89,6 +89,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
     keyed_model = keyed.fit(df)
     spark_keyed = {r["id"]: r.asDict() for r in keyed_model.transform(df).collect()}
     keyed_model.export(str(tmp / "spark-export"))
+    as_of = keyed.copy().setBatchCol("day").fit(df)
+    spark_as_of = {
+        at: {r["id"]: r.asDict() for r in as_of.setApplyAt(at).transform(df).collect()}
+        for at in ("after", "before")
+    }
 
     # The SDK worker processes import beam_outputs from this directory.
     here = str(Path(__file__).resolve().parent)
@@ -118,6 +123,17 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
             _text(keys, tmp, "key-states", key_state_line)
             key_days = data | "FitKeyDays" >> FitMXNorm(FEATURES, "day", MIXTURE, key_cols=["k"])
             _text(key_days, tmp, "key-day-states", key_state_line)
+            key_history = data | "KeyHistory" >> FitHistory(FEATURES, "day", key_cols=["k"])
+            for at in ("after", "before"):
+                out = data | f"NormAsOf{at}" >> Normalize(
+                    ema,
+                    key_states=key_history,
+                    key_cols=["k"],
+                    min_key_rows=MIN_KEY_ROWS,
+                    output_cols=OUTS,
+                    apply_at=at,
+                )
+                _text(out, tmp, f"norm-as-of-{at}")
             _ = keys | "Export" >> WriteKeyedExport(
                 tmp / "beam-export",
                 glob,
@@ -152,6 +168,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
         "spark_ema": spark_ema.state,
         "spark_out": spark_out,
         "spark_keyed": spark_keyed,
+        "spark_as_of": spark_as_of,
     }
 
 
@@ -325,3 +342,19 @@ def test_beam_keyed_export_is_served_and_matches_the_spark_export(run: dict[str,
     got = {r["id"]: r for r in read_lines(str(tmp / "norm-keyed"))}
     for r in run["rows"]:
         _rows_equal(got[r["id"]], beam_export.transform_row(r))  # type: ignore[arg-type]
+
+
+def test_keyed_normalize_as_of_each_batch_matches_the_spark_keyed_backfill(
+    run: dict[str, Any],
+) -> None:
+    outs = {}
+    for at in ("after", "before"):
+        got = {r["id"]: r for r in read_lines(str(run["tmp"] / f"norm-as-of-{at}"))}
+        want = run["spark_as_of"][at]
+        assert sorted(got) == sorted(want)
+        for i, row in got.items():
+            for c in OUTS:
+                assert _close(row[c], want[i][c]), (at, i, c, row[c], want[i][c])
+        outs[at] = got
+    # The lookup is per batch: "before" differs from "after" for keys with earlier batches.
+    assert any(outs["after"][i]["za"] != outs["before"][i]["za"] for i in outs["after"])

@@ -102,7 +102,7 @@ def test_named_errors_on_the_runner() -> None:
         keys = rows | "K" >> FitMXNorm(["x"], key_cols=["k"])
         _ = rows | Normalize(history, key_states=keys, key_cols=["k"])
 
-    with pytest.raises(Exception, match="as-of-batch lookup of the Spark keyed backfill"):
+    with pytest.raises(Exception, match="the key states must be histories too"):
         _run(keyed_history)
     with pytest.raises(InvalidParameterError, match="apply_at must be one of"):
         Normalize(None, apply_at="later")  # type: ignore[arg-type]
