@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -15,15 +16,17 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from reference import assert_state_close
 
 from mxnorm_spark import Moments, MXNormState
-from mxnorm_spark.beam import LATE_TAG, STATES_TAG, FitWindows, LateWindow
+from mxnorm_spark.beam import LATE_TAG, STATES_TAG, FitMXNorm, FitWindows, LateWindow, WriteState
 from mxnorm_spark.core.errors import LateDataError
 from mxnorm_spark.core.state import StateOptions
+from mxnorm_spark.store import read_state
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +79,9 @@ def _run(name: str, stream: test_stream.TestStream, fit: FitWindows) -> dict[str
     return got
 
 
-def test_windows_out_of_order_fold_in_window_order_and_late_rows_are_dropped() -> None:
+def test_windows_out_of_order_fold_in_window_order_and_late_rows_are_dropped(
+    tmp_path: Path,
+) -> None:
     rng = np.random.default_rng(7)
     w1 = _rows(rng, 40, 15.0)  # window [10, 20) arrives first
     w0 = _rows(rng, 30, 2.0)  # window [0, 10) after it
@@ -107,6 +112,20 @@ def test_windows_out_of_order_fold_in_window_order_and_late_rows_are_dropped() -
     assert states[3].mean.tolist() == states[2].mean.tolist()
     assert states[3].var.tolist() == states[2].var.tolist()
     assert got[LATE_TAG] == [LateWindow(None, Timestamp(0), Timestamp(10), 5)]
+    # Stream == backfill: the same rows (not the late ones) with the window as batch value.
+    rows = [{**r.value, "w": r.timestamp.micros // 10_000_000} for r in w0 + w1 + w2 + w3]
+    path = tmp_path / "backfill.json"
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = (
+            p
+            | beam.Create(rows)
+            | FitMXNorm(["a", "b"], batch_col="w", options=OPTIONS)
+            | WriteState(path)
+        )
+    backfill = read_state(str(path))
+    assert backfill.batches_seen == states[3].batches_seen
+    assert backfill.count.tolist() == states[3].count.tolist()
+    assert_state_close(states[3].mean, states[3].var, backfill.mean, backfill.var)
 
 
 def test_per_key_windows_and_late_data_per_key() -> None:
