@@ -24,6 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("store",)),
     ("serving", ("serving",)),
     ("report", ("report",)),
+    # Apache Beam over the numpy core and serving: no Spark package below it, none imported.
+    ("beam", ("beam",)),
     ("engines", ("engines",)),
     ("batch", ("batch",)),
     ("keyed", ("keyed",)),

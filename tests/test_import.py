@@ -75,3 +75,16 @@ def test_the_command_line_starts_without_pyspark() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "'report'" in proc.stdout and "'export-keys'" in proc.stdout
+
+
+def test_the_beam_engine_imports_when_pyspark_cannot() -> None:
+    """``mxnorm_spark.beam`` runs where Beam runs: no pyspark on its workers."""
+    proc = run(
+        "import sys\n"
+        "sys.modules['pyspark'] = None\n"
+        "import mxnorm_spark.beam as mb\n"
+        "assert 'pyspark' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+        "print(sorted(n for n in mb.__all__ if n.startswith('Fit')))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("['FitHistory', 'FitMXNorm', 'FitWindows']")

@@ -31,6 +31,8 @@ ZERO_VARIANCE_POLICIES = ("eps", "unit", "zero")
 APPLY_AT = ("after", "before")
 # What normalization does with a null, NaN or infinite input value.
 HANDLE_INVALID = ("keep", "error", "skip")
+# A row whose event-time window has already been folded: counted and dropped, or an error.
+LATE_DATA = ("drop", "error")
 ENGINES = ("auto", "arrow", "sql")
 # What an event-time stream does with rows of a batch it has already folded.
 LATE_ROWS = ("drop", "error")

@@ -65,6 +65,10 @@ class InvalidValueError(MXNormError):
     """``handleInvalid='error'`` met a null, NaN or infinite value."""
 
 
+class LateDataError(MXNormError):
+    """``late_data='error'`` met a row whose event-time window had already been folded."""
+
+
 class ConfigError(InvalidParameterError):
     """A job configuration (TOML file or command-line flag) is missing, unknown or invalid."""
 
