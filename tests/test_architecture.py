@@ -51,6 +51,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("streaming", ("streaming",)),
+    (
+        "feast",
+        (
+            "feast.names",
+            "feast.clock",
+            "feast.udf",
+            "feast.spec",
+            "feast.definitions",
+            "feast.repo",
+            "feast.publish",
+            "feast.push",
+            "feast",
+        ),
+    ),
     ("config", ("config_fields", "config", "session")),
     ("entry", ("cli_base", "cli_keyed", "cli", "demo", "__main__", "__init__")),
 ]
