@@ -6,13 +6,13 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-connect lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect lint setup bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 setup:
 	@scripts/bootstrap.sh test,dev
 
 run: setup
-	$(PY) -m mxnorm_spark.demo
+	$(PY) -m mxnorm_spark.cli.demo
 
 # The classic suite and, alongside it, the Spark Connect tests in a process of their own
 # (a Connect session switches PySpark into Connect mode for its whole process). Both spend
@@ -26,6 +26,13 @@ test: setup lint
 	echo "---- Spark Connect tests (MXNORM_CONNECT=1 pytest tests/connect), exit $$crc"; \
 	cat "$$log"; rm -f "$$log"; \
 	[ $$rc -eq 0 ] && [ $$crc -eq 0 ]
+
+# The JVM-free tests (the numpy core, the store on local disk and moto, serving, the report,
+# the architecture and import rules, and their doctests): seconds, no Spark session.
+FAST := tests/core tests/store tests/serving tests/report tests/test_architecture.py \
+	tests/test_import.py mxnorm_spark/core mxnorm_spark/store mxnorm_spark/serving mxnorm_spark/report
+test-fast: setup
+	$(PY) -m pytest -q -m "not spark and not slow and not cluster" $(FAST)
 
 test-connect: setup
 	MXNORM_CONNECT=1 $(PY) -m pytest -q tests/connect

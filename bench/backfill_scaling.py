@@ -94,7 +94,7 @@ def _session(driver_memory: str) -> Any:
 
 
 def _estimator() -> Any:
-    from mxnorm_spark.ml import MXNorm
+    from mxnorm_spark.ml.estimator import MXNorm
 
     cols = [f"f{j}" for j in range(FEATURES)]
     return MXNorm(inputCols=cols, outputCols=[f"z{j}" for j in range(FEATURES)], batchCol="batch")
@@ -107,7 +107,7 @@ def _first_file(spark: Any, data: str) -> Any:
 def run_case(data: str, reps: int, driver_memory: str) -> dict[str, Any]:
     """Warm-up, then ``reps`` timed fits and transforms; peak RSS of driver + JVM."""
     from bench.memory import PeakMemory
-    from mxnorm_spark.ml import MXNormModel
+    from mxnorm_spark.ml.estimator import MXNormModel
 
     spark = _session(driver_memory)
     est = _estimator()

@@ -157,8 +157,8 @@ def _mxnorm(engine: str) -> CaseFn:
             result = est.fit(df).transform(df)
         else:
             from mxnorm_spark import MXNormState
-            from mxnorm_spark.aggregate import batch_moments, feature_names
-            from mxnorm_spark.apply import normalize
+            from mxnorm_spark.batch.aggregate import batch_moments, feature_names
+            from mxnorm_spark.batch.apply import normalize
 
             in_kw: dict[str, Any] = {"input_col": "v"} if ds.vector else {}
             moments = batch_moments(df, cols, engine=engine, **in_kw)

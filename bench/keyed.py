@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.keyed import fit_keyed
-    from mxnorm_spark.state import StateOptions
+    from mxnorm_spark.core.state import StateOptions
+    from mxnorm_spark.keyed.backfill import fit_keyed
 
     spark = _session(args.partitions)
     df = _data(spark, args.rows, args.keys, args.batches, args.features)

@@ -90,7 +90,7 @@ def _timed(run: Any) -> float:
 def _backfill(spark: Any, data: str, features: list[str], reps: int) -> dict[str, list[float]]:
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.keyed import fit_keyed
+    from mxnorm_spark.keyed.backfill import fit_keyed
 
     df = spark.read.parquet(data)
     aggs = [F.avg(c) for c in features] + [F.var_pop(c) for c in features]
@@ -125,9 +125,9 @@ def _stream(
     batches = f"{work}/batches"
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.keyed_stream import KeyOptions
-    from mxnorm_spark.state import StateOptions
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.core.state import StateOptions
+    from mxnorm_spark.streaming.keyed import KeyOptions
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     table = spark.range(keys).select(
         F.col("id").alias("key"),

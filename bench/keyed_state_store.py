@@ -5,7 +5,7 @@ The same file stream (``--batches`` micro-batches of ``--rows`` rows over ``--ke
 
 * ``snapshot``: ``MXNormStream(keys=KeyOptions(...))``, the per-key state as one Parquet
   snapshot per micro-batch, folded by a vectorized ``mapInArrow`` kernel (what
-  ``mxnorm_spark.keyed_stream`` does), with the normalized output written;
+  ``mxnorm_spark.streaming.keyed`` does), with the normalized output written;
 * ``transformWithStateInPandas``: Spark's own state store (RocksDB), one ``ValueState``
   per key holding the EMA mean and variance per feature, updated in ``handleInputRows``
   (called once per key and micro-batch), emitting the normalized rows, written by a
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import types as T
 
-    from mxnorm_spark.keyed_stream import KeyOptions
-    from mxnorm_spark.state import StateOptions
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.core.state import StateOptions
+    from mxnorm_spark.streaming.keyed import KeyOptions
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     load = os.getloadavg()[0]
     spark = _session()

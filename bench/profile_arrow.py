@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import types as T
 
     from mxnorm_spark import MXNormState
-    from mxnorm_spark.aggregate import batch_moments
-    from mxnorm_spark.apply import normalize
-    from mxnorm_spark.moments import Moments
+    from mxnorm_spark.batch.aggregate import batch_moments
+    from mxnorm_spark.batch.apply import normalize
+    from mxnorm_spark.core.moments import Moments
 
     ds = (QUICK if args.quick else FULL)["wide16"]
     path = ensure_dataset(ds, DATA_DIR)

@@ -38,7 +38,7 @@ MAX = "1.7976931348623157E308D"
 def stages(spark: Any, path: str) -> dict[str, Callable[[], object]]:
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.aggregate import _local_probe, resolve_input
+    from mxnorm_spark.batch.aggregate import _local_probe, resolve_input
 
     def df() -> Any:
         return spark.read.parquet(path)

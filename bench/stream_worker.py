@@ -79,7 +79,7 @@ def _start(spark: Any, impl: str, ds: Dataset, src: str, work: Path) -> Any:
 
 
 def _mxnorm_writer(spark: Any, stream: Any, cols: list[str], out: str, state: str) -> Any:
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     updater = MXNormStream(spark, state, cols=cols, output=out, progress=None)
     return updater.attach(stream.writeStream)

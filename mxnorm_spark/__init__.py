@@ -1,10 +1,15 @@
 """mxnorm_spark: exact, streaming-native MXNorm (EMA z-score) normalization for Spark.
 
-The math lives in :mod:`mxnorm_spark.moments` and :mod:`mxnorm_spark.state` (numpy only);
-the Spark layers import pyspark lazily, so the serving path needs no JVM.
+One subpackage per concept, lowest layer first: :mod:`~mxnorm_spark.core` (the math, numpy
+only), :mod:`~mxnorm_spark.store` (all file I/O), :mod:`~mxnorm_spark.serving` (no Spark),
+:mod:`~mxnorm_spark.report`; then the Spark layers, which need the ``[spark]`` extra:
+:mod:`~mxnorm_spark.engines`, :mod:`~mxnorm_spark.batch`, :mod:`~mxnorm_spark.keyed`,
+:mod:`~mxnorm_spark.streaming`, :mod:`~mxnorm_spark.ml` and :mod:`~mxnorm_spark.cli`.
+Importing this package imports no Spark.
 """
 
-from mxnorm_spark.errors import (
+from mxnorm_spark._version import __version__
+from mxnorm_spark.core.errors import (
     CorruptStateError,
     EmptyInputError,
     FeatureMismatchError,
@@ -17,10 +22,8 @@ from mxnorm_spark.errors import (
     ShapeError,
     UnsupportedSchemaVersionError,
 )
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState
-
-__version__ = "0.1.0"
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState, StateOptions
 
 __all__ = [
     "CorruptStateError",
@@ -35,6 +38,7 @@ __all__ = [
     "NonNumericError",
     "NotFittedError",
     "ShapeError",
+    "StateOptions",
     "UnsupportedSchemaVersionError",
     "__version__",
 ]

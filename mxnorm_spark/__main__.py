@@ -2,6 +2,6 @@
 
 import sys
 
-from mxnorm_spark.cli import main
+from mxnorm_spark.cli.commands import main
 
 sys.exit(main())

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.demo import write_demo_files
-from mxnorm_spark.session import build_session
-from mxnorm_spark.sources import FileSource
-from mxnorm_spark.streaming import MXNormStream
+from mxnorm_spark.cli.demo import write_demo_files
+from mxnorm_spark.cli.session import build_session
+from mxnorm_spark.streaming.sources import FileSource
+from mxnorm_spark.streaming.updater import MXNormStream
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -66,3 +66,10 @@ def s3_bucket(s3_endpoint: str) -> str:
     from s3server import new_bucket
 
     return f"s3://{new_bucket(s3_endpoint)}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that takes the shared session needs the JVM: `make test-fast` leaves it out.
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)

@@ -49,8 +49,8 @@ def test_core_modules_import_when_pyspark_cannot() -> None:
                 "    raise SystemExit('the pyspark block did not hold')",
                 "import numpy as np",
                 "import mxnorm_spark",
-                "import mxnorm_spark.moments",
-                "import mxnorm_spark.state",
+                "import mxnorm_spark.core.moments",
+                "import mxnorm_spark.core.state",
                 "import mxnorm_spark.store",
                 "from mxnorm_spark import Moments, MXNormState",
                 "m = Moments.from_array(np.array([[1.0], [3.0]]))",
@@ -69,7 +69,7 @@ def test_the_command_line_starts_without_pyspark() -> None:
     proc = run(
         "import sys\n"
         "sys.modules['pyspark'] = None\n"
-        "from mxnorm_spark import cli\n"
+        "from mxnorm_spark.cli import commands as cli\n"
         "parser = cli.build_parser()\n"
         "print(sorted(parser._subparsers._group_actions[0].choices))\n"
     )

@@ -24,7 +24,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.columns import (
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.engines.columns import (
     ARRAY_COL,
     WIDE_FEATURES,
     InputSpec,
@@ -33,11 +34,10 @@ from mxnorm_spark.columns import (
     sql_name,
     sql_values,
 )
-from mxnorm_spark.engines import (
+from mxnorm_spark.engines.partials import (
     PartitionMoments,
     batch_key,
 )
-from mxnorm_spark.moments import Moments
 
 BatchFunction = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 _MOMENT_FIELDS = ("count", "shift", "delta", "m2")

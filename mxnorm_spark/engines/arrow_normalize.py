@@ -20,7 +20,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.columns import (
+from mxnorm_spark.core.errors import FeatureMismatchError, InvalidValueError
+from mxnorm_spark.engines.columns import (
     ARRAY_COL,
     InputSpec,
     quote,
@@ -28,8 +29,7 @@ from mxnorm_spark.columns import (
     vector_lists,
     vectors_of_lists,
 )
-from mxnorm_spark.engines import Constants, invalid_value_message, vector_length_message
-from mxnorm_spark.errors import FeatureMismatchError, InvalidValueError
+from mxnorm_spark.engines.constants import Constants, invalid_value_message, vector_length_message
 
 
 # ---- normalization: driver side ----------------------------------------------------------

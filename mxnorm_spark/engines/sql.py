@@ -2,7 +2,7 @@
 
 Moments: one aggregation ``groupBy(spark_partition_id())`` of ``count``, ``sum(x - p)``
 and ``sum((x - p)**2)`` per feature, in coordinates shifted by a pivot ``p`` per feature
-(chosen by :mod:`mxnorm_spark.aggregate`), so data such as ``1e9 + N(0, 1)`` keeps its
+(chosen by :mod:`mxnorm_spark.batch.aggregate`), so data such as ``1e9 + N(0, 1)`` keeps its
 digits. With a batch column the group key is (batch value, partition) and each batch may
 have its own pivots, joined in.
 
@@ -23,7 +23,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mxnorm_spark.columns import (
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.engines.columns import (
     ARRAY_COL,
     WIDE_FEATURES,
     InputSpec,
@@ -38,15 +39,8 @@ from mxnorm_spark.columns import (
     sql_values,
     to_vector,
 )
-from mxnorm_spark.engines import (
-    Constants,
-    PartitionMoments,
-    batch_key,
-    invalid_value_message,
-    pivot_frame,
-    vector_length_message,
-)
-from mxnorm_spark.moments import Moments
+from mxnorm_spark.engines.constants import Constants, invalid_value_message, vector_length_message
+from mxnorm_spark.engines.partials import PartitionMoments, batch_key, pivot_frame
 
 # Pivots: one array for all rows, or one per batch value (keyed by :func:`batch_key`).
 Pivots: TypeAlias = np.ndarray | dict[Any, np.ndarray]
@@ -151,18 +145,7 @@ def batch_partials(
     if spec.kind != "scalar":
         base = base.withColumn(ARRAY_COL, spec.as_double_array())
     keys = [f"{sql_name(batch_col)} AS __mx_batch", "spark_partition_id() AS __mx_pid"]
-    if not isinstance(pivot, np.ndarray):
-        base = _join_pivots(base, batch_col, pivot, k)
-        pivots = [f"__mx_p{j}" for j in range(k)]
-        if k > WIDE_FEATURES:
-            keys.append(f"array({', '.join(pivots)}) AS __mx_pivot")
-            shift = ["first(__mx_pivot) AS shift"]
-        else:  # each value's pivot as flat columns
-            keys += pivots
-            shift = [f"first(__mx_p{j}) AS shift_{j}" for j in range(k)]
-    else:
-        pivots = [sql_double(p) for p in pivot]
-        shift = [f"array({', '.join(pivots)}) AS shift"] if k > WIDE_FEATURES else []
+    base, pivots, shift = _batch_pivots(base, keys, batch_col, pivot, k)
     sized = spec.kind != "scalar"
     lo_hi = ["min(__mx_size) AS lo", "max(__mx_size) AS hi"] if sized else []
     lo_hi = lo_hi or ["CAST(NULL AS INT) AS lo", "CAST(NULL AS INT) AS hi"]
@@ -193,6 +176,23 @@ def batch_partials(
         f"{sums['s']} AS s",
         f"{sums['q']} AS q",
     )
+
+
+def _batch_pivots(
+    base: DataFrame, keys: list[str], batch_col: str, pivot: BatchPivots, k: int
+) -> tuple[DataFrame, list[str], list[str]]:
+    """The pivot of each feature as SQL (one literal per feature, or per-value columns
+    joined in and appended to ``keys``), and the aggregations that carry it as ``shift``."""
+    if isinstance(pivot, np.ndarray):
+        pivots = [sql_double(p) for p in pivot]
+        return base, pivots, [f"array({', '.join(pivots)}) AS shift"] if k > WIDE_FEATURES else []
+    base = _join_pivots(base, batch_col, pivot, k)
+    pivots = [f"__mx_p{j}" for j in range(k)]
+    if k > WIDE_FEATURES:
+        keys.append(f"array({', '.join(pivots)}) AS __mx_pivot")
+        return base, pivots, ["first(__mx_pivot) AS shift"]
+    keys += pivots  # each value's pivot as flat columns
+    return base, pivots, [f"first(__mx_p{j}) AS shift_{j}" for j in range(k)]
 
 
 _BATCH_GROUP = ["__mx_batch", "__mx_pid"]

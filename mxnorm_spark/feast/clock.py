@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxnorm_spark.errors import InvalidParameterError
+from mxnorm_spark.core.errors import InvalidParameterError
 
 __all__ = ["BatchClock"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from mxnorm_spark.errors import InvalidParameterError
+from mxnorm_spark.core.errors import InvalidParameterError
 
 __all__ = [
     "EVENT_TIMESTAMP",

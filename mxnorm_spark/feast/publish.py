@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mxnorm_spark.errors import InvalidParameterError, MissingColumnError
+from mxnorm_spark.core.errors import InvalidParameterError, MissingColumnError
+from mxnorm_spark.core.state import scale_of
 from mxnorm_spark.feast.clock import BatchClock
 from mxnorm_spark.feast.names import EVENT_TIMESTAMP, key_mean, key_scale, state_mean, state_scale
 from mxnorm_spark.feast.repo import write_repo
 from mxnorm_spark.feast.spec import ViewSpec
-from mxnorm_spark.state import scale_of
 from mxnorm_spark.store import filesystem, local_path, read_state
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ def publish_model(
 ) -> ViewSpec:
     """Write the sources and the Feast definitions of ``model`` under ``repo_dir`` (see the
     module doc) and return their :class:`ViewSpec`; then ``feast apply`` the repo."""
-    from mxnorm_spark.ml import MXNormModel
-    from mxnorm_spark.ml_keyed import KeyedMXNormModel
+    from mxnorm_spark.ml.estimator import MXNormModel
+    from mxnorm_spark.ml.keyed import KeyedMXNormModel
 
     if isinstance(model, KeyedMXNormModel):
         return _publish_keyed(

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxnorm_spark.errors import CorruptStateError
+from mxnorm_spark.core.errors import CorruptStateError
+from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.feast.names import EVENT_TIMESTAMP
 from mxnorm_spark.feast.publish import state_table
-from mxnorm_spark.state import MXNormState, scale_of
 from mxnorm_spark.store import filesystem
 from mxnorm_spark.store.history import history_dir
 

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.errors import CorruptStateError
+from mxnorm_spark.core.errors import CorruptStateError
 from mxnorm_spark.feast.definitions import DEFINITIONS_FILE, feature_store_yaml, render_definitions
 from mxnorm_spark.feast.spec import ViewSpec
 from mxnorm_spark.store import filesystem, local_path

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mxnorm_spark.errors import CorruptStateError, InvalidParameterError
+from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError
 from mxnorm_spark.feast.names import check_name
 
 __all__ = ["ENTITY_TYPES", "OFFLINE_STORES", "SPEC_TYPE", "ViewSpec"]

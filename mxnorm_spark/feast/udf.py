@@ -76,11 +76,11 @@ def normalize_with_state_file(
     No point in time: a historical retrieval normalizes every row with the same state,
     so only serving can use it (see ``bench/FEAST.md`` for what it costs and saves).
     """
-    from mxnorm_spark.serving import Normalizer
+    from mxnorm_spark.serving.normalizer import Normalizer
 
     norm = _CACHE.get(path)
     if norm is None:
-        from mxnorm_spark.serving import load
+        from mxnorm_spark.serving.loading import load
 
         norm = _CACHE[path] = load(path)
     if not isinstance(norm, Normalizer):

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mxnorm_spark.choices import HANDLE_INVALID, check_choice
-from mxnorm_spark.errors import (
+from mxnorm_spark.core.choices import HANDLE_INVALID, check_choice
+from mxnorm_spark.core.errors import (
     CorruptStateError,
     InvalidParameterError,
     MissingColumnError,
 )
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.serving.values import (
     arrow_scalar,
     normalize_row,
@@ -36,7 +37,6 @@ from mxnorm_spark.serving.values import (
     rows_to_keep,
     set_columns,
 )
-from mxnorm_spark.state import MXNormState
 from mxnorm_spark.store import FileSystem, read_state
 
 __all__ = ["EXPORT_MARKER", "KeyedNormalizer", "is_keyed_export", "load_keyed"]

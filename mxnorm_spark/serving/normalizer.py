@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from mxnorm_spark.choices import HANDLE_INVALID, check_choice
-from mxnorm_spark.errors import (
+from mxnorm_spark.core.choices import HANDLE_INVALID, check_choice
+from mxnorm_spark.core.errors import (
     FeatureMismatchError,
     InvalidParameterError,
     InvalidValueError,
     MissingColumnError,
 )
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.serving.values import (
     Vectors,
     arrow_scalar,
@@ -32,7 +33,6 @@ from mxnorm_spark.serving.values import (
     rows_to_keep,
     set_columns,
 )
-from mxnorm_spark.state import MXNormState
 
 if TYPE_CHECKING:
     import pandas as pd

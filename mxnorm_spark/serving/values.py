@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mxnorm_spark.errors import InvalidValueError, MissingColumnError, NonNumericError
+from mxnorm_spark.core.errors import InvalidValueError, MissingColumnError, NonNumericError
 
 __all__ = [
     "Vectors",

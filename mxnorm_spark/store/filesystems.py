@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from mxnorm_spark.errors import InvalidParameterError
+from mxnorm_spark.core.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -29,9 +29,9 @@ import io
 import re
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.errors import CorruptStateError
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.core.errors import CorruptStateError
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store.filesystems import FileSystem, filesystem
 
 if TYPE_CHECKING:

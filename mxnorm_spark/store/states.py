@@ -4,7 +4,7 @@ A state directory holds ``v-<batch id, 12 digits>.json`` files (one per committe
 :func:`version_file_name`) and optionally ``init.json``, the state a stream was
 warm-started from. A version, once committed, is never rewritten. Every read verifies the
 type tag and the SHA-256 checksum of the file (:meth:`MXNormState.from_json`); a damaged
-file raises :class:`~mxnorm_spark.errors.CorruptStateError` naming it, never a silent
+file raises :class:`~mxnorm_spark.core.errors.CorruptStateError` naming it, never a silent
 fallback.
 
 The directory may be a local path, an ``s3://``/``gs://``/``abfs://`` URI (``pyarrow.fs``,
@@ -35,9 +35,9 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.errors import CorruptStateError, InvalidParameterError, StateConflictError
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState
+from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store.filesystems import (
     TMP_SUFFIX,
     FileSystem,

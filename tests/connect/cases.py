@@ -52,7 +52,7 @@ def _rows(df: Any, drop: tuple[str, ...] = ()) -> pd.DataFrame:
 
 def _fit_transform(engine: str, batch: bool) -> Case:
     def case(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
-        from mxnorm_spark.ml import MXNorm
+        from mxnorm_spark.ml.estimator import MXNorm
 
         df = spark.read.parquet(str(root / "scalars"))
         est = MXNorm(
@@ -70,7 +70,7 @@ def _fit_transform(engine: str, batch: bool) -> Case:
 
 def _array_column(engine: str) -> Case:
     def case(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
-        from mxnorm_spark.ml import MXNorm
+        from mxnorm_spark.ml.estimator import MXNorm
 
         df = spark.read.parquet(str(root / "arrays"))
         model = MXNorm(inputCol="v", outputCol="z", engine=engine, batchCol="day").fit(df)
@@ -85,7 +85,7 @@ def _vector_column(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
 
-    from mxnorm_spark.ml import MXNorm
+    from mxnorm_spark.ml.estimator import MXNorm
 
     # A vector holds no nulls: the array's missing elements become NaN first.
     nan = F.lit(float("nan"))
@@ -101,7 +101,7 @@ def _vector_column(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
 def _saved_model(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
     from pyspark.ml import Pipeline, PipelineModel
 
-    from mxnorm_spark.ml import MXNorm, MXNormModel
+    from mxnorm_spark.ml.estimator import MXNorm, MXNormModel
 
     df = spark.read.parquet(str(root / "scalars"))
     work = root / f"saved-{spark.version}-{id(spark)}"
@@ -122,9 +122,9 @@ def _saved_model(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
 
 
 def _stream(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
-    from mxnorm_spark.sources import FileSource
     from mxnorm_spark.store import StateStore
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.sources import FileSource
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     work = root / f"stream-{id(spark)}"
     source = FileSource(str(root / "incoming"), "parquet", max_files_per_trigger=1)

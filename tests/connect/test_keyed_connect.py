@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from mxnorm_spark.moments import Moments
-from mxnorm_spark.state import MXNormState, StateOptions
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.state import MXNormState, StateOptions
 
 
 def test_keyed_on_connect(spark: Any, tmp_path: Path) -> None:
-    from mxnorm_spark.keyed import KeyedModel, fit_keyed
+    from mxnorm_spark.keyed.backfill import KeyedModel, fit_keyed
     from mxnorm_spark.serving import load
 
     rng = np.random.default_rng(5)
@@ -49,10 +49,10 @@ def test_keyed_stream_on_connect(spark: Any, tmp_path: Path) -> None:
 
     import pandas as pd
 
-    from mxnorm_spark.keyed_stream import KEYS_DIR, KeyOptions, export_latest, snapshot_dir
     from mxnorm_spark.serving import load
-    from mxnorm_spark.sources import FileSource
-    from mxnorm_spark.streaming import MXNormStream
+    from mxnorm_spark.streaming.keyed import KEYS_DIR, KeyOptions, export_latest, snapshot_dir
+    from mxnorm_spark.streaming.sources import FileSource
+    from mxnorm_spark.streaming.updater import MXNormStream
 
     rng = np.random.default_rng(9)
     (tmp_path / "in").mkdir()

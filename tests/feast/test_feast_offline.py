@@ -63,7 +63,7 @@ def entity_rows(frame: pd.DataFrame, clock: Any, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def published(spark: Any, tmp_path_factory: Any) -> dict[str, Any]:
     from mxnorm_spark.feast import BatchClock, apply_repo, publish_model
-    from mxnorm_spark.ml import MXNorm
+    from mxnorm_spark.ml.estimator import MXNorm
 
     clock = BatchClock(origin=CLOCK_ORIGIN)
     frame = events(11, 4000, 1500)

@@ -1,0 +1,278 @@
+"""Mergeable per-feature moments ``(count, mean, M2)`` in float64, numpy only.
+
+Each partial keeps a per-feature *shift* (pivot): a value of that feature, usually its
+first valid one. Sums are taken in shifted coordinates, so data such as ``1e9 + N(0, 1)``
+keeps its digits; merging re-expresses one partial in the other's shift before the Chan
+et al. parallel update. The public ``mean`` is ``shift + delta``.
+
+>>> import numpy as np
+>>> a = Moments.from_array(np.array([[1.0], [2.0]]))
+>>> b = Moments.from_array(np.array([[3.0], [np.nan], [4.0]]))
+>>> ab = a + b
+>>> ab.count.tolist(), ab.mean.tolist(), ab.var.tolist()
+([4.0], [2.5], [1.25])
+>>> (Moments.empty(1) + ab).var.tolist()
+[1.25]
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mxnorm_spark.core.errors import FeatureMismatchError, NonNumericError, ShapeError
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _frozen(values: Any, name: str, n: int | None = None) -> FloatArray:
+    arr = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    if n is not None and arr.shape[0] != n:
+        raise FeatureMismatchError(f"{name} has {arr.shape[0]} features, expected {n}")
+    arr.flags.writeable = False
+    return arr
+
+
+def as_float_matrix(x: Any, name: str = "x") -> FloatArray:
+    """Return ``x`` as a 2-D float64 array (rows x features), or raise a named error.
+
+    Accepts every real numeric dtype (bool excluded), and object arrays of ints, floats,
+    ``Decimal`` or ``None`` (read as NaN, i.e. invalid).
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ShapeError(
+            f"{name} must be a 2-D array (rows x features); got {arr.ndim}-D with shape "
+            f"{arr.shape}. Use {name}.reshape(-1, 1) for one feature or "
+            f"{name}.reshape(1, -1) for one row."
+        )
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64, copy=False)
+    if arr.dtype.kind == "O":
+        for j in range(arr.shape[1]):
+            for v in arr[:, j]:
+                if v is not None and not (
+                    isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, bool)
+                ):
+                    raise NonNumericError(
+                        f"{name} column {j} holds a non-numeric value {v!r} of type "
+                        f"{type(v).__name__}; only real numbers (int, float, Decimal) or None"
+                    )
+        return np.array(
+            [[np.nan if v is None else float(v) for v in row] for row in arr],
+            dtype=np.float64,
+        ).reshape(arr.shape)
+    raise NonNumericError(
+        f"{name} has dtype {arr.dtype} which is not a real numeric type; "
+        "expected int, unsigned int or float (bool and complex are rejected)"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Moments:
+    """Per-feature ``count``, ``mean`` and ``m2`` (sum of squared deviations), float64.
+
+    Stored as ``count``, ``shift`` (pivot), ``delta`` (mean minus shift) and ``m2``.
+    A feature with ``count == 0`` has no data; its mean and var are NaN. Instances are
+    immutable; ``merge`` returns a new one. ``Moments.empty(n)`` is the identity of
+    ``merge``.
+    """
+
+    count: FloatArray
+    shift: FloatArray
+    delta: FloatArray
+    m2: FloatArray
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.count).reshape(-1).shape[0]
+        for name in ("count", "shift", "delta", "m2"):
+            object.__setattr__(self, name, _frozen(getattr(self, name), name, n))
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def empty(cls, n_features: int) -> Moments:
+        """No data for any of ``n_features`` features.
+
+        >>> Moments.empty(2).count.tolist()
+        [0.0, 0.0]
+        """
+        z = np.zeros(n_features)
+        return cls(z, z, z, z)
+
+    @classmethod
+    def from_array(cls, x: Any, shift: Any = None) -> Moments:
+        """Moments of a 2-D array (rows x features); NaN and +/-inf are skipped per feature.
+
+        ``shift`` optionally gives a pivot per feature (NaN where none is known, e.g. the
+        current state mean); otherwise each feature's first valid value is used.
+
+        >>> Moments.from_array(np.array([[1e9 + 1, 5.0], [1e9 + 3, np.inf]])).var.tolist()
+        [1.0, 0.0]
+        """
+        return cls.from_columns(as_float_matrix(x).T, shift)
+
+    @classmethod
+    def from_columns(cls, columns: Any, shift: Any = None) -> Moments:
+        """Moments of a features x rows float array (one row per feature).
+
+        Each feature is computed two-pass in shifted coordinates with a compensating
+        term, so the result is accurate to a few ulps of the variance.
+        """
+        cols = np.ascontiguousarray(columns, dtype=np.float64)
+        if cols.ndim != 2:
+            raise ShapeError(f"columns must be 2-D (features x rows); got shape {cols.shape}")
+        k, rows = cols.shape
+        valid = np.isfinite(cols)
+        all_valid = bool(valid.all())
+        n = np.full(k, float(rows)) if all_valid else valid.sum(axis=1).astype(np.float64)
+        has = n > 0
+        first = cols[:, 0] if all_valid and rows else _first_valid(cols, valid)
+        pivot = first
+        if shift is not None:
+            given = np.asarray(shift, dtype=np.float64).reshape(-1)
+            if given.shape[0] != k:
+                raise FeatureMismatchError(f"shift has {given.shape[0]} features, expected {k}")
+            pivot = np.where(np.isfinite(given), given, first)
+        pivot = np.where(has, pivot, 0.0)
+        d = cols - pivot[:, None]
+        if not all_valid:
+            d[~valid] = 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = np.where(has, d.sum(axis=1) / n, 0.0)
+            r = d - delta[:, None]
+            if not all_valid:
+                r[~valid] = 0.0
+            # The second term removes the residual error of ``delta`` (compensated two-pass).
+            m2 = np.where(has, np.einsum("ij,ij->i", r, r) - r.sum(axis=1) ** 2 / n, 0.0)
+        return cls(n, pivot, delta, np.maximum(m2, 0.0))
+
+    # ---- algebra ------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def mean(self) -> FloatArray:
+        """Per-feature mean; NaN where ``count == 0``."""
+        return np.where(self.count > 0, self.shift + self.delta, np.nan)
+
+    @property
+    def var(self) -> FloatArray:
+        """Per-feature population variance (ddof = 0); NaN where ``count == 0``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.m2 / self.count, np.nan)
+
+    def merge(self, other: Moments) -> Moments:
+        """Chan et al. parallel combination; ``self``'s shift is kept where it has data.
+
+        >>> a = Moments.from_array(np.array([[1.0], [3.0]]))
+        >>> b = Moments.from_array(np.array([[5.0]]))
+        >>> a.merge(b).var.tolist() == np.var([1.0, 3.0, 5.0], keepdims=True).tolist()
+        True
+        """
+        if other.n_features != self.n_features:
+            raise FeatureMismatchError(
+                f"cannot merge moments of {self.n_features} features with moments of "
+                f"{other.n_features} features"
+            )
+        return Moments(*merge_fields(self.fields(), other.fields()))
+
+    def fields(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """``(count, shift, delta, m2)``."""
+        return self.count, self.shift, self.delta, self.m2
+
+    def __add__(self, other: Moments) -> Moments:
+        return self.merge(other)
+
+    @classmethod
+    def merge_all(cls, parts: Sequence[Moments], n_features: int) -> Moments:
+        """Merge partials left to right (a fixed order gives the same bits every run)."""
+        total = cls.empty(n_features)
+        for p in parts:
+            total = total.merge(p)
+        return total
+
+    # ---- plain data ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, list[float]]:
+        """Plain lists, for JSON; floats round-trip exactly through ``repr``."""
+        return {k: getattr(self, k).tolist() for k in ("count", "shift", "delta", "m2")}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Moments:
+        return cls(data["count"], data["shift"], data["delta"], data["m2"])
+
+
+Fields = tuple[Any, Any, Any, Any]
+
+
+def merge_fields(a: Fields, b: Fields) -> Fields:
+    """The Chan merge of :meth:`Moments.merge` on plain ``(count, shift, delta, m2)``
+    arrays of any shape, lane by lane (a backfill folds thousands of batches with it
+    without one object per batch)."""
+    (na, shift_a, delta_a, m2_a), (nb, shift_b, delta_b, m2_b) = a, b
+    n = na + nb
+    both = (na > 0) & (nb > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Re-express the other's mean in this shift: shifts are close, so the
+        # difference is exact (Sterbenz) and the sum stays in small coordinates.
+        db = (shift_b - shift_a) + delta_b
+        # Zero where a side is empty: those lanes are discarded below, and squaring a
+        # huge mean there would only raise an overflow warning (empty partitions).
+        d = np.where(both, db - delta_a, 0.0)
+        w = np.where(both, nb / n, 0.0)
+        delta = delta_a + d * w
+        m2 = m2_a + m2_b + d * d * na * w
+    only_b = na == 0
+    return (
+        n,
+        np.where(only_b, shift_b, shift_a),
+        np.where(both, delta, np.where(only_b, delta_b, delta_a)),
+        np.where(both, m2, np.where(only_b, m2_b, m2_a)),
+    )
+
+
+def merge_running(start: Fields, rows: Fields) -> Fields:
+    """:func:`merge_fields` of ``start`` with each row of the (rows x lanes) ``rows`` in
+    turn: every running total, bit for bit as the loop of merges, which keeps only the
+    recurrence of ``delta`` and ``m2`` (counts and shifts are computed for all rows)."""
+    nb, shift_b, delta_b, m2_b = rows
+    b, k = nb.shape
+    # The running counts as the loop adds them (accumulate adds in order).
+    n = np.add.accumulate(np.concatenate([np.asarray(start[0])[None], nb]), axis=0)
+    na, n = n[:-1], n[1:]
+    both, only_b = (na > 0) & (nb > 0), na == 0
+    # The shift is the batch's own while nothing was merged yet, then kept.
+    last = np.maximum.accumulate(np.where(only_b, np.arange(b)[:, None], -1), axis=0)
+    picked = shift_b[np.maximum(last, 0), np.arange(k)]
+    shift = np.where(last >= 0, picked, np.asarray(start[1])[None])
+    shift_a = np.concatenate([np.asarray(start[1])[None], shift[:-1]])
+    delta, m2 = np.empty_like(nb), np.empty_like(nb)
+    da, ma = np.asarray(start[2]), np.asarray(start[3])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        db = (shift_b - shift_a) + delta_b
+        w = np.where(both, nb / n, 0.0)
+        every = both.all(axis=1).tolist()
+        for i in range(b):
+            d = db[i] - da
+            merged_delta = da + d * w[i]
+            merged_m2 = ma + m2_b[i] + d * d * na[i] * w[i]
+            if every[i]:  # every lane merges (the common row): nothing to pick
+                da, ma = merged_delta, merged_m2
+            else:
+                da = np.where(both[i], merged_delta, np.where(only_b[i], delta_b[i], da))
+                ma = np.where(both[i], merged_m2, np.where(only_b[i], m2_b[i], ma))
+            delta[i], m2[i] = da, ma
+    return n, shift, delta, m2
+
+
+def _first_valid(cols: FloatArray, valid: npt.NDArray[np.bool_]) -> FloatArray:
+    if cols.shape[1] == 0:
+        return np.zeros(cols.shape[0])
+    idx = valid.argmax(axis=1)
+    return np.asarray(cols[np.arange(cols.shape[0]), idx], dtype=np.float64)

@@ -1,0 +1,512 @@
+"""The MXNorm state: per-feature EMA mean and variance, numpy only (no Spark import).
+
+Semantics (DESIGN.md section 1). For each batch with per-feature moments ``n, m, v``
+(``v`` the population variance of the valid values):
+
+* a feature's first batch with valid values initializes it: ``mu = m``, ``var = v``;
+* later batches: ``mu = (1 - a) * mu + a * m`` and ``var = (1 - a) * var + a * v``;
+* a feature with no valid value in the batch keeps its state; an empty batch changes
+  nothing but is counted in ``batches_seen``;
+* ``normalize(x) = (x - mu) / sqrt(var + eps)``.
+
+Options (each off by default, so the defaults reproduce the reference loop exactly):
+
+* ``var_update="mixture"``: ``var = (1 - a) * (var + a * (m - mu) ** 2) + a * v`` with the
+  old ``mu``, which keeps the spread honest when batch means move (Finch / West).
+* ``decay="rows"``: the weight of a batch grows with its size,
+  ``a = 1 - (1 - alpha) ** n`` (per feature, ``n`` its valid values), so a batch of one
+  row counts as one step of ``alpha``.
+* ``alpha=None`` (or ``"cumulative"``): exact running moments over every batch so far
+  (the StandardScaler answer), merged with the Chan formula.
+* ``zero_variance``: what a feature whose variance is exactly 0 normalizes to.
+  ``"eps"`` (default) divides by ``sqrt(0 + eps)``; ``"unit"`` uses scale 1, giving
+  ``x - mu``; ``"zero"`` gives 0 for finite ``x`` (it divides by +inf, so NaN stays NaN).
+
+Every engine normalizes with the same two float64 constants per feature, ``mean`` and
+``scale`` from :meth:`MXNormState.normalization_constants`, as ``(x - mean) / scale``.
+
+>>> import numpy as np
+>>> s = MXNormState.create(["a", "b"], alpha=0.5)
+>>> s = s.update(Moments.from_array(np.array([[0.0, 10.0], [2.0, 10.0]])))
+>>> s = s.update(Moments.from_array(np.array([[4.0, np.nan]])))
+>>> s.mean.tolist(), s.var.tolist(), s.batches_seen
+([2.5, 10.0], [0.5, 0.0], 2)
+>>> MXNormState.from_json(s.to_json()).mean.tolist()
+[2.5, 10.0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from mxnorm_spark.core.choices import (
+    APPLY_AT,
+    DECAYS,
+    VAR_UPDATES,
+    ZERO_VARIANCE_POLICIES,
+    ApplyAt,
+    Decay,
+    VarUpdate,
+    ZeroVariance,
+    check_choice,
+)
+from mxnorm_spark.core.errors import (
+    CorruptStateError,
+    FeatureMismatchError,
+    InvalidParameterError,
+    NotFittedError,
+    UnsupportedSchemaVersionError,
+)
+from mxnorm_spark.core.moments import (
+    Fields,
+    FloatArray,
+    Moments,
+    as_float_matrix,
+    merge_fields,
+)
+
+STATE_TYPE = "mxnorm_spark.MXNormState"
+SCHEMA_VERSION = 1
+
+
+def check_alpha(alpha: Any) -> float | None:
+    """Validate ``alpha``: a float in (0, 1], or None / "cumulative" for running moments."""
+    if alpha is None or alpha == "cumulative":
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise InvalidParameterError(
+            f"alpha must be a number in (0, 1] or None/'cumulative', got {alpha!r}"
+        )
+    a = float(alpha)
+    if not (0.0 < a <= 1.0):
+        raise InvalidParameterError(f"alpha must be in (0, 1], got {alpha!r}")
+    return a
+
+
+def check_eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise InvalidParameterError(f"eps must be a positive finite number, got {eps!r}")
+    e = float(eps)
+    if not (math.isfinite(e) and e > 0.0):
+        raise InvalidParameterError(f"eps must be a positive finite number (> 0), got {eps!r}")
+    return e
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """The five options of an MXNorm state, validated once and carried as one value.
+
+    ``alpha`` is a float in (0, 1], or None (``"cumulative"`` is accepted and stored as
+    None) for exact running moments; cumulative takes no ``var_update`` or ``decay``.
+
+    >>> StateOptions(alpha="cumulative").alpha is None
+    True
+    >>> StateOptions(alpha=0.5, var_update="mixture").to_dict()["var_update"]
+    'mixture'
+    >>> StateOptions(decay="hours")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mxnorm_spark.core.errors.InvalidParameterError: decay must be one of [...], got 'hours'
+    """
+
+    alpha: float | None = 0.1
+    eps: float = 1e-8
+    var_update: VarUpdate = "ema"
+    decay: Decay = "batch"
+    zero_variance: ZeroVariance = "eps"
+
+    def __post_init__(self) -> None:
+        alpha = check_alpha(self.alpha)
+        var_update = check_choice("var_update", self.var_update, VAR_UPDATES)
+        decay = check_choice("decay", self.decay, DECAYS)
+        if alpha is None and (var_update != "ema" or decay != "batch"):
+            raise InvalidParameterError(
+                "alpha=None (cumulative) computes exact running moments; it takes no "
+                f"var_update or decay option (got var_update={var_update!r}, decay={decay!r})"
+            )
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "eps", check_eps(self.eps))
+        object.__setattr__(self, "var_update", var_update)
+        object.__setattr__(self, "decay", decay)
+        object.__setattr__(
+            self,
+            "zero_variance",
+            check_choice("zero_variance", self.zero_variance, ZERO_VARIANCE_POLICIES),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "var_update": self.var_update,
+            "decay": self.decay,
+            "zero_variance": self.zero_variance,
+        }
+
+    def differences(self, other: StateOptions, label: str = "other") -> list[str]:
+        """``name=value (label: value)`` for each option where ``other`` differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}={mine[k]!r} ({label}: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
+
+
+def _check_features(features: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(features, str):
+        raise InvalidParameterError(
+            f"features must be a sequence of names, got the string {features!r}; "
+            f"use [{features!r}] for one feature"
+        )
+    names = tuple(features)
+    if not names:
+        raise InvalidParameterError("features must name at least one feature")
+    bad = [f for f in names if not isinstance(f, str) or not f]
+    if bad:
+        raise InvalidParameterError(f"feature names must be non-empty strings, got {bad!r}")
+    dup = sorted({f for f in names if names.count(f) > 1})
+    if dup:
+        raise InvalidParameterError(f"feature names must be unique; repeated: {dup}")
+    return names
+
+
+def _readonly(values: Any) -> FloatArray:
+    arr = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    arr.flags.writeable = False
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class MXNormState:
+    """An immutable MXNorm state; every update returns a new one.
+
+    ``mean`` and ``var`` are NaN for a feature that has not seen a valid value yet.
+    ``totals`` holds the exact running moments of every valid value folded so far
+    (their ``count`` is the rows seen per feature); with ``alpha=None`` they are the state.
+    """
+
+    features: tuple[str, ...]
+    options: StateOptions
+    mean: FloatArray
+    var: FloatArray
+    totals: Moments
+    batches_seen: int = 0
+    last_batch_id: int | None = None
+
+    @classmethod
+    def create(
+        cls,
+        features: Sequence[str],
+        alpha: float | str | None = 0.1,
+        eps: float = 1e-8,
+        *,
+        var_update: VarUpdate = "ema",
+        decay: Decay = "batch",
+        zero_variance: ZeroVariance = "eps",
+        options: StateOptions | None = None,
+    ) -> MXNormState:
+        """A state with no data yet; ``options`` replaces the five option arguments.
+
+        >>> MXNormState.create(["x"], alpha=0)
+        Traceback (most recent call last):
+        ...
+        mxnorm_spark.core.errors.InvalidParameterError: alpha must be in (0, 1], got 0
+        """
+        names = _check_features(features)
+        if options is None:
+            options = StateOptions(alpha, eps, var_update, decay, zero_variance)  # type: ignore[arg-type]
+        nan = np.full(len(names), np.nan)
+        return cls(
+            features=names,
+            options=options,
+            mean=_readonly(nan),
+            var=_readonly(nan),
+            totals=Moments.empty(len(names)),
+        )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", _readonly(self.mean))
+        object.__setattr__(self, "var", _readonly(self.var))
+        k = len(self.features)
+        if self.mean.shape[0] != k or self.var.shape[0] != k or self.totals.n_features != k:
+            raise FeatureMismatchError(
+                f"state arrays do not match its {k} features "
+                f"(mean {self.mean.shape[0]}, var {self.var.shape[0]}, "
+                f"totals {self.totals.n_features})"
+            )
+
+    # ---- reading ------------------------------------------------------------------
+    @property
+    def alpha(self) -> float | None:
+        return self.options.alpha
+
+    @property
+    def eps(self) -> float:
+        return self.options.eps
+
+    @property
+    def var_update(self) -> VarUpdate:
+        return self.options.var_update
+
+    @property
+    def decay(self) -> Decay:
+        return self.options.decay
+
+    @property
+    def zero_variance(self) -> ZeroVariance:
+        return self.options.zero_variance
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def initialized(self) -> np.ndarray:
+        """Boolean per feature: has it seen a valid value?"""
+        return np.asarray(self.totals.count > 0)
+
+    @property
+    def count(self) -> FloatArray:
+        """Valid values folded so far, per feature."""
+        return self.totals.count
+
+    def _check_moments(self, moments: Moments) -> None:
+        if not isinstance(moments, Moments):
+            raise FeatureMismatchError(
+                f"update expects a Moments, got {type(moments).__name__}; "
+                "use Moments.from_array(x) for a numpy batch"
+            )
+        if moments.n_features != self.n_features:
+            raise FeatureMismatchError(
+                f"moments have {moments.n_features} features but the state has "
+                f"{self.n_features}: {list(self.features)}"
+            )
+
+    # ---- the update ---------------------------------------------------------------
+    def update(self, moments: Moments, batch_id: int | None = None) -> MXNormState:
+        """Fold one batch's moments in and return the new state.
+
+        ``batch_id`` is recorded as ``last_batch_id``; this method never skips a batch.
+        Replays are recognised by the state store, which keeps one version per id.
+        """
+        self._check_moments(moments)
+        mean, var, totals = update_lanes(
+            self.options, self.mean, self.var, self.totals.fields(), moments.fields()
+        )
+        return replace(
+            self,
+            mean=mean,
+            var=var,
+            totals=Moments(*totals),
+            batches_seen=self.batches_seen + 1,
+            last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
+        )
+
+    # ---- normalization ------------------------------------------------------------
+    def normalization_constants(
+        self, fallback: MXNormState | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """``(mean, scale)`` per feature such that ``normalize(x) = (x - mean) / scale``.
+
+        ``scale = sqrt(var + eps)``, or per the zero-variance policy where ``var == 0``.
+        Features with no state take ``fallback``'s constants (used by ``applyAt='before'``:
+        the batch's own moments); without one, they raise :class:`NotFittedError`.
+        """
+        mean, var = self.mean, self.var
+        if fallback is not None:
+            had = self.initialized
+            mean = np.where(had, mean, fallback.mean)
+            var = np.where(had, var, fallback.var)
+        missing = [f for f, m in zip(self.features, mean, strict=True) if math.isnan(m)]
+        if missing:
+            raise NotFittedError(
+                f"feature(s) {missing} have no state yet (no valid value has been seen); "
+                "fit or update on data where they have values first"
+            )
+        return _readonly(mean), _readonly(scale_of(var, self.options))
+
+    def normalize(self, x: Any) -> FloatArray:
+        """Normalize a 2-D array (rows x features) with this state; NaN stays NaN.
+
+        >>> s = MXNormState.create(["x"]).update(Moments.from_array(np.array([[1.0], [3.0]])))
+        >>> np.round(s.normalize(np.array([[3.0]])), 6).tolist()
+        [[1.0]]
+        """
+        arr = as_float_matrix(x)
+        if arr.shape[1] != self.n_features:
+            raise FeatureMismatchError(
+                f"x has {arr.shape[1]} columns but the state has {self.n_features} "
+                f"features: {list(self.features)}"
+            )
+        mean, scale = self.normalization_constants()
+        return np.asarray((arr - mean) / scale, dtype=np.float64)
+
+    def process_batch(
+        self, x: Any, batch_id: int | None = None, apply_at: ApplyAt = "after"
+    ) -> tuple[MXNormState, FloatArray]:
+        """Update on a batch and normalize it, as one micro-batch of a stream would.
+
+        ``apply_at="after"`` normalizes with the updated state; ``"before"`` with the state
+        as it was (point-in-time correct), a feature with no state using the batch's own
+        moments.
+        """
+        check_choice("apply_at", apply_at, APPLY_AT)
+        arr = as_float_matrix(x)
+        new = self.update(Moments.from_array(arr), batch_id)
+        if apply_at == "after":
+            return new, new.normalize(arr)
+        mean, scale = self.normalization_constants(fallback=new)
+        return new, np.asarray((arr - mean) / scale, dtype=np.float64)
+
+    # ---- persistence --------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        def floats(a: FloatArray) -> list[float | None]:
+            return [None if math.isnan(v) else v for v in a.tolist()]
+
+        return {
+            "features": list(self.features),
+            **self.options.to_dict(),
+            "mean": floats(self.mean),
+            "var": floats(self.var),
+            "totals": self.totals.to_dict(),
+            "batches_seen": self.batches_seen,
+            "last_batch_id": self.last_batch_id,
+        }
+
+    def to_json(self) -> str:
+        """Versioned, type-tagged JSON with a SHA-256 checksum of the payload.
+
+        Floats are written with ``repr`` and so round-trip bit for bit.
+        """
+        payload = self._payload()
+        doc = {
+            "type": STATE_TYPE,
+            "schema_version": SCHEMA_VERSION,
+            "checksum": _checksum(payload),
+            "payload": payload,
+        }
+        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "state") -> MXNormState:
+        """Parse and verify a state written by :meth:`to_json`.
+
+        Raises :class:`CorruptStateError` for anything unreadable or tampered with and
+        :class:`UnsupportedSchemaVersionError` for a schema version this release cannot read.
+        """
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptStateError(
+                f"{source} is not valid JSON ({exc}); the file is truncated or corrupt"
+            ) from exc
+        if not isinstance(doc, dict) or doc.get("type") != STATE_TYPE:
+            found = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+            raise CorruptStateError(f"{source} is not an MXNorm state (type tag {found!r})")
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UnsupportedSchemaVersionError(
+                f"{source} has schema_version {version!r}; this release reads only "
+                f"version {SCHEMA_VERSION}"
+            )
+        payload = doc.get("payload")
+        if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
+            raise CorruptStateError(
+                f"{source} fails its checksum: its contents were changed or damaged after "
+                "it was written; restore it, or delete it to fall back to an older version"
+            )
+        try:
+            state = cls(
+                features=_check_features(payload["features"]),
+                options=StateOptions(
+                    alpha=payload["alpha"],
+                    eps=payload["eps"],
+                    var_update=payload["var_update"],
+                    decay=payload["decay"],
+                    zero_variance=payload["zero_variance"],
+                ),
+                mean=_readonly([np.nan if v is None else v for v in payload["mean"]]),
+                var=_readonly([np.nan if v is None else v for v in payload["var"]]),
+                totals=Moments.from_dict(payload["totals"]),
+                batches_seen=int(payload["batches_seen"]),
+                last_batch_id=payload["last_batch_id"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"{source} has a malformed payload: {exc}") from exc
+        return state
+
+    def summary(self) -> str:
+        """A human-readable table of the state."""
+        options = ", ".join(f"{k}={v}" for k, v in self.options.to_dict().items())
+        head = (
+            f"MXNormState: {self.n_features} features, {options}, "
+            f"batches_seen={self.batches_seen}, last_batch_id={self.last_batch_id}"
+        )
+        width = max(7, *(len(f) for f in self.features))
+        lines = [head, f"{'feature':<{width}}  {'mean':>22}  {'var':>22}  {'rows':>12}"]
+        for f, m, v, n in zip(self.features, self.mean, self.var, self.count, strict=True):
+            lines.append(f"{f:<{width}}  {m:>22.15g}  {v:>22.15g}  {int(n):>12d}")
+        return "\n".join(lines)
+
+
+def scale_of(var: Any, options: StateOptions) -> Any:
+    """``sqrt(var + eps)``, or per the zero-variance policy where ``var == 0``
+    (elementwise, any shape)."""
+    scale = np.sqrt(var + options.eps)
+    if options.zero_variance == "unit":
+        scale = np.where(var == 0.0, 1.0, scale)
+    elif options.zero_variance == "zero":
+        scale = np.where(var == 0.0, np.inf, scale)
+    return scale
+
+
+def update_lanes(
+    options: StateOptions, mean: Any, var: Any, totals: Fields, moments: Fields
+) -> tuple[Any, Any, Fields]:
+    """:meth:`MXNormState.update` on plain arrays of any shape, lane by lane (many states
+    at once): the new mean, variance and totals ``(count, shift, delta, m2)``."""
+    merged = merge_fields(totals, moments)
+    if options.alpha is None:
+        count, shift, delta, m2 = merged
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Moments.mean and Moments.var of the merged totals.
+            return (
+                np.where(count > 0, shift + delta, np.nan),
+                np.where(count > 0, m2 / count, np.nan),
+                merged,
+            )
+    ema_mean, ema_var = ema_step(options, mean, var, np.asarray(totals[0]) > 0, moments)
+    return ema_mean, ema_var, merged
+
+
+def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields) -> tuple[Any, Any]:
+    """The EMA ``(mean, var)`` after one batch's moments (``alpha`` not None)."""
+    count, shift, delta, m2 = moments
+    in_batch = count > 0
+    m = np.where(in_batch, shift + delta, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(in_batch, m2 / count, np.nan)
+    alpha = options.alpha
+    assert alpha is not None
+    # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
+    # (0 * -inf = NaN) keep their state below.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+    with np.errstate(invalid="ignore"):
+        ema_mean = (1 - a) * mu + a * m
+        if options.var_update == "mixture":
+            ema_var = (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
+        else:
+            ema_var = (1 - a) * s2 + a * v
+    mean = np.where(in_batch, np.where(had, ema_mean, m), mu)
+    var = np.where(in_batch, np.where(had, ema_var, v), s2)
+    return mean, var
+
+
+def _checksum(payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
