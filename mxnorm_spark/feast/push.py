@@ -72,4 +72,25 @@ class FeastStatePush:
             from mxnorm_spark.feast.repo import open_store
 
             self._store = open_store(self.repo_dir)
-        self._store.write_to_online_store(self.view, self.rows(batch_id, state))
+        _write_entityless(self._store, self.view, self.rows(batch_id, state))
+
+
+def _write_entityless(store: Any, view_name: str, df: Any) -> None:
+    """Write ``df``'s rows to the online store of a view with no entity, under the key
+    ``materialize`` uses (Feast's dummy entity). ``FeatureStore.write_to_online_store``
+    keys such rows by an empty entity key, which online reads never find (Feast 0.67)."""
+    from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    view = store.get_feature_view(view_name)
+    key = EntityKey(join_keys=[DUMMY_ENTITY_ID], entity_values=[Value(string_val=DUMMY_ENTITY_VAL)])
+    names = [f.name for f in view.features]
+    rows = []
+    for record in df.to_dict("records"):
+        values = {
+            n: Value() if record[n] != record[n] else Value(double_val=float(record[n]))
+            for n in names
+        }
+        rows.append((key, values, record[EVENT_TIMESTAMP].to_pydatetime(), None))
+    store._get_provider().online_write_batch(store.config, view, rows, progress=None)

@@ -235,3 +235,20 @@ def test_registry_reloaded_in_a_fresh_process_still_serves(published: dict[str, 
     want = online(p["key_store"], rows)
     for col in ("a_z", "b_z"):
         assert bits(got[col]).tolist() == bits(want[col]).tolist()
+
+
+def test_spark_offline_store_on_the_local_session(
+    published: dict[str, Any], tmp_path: Any
+) -> None:
+    """Feast's Spark offline store, on the session the tests share (getOrCreate)."""
+    from mxnorm_spark.feast import apply_repo, publish_model
+
+    p = published
+    repo = str(tmp_path / "spark_repo")
+    publish_model(p["model"], repo, clock=p["clock"], offline="spark")
+    store = apply_repo(repo)
+    rows = entity_rows(p["frame"], p["clock"], 3).iloc[:400]
+    got, want = historical(store, rows), ours(p, p["model"], rows)
+    assert len(got) == len(want) == len(rows)
+    for col in ("a_z", "b_z"):
+        assert np.array_equal(bits(got[col]), bits(want[col])), col
