@@ -102,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _feast(repo, "apply")
         end = clock.final_at(days) + dt.timedelta(days=1)
         _feast(repo, "materialize", (ORIGIN - dt.timedelta(days=1)).isoformat(), end.isoformat())
-        store = open_store(str(repo))
+        store: Any = open_store(str(repo))
         ok = _historical(spark, store, model, events, clock=clock, days=days)
+        # After a historical retrieval the same store object asks online requests for the
+        # rows view's key (KeyError "Missing join key values"); reloading the registry
+        # clears it (Feast 0.67).
+        store.refresh_registry()
         ok &= _online(
             store, Normalizer(model.state, input_cols=list(FEATURES), output_cols=list(OUTPUTS))
         )
@@ -158,9 +162,9 @@ def _historical(
 
 def _online(store: Any, norm: Any) -> bool:
     requests: list[dict[str, Any]] = [
-        {"temperature": 24.5, "pressure": 1013.2, "latency_ms": 18.0},
-        {"temperature": 31.0, "pressure": 1009.0, "latency_ms": None},
-        {"temperature": 19, "pressure": 1020.5, "latency_ms": 55.5},
+        {"sensor": 7, "temperature": 24.5, "pressure": 1013.2, "latency_ms": 18.0},
+        {"sensor": 8, "temperature": 31.0, "pressure": 1009.0, "latency_ms": None},
+        {"sensor": 9, "temperature": 19, "pressure": 1020.5, "latency_ms": 55.5},
     ]
     got = store.get_online_features(
         features=[f"mxnorm:{o}" for o in OUTPUTS], entity_rows=requests

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -74,7 +75,8 @@ def _write_table(table: Any, path: str) -> str:
 
 
 def _sources_dir(repo_dir: str) -> str:
-    return local_path(repo_dir).rstrip("/") + "/data/sources"
+    # Absolute: Feast reads a relative source path against the repo, not the caller's cwd.
+    return os.path.abspath(local_path(repo_dir)).rstrip("/") + "/data/sources"
 
 
 def _entity_type(df: DataFrame, col: str) -> tuple[Any, str]:

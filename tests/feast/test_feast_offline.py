@@ -237,9 +237,7 @@ def test_registry_reloaded_in_a_fresh_process_still_serves(published: dict[str, 
         assert bits(got[col]).tolist() == bits(want[col]).tolist()
 
 
-def test_spark_offline_store_on_the_local_session(
-    published: dict[str, Any], tmp_path: Any
-) -> None:
+def test_spark_offline_store_on_the_local_session(published: dict[str, Any], tmp_path: Any) -> None:
     """Feast's Spark offline store, on the session the tests share (getOrCreate)."""
     from mxnorm_spark.feast import apply_repo, publish_model
 

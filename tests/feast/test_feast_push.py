@@ -100,10 +100,59 @@ def test_historical_state_follows_the_commit_times(stream_repo: dict[str, Any]) 
             "b": [-2.0] * len(times),
         }
     )
-    got = p["store"].get_historical_features(
-        entity_df=entity, features=["mxnorm:a_z", "mxnorm:b_z"]
-    ).to_df().sort_values("event_timestamp")
+    got = (
+        p["store"]
+        .get_historical_features(entity_df=entity, features=["mxnorm:a_z", "mxnorm:b_z"])
+        .to_df()
+        .sort_values("event_timestamp")
+    )
     for i, state in enumerate(p["states"]):
         want = expected(state)[0]
         assert got["a_z"].iloc[i] == want["a_z"]
         assert got["b_z"].iloc[i] == want["b_z"]
+
+
+@pytest.mark.spark
+def test_stream_on_commit_pushes_each_batch_and_a_replay_writes_the_same(
+    spark: Any, tmp_path: Any
+) -> None:
+    import pandas as pd
+
+    from mxnorm_spark.feast import FeastStatePush, apply_repo, publish_stream
+    from mxnorm_spark.store import StateStore
+    from mxnorm_spark.streaming import MXNormStream
+
+    rng = np.random.default_rng(9)
+
+    def frame(n: int, shift: float) -> Any:
+        data = {"a": rng.normal(shift, 1.0, n), "b": rng.normal(-shift, 2.0, n)}
+        return spark.createDataFrame(pd.DataFrame(data))
+
+    state_dir, repo = str(tmp_path / "state"), str(tmp_path / "repo")
+    stream = MXNormStream(spark, state_dir, cols=["a", "b"], output=str(tmp_path / "out"))
+    stream.foreach_batch(frame(30, 0.0), 0)
+    publish_stream(state_dir, repo, outputs=["a_z", "b_z"])
+    feast_store = apply_repo(repo)
+    stream.on_commit = FeastStatePush(repo, state_dir)
+    stream.foreach_batch(frame(25, 3.0), 1)
+    latest = StateStore(state_dir).latest()
+    assert same(served(feast_store, ROWS), expected(latest))
+    before = served(feast_store, ROWS)
+    stream.foreach_batch(frame(40, 9.0), 1)  # a replay with other rows: the committed state
+    assert served(feast_store, ROWS) == before
+
+
+def test_feast_views_command_for_a_state_directory(
+    stream_repo: dict[str, Any], tmp_path: Any
+) -> None:
+    from mxnorm_spark.cli.commands import main
+    from mxnorm_spark.feast import load_definitions, read_spec
+
+    repo = str(tmp_path / "cli_repo")
+    args = ["feast-views", "--state-dir", stream_repo["state_dir"], "--repo", repo]
+    assert main(args) == 2  # --outputs is required for a state directory
+    assert main([*args, "--outputs", "a_z,b_z", "--name", "sensors"]) == 0
+    spec = read_spec(repo)
+    assert (spec.name, spec.features, spec.outputs) == ("sensors", ("a", "b"), ("a_z", "b_z"))
+    names = {getattr(v, "name", None) for v in load_definitions(repo)}
+    assert {"sensors", "sensors_state"} <= names
