@@ -130,6 +130,12 @@ def test_historical_keyed_with_global_fallback(published: dict[str, Any]) -> Non
     assert len(got) == len(want) == len(rows)
     for col in ("a_z", "b_z"):
         assert np.array_equal(bits(got[col]), bits(want[col])), col
+    # A key never fitted takes the global state: the plain MXNorm model's values.
+    unseen_rows = rows[rows["sensor"] == 10**9]
+    plain = ours(p, p["model"], unseen_rows)
+    unseen_got = got[got["sensor"] == 10**9].reset_index(drop=True)
+    for col in ("a_z", "b_z"):
+        assert np.array_equal(bits(unseen_got[col]), bits(plain[col])), col
     # 1,000+ entities, and rows whose key has fewer than minKeyRows values: global constants.
     counts = p["frame"].groupby("sensor").size()
     assert len(counts) >= 1000
