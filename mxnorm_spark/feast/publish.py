@@ -36,9 +36,16 @@ import numpy as np
 from mxnorm_spark.core.errors import InvalidParameterError, MissingColumnError
 from mxnorm_spark.core.state import scale_of
 from mxnorm_spark.feast.clock import BatchClock
-from mxnorm_spark.feast.names import EVENT_TIMESTAMP, key_mean, key_scale, state_mean, state_scale
+from mxnorm_spark.feast.names import (
+    EVENT_TIMESTAMP,
+    check_name,
+    key_mean,
+    key_scale,
+    state_mean,
+    state_scale,
+)
 from mxnorm_spark.feast.repo import write_repo
-from mxnorm_spark.feast.spec import ViewSpec
+from mxnorm_spark.feast.spec import OFFLINE_STORES, ViewSpec
 from mxnorm_spark.store import filesystem, local_path, read_state
 
 if TYPE_CHECKING:
@@ -137,6 +144,12 @@ def publish_model(
     from mxnorm_spark.ml.estimator import MXNormModel
     from mxnorm_spark.ml.keyed import KeyedMXNormModel
 
+    # Before any Spark job: a bad name or store fails here, not after the writes.
+    check_name("view set name", name)
+    if offline not in OFFLINE_STORES:
+        raise InvalidParameterError(
+            f"offline must be one of {list(OFFLINE_STORES)}, got {offline!r}"
+        )
     if isinstance(model, KeyedMXNormModel):
         return _publish_keyed(
             model,
