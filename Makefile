@@ -20,6 +20,12 @@ setup-run:
 run: setup-run
 	$(PY) -m mxnorm_spark.cli.demo
 
+# The Feast loop on the demo data (after `make run`; made smaller here if missing): fit,
+# publish, feast apply, feast materialize, historical and online retrieval beside ours;
+# leaves the feature repo in demo-output/feast/. Offline: no telemetry, no download.
+feast-demo: setup
+	FEAST_USAGE=False $(PY) -m mxnorm_spark.cli.feast_demo
+
 # The classic suite and, alongside it, the Spark Connect tests in a process of their own
 # (a Connect session switches PySpark into Connect mode for its whole process). Both spend
 # much of their time waiting for JVMs to start, so running them together saves minutes on

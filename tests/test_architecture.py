@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("keyed", ("keyed",)),
     ("streaming", ("streaming",)),
     ("ml", ("ml",)),
+    ("feast", ("feast",)),
     ("entry", ("cli",)),
     # The package root re-exports.
     ("public", ("__init__", "__main__")),

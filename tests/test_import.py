@@ -88,3 +88,24 @@ def test_the_beam_engine_imports_when_pyspark_cannot() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("['FitHistory', 'FitMXNorm', 'FitWindows']")
+
+
+def test_feast_view_helper_imports_without_pyspark_or_feast() -> None:
+    """What a Feast feature server imports to run the on-demand view: no Spark, no Feast."""
+    proc = run(
+        "\n".join(
+            [
+                "import sys",
+                "sys.modules['pyspark'] = None",
+                "sys.modules['feast'] = None",
+                "import mxnorm_spark.feast",
+                "from mxnorm_spark.feast.udf import normalize_inputs",
+                "out = normalize_inputs({'x': [3.0], 'x__mean': [1.0], 'x__scale': [2.0]},",
+                "                       (('x', 'z'),), False)",
+                "assert out == {'z': [1.0]}, out",
+                "print('ok')",
+            ]
+        )
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -51,6 +51,7 @@ from mxnorm_spark.cli.config import (
     load_config,
 )
 from mxnorm_spark.cli.config_fields import add_arguments
+from mxnorm_spark.cli.feast import add_feast_views_parser
 from mxnorm_spark.cli.keyed import (
     add_export_keys_parser,
     keyed_marker,
@@ -284,6 +285,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_export_keys_parser,
     add_inspect_parser,
     add_report_parser,
+    add_feast_views_parser,
 ]
 
 

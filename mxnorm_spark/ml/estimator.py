@@ -57,10 +57,12 @@ from mxnorm_spark.batch.aggregate import (
 )
 from mxnorm_spark.batch.apply import BackfillHistory, normalize, normalize_per_batch
 from mxnorm_spark.core.choices import (
+    APPLY_AT,
     DECAYS,
     ENGINES,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
+    check_choice,
 )
 from mxnorm_spark.core.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.core.moments import Moments
@@ -576,20 +578,35 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         batch_col = self.getBatchCol()
         if batch_col is None or not self._history or batch_col not in dataset.columns:
             return normalize(dataset, state, **opts)
-        before = self.getApplyAt() == "before"
-        if isinstance(self._history, BackfillHistory):
-            table: Any = self._history.constants(before)
-        else:
-            table = []
-            prev: MXNormState | None = None
-            for value, after in self._history:
-                mean, scale = _constants(prev, after) if before and prev else _constants(after)
-                table.append((value, mean, scale))
-                prev = after
+        table = self._constants_table(self.getApplyAt() == "before")
         default = state.normalization_constants()
         return normalize_per_batch(
             dataset, state.features, table, default, batch_col=batch_col, **opts
         )
+
+    def _constants_table(self, before: bool) -> Any:
+        if isinstance(self._history, BackfillHistory):
+            return self._history.constants(before)
+        table = []
+        prev: MXNormState | None = None
+        for value, after in self._history:
+            mean, scale = _constants(prev, after) if before and prev else _constants(after)
+            table.append((value, mean, scale))
+            prev = after
+        return table
+
+    def batch_constants(
+        self, apply_at: str | None = None
+    ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+        """``(batch value, mean, scale)`` per fitted batch value, ascending: the constants
+        ``transform`` uses for the rows of that batch (per ``apply_at``, by default the
+        model's ``applyAt``); empty without ``batchCol``. Rows of any other batch value
+        use ``state.normalization_constants()``."""
+        when = self.getApplyAt() if apply_at is None else apply_at
+        table = self._constants_table(check_choice("apply_at", when, APPLY_AT) == "before")
+        if isinstance(table, list):
+            return table
+        return list(zip(table.values.to_pylist(), table.mean, table.scale, strict=True))
 
     def copy(self, extra: Any = None) -> MXNormModel:
         that = super().copy(extra)

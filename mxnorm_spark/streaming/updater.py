@@ -132,6 +132,11 @@ class MXNormStream:
     write); by default only when a second read could differ or cost more than a plain
     read, i.e. unless the attached query is a deterministic read of files
     (:func:`~mxnorm_spark.streaming._reads.rereads_same_rows`).
+    ``on_commit(batch_id, state)`` runs after each micro-batch's state is committed and
+    its output written, and again when Spark replays the batch (with the same committed
+    state): a hook that writes idempotently, e.g. to a feature store's online store
+    (:class:`mxnorm_spark.feast.FeastStatePush`), publishes every batch exactly once.
+    If it raises, the micro-batch fails and Spark runs it again.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class MXNormStream:
         keys: KeyOptions | None = None,
         persist: bool | None = None,
         event_time: EventTime | None = None,
+        on_commit: Callable[[int, MXNormState], None] | None = None,
     ) -> None:
         from mxnorm_spark.batch.aggregate import check_engine
 
@@ -165,6 +171,7 @@ class MXNormStream:
         check_engine(engine)
         self.engine = engine
         self.progress = progress
+        self.on_commit = on_commit
         self.persist = persist
         self.store = store if isinstance(store, StateStore) else StateStore(store, spark)
         self.source: FileSource | None = None
@@ -468,6 +475,10 @@ class MXNormStream:
             if rows and new is not None:
                 out_dir = self._write(payload, new, prev, batch_id, rows, small=small)
             fault("after_write", batch_id, spark)
+            if self.on_commit is not None and new is not None:
+                # After the commit, for a replay too: a hook that writes (batch id, state)
+                # idempotently sees every committed batch at least once, with the same state.
+                self.on_commit(batch_id, new)
         finally:
             if keep:
                 data.unpersist()
