@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-fast test-connect lint docs setup setup-run bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect test-chaos lint docs setup setup-run bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 # The test and dev tools (pytest, ruff, mypy, ... ~1.6 GB) for `make test` and the benchmarks.
 setup:
@@ -48,6 +48,12 @@ test-fast: setup
 
 test-connect: setup
 	MXNORM_CONNECT=1 $(PY) -m pytest -q tests/connect
+
+# The heavy fault tests (docs/guides/reliability.md): executors killed on a standalone
+# cluster, a Spark Connect server killed mid-stream, racing writers. Minutes each: a CI
+# stage of their own; `make test` runs only the object-store faults and the fuzzing.
+test-chaos: setup
+	MXNORM_CHAOS=1 $(PY) -m pytest -q -m chaos tests/chaos
 
 # Benchmarks. `make bench` measures every target and prints its verdict, section by
 # section as each finishes: the numpy core against the seed loop and the keyed serving

@@ -160,11 +160,15 @@ class JobSession:
         self.owned = False
 
     def __enter__(self) -> SparkSession:
+        from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
         from mxnorm_spark.cli.session import quiet_task_failures, session_from_settings
 
-        self.owned = SparkSession.getActiveSession() is None
+        # The active session is per thread: a command run from another thread of a process
+        # that holds a session must not stop it, so a running SparkContext counts too.
+        running = getattr(SparkContext, "_active_spark_context", None) is not None
+        self.owned = SparkSession.getActiveSession() is None and not running
         self.spark = session_from_settings(self.settings, self.app_name)
         if self.settings.log_level in ("WARN", "ERROR"):
             quiet_task_failures(self.spark)

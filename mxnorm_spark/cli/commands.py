@@ -71,6 +71,7 @@ from mxnorm_spark.store import (
     is_local,
     local_path,
     read_state,
+    state_file_writer,
     write_state,
 )
 from mxnorm_spark.store.history import write_history
@@ -348,6 +349,8 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         state = model.state
         batches = model.batch_values() if cfg.batch_col else ["whole input"]
         out_format = cfg.output_format or cfg.format
+        from mxnorm_spark.streaming.progress import fault
+
         replaced = state_exists(cfg.state, spark)
         cleanup = nullcontext() if cfg.output is None else removed_on_failure(cfg.output, spark)
         with cleanup:
@@ -355,6 +358,9 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
                 write_table(
                     model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options
                 )
+        # One run at a time writes the state and its history (a second one stops here).
+        with state_file_writer(cfg.state, spark):
+            fault("fit_write", 0, spark)
             written = save_state(state, cfg.state, spark)
             # Beside the file (<state>.history/); a rerun replaces the old state's history.
             write_history(cfg.state, model.history_table(), spark, state_file=True)

@@ -91,6 +91,19 @@ class MalformedRecordError(SchemaMismatchError):
     more or fewer fields than the header)."""
 
 
+class ValueRangeError(MXNormError):
+    """Finite input values whose mean or variance is beyond float64 (about 1.8e308)."""
+
+
+class ServerLostError(MXNormError):
+    """The Spark Connect server stopped answering while a job or stream ran on it."""
+
+
+class StoreUnavailableError(MXNormError):
+    """The file system or object store under a state kept failing (5xx, timeouts, resets)
+    after every retry of the store's retry policy; the operation did not complete."""
+
+
 def _error_classes() -> dict[str, type[MXNormError]]:
     found: dict[str, type[MXNormError]] = {}
     for name, obj in list(globals().items()):
@@ -123,3 +136,21 @@ def error_in_text(text: str) -> MXNormError | None:
         MXNormError.__init__(error, message)
         return error
     return cls(message)
+
+
+def server_lost_error(exc: BaseException, state: str) -> ServerLostError | None:
+    """The named error for a Spark Connect server that went away (gRPC UNAVAILABLE), or
+    None for any other failure."""
+    text = str(exc)
+    module = type(exc).__module__
+    if not module.startswith(("pyspark.errors", "grpc")):
+        return None
+    if not any(m in text for m in ("UNAVAILABLE", "Connection refused", "Socket closed")):
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    return ServerLostError(
+        f"the Spark Connect server stopped answering while the stream ran ({first}). "
+        f"Nothing is lost: state {state} holds every committed micro-batch, and the query "
+        "replays the one in flight exactly once. Restart the server, then run the same "
+        "command again (same checkpoint)"
+    )

@@ -12,7 +12,7 @@ import numpy as np
 
 from mxnorm_spark.core.errors import FeatureMismatchError
 from mxnorm_spark.core.moments import Fields, FloatArray, Moments, merge_running
-from mxnorm_spark.core.state import MXNormState, scale_of
+from mxnorm_spark.core.state import MXNormState, check_range, scale_of
 
 __all__ = ["StateHistory", "fold_history"]
 
@@ -91,12 +91,21 @@ def fold_history(state: MXNormState, moments: Fields) -> StateHistory:
         mean = np.where(totals[0] > 0, totals[1] + totals[2], np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.where(totals[0] > 0, totals[3] / totals[0], np.nan)
+        _check_rows(state, mean, var, totals[0] > 0)
         return StateHistory(state, mean, var, totals)
     had = np.empty(count.shape, dtype=bool)
     had[:1] = state.initialized
     had[1:] = totals[0][:-1] > 0
     mean, var = _fold_ema(state, had, (c, sh, de, m2))
+    _check_rows(state, mean, var, totals[0] > 0)
     return StateHistory(state, mean, var, totals)
+
+
+def _check_rows(state: MXNormState, mean: FloatArray, var: FloatArray, seen: Any) -> None:
+    # One vectorized test; the row loop runs only to name the first batch that overflowed.
+    if (seen & ~(np.isfinite(mean) & np.isfinite(var))).any():
+        for i in range(mean.shape[0]):
+            check_range(state.features, mean[i], var[i], seen[i], f"batch {i} (0-based)")
 
 
 def _fold_ema(state: MXNormState, had: Any, rows: Fields) -> tuple[FloatArray, FloatArray]:

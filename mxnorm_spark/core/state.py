@@ -63,6 +63,7 @@ from mxnorm_spark.core.errors import (
     InvalidParameterError,
     NotFittedError,
     UnsupportedSchemaVersionError,
+    ValueRangeError,
 )
 from mxnorm_spark.core.moments import (
     Fields,
@@ -341,6 +342,8 @@ class MXNormState:
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
+        which = "the batch" if batch_id is None else f"batch {batch_id}"
+        check_range(self.features, mean, var, Moments(*totals).count > 0, which)
         return replace(
             self,
             mean=mean,
@@ -625,3 +628,20 @@ def _update_counted(
 def _checksum(payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def check_range(
+    features: tuple[str, ...], mean: FloatArray, var: FloatArray, seen: Any, which: str
+) -> None:
+    """Refuse a state of inf or NaN where a feature has values (``seen``): finite values
+    spread over more than ~1.3e154 have a variance beyond float64, and such a state would
+    normalize every later row to NaN or 0 without a word."""
+    bad = seen & ~(np.isfinite(mean) & np.isfinite(var))
+    if bad.any():
+        names = [f for f, b in zip(features, bad, strict=True) if b]
+        raise ValueRangeError(
+            f"feature(s) {names}: the values of {which} overflow float64 in their mean "
+            "or variance (values spread over more than about 1e154 have a variance "
+            "beyond 1.8e308); the state was not updated. Scale the feature(s) down "
+            "(e.g. multiply by 1e-150) or remove the outliers"
+        )

@@ -7,6 +7,8 @@
   :func:`write_state`.
 * :mod:`~mxnorm_spark.store.history`: the per-batch history next to a state.
 * :mod:`~mxnorm_spark.store.inputs`: the few bytes a file stream reads of each new file.
+* :mod:`~mxnorm_spark.store.retries`: the bounded, jittered retry of an object store's
+  transient failures.
 
 No Spark import: the serving path and Spark Connect use the same store.
 """
@@ -31,25 +33,30 @@ from mxnorm_spark.store.inputs import (
     read_head,
     read_parquet_schema,
 )
+from mxnorm_spark.store.retries import DEFAULT_RETRY, RETRIES_ENV, RetryPolicy
 from mxnorm_spark.store.states import (
     INITIAL_FILE,
     OWNER_FILE,
     VERSION_FILE,
     StateStore,
     read_state,
+    state_file_writer,
     version_file_name,
     write_state,
 )
 
 __all__ = [
     "ARROW_SCHEMES",
+    "DEFAULT_RETRY",
     "INITIAL_FILE",
     "OWNER_FILE",
+    "RETRIES_ENV",
     "VERSION_FILE",
     "ArrowFileSystem",
     "FileSystem",
     "HadoopFileSystem",
     "LocalFileSystem",
+    "RetryPolicy",
     "StateStore",
     "file_exists",
     "filesystem",
@@ -64,6 +71,7 @@ __all__ = [
     "read_parquet_schema",
     "read_state",
     "record_batch",
+    "state_file_writer",
     "unwritable_reason",
     "version_file_name",
     "write_state",

@@ -5,7 +5,9 @@
 * ``s3://``, ``gs://``, ``abfs://``: ``pyarrow.fs``, no JVM, so they work on Spark Connect
   and with no Spark at all. On an object store one PUT is atomic and a rename is a copy,
   so whole files are written as the final object in one request; on ``s3://`` an
-  exclusive create is a conditional PUT (``If-None-Match: *``, needs boto3).
+  exclusive create is a conditional PUT (``If-None-Match: *``, needs boto3). Every
+  request is retried on 5xx, timeouts and dropped connections by one bounded
+  :class:`~mxnorm_spark.store.retries.RetryPolicy` (the clients' own retries are off).
 * Any other scheme (``hdfs://``, ``s3a://``, ...): the Hadoop ``FileSystem`` of a classic
   SparkSession (classic only); ``hdfs://`` without one tries ``pyarrow.fs`` (libhdfs).
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from mxnorm_spark.core.errors import InvalidParameterError
+from mxnorm_spark.store.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -238,25 +241,40 @@ class ArrowFileSystem(_StagedWrites):
 
     ``s3://`` honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (an S3-compatible
     server) and ``AWS_REGION``; credentials come from the usual AWS variables and files.
-    Paths are full URIs under the root the instance was made for.
+    Paths are full URIs under the root the instance was made for. Each operation is
+    retried by ``retry`` (default :meth:`RetryPolicy.from_env`); the S3 clients' own
+    retries are off so that this policy alone bounds the wait, and ``retry.timeout`` is
+    each request's timeout.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, retry: RetryPolicy | None = None) -> None:
         from pyarrow import fs as pafs
 
         parsed = urlparse(root)
         self._scheme = parsed.scheme
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
+        self._client: Any = None
         if parsed.scheme == "s3":
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            self._endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                "AWS_ENDPOINT_URL"
+            )
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
             self._region = region or "us-east-1"
-            kwargs: dict[str, Any] = {"region": self._region}
-            if endpoint:
-                ep = urlparse(endpoint)
+            kwargs: dict[str, Any] = {
+                "region": self._region,
+                "connect_timeout": self.retry.timeout,
+                "request_timeout": self.retry.timeout,
+                "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=0),
+            }
+            if self._endpoint:
+                ep = urlparse(self._endpoint)
                 kwargs.update(endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "https")
             self._fs: Any = pafs.S3FileSystem(**kwargs)
         else:
             self._fs, _ = pafs.FileSystem.from_uri(root)
+
+    def _call(self, operation: str, path: str, fn: Any, **kwargs: Any) -> Any:
+        return self.retry.call(operation, path, fn, **kwargs)
 
     def _path(self, uri: str) -> str:
         parsed = urlparse(uri)
@@ -267,7 +285,7 @@ class ArrowFileSystem(_StagedWrites):
         return (parsed.netloc + parsed.path).rstrip("/")
 
     def _info(self, uri: str) -> Any:
-        return self._fs.get_file_info(self._path(uri))
+        return self._call("HEAD", uri, lambda: self._fs.get_file_info(self._path(uri)))
 
     def join(self, directory: str, name: str) -> str:
         return f"{directory.rstrip('/')}/{name}"
@@ -289,43 +307,65 @@ class ArrowFileSystem(_StagedWrites):
         from pyarrow import fs as pafs
 
         selector = pafs.FileSelector(self._path(directory), allow_not_found=True)
+        infos = self._call("LIST", directory, lambda: self._fs.get_file_info(selector))
         return [
             (info.base_name, info.mtime.timestamp() if info.mtime is not None else 0.0)
-            for info in self._fs.get_file_info(selector)
+            for info in infos
             if not files_only or info.type == pafs.FileType.File
         ]
 
     def read_bytes(self, path: str) -> bytes | None:
-        try:
+        def read() -> bytes:
             with self._fs.open_input_stream(self._path(path)) as fh:
                 return bytes(fh.read())
+
+        try:
+            return bytes(self._call("GET", path, read))
         except FileNotFoundError:
             return None
 
     def open_input(self, path: str) -> Any:
-        return self._fs.open_input_file(self._path(path))
+        return self._call("GET", path, lambda: self._fs.open_input_file(self._path(path)))
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        with self._fs.open_output_stream(self._path(path)) as fh:
-            fh.write(data)
+        # A PUT of the whole object: repeating it after a lost answer writes the same bytes.
+        def write() -> None:
+            with self._fs.open_output_stream(self._path(path)) as fh:
+                fh.write(data)
+
+        self._call("PUT", path, write)
 
     def rename(self, src: str, dst: str) -> bool:
         if self.exists(dst):
             return False
-        self._fs.move(self._path(src), self._path(dst))
+        self.replace(src, dst)
         return True
 
     def replace(self, src: str, dst: str) -> None:
-        self._fs.move(self._path(src), self._path(dst))
+        retried = False
+
+        def move() -> None:
+            # A retried move whose first copy landed and deleted its source: done already.
+            if retried and not self.exists(src) and self.exists(dst):
+                return
+            self._fs.move(self._path(src), self._path(dst))
+
+        def note(_exc: BaseException) -> None:
+            nonlocal retried
+            retried = True
+
+        self._call("MOVE", f"{src} -> {dst}", move, on_retry=note)
 
     def qualified(self, path: str) -> str:
         return path
 
     def delete(self, path: str, recursive: bool = False) -> None:
+        # Deleting what is gone already is fine: a retried DELETE whose answer was lost.
         if self.is_dir(path):
-            self._fs.delete_dir(self._path(path))
+            self._call("DELETE", path, lambda: self._fs.delete_dir(self._path(path)))
         elif self.exists(path):
-            self._fs.delete_file(self._path(path))
+            key = self._path(path)
+            self._call("DELETE", path, lambda: _ignore_missing(self._fs.delete_file, key))
 
     def mkdirs(self, path: str) -> None:
         if self._scheme == "hdfs":
@@ -353,50 +393,90 @@ class ArrowFileSystem(_StagedWrites):
             self.write_bytes(path, data)
 
     def _s3_put_if_absent(self, path: str, data: bytes) -> bool:
-        """One conditional PUT (``If-None-Match: *``): created, or False if the key exists."""
+        """One conditional PUT (``If-None-Match: *``): created, or False if the key exists.
+
+        A try that failed without an answer (reset, timeout, 5xx) may have landed. If a
+        later try then finds the key present, the object is ours when it holds our bytes:
+        created, not a conflict. (Another writer's object with the very same bytes cannot
+        be told apart, and needs not be: the version is the same.)
+        """
         try:
-            import boto3
             from botocore.exceptions import ClientError
         except ImportError:  # without boto3: check, then write (see create_exclusive)
             if self.exists(path):
                 return False
             self.write_bytes(path, data)
             return True
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name=self._region)
+        client = self._s3_client()
         bucket, _, key = self._path(path).partition("/")
-        try:
-            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return False
-            raise
-        return True
+        maybe_landed = False
+
+        def put() -> bool:
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+            return True
+
+        def retried(_exc: BaseException) -> None:
+            nonlocal maybe_landed
+            maybe_landed = True
+
+        created = bool(self._call("PUT (if absent)", path, put, on_retry=retried))
+        if not created and maybe_landed:
+            return self.read_bytes(path) == data
+        return created
+
+    def _s3_client(self) -> Any:
+        """One boto3 client per file system, with botocore's own retries off (see class)."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                connect_timeout=self.retry.timeout,
+                read_timeout=self.retry.timeout,
+            )
+            self._client = boto3.client(
+                "s3", endpoint_url=self._endpoint, region_name=self._region, config=config
+            )
+        return self._client
 
 
-def filesystem(path: str, spark: SparkSession | None = None) -> FileSystem:
+def filesystem(
+    path: str, spark: SparkSession | None = None, *, retry: RetryPolicy | None = None
+) -> FileSystem:
     """The file system that reaches ``path``.
 
     Local paths and ``file:`` URIs: Python's ``os``. ``s3://``, ``gs://``, ``abfs://``:
-    ``pyarrow.fs`` (works on Spark Connect and with no Spark). Other schemes (``hdfs://``,
-    ``s3a://``, ...) go through the Hadoop ``FileSystem`` of a classic ``spark`` session;
+    ``pyarrow.fs`` (works on Spark Connect and with no Spark), each request retried by
+    ``retry``. Other schemes (``hdfs://``, ``s3a://``, ...) go through the Hadoop
+    ``FileSystem`` of a classic ``spark`` session (Hadoop's own retry settings apply);
     ``hdfs://`` without one tries ``pyarrow.fs`` (it needs libhdfs).
     """
     if is_local(path):
         return LocalFileSystem()
     scheme = urlparse(path).scheme
     if scheme in ARROW_SCHEMES:
-        return ArrowFileSystem(path)
+        return ArrowFileSystem(path, retry)
     if spark is not None and is_classic(spark):
         return HadoopFileSystem(spark, path)
     if scheme == "hdfs":
-        return ArrowFileSystem(path)
+        return ArrowFileSystem(path, retry)
     raise InvalidParameterError(
         f"{path}: the {scheme}:// scheme is reachable only through Hadoop, which needs a "
         f"classic SparkSession (not Spark Connect); use one of {', '.join(ARROW_SCHEMES)}:// "
         "or a local path"
     )
+
+
+def _ignore_missing(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fn(*args)
 
 
 def is_classic(spark: SparkSession) -> bool:

@@ -33,6 +33,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.core.errors import (
@@ -50,12 +55,15 @@ from mxnorm_spark.store.filesystems import (
     filesystem,
     local_path,
 )
+from mxnorm_spark.store.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 INITIAL_FILE = "init.json"
 OWNER_FILE = "_owner.json"
+# Beside a state file while one run writes it and its history (state_file_writer).
+WRITER_SUFFIX = ".writer"
 # A state directory holds one committed version per batch id, v-<12 digits>.json.
 VERSION_FILE = re.compile(r"^v-(\d{12})\.json$")
 
@@ -63,8 +71,10 @@ __all__ = [
     "INITIAL_FILE",
     "OWNER_FILE",
     "VERSION_FILE",
+    "WRITER_SUFFIX",
     "StateStore",
     "read_state",
+    "state_file_writer",
     "version_file_name",
     "write_state",
 ]
@@ -82,7 +92,12 @@ class StateStore:
 
     ``retention`` keeps only the newest N versions (at least 2: a replayed micro-batch
     reads the version before it); ``None`` keeps all. ``spark`` selects the Hadoop file
-    system of that session (required for non-local paths).
+    system of that session (required for non-local paths). ``retry``: how an object
+    store's transient failures are retried (:class:`~mxnorm_spark.store.retries.
+    RetryPolicy`; default from ``MXNORM_STORE_RETRIES``); when they outlast it, the
+    operation raises :class:`~mxnorm_spark.core.errors.StoreUnavailableError` and a commit
+    has not happened (or, if its last PUT landed unanswered, holds exactly the bytes a
+    replay commits again as a no-op).
     """
 
     def __init__(
@@ -91,6 +106,7 @@ class StateStore:
         spark: SparkSession | None = None,
         *,
         retention: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if retention is not None and (
             isinstance(retention, bool) or not isinstance(retention, int) or retention < 2
@@ -101,7 +117,7 @@ class StateStore:
             )
         self.path = str(path)
         self.retention = retention
-        self.fs: FileSystem = filesystem(self.path, spark)
+        self.fs: FileSystem = filesystem(self.path, spark, retry=retry)
         if isinstance(self.fs, LocalFileSystem):
             self.path = local_path(self.path)
 
@@ -415,3 +431,48 @@ def write_state(
     fs.mkdirs(parent)
     fs.write_atomic(target, state.to_json().encode("utf-8"))
     return fs.qualified(target)
+
+
+@contextmanager
+def state_file_writer(
+    path: str | os.PathLike[str], spark: SparkSession | None = None
+) -> Iterator[None]:
+    """Hold ``<path>.writer`` while one run writes the state file ``path`` and its history.
+
+    A state file is replaced whole, but its history beside it is several files: two runs
+    writing at once could leave one run's state with the other's history. The marker is
+    created exclusively (as a state version is); a second run finds it and stops with
+    :class:`StateConflictError` naming the run that holds it, before writing anything.
+    The marker is deleted when the block ends, also on an error. A run killed inside the
+    block leaves it behind: the error says so, and deleting it is the fix.
+    """
+    path = str(path)
+    fs = filesystem(path, spark)
+    target = local_path(path) if isinstance(fs, LocalFileSystem) else path
+    marker = target + WRITER_SUFFIX
+    me = {
+        "writer": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    data = json.dumps(me).encode("utf-8")
+    fs.mkdirs(target.rstrip("/").rpartition("/")[0] or ".")
+    if not fs.create_exclusive(marker, data):
+        holder = fs.read_bytes(marker) or b"{}"
+        try:
+            who = json.loads(holder)
+            desc = f"pid {who['pid']} on {who['host']} since {who['since']}"
+        except (ValueError, KeyError, TypeError):
+            desc = "an unknown run"
+        raise StateConflictError(
+            f"{target} is being written by another run ({desc}): two jobs were given the "
+            f"same state path, and this one stops before writing anything. Give each job "
+            f"its own path, or run them one after the other; if no run is writing (one was "
+            f"killed), delete {marker}"
+        )
+    try:
+        yield
+    finally:
+        if fs.read_bytes(marker) == data:
+            fs.delete(marker)

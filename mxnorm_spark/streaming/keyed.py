@@ -168,6 +168,10 @@ class KeyedStreamState:
         self._check_metadata()
         # Snapshots are published as the stream's outputs are: written aside, renamed.
         self._snapshots = BatchDirectories(self.root, fs=self.fs)
+
+    def clear_attempts(self) -> None:
+        """Remove snapshots that killed attempts left aside; only as the directory's
+        claimed writer (another stream's snapshot in flight would go too)."""
         self._snapshots.clear_attempts()
 
     def _value_columns(self) -> list[str]:

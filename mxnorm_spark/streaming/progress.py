@@ -5,13 +5,18 @@ a chosen micro-batch: ``MXNORM_FAULT=before_commit:3`` kills the process with SI
 before the state of batch 3 is committed (also ``during_key_write``: a keyed stream's
 snapshot written but not renamed into place; ``after_commit``, ``during_write``,
 ``after_write``; several as a comma-separated list). The crash-safety tests restart the
-stream after each such kill.
+stream after each such kill. ``<point>:<batch>:pause`` pauses there instead: the process
+creates ``$MXNORM_FAULT_GATE/<point>-<batch>.paused`` (holding its PID) and waits until
+``<point>-<batch>.go`` appears, so a test can act at that very moment (kill an executor,
+start a rival writer) without guessing at timings. ``fit_write`` is the point of
+``mxnorm-spark fit`` between its claim on ``--state`` and the write (batch 0).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,10 +29,21 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 FAULT_ENV = "MXNORM_FAULT"
-FAULT_POINTS = ("during_key_write", "before_commit", "after_commit", "during_write", "after_write")
+FAULT_GATE_ENV = "MXNORM_FAULT_GATE"
+FAULT_POINTS = (
+    "during_key_write",
+    "before_commit",
+    "after_commit",
+    "during_write",
+    "after_write",
+    "fit_write",
+)
+# A paused process goes on by itself after this long: a test that died must not leave it.
+PAUSE_LIMIT_SECONDS = 600
 
 __all__ = [
     "FAULT_ENV",
+    "FAULT_GATE_ENV",
     "FAULT_POINTS",
     "BatchReport",
     "fault",
@@ -155,12 +171,18 @@ def reports_from_history(store: StateStore, after: int | None) -> list[BatchRepo
 # ---- the fault hook (tests) -------------------------------------------------------------
 def fault(point: str, batch_id: int, spark: SparkSession | None = None) -> None:
     """Kill this driver (and a classic session's JVM) with SIGKILL if ``MXNORM_FAULT`` names
-    this point of this batch."""
+    this point of this batch; or pause there (``<point>:<batch>:pause``, see the module)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     for item in spec.split(","):
-        name, _, bid = item.strip().partition(":")
+        name, _, rest = item.strip().partition(":")
+        bid, _, action = rest.partition(":")
+        if name != point or bid.strip() != str(batch_id):
+            continue
+        if action.strip() == "pause":
+            _pause(f"{point}-{batch_id}")
+            continue
         if name == point and bid.strip() == str(batch_id):
             print(f"[mxnorm] fault hook: SIGKILL at {point} of batch {batch_id}", flush=True)
             # Classic Spark only (py4j gateway); on Spark Connect the server lives on.
@@ -170,3 +192,18 @@ def fault(point: str, batch_id: int, spark: SparkSession | None = None) -> None:
                 # shutdown hooks first; a real crash gives it no such chance.
                 os.kill(int(jvm.java.lang.ProcessHandle.current().pid()), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause(name: str) -> None:
+    gate = os.environ.get(FAULT_GATE_ENV)
+    if not gate:
+        raise RuntimeError(f"{FAULT_ENV} asks to pause at {name}, but {FAULT_GATE_ENV} is unset")
+    go = os.path.join(gate, f"{name}.go")
+    if os.path.exists(go):  # released already: a replay passes through
+        return
+    with open(os.path.join(gate, f"{name}.paused"), "w") as fh:
+        fh.write(str(os.getpid()))
+    print(f"[mxnorm] fault hook: paused at {name}", flush=True)
+    deadline = time.monotonic() + PAUSE_LIMIT_SECONDS
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -65,6 +65,7 @@ from mxnorm_spark.core.errors import (
     MXNormError,
     StateConflictError,
     error_in_text,
+    server_lost_error,
 )
 from mxnorm_spark.core.event_time import EventTime
 from mxnorm_spark.core.moments import Moments
@@ -179,6 +180,7 @@ class MXNormStream:
         self.failure: BaseException | None = None
         self.interrupted = False  # run() ended by Ctrl-C
         self._claimed = False
+        self._cleaned = False
         self._rereads = False  # the attached query reads files only (stream_reads)
         self._checked_files: set[str] = set()
         self._directories = (
@@ -255,9 +257,8 @@ class MXNormStream:
             self.store.set_initial(given)  # the same state again is a no-op; another fails
         elif init is not None:
             self._check_compatible(init, f"initial state of {self.store.path}")
-        self.store.remove_temporaries()
-        if self._directories is not None:
-            self._directories.clear_attempts()
+        # Leftovers of killed attempts go only once this stream holds the directory
+        # (_clean_up): a rival stream must not delete the owner's files in flight.
 
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
@@ -324,10 +325,12 @@ class MXNormStream:
         if not is_classic(self.spark):
             # On Connect the micro-batches cannot see their query id: claim from here.
             self._claim_for(str(query.id), None)
+            self._clean_up()
         return query
 
     def await_termination(self, query: StreamingQuery, timeout: int | None = None) -> bool:
-        """Wait for ``query``; a failed micro-batch re-raises its own (MXNorm) error."""
+        """Wait for ``query``; a failed micro-batch re-raises its own (MXNorm) error, and a
+        Spark Connect server that stops answering raises :class:`ServerLostError`."""
         from pyspark.errors import StreamingQueryException
 
         try:
@@ -338,6 +341,11 @@ class MXNormStream:
             failure = self.failure or error_in_text(str(exc))
             if isinstance(failure, MXNormError):
                 raise failure from exc
+            raise
+        except Exception as exc:
+            lost = server_lost_error(exc, self.store.path)
+            if lost is not None:
+                raise lost from exc
             raise
 
     def run(
@@ -408,6 +416,18 @@ class MXNormStream:
             if query_id:
                 self._claim_for(str(query_id), batch_id - 1)
         self._claimed = True
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        """Delete what killed attempts left aside (never committed: nothing is lost)."""
+        if self._cleaned:
+            return
+        self.store.remove_temporaries()
+        if self._directories is not None:
+            self._directories.clear_attempts()
+        if self.keys is not None:
+            self.keys.clear_attempts()
+        self._cleaned = True
 
     def _claim_for(self, query_id: str, previous_batch: int | None) -> None:
         if self.store.owner() is None and previous_batch is not None and previous_batch >= 0:
