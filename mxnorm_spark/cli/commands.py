@@ -358,12 +358,12 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
                 write_table(
                     model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options
                 )
-        # One run at a time writes the state and its history (a second one stops here).
-        with state_file_writer(cfg.state, spark):
-            fault("fit_write", 0, spark)
-            written = save_state(state, cfg.state, spark)
-            # Beside the file (<state>.history/); a rerun replaces the old state's history.
-            write_history(cfg.state, model.history_table(), spark, state_file=True)
+            # One run at a time writes the state and its history (a second one stops here).
+            with state_file_writer(cfg.state, spark):
+                fault("fit_write", 0, spark)
+                written = save_state(state, cfg.state, spark)
+                # Beside the file (<state>.history/); a rerun replaces the old state's history.
+                write_history(cfg.state, model.history_table(), spark, state_file=True)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {describe_batches(batches)}")
     print(inspect_table(state))
     print(f"state written to {written}" + (" (it replaced the state there)" if replaced else ""))
