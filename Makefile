@@ -10,7 +10,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 # The test and dev tools (pytest, ruff, mypy, ... ~1.6 GB) for `make test` and the benchmarks.
 setup:
-	@scripts/bootstrap.sh test,dev
+	@scripts/bootstrap.sh test,dev,docs
 
 # Only what the demo and the README's walkthrough after it need: the [spark] extra (pyspark,
 # pyarrow, pandas) and [report] (matplotlib, for `mxnorm-spark report`).
@@ -30,7 +30,7 @@ feast-demo: setup
 # (a Connect session switches PySpark into Connect mode for its whole process). Both spend
 # much of their time waiting for JVMs to start, so running them together saves minutes on
 # 2 cores; the Connect output is printed when both are done. Fails if either fails.
-test: setup lint
+test: setup lint docs
 	@log=$$(mktemp); \
 	MXNORM_CONNECT=1 $(PY) -m pytest -q -p no:cacheprovider tests/connect >"$$log" 2>&1 & cpid=$$!; \
 	$(PY) -m pytest -q; rc=$$?; \
