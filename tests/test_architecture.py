@@ -33,8 +33,26 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ml", ("ml",)),
     ("feast", ("feast",)),
     ("entry", ("cli",)),
-    # The package root re-exports.
-    ("public", ("__init__", "__main__")),
+    # The package root re-exports, and the former flat module paths re-export what moved.
+    (
+        "public",
+        (
+            "__init__",
+            "__main__",
+            "errors",
+            "moments",
+            "state",
+            "aggregate",
+            "apply",
+            "sources",
+            "progress",
+            "session",
+            "config",
+            "demo",
+            "keyed_stream",
+            "ml_keyed",
+        ),
+    ),
 ]
 
 

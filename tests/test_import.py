@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,3 +111,33 @@ def test_feast_view_helper_imports_without_pyspark_or_feast() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("former", "canonical", "name"),
+    [
+        ("mxnorm_spark.state", "mxnorm_spark.core.state", "StateOptions"),
+        ("mxnorm_spark.moments", "mxnorm_spark.core.moments", "Moments"),
+        ("mxnorm_spark.errors", "mxnorm_spark.core.errors", "MXNormError"),
+        ("mxnorm_spark.aggregate", "mxnorm_spark.batch.aggregate", "moments_by_batch"),
+        ("mxnorm_spark.apply", "mxnorm_spark.batch.apply", "normalize"),
+        ("mxnorm_spark.sources", "mxnorm_spark.streaming.sources", "FileSource"),
+        ("mxnorm_spark.progress", "mxnorm_spark.streaming.progress", "BatchReport"),
+        ("mxnorm_spark.session", "mxnorm_spark.cli.session", "build_session"),
+        ("mxnorm_spark.config", "mxnorm_spark.cli.config", "load_config"),
+        ("mxnorm_spark.demo", "mxnorm_spark.cli.demo", "write_demo_files"),
+        ("mxnorm_spark.keyed_stream", "mxnorm_spark.streaming.keyed", "KeyOptions"),
+        ("mxnorm_spark.ml_keyed", "mxnorm_spark.ml.keyed", "KeyedMXNormModel"),
+        ("mxnorm_spark.streaming", "mxnorm_spark.streaming.updater", "MXNormStream"),
+        ("mxnorm_spark.keyed", "mxnorm_spark.keyed.backfill", "fit_keyed"),
+        ("mxnorm_spark.ml", "mxnorm_spark.ml.estimator", "MXNorm"),
+        ("mxnorm_spark.serving", "mxnorm_spark.serving.loading", "load"),
+    ],
+)
+def test_former_module_paths_still_import(former: str, canonical: str, name: str) -> None:
+    # Code written against the flat layout (and the README's examples) goes on working.
+    import importlib
+
+    assert getattr(importlib.import_module(former), name) is getattr(
+        importlib.import_module(canonical), name
+    )
