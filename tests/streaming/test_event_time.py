@@ -8,6 +8,7 @@ micro-batches, restarts and crashes).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -165,6 +166,24 @@ def test_windows_close_when_their_end_passes_the_watermark() -> None:
     # ... and 02:10:00 closes it.
     section, state, folds = section.advance(spec, state, {hour: (part, 2 * hour + 600_000_000)})
     assert [f.value for f in folds] == [hour]
+
+
+def test_stream_config_builds_the_event_time_settings() -> None:
+    from mxnorm_spark.cli.config import StreamConfig, resolve
+    from mxnorm_spark.core.errors import ConfigError
+
+    base = {"input": "i", "output": "o", "state": "s", "checkpoint": "c", "cols": "a"}
+    cfg = resolve(StreamConfig, None, {**base, "batch_col": "day", "lateness": "2"})
+    assert cfg.event_time_spec == EventTime(batch_col="day", lateness=2)
+    windows = {**base, "event_time": "ts", "window": "1 hour", "lateness": "10 minutes"}
+    spec = resolve(StreamConfig, None, windows).event_time_spec
+    assert spec is not None and spec.window_us == 3_600_000_000
+    assert spec.lateness_us == 600_000_000
+    with pytest.raises(ConfigError, match="only apply with batch_col or event_time"):
+        resolve(StreamConfig, None, {**base, "lateness": "3"})
+    with pytest.raises(ConfigError, match="go together"):
+        resolve(StreamConfig, None, {**base, "event_time": "ts"})
+    assert resolve(StreamConfig, None, base).event_time_spec is None
 
 
 def test_event_time_settings_are_checked() -> None:
@@ -455,6 +474,8 @@ def test_tumbling_windows_fold_as_the_backfill_over_window_starts(
     epoch_hour = (base - pd.Timestamp("1970-01-01")) // pd.Timedelta(microseconds=1)
     pinned = load(str(tmp_path / "state"), as_of=epoch_hour + 3_600_000_000)
     assert pinned.state.to_json() == folds[1][1].to_json()
+    at = dt.datetime(2024, 3, 1, 1, 30, tzinfo=dt.timezone.utc)  # a time in that window
+    assert load(str(tmp_path / "state"), as_of=at).state.to_json() == folds[1][1].to_json()
 
 
 # ---- crash safety: SIGKILL at each fault point, then restart ---------------------------------
