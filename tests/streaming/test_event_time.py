@@ -168,6 +168,26 @@ def test_windows_close_when_their_end_passes_the_watermark() -> None:
     assert [f.value for f in folds] == [hour]
 
 
+def test_the_section_of_a_version_is_checksummed(tmp_path: Path) -> None:
+    import json
+
+    from mxnorm_spark.core.errors import CorruptStateError
+    from mxnorm_spark.store import StateStore, read_state
+
+    store = StateStore(tmp_path)
+    state = MXNormState.create(["a"]).update(Moments.from_array(np.array([[1.0], [2.0]])))
+    section = EventSection(spec=EventTime(batch_col="day").to_dict(), largest=3, folds=1)
+    store.commit(0, state, section=("event_time", section.to_json()))
+    assert read_state(str(tmp_path)).to_json() == state.to_json()  # readers ignore it
+    got = EventSection.from_json(store.section(0, "event_time"), "v0")
+    assert got.largest == 3 and got.folds == 1
+    doc = json.loads(Path(store.version_path(0)).read_text())
+    doc["event_time"]["value"]["largest"] = ["int", 4]
+    Path(store.version_path(0)).write_text(json.dumps(doc))
+    with pytest.raises(CorruptStateError, match="section fails its checksum"):
+        store.section(0, "event_time")
+
+
 def test_stream_config_builds_the_event_time_settings() -> None:
     from mxnorm_spark.cli.config import StreamConfig, resolve
     from mxnorm_spark.core.errors import ConfigError
