@@ -206,6 +206,22 @@ def test_stream_config_builds_the_event_time_settings() -> None:
     assert resolve(StreamConfig, None, base).event_time_spec is None
 
 
+def test_lateness_is_in_the_batch_column_units() -> None:
+    from decimal import Decimal
+
+    assert EventTime(batch_col="d", lateness=2).limit(dt.date(2024, 1, 5)) == dt.date(2024, 1, 3)
+    stamp = dt.datetime(2024, 1, 5, 12, 0)
+    late = EventTime(batch_col="t", lateness="90 minutes")
+    assert late.limit(stamp) == dt.datetime(2024, 1, 5, 10, 30)
+    assert EventTime(batch_col="x", lateness=0.5).limit(3.0) == 2.5
+    assert EventTime(batch_col="x", lateness=1).limit(Decimal("2.50")) == Decimal("1.50")
+    assert EventTime(batch_col="s").limit("2024-W03") == "2024-W03"
+    with pytest.raises(InvalidParameterError, match="whole days"):
+        EventTime(batch_col="d", lateness=1.5).limit(dt.date(2024, 1, 5))
+    with pytest.raises(InvalidParameterError, match="interval"):
+        EventTime(batch_col="t", lateness=5).limit(stamp)
+
+
 def test_event_time_settings_are_checked() -> None:
     with pytest.raises(InvalidParameterError, match="exactly one of batch_col"):
         EventTime()
@@ -603,3 +619,42 @@ def test_estimator_takes_half_life(spark: Any) -> None:
     assert MXNorm(inputCols=["x"]).setHalfLife(1).getAlpha() == 0.5
     with pytest.raises(InvalidParameterError, match="alpha or halfLife"):
         MXNorm(inputCols=["x"], alpha=0.2, halfLife=3.0)
+
+
+@pytest.mark.spark
+def test_date_batches_give_the_same_bits_on_the_driver_and_on_spark(
+    spark: Any, tmp_path: Path
+) -> None:
+    from mxnorm_spark.streaming._local import DriverBatches
+
+    rng = np.random.default_rng(6)
+    day = dt.date(2024, 5, 1)
+    batches = [[0, 1, 1], [2, 1, 3], [3, 4, 2]]
+    frames = [
+        pd.DataFrame(
+            {
+                "id": np.arange(10 * len(d)) + 100 * i,
+                "day": [day + dt.timedelta(days=v) for v in d for _ in range(10)],
+                "a": rng.normal(0, 1, 10 * len(d)),
+                "b": rng.normal(7, 3, 10 * len(d)),
+            }
+        )
+        for i, d in enumerate(batches)
+    ]
+    outs, states = [], []
+    for on_driver in (True, False):
+        root = tmp_path / str(on_driver)
+        stream = event_stream(spark, root)
+        if not on_driver:
+            stream._driver = DriverBatches(0, None)
+        for i, pdf in enumerate(frames):
+            stream.foreach_batch(spark.createDataFrame(pdf), i)
+        states.append(stream.close_open_batches())
+        outs.append(read_out(spark, root / "out"))
+    assert states[0] is not None and states[1] is not None
+    assert states[0].to_json() == states[1].to_json()
+    pd.testing.assert_frame_equal(outs[0], outs[1], check_exact=True)
+    # Lateness 1 day: the rows of May 4 were normalized with the state after May 1.
+    assert set(outs[0].loc[outs[0]["day"] == day + dt.timedelta(days=3), "state_day"]) == {
+        day + dt.timedelta(days=1)
+    }
