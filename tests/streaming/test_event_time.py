@@ -8,6 +8,7 @@ micro-batches, restarts and crashes).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -165,6 +166,60 @@ def test_windows_close_when_their_end_passes_the_watermark() -> None:
     # ... and 02:10:00 closes it.
     section, state, folds = section.advance(spec, state, {hour: (part, 2 * hour + 600_000_000)})
     assert [f.value for f in folds] == [hour]
+
+
+def test_the_section_of_a_version_is_checksummed(tmp_path: Path) -> None:
+    import json
+
+    from mxnorm_spark.core.errors import CorruptStateError
+    from mxnorm_spark.store import StateStore, read_state
+
+    store = StateStore(tmp_path)
+    state = MXNormState.create(["a"]).update(Moments.from_array(np.array([[1.0], [2.0]])))
+    section = EventSection(spec=EventTime(batch_col="day").to_dict(), largest=3, folds=1)
+    store.commit(0, state, section=("event_time", section.to_json()))
+    assert read_state(str(tmp_path)).to_json() == state.to_json()  # readers ignore it
+    got = EventSection.from_json(store.section(0, "event_time"), "v0")
+    assert got.largest == 3 and got.folds == 1
+    doc = json.loads(Path(store.version_path(0)).read_text())
+    doc["event_time"]["value"]["largest"] = ["int", 4]
+    Path(store.version_path(0)).write_text(json.dumps(doc))
+    with pytest.raises(CorruptStateError, match="section fails its checksum"):
+        store.section(0, "event_time")
+
+
+def test_stream_config_builds_the_event_time_settings() -> None:
+    from mxnorm_spark.cli.config import StreamConfig, resolve
+    from mxnorm_spark.core.errors import ConfigError
+
+    base = {"input": "i", "output": "o", "state": "s", "checkpoint": "c", "cols": "a"}
+    cfg = resolve(StreamConfig, None, {**base, "batch_col": "day", "lateness": "2"})
+    assert cfg.event_time_spec == EventTime(batch_col="day", lateness=2)
+    windows = {**base, "event_time": "ts", "window": "1 hour", "lateness": "10 minutes"}
+    spec = resolve(StreamConfig, None, windows).event_time_spec
+    assert spec is not None and spec.window_us == 3_600_000_000
+    assert spec.lateness_us == 600_000_000
+    with pytest.raises(ConfigError, match="only apply with batch_col or event_time"):
+        resolve(StreamConfig, None, {**base, "lateness": "3"})
+    with pytest.raises(ConfigError, match="go together"):
+        resolve(StreamConfig, None, {**base, "event_time": "ts"})
+    assert resolve(StreamConfig, None, base).event_time_spec is None
+
+
+def test_lateness_is_in_the_batch_column_units() -> None:
+    from decimal import Decimal
+
+    assert EventTime(batch_col="d", lateness=2).limit(dt.date(2024, 1, 5)) == dt.date(2024, 1, 3)
+    stamp = dt.datetime(2024, 1, 5, 12, 0)
+    late = EventTime(batch_col="t", lateness="90 minutes")
+    assert late.limit(stamp) == dt.datetime(2024, 1, 5, 10, 30)
+    assert EventTime(batch_col="x", lateness=0.5).limit(3.0) == 2.5
+    assert EventTime(batch_col="x", lateness=1).limit(Decimal("2.50")) == Decimal("1.50")
+    assert EventTime(batch_col="s").limit("2024-W03") == "2024-W03"
+    with pytest.raises(InvalidParameterError, match="whole days"):
+        EventTime(batch_col="d", lateness=1.5).limit(dt.date(2024, 1, 5))
+    with pytest.raises(InvalidParameterError, match="interval"):
+        EventTime(batch_col="t", lateness=5).limit(stamp)
 
 
 def test_event_time_settings_are_checked() -> None:
@@ -455,6 +510,8 @@ def test_tumbling_windows_fold_as_the_backfill_over_window_starts(
     epoch_hour = (base - pd.Timestamp("1970-01-01")) // pd.Timedelta(microseconds=1)
     pinned = load(str(tmp_path / "state"), as_of=epoch_hour + 3_600_000_000)
     assert pinned.state.to_json() == folds[1][1].to_json()
+    at = dt.datetime(2024, 3, 1, 1, 30, tzinfo=dt.timezone.utc)  # a time in that window
+    assert load(str(tmp_path / "state"), as_of=at).state.to_json() == folds[1][1].to_json()
 
 
 # ---- crash safety: SIGKILL at each fault point, then restart ---------------------------------
@@ -562,3 +619,42 @@ def test_estimator_takes_half_life(spark: Any) -> None:
     assert MXNorm(inputCols=["x"]).setHalfLife(1).getAlpha() == 0.5
     with pytest.raises(InvalidParameterError, match="alpha or halfLife"):
         MXNorm(inputCols=["x"], alpha=0.2, halfLife=3.0)
+
+
+@pytest.mark.spark
+def test_date_batches_give_the_same_bits_on_the_driver_and_on_spark(
+    spark: Any, tmp_path: Path
+) -> None:
+    from mxnorm_spark.streaming._local import DriverBatches
+
+    rng = np.random.default_rng(6)
+    day = dt.date(2024, 5, 1)
+    batches = [[0, 1, 1], [2, 1, 3], [3, 4, 2]]
+    frames = [
+        pd.DataFrame(
+            {
+                "id": np.arange(10 * len(d)) + 100 * i,
+                "day": [day + dt.timedelta(days=v) for v in d for _ in range(10)],
+                "a": rng.normal(0, 1, 10 * len(d)),
+                "b": rng.normal(7, 3, 10 * len(d)),
+            }
+        )
+        for i, d in enumerate(batches)
+    ]
+    outs, states = [], []
+    for on_driver in (True, False):
+        root = tmp_path / str(on_driver)
+        stream = event_stream(spark, root)
+        if not on_driver:
+            stream._driver = DriverBatches(0, None)
+        for i, pdf in enumerate(frames):
+            stream.foreach_batch(spark.createDataFrame(pdf), i)
+        states.append(stream.close_open_batches())
+        outs.append(read_out(spark, root / "out"))
+    assert states[0] is not None and states[1] is not None
+    assert states[0].to_json() == states[1].to_json()
+    pd.testing.assert_frame_equal(outs[0], outs[1], check_exact=True)
+    # Lateness 1 day: the rows of May 4 were normalized with the state after May 1.
+    assert set(outs[0].loc[outs[0]["day"] == day + dt.timedelta(days=3), "state_day"]) == {
+        day + dt.timedelta(days=1)
+    }
