@@ -224,6 +224,14 @@ def _grouped(
     if feature.min(initial=0) < 0 or feature.max(initial=0) >= k:
         raise CorruptStateError(f"{where} has a feature_index outside 0..{k - 1}")
     cell = enc.indices.to_numpy().astype(np.int64) * k + feature
+    if np.array_equal(cell, np.arange(n * k)):
+        # The export's own layout (each key's features in order, key after key): the
+        # rows already are the tables.
+        tables = {
+            name: np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(n, k)
+            for name in _TABLES
+        }
+        return [(v,) for v in enc.dictionary.to_pylist()], tables
     seen = np.zeros(n * k, dtype=bool)
     seen[cell] = True
     if not seen.all():  # n * k rows fill n * k cells only if none is written twice

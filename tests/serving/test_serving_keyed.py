@@ -152,8 +152,11 @@ def test_constant_tables_are_read_only() -> None:
         norm._mean[0, 0] = 0.0
 
 
-def write_export(root: Any, key_cols: list[str], keys: list[tuple[Any, ...]], tabs: Any) -> None:
-    """An export directory as ``KeyedModel.export`` writes it, rows in a shuffled order."""
+def write_export(
+    root: Any, key_cols: list[str], keys: list[tuple[Any, ...]], tabs: Any, shuffled: bool = True
+) -> None:
+    """An export directory as ``KeyedModel.export`` writes it: each key's features in
+    order, key after key, or (``shuffled``) its rows in any order."""
     import json
 
     import pyarrow.parquet as pq
@@ -162,7 +165,7 @@ def write_export(root: Any, key_cols: list[str], keys: list[tuple[Any, ...]], ta
     from mxnorm_spark.store import write_state
 
     n, k = len(keys), len(FEATURES)
-    order = np.random.default_rng(8).permutation(n * k)
+    order = np.random.default_rng(8).permutation(n * k) if shuffled else np.arange(n * k)
     cols: dict[str, Any] = {c: [keys[i // k][j] for i in order] for j, c in enumerate(key_cols)}
     cols["feature"] = [FEATURES[i % k] for i in order]
     cols["feature_index"] = pa.array([i % k for i in order], pa.int32())
@@ -185,14 +188,15 @@ def write_export(root: Any, key_cols: list[str], keys: list[tuple[Any, ...]], ta
     ],
     ids=["float-key", "string-key", "two-columns"],
 )
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in-order", "shuffled"])
 def test_load_keyed_from_an_export_in_any_row_order(
-    tmp_path: Any, key_cols: list[str], keys: list[tuple[Any, ...]]
+    tmp_path: Any, key_cols: list[str], keys: list[tuple[Any, ...]], shuffled: bool
 ) -> None:
     from mxnorm_spark.serving.keyed import load_keyed
     from mxnorm_spark.store import LocalFileSystem
 
     tabs = tables(len(keys), 6)
-    write_export(tmp_path, key_cols, keys, tabs)
+    write_export(tmp_path, key_cols, keys, tabs, shuffled)
     norm = load_keyed(LocalFileSystem(), str(tmp_path))
     assert norm.n_keys == len(keys)
     gm, gs = norm.global_state.normalization_constants()
