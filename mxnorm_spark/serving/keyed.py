@@ -206,6 +206,58 @@ class KeyedNormalizer:
         return out
 
 
+_TABLES = ("mean", "scale", "count")
+
+
+def _grouped(
+    table: Any, key_col: str, k: int, where: str
+) -> tuple[list[tuple[Any, ...]], dict[str, np.ndarray]]:
+    """One key column: each row goes straight to its (key, feature) cell, keys numbered in
+    order of first appearance (a hash pass, no sort of the keys x features rows)."""
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(table.column(key_col).combine_chunks(), null_encoding="encode")
+    n = len(enc.dictionary)
+    if n * k != table.num_rows:
+        raise CorruptStateError(f"{where} does not hold {k} features for every key")
+    feature = table.column("feature_index").to_numpy().astype(np.int64)
+    if feature.min(initial=0) < 0 or feature.max(initial=0) >= k:
+        raise CorruptStateError(f"{where} has a feature_index outside 0..{k - 1}")
+    cell = enc.indices.to_numpy().astype(np.int64) * k + feature
+    if np.array_equal(cell, np.arange(n * k)):
+        # The export's own layout (each key's features in order, key after key): the
+        # rows already are the tables.
+        tables = {
+            name: np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(n, k)
+            for name in _TABLES
+        }
+        return [(v,) for v in enc.dictionary.to_pylist()], tables
+    seen = np.zeros(n * k, dtype=bool)
+    seen[cell] = True
+    if not seen.all():  # n * k rows fill n * k cells only if none is written twice
+        raise CorruptStateError(f"{where} does not hold {k} features for every key")
+    tables = {}
+    for name in _TABLES:
+        out = np.empty(n * k)
+        out[cell] = np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+        tables[name] = out.reshape(n, k)
+    return [(v,) for v in enc.dictionary.to_pylist()], tables
+
+
+def _sorted(
+    table: Any, key_cols: list[str], k: int
+) -> tuple[list[tuple[Any, ...]], dict[str, np.ndarray]]:
+    """Several key columns: the rows sorted by the key, then the feature."""
+    table = table.sort_by([(c, "ascending") for c in [*key_cols, "feature_index"]])
+    tables = {
+        name: np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(-1, k)
+        for name in _TABLES
+    }
+    firsts = table.take(np.arange(0, table.num_rows, k)) if k > 1 else table
+    keys = list(zip(*(firsts.column(c).to_pylist() for c in key_cols), strict=True))
+    return keys, tables
+
+
 def _key_index(keys: Sequence[tuple[Any, ...]], width: int) -> dict[Any, int]:
     """Key -> row of the constant tables; a one-column key is its value, not a 1-tuple
     (no tuple per key to keep, and no tuple to build per lookup)."""
@@ -247,25 +299,21 @@ def load_keyed(
     state = read_state(fs.join(where, "global.json"))
     keys_path = fs.join(where, "keys.parquet")
     key_cols = list(meta["key_cols"])
-    table = pq.read_table(keys_path)
-    order = [(c, "ascending") for c in [*key_cols, "feature_index"]]
-    table = table.sort_by(order)
     k = state.n_features
+    table = pq.read_table(keys_path, columns=[*key_cols, "feature_index", *_TABLES])
     if table.num_rows % k:
         raise CorruptStateError(f"{keys_path} does not hold {k} features for every key")
-
-    def matrix(name: str) -> np.ndarray:
-        return np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(-1, k)
-
-    firsts = table.take(np.arange(0, table.num_rows, k)) if k > 1 else table
-    keys = list(zip(*(firsts.column(c).to_pylist() for c in key_cols), strict=True))
+    if len(key_cols) == 1:
+        keys, tables = _grouped(table, key_cols[0], k, keys_path)
+    else:
+        keys, tables = _sorted(table, key_cols, k)
     return KeyedNormalizer(
         state,
         key_cols,
         keys,
-        mean=matrix("mean"),
-        scale=matrix("scale"),
-        count=matrix("count"),
+        mean=tables["mean"],
+        scale=tables["scale"],
+        count=tables["count"],
         min_key_rows=int(meta["min_key_rows"]),
         output_cols=output_cols or meta.get("output_cols"),
         handle_invalid=handle_invalid or meta.get("handle_invalid", "keep"),

@@ -150,3 +150,77 @@ def test_constant_tables_are_read_only() -> None:
     assert norm.constants((2,))[0][0] != 1e300
     with pytest.raises(ValueError, match="read-only"):
         norm._mean[0, 0] = 0.0
+
+
+def write_export(
+    root: Any, key_cols: list[str], keys: list[tuple[Any, ...]], tabs: Any, shuffled: bool = True
+) -> None:
+    """An export directory as ``KeyedModel.export`` writes it: each key's features in
+    order, key after key, or (``shuffled``) its rows in any order."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from mxnorm_spark.serving.keyed import EXPORT_TYPE
+    from mxnorm_spark.store import write_state
+
+    n, k = len(keys), len(FEATURES)
+    order = np.random.default_rng(8).permutation(n * k) if shuffled else np.arange(n * k)
+    cols: dict[str, Any] = {c: [keys[i // k][j] for i in order] for j, c in enumerate(key_cols)}
+    cols["feature"] = [FEATURES[i % k] for i in order]
+    cols["feature_index"] = pa.array([i % k for i in order], pa.int32())
+    for name, values in zip(("mean", "scale", "count"), tabs, strict=True):
+        cols[name] = values.reshape(-1)[order]
+    cols["var"] = np.ones(n * k)
+    pq.write_table(pa.table(cols), root / "keys.parquet")
+    write_state(global_state(), str(root / "global.json"))
+    meta = {"type": EXPORT_TYPE, "schema_version": 1, "key_cols": key_cols,
+            "min_key_rows": MIN_ROWS, "handle_invalid": "keep"}  # fmt: skip
+    (root / "keyed.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("key_cols", "keys"),
+    [
+        (["k"], [(float(i),) for i in range(30)] + [(math.nan,), (None,)]),
+        (["k"], [(f"id{i}",) for i in range(30)] + [(None,)]),
+        (["site", "unit"], [(f"s{i % 7}", i // 7 if i % 5 else None) for i in range(30)]),
+    ],
+    ids=["float-key", "string-key", "two-columns"],
+)
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in-order", "shuffled"])
+def test_load_keyed_from_an_export_in_any_row_order(
+    tmp_path: Any, key_cols: list[str], keys: list[tuple[Any, ...]], shuffled: bool
+) -> None:
+    from mxnorm_spark.serving.keyed import load_keyed
+    from mxnorm_spark.store import LocalFileSystem
+
+    tabs = tables(len(keys), 6)
+    write_export(tmp_path, key_cols, keys, tabs, shuffled)
+    norm = load_keyed(LocalFileSystem(), str(tmp_path))
+    assert norm.n_keys == len(keys)
+    gm, gs = norm.global_state.normalization_constants()
+    for i, key in enumerate(keys):
+        use = tabs[2][i] >= MIN_ROWS
+        m, s = norm.constants(key)
+        assert m.tolist() == np.where(use, tabs[0][i], gm).tolist(), key
+        assert s.tolist() == np.where(use, tabs[1][i], gs).tolist(), key
+
+
+def test_load_keyed_rejects_a_key_without_every_feature(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from mxnorm_spark import CorruptStateError
+    from mxnorm_spark.serving.keyed import load_keyed
+    from mxnorm_spark.store import LocalFileSystem
+
+    keys = [(i,) for i in range(5)]
+    write_export(tmp_path, ["k"], keys, tables(5, 7))
+    table = pq.read_table(tmp_path / "keys.parquet")
+    # Key 4's feature 0 row is replaced by a second row of key 3's feature 0.
+    k = table.column("k").to_numpy().copy()
+    fi = table.column("feature_index").to_numpy()
+    k[(k == 4) & (fi == 0)] = 3
+    pq.write_table(table.set_column(0, "k", pa.array(k)), tmp_path / "keys.parquet")
+    with pytest.raises(CorruptStateError, match="does not hold 3 features for every key"):
+        load_keyed(LocalFileSystem(), str(tmp_path))
