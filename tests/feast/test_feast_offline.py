@@ -256,3 +256,22 @@ def test_spark_offline_store_on_the_local_session(published: dict[str, Any], tmp
     assert len(got) == len(want) == len(rows)
     for col in ("a_z", "b_z"):
         assert np.array_equal(bits(got[col]), bits(want[col])), col
+
+
+def test_feast_views_command_for_a_saved_keyed_model(
+    published: dict[str, Any], tmp_path: Any
+) -> None:
+    """The getting-started command on a saved model directory serves what the API does."""
+    from mxnorm_spark.cli.commands import main
+    from mxnorm_spark.feast import apply_repo
+
+    p = published
+    model_dir, repo = str(tmp_path / "model"), str(tmp_path / "cli_repo")
+    p["keyed"].write().save(model_dir)
+    origin = CLOCK_ORIGIN.isoformat()
+    args = ["feast-views", "--model", model_dir, "--repo", repo, "--origin", origin]
+    assert main(args) == 0
+    store = apply_repo(repo)
+    store.materialize(p["clock"].start(0), p["clock"].final_at(list(range(DAYS))))
+    rows = [r for r in request_rows(keyed=True) if r["a"] is not None][:14]
+    assert online(store, rows) == online(p["key_store"], rows)
