@@ -47,7 +47,7 @@ for arg in "$@"; do
   esac
 done
 
-version="$("$py" -c 'import re,sys; print(re.search(r"^__version__ = \"(.+)\"", open("mxnorm_spark/__init__.py").read(), re.M).group(1))')"
+version="$("$py" -c 'import re,sys; print(re.search(r"^__version__ = \"(.+)\"", open("mxnorm_spark/_version.py").read(), re.M).group(1))')"
 written=()
 
 # The zip is written by Python, not `zip`: sorted entries, fixed timestamps and no
