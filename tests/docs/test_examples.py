@@ -8,7 +8,7 @@ The convention (CONTRIBUTING.md repeats it for writers):
   on the next line) and, below each command, what it prints. Each command runs in bash; its
   stdout must match the lines shown. A command may exit non-zero only when the lines shown
   are its stderr (an ``error:`` line, say), which must then match.
-- A ```bash or ```sh block runs as one bash script (``set -euo pipefail``).
+- A ```bash, ```sh or ```shell block runs as one bash script (``set -euo pipefail``).
 - A ```text block directly after a runnable block is that block's stdout when it carries
   ``<!-- docs: output -->``; otherwise it must say ``<!-- docs: illustrative -->``.
 - In expected output, ``...`` stands for any text (timings, paths, Spark's lines).
@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("docs_worker.py")
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 LINKED = (".venv", "conf", "jobs", "scripts")
-RUNNABLE = {"python", "console", "bash", "sh"}
+RUNNABLE = {"python", "console", "bash", "sh", "shell"}
 # Fences that show a file or a format, never run and never printed output.
-SHOWN = {"toml", "json", "text", "ini", "properties", "mermaid"}
+SHOWN = {"toml", "json", "yaml", "yml", "sql", "text", "ini", "properties", "mermaid", "diff"}
 MARKER = re.compile(
     r"^<!--\s*docs:\s*(skip|xfail|unchecked|output|illustrative)\s*(?::\s*(.*?))?\s*-->$"
 )
