@@ -10,10 +10,10 @@ with :meth:`MXNormState.update`: the same state as a backfill over the window st
 Late data. A window is closed when the watermark reaches its end, and folded then. A row
 whose window has already been folded is *late*:
 
-* ``late_data="drop"`` (default): the row is left out of the state; its rows are counted
+* ``late_rows="drop"`` (default): the row is left out of the state; its rows are counted
   in the Beam counter ``mxnorm_spark.beam/late_rows`` (``late_windows`` counts the panes)
   and one :class:`LateWindow` per late pane goes to the output tag ``"late"``;
-* ``late_data="error"``: :class:`~mxnorm_spark.core.errors.LateDataError`.
+* ``late_rows="error"``: :class:`~mxnorm_spark.core.errors.LateRowsError`.
 
 Rows later than ``allowed_lateness`` after their window's end are dropped by Beam's own
 windowing before they reach this policy (Beam's rule for any windowed aggregation); keep
@@ -46,8 +46,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from mxnorm_spark.beam.coders import MomentsCoder, StateCoder
 from mxnorm_spark.beam.combine import BatchMomentsCombineFn
 from mxnorm_spark.beam.rows import RowSpec, check_names
-from mxnorm_spark.core.choices import LATE_DATA, check_choice
-from mxnorm_spark.core.errors import InvalidParameterError, LateDataError
+from mxnorm_spark.core.choices import LATE_ROWS, check_choice
+from mxnorm_spark.core.errors import InvalidParameterError, LateRowsError
 from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.state import MXNormState, StateOptions
 
@@ -98,9 +98,9 @@ class _WithWindow(beam.DoFn):  # type: ignore[misc]
 class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
     """Per key: buffer the windows' moments, fold the closed ones in window order."""
 
-    def __init__(self, start: MXNormState, late_data: str, keyed: bool) -> None:
+    def __init__(self, start: MXNormState, late_rows: str, keyed: bool) -> None:
         self.start = start
-        self.late_data = late_data
+        self.late_rows = late_rows
         self.keyed = keyed
 
     def process(
@@ -120,11 +120,11 @@ class _FoldClosedWindows(beam.DoFn):  # type: ignore[misc]
 
     def _late(self, key: Any, start: int, end: int, rows: int) -> Iterator[Any]:
         shown = key if self.keyed else None
-        if self.late_data == "error":
-            raise LateDataError(
+        if self.late_rows == "error":
+            raise LateRowsError(
                 f"{rows} row(s) of the window [{Timestamp(micros=start)}, "
                 f"{Timestamp(micros=end)}){'' if shown is None else f' of key {shown!r}'} came "
-                "after the window was folded; use late_data='drop' to count and drop them, "
+                "after the window was folded; use late_rows='drop' to count and drop them, "
                 "or a longer window"
             )
         yield beam.pvalue.TaggedOutput(
@@ -202,7 +202,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
         options: StateOptions | None = None,
         *,
         key_cols: Sequence[str] | None = None,
-        late_data: str = "drop",
+        late_rows: str = "drop",
         allowed_lateness: float = 86400.0,
         timestamp_col: str | None = None,
     ) -> None:
@@ -224,7 +224,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
         self.window_size = float(window_size)
         self.allowed_lateness = float(allowed_lateness)
         self.options = options or StateOptions()
-        self.late_data = check_choice("late_data", late_data, LATE_DATA)
+        self.late_rows = check_choice("late_rows", late_rows, LATE_ROWS)
         self.timestamp_col = timestamp_col
 
     def expand(self, rows: beam.pvalue.PCollection) -> Any:
@@ -253,7 +253,7 @@ class FitWindows(beam.PTransform):  # type: ignore[misc]
             | "WithWindow" >> beam.ParDo(_WithWindow())
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
             | "FoldClosedWindows"
-            >> beam.ParDo(_FoldClosedWindows(start, self.late_data, keyed)).with_outputs(
+            >> beam.ParDo(_FoldClosedWindows(start, self.late_rows, keyed)).with_outputs(
                 LATE_TAG, main=STATES_TAG
             )
         )

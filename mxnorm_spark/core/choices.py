@@ -31,10 +31,9 @@ ZERO_VARIANCE_POLICIES = ("eps", "unit", "zero")
 APPLY_AT = ("after", "before")
 # What normalization does with a null, NaN or infinite input value.
 HANDLE_INVALID = ("keep", "error", "skip")
-# A row whose event-time window has already been folded: counted and dropped, or an error.
-LATE_DATA = ("drop", "error")
 ENGINES = ("auto", "arrow", "sql")
-# What an event-time stream does with rows of a batch it has already folded.
+# What an event-time stream (Spark or Beam) does with rows of a batch or window it has
+# already folded: count and drop them, or fail.
 LATE_ROWS = ("drop", "error")
 # Table formats the jobs read and write.
 FORMATS = ("parquet", "csv", "json")

@@ -65,10 +65,6 @@ class InvalidValueError(MXNormError):
     """``handleInvalid='error'`` met a null, NaN or infinite value."""
 
 
-class LateDataError(MXNormError):
-    """``late_data='error'`` met a row whose event-time window had already been folded."""
-
-
 class ConfigError(InvalidParameterError):
     """A job configuration (TOML file or command-line flag) is missing, unknown or invalid."""
 
@@ -82,8 +78,8 @@ class SchemaMismatchError(MXNormError):
 
 
 class LateRowsError(MXNormError):
-    """An event-time stream met rows of a batch it has already folded (``late_rows='error'``),
-    or rows without a batch value."""
+    """An event-time stream (Spark or Beam) met rows of a batch or window it has already
+    folded (``late_rows='error'``), or rows without a batch value."""
 
 
 class MalformedRecordError(SchemaMismatchError):

@@ -24,7 +24,7 @@ from reference import assert_state_close
 
 from mxnorm_spark import Moments, MXNormState
 from mxnorm_spark.beam import LATE_TAG, STATES_TAG, FitMXNorm, FitWindows, LateWindow, WriteState
-from mxnorm_spark.core.errors import LateDataError
+from mxnorm_spark.core.errors import LateRowsError
 from mxnorm_spark.core.state import StateOptions
 from mxnorm_spark.store import read_state
 
@@ -128,7 +128,7 @@ def test_windows_out_of_order_fold_in_window_order_and_late_rows_are_dropped(
     assert_state_close(states[3].mean, states[3].var, backfill.mean, backfill.var)
 
 
-def test_per_key_windows_and_late_data_per_key() -> None:
+def test_per_key_windows_and_late_rows_per_key() -> None:
     rng = np.random.default_rng(8)
     a0, b0 = _rows(rng, 10, 1.0, k="a"), _rows(rng, 12, 4.0, k="b")
     a1 = _rows(rng, 9, 12.0, k="a")
@@ -160,7 +160,7 @@ def test_per_key_windows_and_late_data_per_key() -> None:
     assert [(w.key, w.rows) for w in got[LATE_TAG]] == [(("b",), 3)]
 
 
-def test_late_data_error_names_the_window() -> None:
+def test_late_rows_error_names_the_window() -> None:
     rng = np.random.default_rng(9)
     stream = (
         test_stream.TestStream()
@@ -169,8 +169,8 @@ def test_late_data_error_names_the_window() -> None:
         .add_elements(_rows(rng, 2, 2.0))
         .advance_watermark_to_infinity()
     )
-    fit = FitWindows(["a", "b"], window_size=10, late_data="error")
+    fit = FitWindows(["a", "b"], window_size=10, late_rows="error")
     with pytest.raises(Exception, match="came after the window was folded") as info:
         _run("error", stream, fit)
-    assert "LateDataError" in str(info.value) or isinstance(info.value, LateDataError)
+    assert "LateRowsError" in str(info.value) or isinstance(info.value, LateRowsError)
     assert "2 row(s) of the window [Timestamp(0), Timestamp(10))" in str(info.value)
