@@ -42,7 +42,7 @@ test: setup lint docs
 # The JVM-free tests (the numpy core, the store on local disk and moto, serving, the report,
 # the architecture and import rules, and their doctests): seconds, no Spark session.
 FAST := tests/core tests/store tests/serving tests/report tests/test_architecture.py \
-	tests/test_import.py mxnorm_spark/core mxnorm_spark/store mxnorm_spark/serving mxnorm_spark/report
+	tests/test_import.py tests/docs mxnorm_spark/core mxnorm_spark/store mxnorm_spark/serving mxnorm_spark/report
 test-fast: setup
 	$(PY) -m pytest -q -m "not spark and not slow and not cluster" $(FAST)
 
