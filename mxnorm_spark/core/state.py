@@ -338,12 +338,13 @@ class MXNormState:
             mean, var, merged = _update_counted(
                 self.options, self.mean, self.var, self.totals, moments
             )
+            if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+                check_range(self.features, mean, var, merged.count > 0, _batch_name(batch_id))
             return self._next(mean, var, merged, last)
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
-        which = "the batch" if batch_id is None else f"batch {batch_id}"
-        check_range(self.features, mean, var, Moments(*totals).count > 0, which)
+        check_range(self.features, mean, var, Moments(*totals).count > 0, _batch_name(batch_id))
         return replace(
             self,
             mean=mean,
@@ -628,6 +629,10 @@ def _update_counted(
 def _checksum(payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _batch_name(batch_id: int | None) -> str:
+    return "the batch" if batch_id is None else f"batch {batch_id}"
 
 
 def check_range(

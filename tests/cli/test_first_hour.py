@@ -311,7 +311,7 @@ def test_make_run_installs_only_what_the_demo_needs() -> None:
         plan[target] = [ln for ln in done.stdout.splitlines() if "bootstrap.sh" in ln]
     assert plan == {
         "run": ["scripts/bootstrap.sh spark,report"],
-        "test": ["scripts/bootstrap.sh test,dev"],
+        "test": ["scripts/bootstrap.sh test,dev,docs"],
     }
 
 
