@@ -241,10 +241,9 @@ class ArrowFileSystem(_StagedWrites):
 
     ``s3://`` honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (an S3-compatible
     server) and ``AWS_REGION``; credentials come from the usual AWS variables and files.
-    Paths are full URIs under the root the instance was made for. Each operation is
-    retried by ``retry`` (default :meth:`RetryPolicy.from_env`); the S3 clients' own
-    retries are off so that this policy alone bounds the wait, and ``retry.timeout`` is
-    each request's timeout.
+    Paths are full URIs under the root the instance was made for. ``retry`` (default
+    :meth:`RetryPolicy.from_env`) alone bounds each operation: the S3 clients' own retries
+    are off, and ``retry.timeout`` is each request's timeout.
     """
 
     def __init__(self, root: str, retry: RetryPolicy | None = None) -> None:
@@ -255,9 +254,8 @@ class ArrowFileSystem(_StagedWrites):
         self.retry = retry if retry is not None else RetryPolicy.from_env()
         self._client: Any = None
         if parsed.scheme == "s3":
-            self._endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-                "AWS_ENDPOINT_URL"
-            )
+            env = os.environ
+            self._endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
             self._region = region or "us-east-1"
             kwargs: dict[str, Any] = {
@@ -273,8 +271,8 @@ class ArrowFileSystem(_StagedWrites):
         else:
             self._fs, _ = pafs.FileSystem.from_uri(root)
 
-    def _call(self, operation: str, path: str, fn: Any, **kwargs: Any) -> Any:
-        return self.retry.call(operation, path, fn, **kwargs)
+    def _call(self, operation: str, path: str, fn: Any) -> Any:
+        return self.retry.call(operation, path, fn)
 
     def _path(self, uri: str) -> str:
         parsed = urlparse(uri)
@@ -342,19 +340,15 @@ class ArrowFileSystem(_StagedWrites):
         return True
 
     def replace(self, src: str, dst: str) -> None:
-        retried = False
+        tries = [0]
 
         def move() -> None:
-            # A retried move whose first copy landed and deleted its source: done already.
-            if retried and not self.exists(src) and self.exists(dst):
+            tries[0] += 1  # a retried move whose first copy landed and deleted its source
+            if tries[0] > 1 and not self.exists(src) and self.exists(dst):
                 return
             self._fs.move(self._path(src), self._path(dst))
 
-        def note(_exc: BaseException) -> None:
-            nonlocal retried
-            retried = True
-
-        self._call("MOVE", f"{src} -> {dst}", move, on_retry=note)
+        self._call("MOVE", f"{src} -> {dst}", move)
 
     def qualified(self, path: str) -> str:
         return path
@@ -364,8 +358,8 @@ class ArrowFileSystem(_StagedWrites):
         if self.is_dir(path):
             self._call("DELETE", path, lambda: self._fs.delete_dir(self._path(path)))
         elif self.exists(path):
-            key = self._path(path)
-            self._call("DELETE", path, lambda: _ignore_missing(self._fs.delete_file, key))
+            with contextlib.suppress(FileNotFoundError):
+                self._call("DELETE", path, lambda: self._fs.delete_file(self._path(path)))
 
     def mkdirs(self, path: str) -> None:
         if self._scheme == "hdfs":
@@ -394,12 +388,8 @@ class ArrowFileSystem(_StagedWrites):
 
     def _s3_put_if_absent(self, path: str, data: bytes) -> bool:
         """One conditional PUT (``If-None-Match: *``): created, or False if the key exists.
-
-        A try that failed without an answer (reset, timeout, 5xx) may have landed. If a
-        later try then finds the key present, the object is ours when it holds our bytes:
-        created, not a conflict. (Another writer's object with the very same bytes cannot
-        be told apart, and needs not be: the version is the same.)
-        """
+        A failed try may have landed unanswered: if a retry finds the key, it is ours when it
+        holds our bytes (identical bytes of another writer are the same version anyway)."""
         try:
             from botocore.exceptions import ClientError
         except ImportError:  # without boto3: check, then write (see create_exclusive)
@@ -409,9 +399,10 @@ class ArrowFileSystem(_StagedWrites):
             return True
         client = self._s3_client()
         bucket, _, key = self._path(path).partition("/")
-        maybe_landed = False
+        tries = [0]
 
         def put() -> bool:
+            tries[0] += 1
             try:
                 client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             except ClientError as exc:
@@ -421,12 +412,8 @@ class ArrowFileSystem(_StagedWrites):
                 raise
             return True
 
-        def retried(_exc: BaseException) -> None:
-            nonlocal maybe_landed
-            maybe_landed = True
-
-        created = bool(self._call("PUT (if absent)", path, put, on_retry=retried))
-        if not created and maybe_landed:
+        created = bool(self._call("PUT (if absent)", path, put))
+        if not created and tries[0] > 1:
             return self.read_bytes(path) == data
         return created
 
@@ -472,11 +459,6 @@ def filesystem(
         f"classic SparkSession (not Spark Connect); use one of {', '.join(ARROW_SCHEMES)}:// "
         "or a local path"
     )
-
-
-def _ignore_missing(fn: Any, *args: Any) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        fn(*args)
 
 
 def is_classic(spark: SparkSession) -> bool:

@@ -173,17 +173,9 @@ class RetryPolicy:
         full = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return float(full * (1.0 - self.jitter * self.rng.random()))
 
-    def call(
-        self,
-        operation: str,
-        path: str,
-        fn: Callable[[], T],
-        *,
-        on_retry: Callable[[BaseException], None] | None = None,
-    ) -> T:
+    def call(self, operation: str, path: str, fn: Callable[[], T]) -> T:
         """``fn()``, tried again on a transient failure; :class:`StoreUnavailableError`
-        once the tries or the deadline are used up. ``on_retry`` sees each failure that
-        is retried (a create uses it to know its earlier PUT may have landed)."""
+        once the tries or the deadline are used up."""
         start = time.monotonic()
         attempt = 0
         while True:
@@ -203,8 +195,6 @@ class RetryPolicy:
                         "again once it answers (a stream replays the batch exactly once), "
                         f"or allow more tries ({RETRIES_ENV} or RetryPolicy(attempts=...))"
                     ) from exc
-                if on_retry is not None:
-                    on_retry(exc)
                 self.sleep(pause)
 
 

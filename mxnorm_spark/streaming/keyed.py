@@ -170,8 +170,7 @@ class KeyedStreamState:
         self._snapshots = BatchDirectories(self.root, fs=self.fs)
 
     def clear_attempts(self) -> None:
-        """Remove snapshots that killed attempts left aside; only as the directory's
-        claimed writer (another stream's snapshot in flight would go too)."""
+        """Remove what killed attempts left aside (only as the directory's claimed writer)."""
         self._snapshots.clear_attempts()
 
     def _value_columns(self) -> list[str]:

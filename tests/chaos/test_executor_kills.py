@@ -168,6 +168,7 @@ def test_executor_killed_mid_job(  # noqa: PLR0917
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    print(f"[chaos] {moment}: " + ("the job went on" if rc == 0 else "failed; restarting"))
     if rc != 0:  # the query failed: a restart from its checkpoint must go on
         rc, log = finish(driver(cluster, kind, out, inputs))
         assert rc == 0, log[-3000:]
