@@ -228,6 +228,25 @@ def _ratio_line(name: str, times: dict[str, list[float]], ours: str, base: str, 
     )
 
 
+def stream_worker(args: argparse.Namespace, spec_path: str, result_path: str) -> int:
+    """``--worker SPEC RESULT``: the stream comparison alone, for ``bench/run.py``; the
+    spec sets ``keys``, ``stream_rows`` and ``stream_batches``."""
+    for name, value in json.loads(Path(spec_path).read_text()).items():
+        setattr(args, name, value)
+    spark = _session(args.partitions, args.driver_memory)
+    work = tempfile.mkdtemp(prefix="mxbench-keyed-")
+    try:
+        _stream_batches(spark, f"{work}/batches", args, args.stream_batches)
+        stream = _stream(spark, work, [f"f{j}" for j in range(args.features)], args.keys,
+                         args.stream_batches)  # fmt: skip
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"keys": args.keys, "rows": args.stream_rows, "features": args.features, **stream}
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=10_000_000)
@@ -243,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-rows", type=int, default=2_000_000, help="backfill rows of those runs")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-backfill", action="store_true", help="the stream comparison only")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # SPEC RESULT (bench/run.py)
     args = p.parse_args(argv)
     if args.memory_child:
         return _memory_child(args)
+    if args.worker:
+        return stream_worker(args, *args.worker)
 
     load = os.getloadavg()[0]
     spark = _session(args.partitions, args.driver_memory)

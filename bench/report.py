@@ -238,6 +238,13 @@ def dataset_heading(ds: dict[str, Any]) -> str:
     return f"## {ds['name']}: {shape}"
 
 
+SECTION_TITLES = {
+    "core": "No Spark: the numpy core against the seed loop, and the keyed serving lookup",
+    "vec64-udt": "vec64 as a VectorUDT column",
+    "keyed-stream": "Keyed stream",
+}
+
+
 def section_markdown(results: dict[str, Any], name: str) -> list[str]:
     """One section's table and target verdicts: what the run prints as it finishes it."""
     ds = next((d for d in datasets(results) if d["name"] == name), None)
@@ -245,8 +252,10 @@ def section_markdown(results: dict[str, Any], name: str) -> list[str]:
         lines = [dataset_heading(ds), "", *batch_table(results, name)]
     elif name == "streaming":
         lines = ["## Streaming", "", *stream_table(results)]
-    else:
+    elif name == "backfill":
         lines = ["## Backfill", "", *backfill_table(results)]
+    else:
+        lines = [f"## {SECTION_TITLES.get(name, name)}"]
     found = [v for v in targets.verdicts(results) if v.section == name]
     if found:
         lines += ["", *targets.table(found)]

@@ -4,8 +4,10 @@
     .venv/bin/python -m bench.run --full     # every case on full-size inputs (~40 min)
     .venv/bin/python -m bench.run --quick    # small inputs, for development (~2-3 min)
 
-Sections run one after the other and each is printed as it finishes: the batch inputs
-(wide16, wide256, vec64), the streaming comparison, the backfill fit ratio. The targets
+Sections run one after the other and each is printed as it finishes: the numpy core
+against the seed loop and the keyed serving lookup (no Spark), the batch inputs (wide16,
+wide256, vec64), vec64 as a VectorUDT column, the streaming comparison, the backfill fit
+ratio, the keyed stream. The targets
 table (``bench/targets.py``) gives a verdict for each, from ratios measured in this run.
 
 Inputs are generated once under ``bench/data/`` (gitignored). Every (case, dataset) runs
@@ -62,6 +64,17 @@ BENCH = {
     "vec64": replace(FULL["vec64"], rows=400_000, files=8),
 }
 BACKFILL_ROWS = {"quick": 200_000, "bench": 2_000_000, "full": 2_000_000}
+# The 64-dim vector as a VectorUDT column: written by Spark from the array<double> input of
+# the same name and size (bench/shapes.py), so it reuses vec64's files.
+UDT = {mode: replace(table["vec64"], udt=True) for mode, table in (
+    ("quick", QUICK), ("bench", {"vec64": replace(FULL["vec64"], rows=400_000, files=8)}),
+    ("full", FULL))}  # fmt: skip
+# The keyed stream (bench/keyed_scale.py): micro-batches of `stream_rows` over `keys` keys.
+KEYED_STREAM = {
+    "quick": {"keys": 20_000, "stream_rows": 20_000, "stream_batches": 3},
+    "bench": {"keys": 1_000_000, "stream_rows": 1_000_000, "stream_batches": 3},
+    "full": {"keys": 1_000_000, "stream_rows": 1_000_000, "stream_batches": 5},
+}
 
 METHOD = [
     "- End to end, timed with `time.perf_counter` in the driver: `spark.read.parquet` of the "
@@ -219,6 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming comparison")
     p.add_argument("--no-backfill", action="store_true", help="skip the backfill fit ratio")
+    p.add_argument("--no-core", action="store_true", help="skip the numpy core and keyed serving")
+    p.add_argument("--no-udt", action="store_true", help="skip the VectorUDT input")
+    p.add_argument("--no-keyed-stream", action="store_true", help="skip the keyed stream")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the report goes")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where inputs are generated")
     p.add_argument("--work-dir", type=Path, default=BENCH_DIR / "work", help="scratch outputs")
@@ -284,6 +300,9 @@ class Run:
             "batch": [],
             "streaming": [],
             "backfill": None,
+            "core": None,
+            "udt": None,
+            "keyed_stream": None,
             "sections": [],
         }
 
@@ -359,6 +378,33 @@ def run_backfill(run: Run) -> None:
     _progress(f"backfill: {r.get('error', 'done')}")
 
 
+def run_core(run: Run) -> None:
+    """No Spark: the numpy core against the seed loop, then the keyed serving lookup, each
+    in a fresh process (the second pins itself to one core)."""
+    spec = {"quick": run.args.quick}
+    _progress("core: the numpy core against the seed loop ...")
+    seed = run.launch(["bench.core_vs_seed", "--worker"], spec)
+    _progress("core: keyed serving, 1M keys ..." if not run.args.quick else "core: keyed serving")
+    keyed = run.launch(["bench.serving_keyed", "--worker"], spec)
+    run.results["core"] = {"seed": seed, "keyed_serving": keyed}
+
+
+def run_udt(run: Run) -> None:
+    ds = UDT[run.args.mode]  # its array twin is generated under bench/data/ if missing
+    _progress(f"vec64-udt: {ds.rows:,} rows as a VectorUDT column ...")
+    spec = {"dataset": asdict(ds), "reps": run.args.reps, "cases": ["mllib", "ours"]}
+    run.results["udt"] = run.launch(["bench.shapes", "--worker"], spec)
+
+
+def run_keyed_stream(run: Run) -> None:
+    spec = KEYED_STREAM[run.args.mode]
+    _progress(
+        f"keyed stream: {spec['stream_batches']} micro-batches of {spec['stream_rows']:,} rows "
+        f"over {spec['keys']:,} keys ..."
+    )
+    run.results["keyed_stream"] = run.launch(["bench.keyed_scale", "--worker"], spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = datasets_for(args.mode)
@@ -367,13 +413,19 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args, argv, chosen)
     run.log.write_text("")
     _progress(f"inputs under {args.data_dir} (generated once)")
+    if not args.no_core:
+        run.section("core", partial(run_core, run))
     paths = {ds.name: ensure_dataset(ds, args.data_dir) for ds in chosen}
     for ds in chosen:
         run.section(ds.name, partial(run_dataset, run, ds, paths[ds.name]))
     if not args.no_streaming:
         run.section("streaming", partial(run_streaming, run))
+    if not args.no_udt:
+        run.section("vec64-udt", partial(run_udt, run))
     if not args.no_backfill:
         run.section("backfill", partial(run_backfill, run))
+    if not args.no_keyed_stream:
+        run.section("keyed-stream", partial(run_keyed_stream, run))
     run.save(complete=True)
     _progress(
         f"wrote {args.out_dir}/RESULTS.md and results.png in {run.results['meta']['wall_s']:.0f} s"

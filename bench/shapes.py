@@ -18,6 +18,7 @@ Targets: ours >= 1.3x MLlib's throughput on every shape and sink; wide16 >=
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -219,6 +220,25 @@ def _med(v: list[float]) -> str:
     return f"{statistics.median(v):.2f}" if v else "-"
 
 
+def shape_worker(spec_path: str, result_path: str) -> int:
+    """``--worker SPEC RESULT``: one shape (``dataset``, a Dataset as a dict; ``reps``;
+    ``cases``) in this fresh process, for ``bench/run.py``: the times per case and sink."""
+    spec = json.loads(Path(spec_path).read_text())
+    ds = Dataset(**spec["dataset"])
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    ctx = Context(make_session("mxnorm-shapes"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="mxshapes-") as tmp:
+            times = run_shape(ctx, ds, int(spec["reps"]), Path(tmp), list(spec["cases"]))
+    finally:
+        ctx.spark.stop()
+    out = {"dataset": spec["dataset"], "times": {f"{c}|{s}": v for (c, s), v in times.items()}}
+    Path(result_path).write_text(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, for development")
@@ -226,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(SHAPE_CASES), help="comma-separated cases")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(BENCH_DIR / "SHAPES.md"), help="the report")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # SPEC RESULT (bench/run.py)
     args = parser.parse_args(argv)
+    if args.worker:
+        return shape_worker(*args.worker)
     table = SHAPES_QUICK if args.quick else SHAPES
     names = [s for s in args.shapes.split(",") if s]
     cases = [c for c in args.cases.split(",") if c]

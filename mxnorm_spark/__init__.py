@@ -20,6 +20,7 @@ from mxnorm_spark.core.errors import (
     NonNumericError,
     NotFittedError,
     ShapeError,
+    StateNotFoundError,
     UnsupportedSchemaVersionError,
 )
 from mxnorm_spark.core.moments import Moments
@@ -38,6 +39,7 @@ __all__ = [
     "NonNumericError",
     "NotFittedError",
     "ShapeError",
+    "StateNotFoundError",
     "StateOptions",
     "UnsupportedSchemaVersionError",
     "__version__",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv with the package and its extras; check Python and Java first.
-# Usage: scripts/bootstrap.sh [extras]   (default extras: test,dev)
+# Usage: scripts/bootstrap.sh [extras]   (default extras: test,dev; `make run` uses spark,report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test,dev}"
@@ -37,11 +37,26 @@ if [ ! -x .venv/bin/python ]; then
   echo ">> creating .venv"
   "$py" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras//,/_}"
-if [ ! -f "$stamp" ]; then
+# One stamp per installed extra and pyproject.toml version: `make run` (spark) after
+# `make test` (test,dev) installs nothing, and a changed pyproject.toml installs again.
+hash="$(sha256sum pyproject.toml | cut -c1-16)"
+IFS=, read -ra wanted <<<"$extras"
+missing=0
+for extra in "${wanted[@]}"; do
+  [ -f ".venv/.installed-$hash-$extra" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
   echo ">> installing mxnorm-spark[$extras] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
-  rm -f .venv/.installed-*
-  touch "$stamp"
+  for stamp in .venv/.installed-*; do
+    case "$stamp" in .venv/.installed-"$hash"-*) ;; *) rm -f "$stamp" ;; esac
+  done
+  for extra in "${wanted[@]}"; do
+    touch ".venv/.installed-$hash-$extra"
+    # The test extra holds every package of the spark and report extras.
+    if [ "$extra" = test ]; then
+      touch ".venv/.installed-$hash-spark" ".venv/.installed-$hash-report"
+    fi
+  done
 fi

@@ -78,11 +78,20 @@ if [ "$want_wheel" = 1 ] || [ "$want_venv" = 1 ]; then
   # Build isolation fetches the build backend named in pyproject.toml from the package index.
   # Its output (deprecation notices from the backend) is kept in a log, shown on failure.
   log="$root/build/package-wheel.log"
+  # setuptools reuses build/lib and never removes what is gone from the sources: a module
+  # moved since the last build would still be in the wheel.
+  rm -rf "$root/build/lib" "$root"/build/bdist.*
   mkdir -p "$root/build"
-  "$py" -m pip wheel -q --no-deps -w "$dist" . >"$log" 2>&1 ||
+  # With the backend installed already (the [test] extra has it), build without isolation:
+  # nothing is fetched.
+  isolation=()
+  if "$py" -c 'import sys, setuptools, wheel; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; then
+    isolation=(--no-build-isolation)
+  fi
+  "$py" -m pip wheel -q --no-deps ${isolation[@]+"${isolation[@]}"} -w "$dist" . >"$log" 2>&1 ||
     {
       cat "$log" >&2
-      echo "package.sh: 'pip wheel' failed (it needs setuptools>=68 from the package index);" >&2
+      echo "package.sh: 'pip wheel' failed (it needs setuptools>=77, installed or from the package index);" >&2
       echo "  the zip for --py-files is built: $zip_path" >&2
       exit 1
     }

@@ -16,6 +16,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 # tests/connect runs in a process of its own (`make test` starts it with MXNORM_CONNECT=1):
 # a Spark Connect session switches PySpark into Connect mode for the whole process.
 collect_ignore = [] if os.environ.get("MXNORM_CONNECT") == "1" else ["connect"]
+# conftest.py files hold fixtures, not doctests: with --doctest-modules two of them
+# would both be collected as the module "conftest".
+collect_ignore_glob = ["conftest.py", "*/conftest.py"]
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

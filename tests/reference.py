@@ -1,4 +1,4 @@
-"""Independent oracles for the tests: the DESIGN.md reference loop and float64 two-pass."""
+"""Independent oracles for the tests: the reference loop of docs/design.md and float64 two-pass."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 class Reference:
-    """The reference loop of DESIGN.md section 1 (defaults: EMA of means and variances)."""
+    """The reference loop of docs/design.md, section 1 (defaults: EMA of means and variances)."""
 
     def __init__(self, alpha: float = 0.1, eps: float = 1e-8) -> None:
         self.a, self.eps = alpha, eps

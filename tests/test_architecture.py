@@ -24,14 +24,35 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("store",)),
     ("serving", ("serving",)),
     ("report", ("report",)),
+    # Apache Beam over the numpy core and serving: no Spark package below it, none imported.
+    ("beam", ("beam",)),
     ("engines", ("engines",)),
     ("batch", ("batch",)),
     ("keyed", ("keyed",)),
     ("streaming", ("streaming",)),
     ("ml", ("ml",)),
+    ("feast", ("feast",)),
     ("entry", ("cli",)),
-    # The package root re-exports.
-    ("public", ("__init__", "__main__")),
+    # The package root re-exports, and the former flat module paths re-export what moved.
+    (
+        "public",
+        (
+            "__init__",
+            "__main__",
+            "errors",
+            "moments",
+            "state",
+            "aggregate",
+            "apply",
+            "sources",
+            "progress",
+            "session",
+            "config",
+            "demo",
+            "keyed_stream",
+            "ml_keyed",
+        ),
+    ),
 ]
 
 

@@ -185,6 +185,52 @@ def synthetic_results(numpy_run: dict[str, Any] | None = None) -> dict[str, Any]
             "peak_driver_mib": 150.0,
             "peak_jvm_mib": 1000.0,
         },
+        "core": {
+            "seed": {
+                "rows": [
+                    {
+                        "shape": [64, 64],
+                        "ours_us": [3.0, 3.0],
+                        "seed_us": [2.0, 2.0],
+                        "ours_cpu_us": [2.6, 2.6],
+                        "seed_cpu_us": [2.0, 2.0],
+                        "cpu_ratio": 1.3,
+                    },
+                    {
+                        "shape": [4096, 64],
+                        "ours_us": [8.0],
+                        "seed_us": [5.0],
+                        "ours_cpu_us": [8.0],
+                        "seed_cpu_us": [5.0],
+                        "cpu_ratio": 1.6,
+                    },
+                ]
+            },
+            "keyed_serving": {
+                "keys": 1_000_000,
+                "features": 16,
+                "build_s": 3.0,
+                "build_cpu_s": 1.5,
+                "rss_after_mib": 600.0,
+                "p99_us": 20.0,
+            },
+        },
+        "udt": {
+            "dataset": {"rows": 400_000, "features": 64},
+            "times": {
+                "mllib|noop": [3.0] * 3,
+                "ours|noop": [2.0] * 3,
+                "mllib|parquet": [3.0] * 3,
+                "ours|parquet": [3.0] * 3,
+            },
+        },
+        # The first micro-batch (it creates every key) is left out: 2.5x and 3.0x.
+        "keyed_stream": {
+            "keys": 1_000_000,
+            "rows": 1_000_000,
+            "mxnorm": [30.0, 5.0, 6.0],
+            "plain": [3.0, 2.0, 2.0],
+        },
         "sections": [
             {
                 "name": "wide256",
@@ -200,14 +246,40 @@ def test_targets_give_a_verdict_that_can_fail() -> None:
     got = {v.target: (v.measured, v.verdict) for v in targets.verdicts(synthetic_results())}
     wide16 = "wide16 (3,000 x 4 columns)"
     wide256 = "wide256 (1,000 x 256 columns)"
+    core = "float64 batches: ours <= 1.3x the seed loop's time (CPU, pair by pair)"
+    keyed = "keyed serving: building the lookup for 1,000,000 keys x 16, <= 2 s (CPU time"
     assert got == {
+        f"numpy core, 64x64 {core}": ("1.30x (ours 2.6 µs/batch; wall medians 1.50x)", "met"),
+        f"numpy core, 4096x64 {core}": (
+            "1.60x (ours 8.0 µs/batch; wall medians 1.60x)",
+            "missed by 1.23x",
+        ),
+        f"{keyed}: one thread, no I/O, so a quiet machine's wall time)": (
+            "1.50 s (wall 3.00 s)",
+            "met",
+        ),
+        "keyed serving: resident memory after building, <= 500 MiB": (
+            "600 MiB",
+            "missed by 1.20x",
+        ),
+        "keyed serving: `transform_row` p99 < 100 µs": ("20.0 µs", "met"),
         f"{wide16}, noop: ours >= 2.5x MLlib throughput": ("3.00x", "met"),
-        f"{wide16}, noop: ours time <= 1.0x hand-written SQL": ("1.00x", "met"),
-        f"{wide256}, noop: ours >= 1.3x MLlib throughput": ("2.00x", "met"),
-        f"{wide256}, parquet: ours >= 1.3x MLlib throughput": ("1.00x", "missed by 1.30x"),
+        f"{wide16}, noop: ours time <= 1.1x hand-written SQL": ("1.00x", "met"),
+        f"{wide256}, noop: ours >= 1.5x MLlib throughput": ("2.00x", "met"),
+        f"{wide256}, parquet: ours >= 1.5x MLlib throughput": ("1.00x", "missed by 1.50x"),
         # Ours failed on vec64: no figure, and never "met".
-        "vec64 (2,000 x 3 array), noop: ours >= 1.3x MLlib throughput": ("-", "not measured"),
-        "vec64 (2,000 x 3 array), parquet: ours >= 1.3x MLlib throughput": ("-", "not measured"),
+        "vec64 (2,000 x 3 array), noop: ours >= 1.5x MLlib throughput": ("-", "not measured"),
+        "vec64 (2,000 x 3 array), parquet: ours >= 1.5x MLlib throughput": ("-", "not measured"),
+        "vec64 as a VectorUDT (400,000 x 64), noop: ours >= 1.3x MLlib throughput": (
+            "1.50x",
+            "met",
+        ),
+        "vec64 as a VectorUDT (400,000 x 64), parquet: ours >= 1.3x MLlib throughput": (
+            "1.00x",
+            "missed by 1.30x",
+        ),
+        "keyed stream, later 1,000,000-row micro-batches over 1,000,000 keys: ours <= 2.0x a "
+        "plain join-and-write": ("2.75x", "missed by 1.38x"),
         "streaming, 1,000-row micro-batch: overhead <= 100 ms": ("300 ms", "missed by 200 ms"),
         "streaming, 100,000-row micro-batch: overhead <= 30% of plain": ("20%", "met"),
         "streaming, 1,000,000-row micro-batch: overhead <= 30% of plain": (
@@ -228,7 +300,15 @@ def test_targets_give_a_verdict_that_can_fail() -> None:
     printed = "\n".join(report.section_markdown(results, "backfill"))
     assert "| 100 | 4.00 (4.00-4.00) | 1.00 (1.00-1.00) | 100 |" in printed
     assert "fit(100) | 1.25x (CPU 1.20x) | met |" in printed
-    assert "| missed by 1.30x |" in "\n".join(report.section_markdown(results, "wide256"))
+    assert "| missed by 1.50x |" in "\n".join(report.section_markdown(results, "wide256"))
+    printed = "\n".join(report.section_markdown(results, "core"))
+    assert printed.startswith("## No Spark") and "| 600 MiB | missed by 1.20x |" in printed
+    # A section that did not run gives no verdicts; one whose worker failed, "not measured".
+    results["core"] = {"seed": {"error": "worker exited"}, "keyed_serving": {"error": "x"}}
+    assert {v.verdict for v in targets.core_verdicts(results)} == {"not measured"}
+    results["core"] = results["udt"] = results["keyed_stream"] = None
+    assert targets.core_verdicts(results) + targets.udt_verdicts(results) == []
+    assert targets.keyed_stream_verdicts(results) == []
     # Nothing streamed: no streaming verdicts; streamed but a size missing: not measured.
     results["streaming"] = []
     assert targets.stream_verdicts(results) == []

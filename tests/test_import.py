@@ -1,4 +1,4 @@
-"""The numpy core imports without pyspark: the serving path needs no JVM (DESIGN.md 3)."""
+"""The numpy core imports without pyspark: the serving path needs no JVM (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +77,67 @@ def test_the_command_line_starts_without_pyspark() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "'report'" in proc.stdout and "'export-keys'" in proc.stdout
+
+
+def test_the_beam_engine_imports_when_pyspark_cannot() -> None:
+    """``mxnorm_spark.beam`` runs where Beam runs: no pyspark on its workers."""
+    proc = run(
+        "import sys\n"
+        "sys.modules['pyspark'] = None\n"
+        "import mxnorm_spark.beam as mb\n"
+        "assert 'pyspark' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+        "print(sorted(n for n in mb.__all__ if n.startswith('Fit')))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("['FitHistory', 'FitMXNorm', 'FitWindows']")
+
+
+def test_feast_view_helper_imports_without_pyspark_or_feast() -> None:
+    """What a Feast feature server imports to run the on-demand view: no Spark, no Feast."""
+    proc = run(
+        "\n".join(
+            [
+                "import sys",
+                "sys.modules['pyspark'] = None",
+                "sys.modules['feast'] = None",
+                "import mxnorm_spark.feast",
+                "from mxnorm_spark.feast.udf import normalize_inputs",
+                "out = normalize_inputs({'x': [3.0], 'x__mean': [1.0], 'x__scale': [2.0]},",
+                "                       (('x', 'z'),), False)",
+                "assert out == {'z': [1.0]}, out",
+                "print('ok')",
+            ]
+        )
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("former", "canonical", "name"),
+    [
+        ("mxnorm_spark.state", "mxnorm_spark.core.state", "StateOptions"),
+        ("mxnorm_spark.moments", "mxnorm_spark.core.moments", "Moments"),
+        ("mxnorm_spark.errors", "mxnorm_spark.core.errors", "MXNormError"),
+        ("mxnorm_spark.aggregate", "mxnorm_spark.batch.aggregate", "moments_by_batch"),
+        ("mxnorm_spark.apply", "mxnorm_spark.batch.apply", "normalize"),
+        ("mxnorm_spark.sources", "mxnorm_spark.streaming.sources", "FileSource"),
+        ("mxnorm_spark.progress", "mxnorm_spark.streaming.progress", "BatchReport"),
+        ("mxnorm_spark.session", "mxnorm_spark.cli.session", "build_session"),
+        ("mxnorm_spark.config", "mxnorm_spark.cli.config", "load_config"),
+        ("mxnorm_spark.demo", "mxnorm_spark.cli.demo", "write_demo_files"),
+        ("mxnorm_spark.keyed_stream", "mxnorm_spark.streaming.keyed", "KeyOptions"),
+        ("mxnorm_spark.ml_keyed", "mxnorm_spark.ml.keyed", "KeyedMXNormModel"),
+        ("mxnorm_spark.streaming", "mxnorm_spark.streaming.updater", "MXNormStream"),
+        ("mxnorm_spark.keyed", "mxnorm_spark.keyed.backfill", "fit_keyed"),
+        ("mxnorm_spark.ml", "mxnorm_spark.ml.estimator", "MXNorm"),
+        ("mxnorm_spark.serving", "mxnorm_spark.serving.loading", "load"),
+    ],
+)
+def test_former_module_paths_still_import(former: str, canonical: str, name: str) -> None:
+    # Code written against the flat layout (and the README's examples) goes on working.
+    import importlib
+
+    assert getattr(importlib.import_module(former), name) is getattr(
+        importlib.import_module(canonical), name
+    )

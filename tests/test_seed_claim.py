@@ -1,7 +1,7 @@
 """The training-loop experiment (bench/seed_claim) on a tiny configuration, no Spark.
 
 It checks that the loop normalizes what it claims to: MXNorm ``after`` is the reference
-loop of DESIGN.md, ``before`` never looks at the batch it normalizes, the static scaler is
+loop of docs/design.md, ``before`` never looks at the batch it normalizes, the static scaler is
 a z-score of the training set, and the report has one finite row per variant. No timing
 is asserted; the figures themselves come from ``make seed-claim``.
 """
@@ -29,7 +29,7 @@ EPS = 1e-8
 def _reference_states(
     batches: list[np.ndarray], alpha: float
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(mean, var) after each batch, the DESIGN.md reference loop written out in numpy."""
+    """(mean, var) after each batch, the reference loop of docs/design.md written out in numpy."""
     states = []
     mean = var = None
     for x in batches:
@@ -65,7 +65,7 @@ def test_before_normalizes_each_batch_with_the_state_before_it() -> None:
     )
     xs = [x for x, _ in trace]
     states = _reference_states(xs, alpha=0.1)
-    # The first batch has no earlier state: it uses its own moments (DESIGN.md section 1).
+    # The first batch has no earlier state: it uses its own moments (docs/design.md, section 1).
     prior = [(xs[0].mean(0), xs[0].var(0)), *states[:-1]]
     for (x, z), (mean, var) in zip(trace, prior, strict=True):
         np.testing.assert_allclose(z, (x - mean) / np.sqrt(var + EPS), rtol=1e-12, atol=1e-12)

@@ -373,7 +373,7 @@ def render(results: Sequence[RunResult], cfg: Config, meta: dict[str, Any]) -> s
         "- Streams are scored prequentially: batch t is first predicted by the model and the "
         "normalizer as they were after batch t-1, then trained on. MXNorm `after` "
         "normalizes a training batch with the state updated on it (the article's loop, "
-        "checked against the reference loop of DESIGN.md in `tests/test_seed_claim.py`); "
+        "checked against the reference loop of docs/design.md in `tests/test_seed_claim.py`); "
         "`before` with the state from before it. Static z-score is scikit-learn's "
         "`StandardScaler`, fitted on the first 5 batches or on every training row (on a "
         "stream that is look-ahead no real pipeline has).",

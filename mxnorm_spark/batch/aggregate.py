@@ -13,8 +13,9 @@ run. Two engines compute the partials (:mod:`mxnorm_spark.engines`):
   the given ``shift``, else the median of the first valid values. Where a group's mean
   turns out to lie more than ~1.7 standard deviations from ``p`` (cancellation would cost
   digits), a second pass re-centres on that mean. No Python worker is involved.
-* ``arrow``: ``mapInArrow`` running :meth:`Moments.from_columns` (compensated two-pass in
-  shifted coordinates) on every Arrow record batch, merged within the partition.
+* ``arrow``: ``mapInArrow`` running the two-pass in shifted coordinates of the numpy core
+  (``finite_rows_moments``, or ``Moments.from_columns`` for a record batch with invalid
+  values) on every Arrow record batch, merged within the partition.
 
 ``auto`` picks ``sql`` for up to 32 scalar columns and ``arrow`` for more, or for a
 vector/array column (each measured faster there; see README ``## Spark batch``). An input

@@ -48,7 +48,7 @@ from mxnorm_spark.core.errors import (
 )
 from mxnorm_spark.core.history import StateHistory, fold_history
 from mxnorm_spark.core.moments import Moments
-from mxnorm_spark.core.state import MXNormState, scale_of
+from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.engines import arrow_normalize
 from mxnorm_spark.engines import sql as sql_engine
 from mxnorm_spark.engines.columns import (
@@ -324,21 +324,10 @@ class BackfillHistory(Sequence[tuple[Any, MXNormState]]):
         return [] if t is None else [t.moments(i) for i in range(len(t))]
 
     def constants(self, before: bool) -> BatchConstants:
-        """Each batch value's ``(mean, scale)``, as ``MXNormModel.transform`` uses them.
-
-        ``after``: the state after the batch, a feature without state taking mean 0 and
-        variance 1 (its rows hold only invalid values). ``before``: the state before the
-        batch, a feature without state yet taking the batch's own (after) values; the
-        first batch uses its after state.
-        """
-        h, start = self.states, self.states.start
-        mean = np.where(np.isnan(h.mean), 0.0, h.mean)
-        var = np.where(np.isnan(h.var), 1.0, h.var)
-        if before and len(self) > 1:
-            had = h.totals[0][:-1] > 0
-            mean[1:] = np.where(had, h.mean[:-1], mean[1:])
-            var[1:] = np.where(had, h.var[:-1], var[1:])
-        return BatchConstants(self.batch_values, mean, scale_of(var, start.options))
+        """Each batch value's ``(mean, scale)``, as ``MXNormModel.transform`` uses them
+        (:meth:`StateHistory.constants`)."""
+        mean, scale = self.states.constants(before)
+        return BatchConstants(self.batch_values, mean, scale)
 
     def history_table(self, committed_at: dt.datetime | None = None) -> pa.Table | None:
         """The rows of :func:`mxnorm_spark.store.history.batch_table` for every batch,

@@ -6,13 +6,16 @@ importing each other the wrong way.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.cli.config import DEFAULT_READ_OPTIONS, DEFAULT_WRITE_OPTIONS, SparkSettings
 from mxnorm_spark.core.errors import ConfigError, NotFittedError
 from mxnorm_spark.core.state import MXNormState
-from mxnorm_spark.store import is_local, local_path
+from mxnorm_spark.store import FileSystem, filesystem, is_local, local_path, unwritable_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -22,17 +25,51 @@ def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[{")
 
 
-def check_input_path(path: str, flag: str = "--input") -> None:
-    """Fail before Spark starts when a local input path does not exist."""
-    if is_local(path) and not _has_glob(path) and not Path(local_path(path)).exists():
+def check_input_path(path: str, flag: str = "--input", fmt: str | None = None) -> None:
+    """Fail before Spark starts when a local input path does not exist, or (``fmt``) when
+    its files are plainly of another format than ``--format`` says."""
+    if not is_local(path) or _has_glob(path):
+        return
+    if not Path(local_path(path)).exists():
         raise ConfigError(f"{flag} {path}: no such file or directory")
+    if fmt is not None:
+        sample = _first_data_file(Path(local_path(path)))
+        if sample is not None:
+            # Here, not at the top: the streaming package needs pyspark (inspect does not).
+            from mxnorm_spark.streaming.sources import check_file_format
+
+            check_file_format(str(sample), fmt, f"{flag} {path}", fix="pass --format {}")
+
+
+def _first_data_file(path: Path) -> Path | None:
+    """The first file Spark would read under ``path`` (it skips names starting with _ or .)."""
+    if path.is_file():
+        return path
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        for name in sorted(files):
+            if not name.startswith(("_", ".")):
+                return Path(root) / name
+    return None
 
 
 def check_output_path(path: str, mode: str, flag: str = "--output") -> None:
+    """Fail before Spark starts when a local output exists (under errorifexists) or
+    cannot be written."""
     if mode == "errorifexists" and is_local(path) and Path(local_path(path)).exists():
         raise ConfigError(
             f"{flag} {path} already exists; choose another path or pass --mode overwrite"
         )
+    check_writable(path, flag)
+
+
+def check_writable(path: str, flag: str, *, directory: bool = True) -> None:
+    """Fail before Spark starts when nothing can be written at a local ``path`` (a
+    directory, or with ``directory=False`` a file). URIs are left to the store, which
+    checks them when it writes."""
+    reason = unwritable_reason(path, directory=directory)
+    if reason is not None:
+        raise ConfigError(f"{flag} {path} is not writable: {reason}; choose another location")
 
 
 def read_table(
@@ -40,6 +77,72 @@ def read_table(
 ) -> DataFrame:
     opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
     return spark.read.format(fmt).options(**opts).load(path)
+
+
+# How a command says what to do about a malformed csv/json record.
+MALFORMED_FIX = (
+    "fix or remove that record, or pass --read-option mode=DROPMALFORMED to drop such "
+    "records (mode=PERMISSIVE reads their missing fields as nulls)"
+)
+
+
+# Spark's CSV reader parses only the columns a query uses (column pruning): a row with
+# too few or too many fields then goes unnoticed even in FAILFAST mode. Off while a
+# command reads CSV in that mode, so that every row is checked against the header.
+_CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
+
+
+@contextmanager
+def explained_read_failures(
+    fmt: str, options: Mapping[str, str], spark: SparkSession | None = None
+) -> Iterator[None]:
+    """Check every csv row under FAILFAST (the default), and turn Spark's failure to parse
+    a csv/json record into a :class:`~mxnorm_spark.core.errors.MalformedRecordError` naming
+    the file and the record."""
+    opts = {**DEFAULT_READ_OPTIONS.get(fmt, {}), **dict(options)}
+    strict = fmt == "csv" and opts.get("mode", "").upper() == "FAILFAST" and spark is not None
+    before = spark.conf.get(_CSV_PRUNING, None) if strict and spark is not None else None
+    if strict and spark is not None:
+        spark.conf.set(_CSV_PRUNING, "false")
+    try:
+        yield
+    except Exception as exc:
+        if fmt not in ("csv", "json"):
+            raise
+        from mxnorm_spark.streaming.sources import malformed_record_error
+
+        error = malformed_record_error(str(exc), fmt, opts, MALFORMED_FIX, spark)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if strict and spark is not None:
+            with suppress(Exception):  # a stopped session keeps nothing to restore
+                if before is None:
+                    spark.conf.unset(_CSV_PRUNING)
+                else:
+                    spark.conf.set(_CSV_PRUNING, before)
+
+
+@contextmanager
+def removed_on_failure(path: str, spark: SparkSession | None = None) -> Iterator[None]:
+    """A new output that a failing command leaves behind (Spark keeps the directory of a
+    failed write) is removed, so that the same command can simply be run again."""
+    where = local_path(path) if is_local(path) else path
+    fs: FileSystem | None = None
+    try:
+        found = filesystem(path, spark)
+        existed, fs = found.exists(where), found
+    except Exception:  # a scheme only Spark's own writer reaches (hdfs:// on Connect)
+        existed = True
+    try:
+        yield
+    except BaseException:
+        if fs is not None and not existed:
+            with suppress(Exception):  # the failure being raised is the one to report
+                if fs.exists(where):
+                    fs.delete(where, recursive=True)
+        raise
 
 
 def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> None:

@@ -2,7 +2,7 @@
 
     mxnorm-spark fit --input data/ --cols a,b,c [--batch-col day] --state state.json
     mxnorm-spark transform --input data/ --state state.json --output out/
-    mxnorm-spark inspect state.json [--json]
+    mxnorm-spark inspect state.json [--json] [--batch-id N]
     mxnorm-spark report state.json --out report.html [--k 3]
     mxnorm-spark export-keys model/ serving/     (a keyed model: fit --key-cols, cli_keyed)
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,9 +32,12 @@ from mxnorm_spark.cli._base import (
     JobSession,
     check_input_path,
     check_output_path,
+    check_writable,
     describe_batches,
+    explained_read_failures,
     inspect_table,
     read_table,
+    removed_on_failure,
     write_table,
 )
 from mxnorm_spark.cli.config import (
@@ -47,6 +51,7 @@ from mxnorm_spark.cli.config import (
     load_config,
 )
 from mxnorm_spark.cli.config_fields import add_arguments
+from mxnorm_spark.cli.feast import add_feast_views_parser
 from mxnorm_spark.cli.keyed import (
     add_export_keys_parser,
     keyed_marker,
@@ -54,15 +59,15 @@ from mxnorm_spark.cli.keyed import (
     run_fit_keyed,
     transform_keyed,
 )
+from mxnorm_spark.cli.messages import cli_message
 from mxnorm_spark.core.errors import (
     ConfigError,
-    CorruptStateError,
-    MXNormError,
-    error_in_text,
+    StateNotFoundError,
 )
 from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store import (
     StateStore,
+    filesystem,
     is_local,
     local_path,
     read_state,
@@ -79,6 +84,7 @@ if TYPE_CHECKING:
 
 C = TypeVar("C")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 # ---- helpers shared by the commands -------------------------------------------------------
@@ -88,23 +94,26 @@ def save_state(state: MXNormState, path: str, spark: SparkSession | None = None)
     return write_state(state, path, spark)
 
 
-def load_state(path: str, spark: SparkSession | None = None, flag: str = "--state") -> MXNormState:
+def state_exists(path: str, spark: SparkSession | None = None) -> bool:
+    """Whether a file (or anything) is at ``path`` already: fit says when it replaces it."""
+    return filesystem(path, spark).exists(local_path(path) if is_local(path) else path)
+
+
+def load_state(
+    path: str,
+    spark: SparkSession | None = None,
+    flag: str = "--state",
+    *,
+    batch_id: int | None = None,
+) -> MXNormState:
     """A state file, or the newest version in a state directory (see read_state).
 
     Local paths and ``s3://``/``gs://``/``abfs://`` URIs need no Spark; other schemes
     (``hdfs://``, ``s3a://``) are read through ``spark``'s Hadoop file system.
     """
     if is_local(path) and not Path(local_path(path)).exists():
-        raise ConfigError(f"{flag} {path}: no such file or directory")
-    try:
-        return read_state(path, spark)
-    except CorruptStateError as exc:
-        if "holds no committed version" in str(exc):
-            raise ConfigError(
-                f"{flag} {path} is a directory without a committed state version "
-                "(v-<batch id>.json)"
-            ) from None
-        raise
+        raise StateNotFoundError(f"{flag} {path} not found (no such file or directory)")
+    return read_state(path, spark, batch_id=batch_id)
 
 
 # ---- command registration ---------------------------------------------------------------
@@ -185,7 +194,7 @@ def add_transform_parser(subparsers: Any) -> None:
             "write the result (other columns are kept). By default the columns are the\n"
             "state's features and are replaced in place. A keyed model directory (fit\n"
             "--key-cols) is recognised by its keyed.json and normalizes each row with its\n"
-            "key's state as of its batch, or the global state (see docs/keyed.md).\n\n"
+            "key's state as of its batch, or the global state (see docs/guides/keyed.md).\n\n"
             "example:\n"
             "  mxnorm-spark transform --input events.parquet --state state.json \\\n"
             "      --output normalized/ --mode overwrite"
@@ -229,6 +238,13 @@ def add_inspect_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the verified state document as JSON"
     )
+    parser.add_argument(
+        "--batch-id",
+        type=_batch_id,
+        metavar="N",
+        help="with a state directory: the version committed for micro-batch N "
+        "(default: the newest)",
+    )
     parser.set_defaults(handler=run_inspect)
 
 
@@ -270,6 +286,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_export_keys_parser,
     add_inspect_parser,
     add_report_parser,
+    add_feast_views_parser,
 ]
 
 
@@ -302,11 +319,15 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
 
     if cfg.key_cols is not None:
         return run_fit_keyed(cfg, settings)
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     _check_state_target(cfg.state)
+    check_writable(cfg.state, "--state", directory=False)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
-    with JobSession(settings, "mxnorm-spark fit") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark fit") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+    ):
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
         estimator = MXNorm(
             inputCols=None if cfg.cols is None else list(cfg.cols),
@@ -314,7 +335,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
             inputCol=cfg.input_col,
             # Without a name the vector output would get Spark's generated default name.
             outputCol=cfg.output_col or cfg.input_col,
-            alpha=cfg.alpha,
+            alpha=cfg.state_options.alpha,
             epsilon=cfg.eps,
             batchCol=cfg.batch_col,
             applyAt=cfg.apply_at or "after",
@@ -328,19 +349,24 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         state = model.state
         batches = model.batch_values() if cfg.batch_col else ["whole input"]
         out_format = cfg.output_format or cfg.format
-        if cfg.output is not None:
-            write_table(model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options)
         from mxnorm_spark.streaming.progress import fault
 
-        # One run at a time writes the state and its history (a second one stops here).
-        with state_file_writer(cfg.state, spark):
-            fault("fit_write", 0, spark)
-            written = save_state(state, cfg.state, spark)
-            # Beside the file (<state>.history/); a rerun replaces the old state's history.
-            write_history(cfg.state, model.history_table(), spark, state_file=True)
+        replaced = state_exists(cfg.state, spark)
+        cleanup = nullcontext() if cfg.output is None else removed_on_failure(cfg.output, spark)
+        with cleanup:
+            if cfg.output is not None:
+                write_table(
+                    model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options
+                )
+            # One run at a time writes the state and its history (a second one stops here).
+            with state_file_writer(cfg.state, spark):
+                fault("fit_write", 0, spark)
+                written = save_state(state, cfg.state, spark)
+                # Beside the file (<state>.history/); a rerun replaces the old state's history.
+                write_history(cfg.state, model.history_table(), spark, state_file=True)
     print(f"fitted {state.n_features} feature(s) on {cfg.input}: {describe_batches(batches)}")
     print(inspect_table(state))
-    print(f"state written to {written}")
+    print(f"state written to {written}" + (" (it replaced the state there)" if replaced else ""))
     if cfg.output is not None:
         print(f"normalized input written to {cfg.output} ({out_format})")
     return 0
@@ -349,7 +375,7 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
 def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     from mxnorm_spark.batch.apply import normalize
 
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     check_output_path(cfg.output, cfg.mode)
     # A local state (or keyed model) is read and verified before Spark starts; a remote
     # one needs Spark.
@@ -357,7 +383,11 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
     keyed = keyed_source(cfg) if local else None
     state = load_state(cfg.state) if local and keyed is None else None
     out_format = cfg.output_format or cfg.format
-    with JobSession(settings, "mxnorm-spark transform") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark transform") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+        removed_on_failure(cfg.output, spark),
+    ):
         if not local:
             keyed = keyed_source(cfg, spark)
         if keyed is not None:
@@ -387,6 +417,7 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
 
 def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MXNormStream]:
     """The file source and the exactly-once updater of ``mxnorm-spark stream``."""
+    # Imported here: inspect and report run without Spark (a numpy-only install).
     from mxnorm_spark.streaming.sources import FileSource
     from mxnorm_spark.streaming.updater import MXNormStream, StreamOutput
 
@@ -426,6 +457,7 @@ def _file_stream(cfg: StreamConfig, spark: SparkSession) -> tuple[FileSource, MX
             1 if cfg.min_key_rows is None else cfg.min_key_rows,
             cfg.evict_after,
         ),
+        event_time=cfg.event_time_spec,
     )
     return source, stream
 
@@ -439,6 +471,9 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
         "spark.sql.adaptive.enabled": "false",
         **dict(settings.conf),
     }
+    for path, flag in ((cfg.state, "--state"), (cfg.output, "--output"),
+                       (cfg.checkpoint, "--checkpoint")):  # fmt: skip
+        check_writable(path, flag)
     with JobSession(replace(settings, conf=quiet), "mxnorm-spark stream") as spark:
         source, stream = _file_stream(cfg, spark)
         df = source.read(spark, cfg.cols, cfg.input_col)
@@ -454,17 +489,40 @@ def run_stream(cfg: StreamConfig, settings: SparkSettings) -> int:
             available_now=cfg.available_now,
             trigger_interval=cfg.trigger_interval,
             source=source,
+            end_of_input=cfg.close_open_batches,
         )
         state = stream.store.latest()
         rows = sum(r.rows for r in reports)
+        if stream.interrupted:
+            last = "none" if state is None else f"batch {state.last_batch_id}"
+            print(
+                f"[mxnorm] stopped by Ctrl-C after {len(reports)} micro-batch(es), {rows:,} "
+                f"rows; state committed up to {last}",
+                flush=True,
+            )
+            return EXIT_INTERRUPTED
         print(f"[mxnorm] stream stopped after {len(reports)} micro-batch(es), {rows:,} rows")
         if state is not None:
             print(state.summary())
     return 0
 
 
+def _batch_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a batch id (a whole number >= 0), got {text!r}")
+    return int(text)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    state = load_state(args.state, flag="STATE_PATH")
+    if (
+        args.batch_id is not None
+        and is_local(args.state)
+        and Path(local_path(args.state)).is_file()
+    ):
+        raise ConfigError(
+            f"--batch-id selects a version of a state directory; {args.state} is one state file"
+        )
+    state = load_state(args.state, flag="STATE_PATH", batch_id=args.batch_id)
     if args.json:
         sys.stdout.write(state.to_json())
     else:
@@ -477,6 +535,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.k > 0 or args.k == float("inf"):
         raise ConfigError(f"--k must be a positive number of standard deviations, got {args.k}")
+    check_writable(args.out, "--out", directory=False)
     events = write_report(args.state, args.out, k=args.k)
     for event in events:
         print(f"drift: {event.describe()}")
@@ -484,28 +543,7 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- errors -----------------------------------------------------------------------------
-def error_message(exc: BaseException) -> str | None:
-    """The one-line message for an expected failure, or None for a bug (keep its traceback).
-
-    Errors raised inside Spark's Python workers come back wrapped in a Java exception; the
-    MXNorm error inside is found by its class name.
-    """
-    if isinstance(exc, MXNormError):
-        return str(exc)
-    text = str(exc)
-    found = error_in_text(text)
-    if found is not None:
-        return str(found)
-    try:
-        from pyspark.errors import AnalysisException
-    except ImportError:  # pragma: no cover - pyspark is a dependency
-        return None
-    if isinstance(exc, AnalysisException):
-        return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return None
-
-
+# ---- entry point ------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mxnorm-spark`` and ``python -m mxnorm_spark``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -513,9 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
-        message = error_message(exc)
+        message = cli_message(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

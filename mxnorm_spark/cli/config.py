@@ -53,6 +53,7 @@ from mxnorm_spark.cli.config_fields import (
     fail,
     fields,
     flag_name,
+    flag_table,
     flag_values,
     int_at_least,
     interval,
@@ -64,6 +65,7 @@ from mxnorm_spark.cli.config_fields import (
     read_text,
     required,
     text,
+    with_flags,
 )
 
 # Re-exported: the session reads Spark properties files through this module.
@@ -74,11 +76,13 @@ from mxnorm_spark.core.choices import (
     ENGINES,
     FORMATS,
     HANDLE_INVALID,
+    LATE_ROWS,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
 )
 from mxnorm_spark.core.errors import ConfigError, InvalidParameterError
-from mxnorm_spark.core.state import StateOptions, check_alpha, check_eps
+from mxnorm_spark.core.event_time import EventTime, parse_interval
+from mxnorm_spark.core.state import StateOptions, alpha_from_half_life, check_alpha, check_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,10 +94,11 @@ STATE_OPTION_KEYS = ("alpha", "eps", "var_update", "decay", "zero_variance")
 WRITE_MODES = ("errorifexists", "overwrite", "append", "ignore")
 LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
-# Read options used for a format unless the user gives their own: CSV without a header
-# row or with every column as a string is never what a normalization job wants.
+# Read options used for a format unless the user gives their own: CSV without a header,
+# with every column a string or with malformed rows read as nulls (PERMISSIVE, where a
+# stream rejects them) is never what a normalization job wants.
 DEFAULT_READ_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
-    {"csv": MappingProxyType({"header": "true", "inferSchema": "true"})}
+    {"csv": MappingProxyType({"header": "true", "inferSchema": "true", "mode": "FAILFAST"})}
 )
 DEFAULT_WRITE_OPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {"csv": MappingProxyType({"header": "true"})}
@@ -125,6 +130,48 @@ def _eps(value: Any, key: str) -> float:
 
 
 FROM_TEXT[_alpha] = _alpha_text
+
+
+def _half_life(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        raise fail(key, "a positive number", value)
+    try:
+        alpha_from_half_life(value)
+    except InvalidParameterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return float(value)
+
+
+FROM_TEXT[_half_life] = lambda v, k: number_text(v, k, "a positive number")
+
+
+def _state_options(cfg: Any) -> StateOptions:
+    """The five state options of a job config (alpha from half_life when given)."""
+    values = {k: getattr(cfg, k) for k in STATE_OPTION_KEYS}
+    if cfg.half_life is not None:
+        if cfg.alpha != 0.1:
+            raise ConfigError("give alpha or half_life, not both")
+        values["alpha"] = alpha_from_half_life(cfg.half_life)
+    return StateOptions(**values)
+
+
+def _lateness(value: Any, key: str) -> Any:
+    """A number (the batch column's units) or an interval text such as "10 minutes"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise fail(key, 'a number >= 0 or an interval such as "10 minutes"', value)
+    if isinstance(value, str):
+        parse_interval(value, key)
+    elif value < 0:
+        raise fail(key, 'a number >= 0 or an interval such as "10 minutes"', value)
+    return value
+
+
+def _lateness_text(value: str, key: str) -> Any:
+    stripped = value.strip().lstrip("+-").replace(".", "", 1)
+    return number_text(value, key, "a number") if stripped.isdigit() else value
+
+
+FROM_TEXT[_lateness] = _lateness_text
 FROM_TEXT[_eps] = lambda v, k: number_text(v, k, "a positive number")
 
 _FORMAT = one_of(FORMATS, fold=str.lower)
@@ -136,7 +183,9 @@ _HELP_ENGINE = (
 )
 _HELP_COLS = "comma-separated numeric columns to normalize (or use --input-col)"
 _HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --cols"
-_HELP_READ = "reader option KEY=VALUE, repeatable (csv defaults: header=true, inferSchema=true)"
+_HELP_READ = (
+    "reader option KEY=VALUE, repeatable (csv: header=true, inferSchema=true, mode=FAILFAST)"
+)
 _HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
 
 
@@ -192,6 +241,8 @@ def _check_outputs(cfg: Any) -> None:
 
 
 def _check_options(cfg: Any) -> None:
+    if cfg.half_life is not None and cfg.alpha != 0.1:
+        raise ConfigError("give alpha or half_life, not both")
     if cfg.alpha is None and (cfg.var_update != "ema" or cfg.decay != "batch"):
         raise ConfigError(
             'alpha "cumulative" computes exact running moments; it takes no var_update or '
@@ -232,6 +283,10 @@ class FitConfig:
     )
     format: str = opt(_FORMAT, "input format: parquet, csv or json", default="parquet")
     alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    half_life: float | None = opt(
+        _half_life, "instead of --alpha: half-life in batches (rows with --decay rows), "
+        "alpha = 1 - 0.5**(1/half_life)", metavar="H",
+    )  # fmt: skip
     eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = opt(
         one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
@@ -292,7 +347,7 @@ class FitConfig:
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
+        return _state_options(self)
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -310,7 +365,7 @@ class FitConfig:
             )
             if given:
                 raise ConfigError(
-                    f"{', '.join(given)} only apply to the normalized output: add output"
+                    f"{', '.join(given)} only apply to the normalized output: add output=PATH"
                 )
         _check_outputs(self)
 
@@ -410,6 +465,10 @@ class StreamConfig:
         text, "output column for --input-col (default: replace it)", metavar="COL"
     )
     alpha: float | None = opt(_alpha, _HELP_ALPHA, default=0.1)
+    half_life: float | None = opt(
+        _half_life, "instead of --alpha: half-life in batches (rows with --decay rows), "
+        "alpha = 1 - 0.5**(1/half_life)", metavar="H",
+    )  # fmt: skip
     eps: float = opt(_eps, "added to the variance before the square root", default=1e-8)
     var_update: str = opt(
         one_of(VAR_UPDATES), "variance update: ema (reference) or mixture", default="ema"
@@ -470,6 +529,31 @@ class StreamConfig:
     evict_after: int | None = opt(
         int_at_least(1), "with --key-cols: drop keys unseen for N micro-batches", metavar="N"
     )
+    batch_col: str | None = opt(
+        text, "event-time batches: the batch is this column's value, not the micro-batch",
+        metavar="COL",
+    )  # fmt: skip
+    event_time: str | None = opt(
+        text, "event-time batches: tumbling --window windows of this timestamp column",
+        metavar="COL",
+    )  # fmt: skip
+    window: str | None = opt(text, 'with --event-time: the window, e.g. "1 hour"', metavar="SIZE")
+    lateness: int | float | str | None = opt(
+        _lateness, 'how far behind the largest batch value rows may arrive: a number in '
+        '--batch-col units, or an interval such as "10 minutes" (default 0)', metavar="L",
+    )  # fmt: skip
+    late_rows: str = opt(
+        one_of(LATE_ROWS), "rows of an already folded batch: drop (counted) or error",
+        default="drop",
+    )  # fmt: skip
+    lineage_col: str | None = opt(
+        text, "output column: the batch value of the state each row was normalized with",
+        metavar="COL",
+    )  # fmt: skip
+    close_open_batches: bool = opt(
+        boolean, "at the end of an --available-now run, fold every open batch (end of input)",
+        default=False, switch=True,
+    )  # fmt: skip
     read_options: Mapping[str, str] = opt(
         options, _HELP_READ, default={}, metavar="KEY=VALUE", repeat=True, flag="--read-option"
     )
@@ -480,9 +564,34 @@ class StreamConfig:
     @property
     def state_options(self) -> StateOptions:
         """The five state options as one validated value."""
-        return StateOptions(**{k: getattr(self, k) for k in STATE_OPTION_KEYS})
+        return _state_options(self)
+
+    @property
+    def event_time_spec(self) -> EventTime | None:
+        """The event-time batches asked for, or None (one batch per micro-batch)."""
+        if self.batch_col is None and self.event_time is None:
+            return None
+        return EventTime(
+            batch_col=self.batch_col,
+            event_time=self.event_time,
+            window=self.window,
+            lateness=0 if self.lateness is None else self.lateness,
+            late_rows=self.late_rows,
+            lineage_col=self.lineage_col,
+        )
 
     def __post_init__(self) -> None:
+        try:
+            self.event_time_spec  # noqa: B018 (validates the event-time settings)
+        except InvalidParameterError as exc:
+            raise ConfigError(str(exc)) from None
+        given = (
+            [k for k in ("window", "lineage_col") if getattr(self, k) is not None]
+            + ["lateness"] * (self.lateness is not None)
+            + ["close_open_batches"] * bool(self.close_open_batches)
+        )
+        if given and self.event_time_spec is None:
+            raise ConfigError(f"{', '.join(given)} only apply with batch_col or event_time")
         _check_columns(self)
         _check_options(self)
         _check_outputs(self)
@@ -593,4 +702,7 @@ def config_from_args(
     """The config for one command: table ``[table]`` of ``--config``, overridden by flags."""
     from_file = config.section(table) if config is not None else None
     where = f"[{table}] of {config.source}" if config is not None else None
-    return resolve(cls, from_file, flag_values(args, cls), where)
+    try:
+        return resolve(cls, from_file, flag_values(args, cls), where)
+    except ConfigError as exc:  # from a file, its keys are the names to fix; else the flags
+        raise exc if config else ConfigError(with_flags(str(exc), flag_table(cls))) from None

@@ -249,6 +249,44 @@ def flag_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
 
 
+def flag_table(*classes: type[Any]) -> dict[str, str]:
+    """Each config field name of ``classes`` with its flag: ``{"batch_col": "--batch-col"}``."""
+    return {name: flag_name(f) for cls in classes for name, f in fields(cls).items()}
+
+
+# Plain words that also name fields; only their "name=value" form is a parameter.
+_PROSE = re.compile(r"^[a-z]+$")
+
+
+def with_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` (written for Python callers) with its parameter names as command-line
+    flags: ``handle_invalid='error'`` -> ``--handle-invalid error``, ``input_col`` ->
+    ``--input-col``. Names that are plain words (``output``, ``mode``) are replaced only in
+    their ``name=value`` form, and ``mode`` never (``--read-option mode=FAILFAST``).
+
+    >>> with_flags("got handle_invalid='error'; use input_col or cols=[...]",
+    ...            {"handle_invalid": "--handle-invalid", "input_col": "--input-col",
+    ...             "cols": "--cols"})
+    'got --handle-invalid error; use --input-col or --cols [...]'
+    """
+    names = sorted(flags, key=len, reverse=True)
+    assigned = [n for n in names if n != "mode"]
+    if assigned:
+        value = r"""(?:'([^']*)'|"([^"]*)"|(\[[^\]]*\]|[^\s,;)]+))"""
+        pattern = re.compile(rf"(?<![\w.=-])({'|'.join(map(re.escape, assigned))})={value}")
+        message = pattern.sub(
+            lambda m: (
+                f"{flags[m.group(1)]} {m.group(2) or m.group(3) or m.group(4) or ''}".rstrip()
+            ),
+            message,
+        )
+    bare = [n for n in names if not _PROSE.match(n) or n == "cols"]
+    if bare:
+        pattern = re.compile(rf"(?<![\w.=-])({'|'.join(map(re.escape, bare))})(?![\w=-])")
+        message = pattern.sub(lambda m: flags[m.group(1)], message)
+    return message
+
+
 def show(value: Any) -> str:
     return "cumulative" if value is None else str(value)
 

@@ -23,9 +23,12 @@ from mxnorm_spark.cli._base import (
     JobSession,
     check_input_path,
     check_output_path,
+    check_writable,
     describe_batches,
+    explained_read_failures,
     inspect_table,
     read_table,
+    removed_on_failure,
     write_table,
 )
 from mxnorm_spark.cli.config import (
@@ -161,13 +164,17 @@ def check_key_columns(df: DataFrame, keys: tuple[str, ...], source: str) -> None
 def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
     """``mxnorm-spark fit --key-cols``: per-key states in one pass, written as a model directory."""
     assert cfg.key_cols is not None and cfg.cols is not None  # FitConfig: keys need cols
-    check_input_path(cfg.input)
+    check_input_path(cfg.input, fmt=cfg.format)
     if cfg.output is not None:
         check_output_path(cfg.output, cfg.mode)
     if is_local(cfg.state):
         check_model_target(cfg.state)
+        check_writable(cfg.state, "--state")
     out_format = cfg.output_format or cfg.format
-    with JobSession(settings, "mxnorm-spark fit") as spark:
+    with (
+        JobSession(settings, "mxnorm-spark fit") as spark,
+        explained_read_failures(cfg.format, cfg.read_options, spark),
+    ):
         if not is_local(cfg.state):
             check_model_target(cfg.state, spark)
         df = read_table(spark, cfg.input, cfg.format, cfg.read_options)
@@ -193,7 +200,8 @@ def run_fit_keyed(cfg: FitConfig, settings: SparkSettings) -> int:
             # As for a plain fit, these two name and filter this output only.
             out = replace(model, handle_invalid=cfg.handle_invalid or "keep",
                           output_cols=cfg.output_cols).transform(df)  # fmt: skip
-            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            with removed_on_failure(cfg.output, spark):
+                write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
     assert model.global_state is not None
     batches = [v for v, _ in model.global_history or []] if cfg.batch_col else ["whole input"]
     print(
@@ -332,6 +340,7 @@ def run_export_keys(args: argparse.Namespace) -> int:
     settings = config_from_args(SparkSettings, args, config, "spark")
     check_input_path(args.model_dir, "MODEL_DIR")
     check_export_target(args.model_dir, args.out_dir, args.overwrite)
+    check_writable(args.out_dir, "OUT_DIR")
     with JobSession(settings, "mxnorm-spark export-keys") as spark:
         what = _export_source(spark, args.model_dir, args.out_dir, overwrite=args.overwrite)
     print(f"exported {what} from {args.model_dir} to {args.out_dir}")

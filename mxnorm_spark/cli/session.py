@@ -238,6 +238,8 @@ _TASK_FAILURE_LOGGERS = (
     "org.apache.spark.sql.execution.datasources.FileFormatWriter",
     "org.apache.spark.sql.execution.streaming.MicroBatchExecution",
     "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution",
+    # Stopping an idle stream (Ctrl-C) warns that it found no job to cancel.
+    "org.apache.spark.scheduler.DAGScheduler",
 )
 
 

@@ -32,6 +32,9 @@ APPLY_AT = ("after", "before")
 # What normalization does with a null, NaN or infinite input value.
 HANDLE_INVALID = ("keep", "error", "skip")
 ENGINES = ("auto", "arrow", "sql")
+# What an event-time stream (Spark or Beam) does with rows of a batch or window it has
+# already folded: count and drop them, or fail.
+LATE_ROWS = ("drop", "error")
 # Table formats the jobs read and write.
 FORMATS = ("parquet", "csv", "json")
 

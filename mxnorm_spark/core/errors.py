@@ -33,6 +33,11 @@ class CorruptStateError(MXNormError):
     """A persisted state is unreadable, truncated or fails its checksum."""
 
 
+class StateNotFoundError(MXNormError):
+    """No state is where one was asked for: no file, or a state directory without the
+    version asked for (or without any). Nothing is damaged, unlike CorruptStateError."""
+
+
 class UnsupportedSchemaVersionError(CorruptStateError):
     """A persisted state was written with a schema version this release cannot read."""
 
@@ -70,6 +75,16 @@ class StateConflictError(MXNormError):
 
 class SchemaMismatchError(MXNormError):
     """An input file does not match the schema a stream reads (missing or non-numeric column)."""
+
+
+class LateRowsError(MXNormError):
+    """An event-time stream (Spark or Beam) met rows of a batch or window it has already
+    folded (``late_rows='error'``), or rows without a batch value."""
+
+
+class MalformedRecordError(SchemaMismatchError):
+    """A csv or json record cannot be parsed into the input's columns (e.g. a csv row with
+    more or fewer fields than the header)."""
 
 
 class ValueRangeError(MXNormError):

@@ -12,7 +12,7 @@ import numpy as np
 
 from mxnorm_spark.core.errors import FeatureMismatchError
 from mxnorm_spark.core.moments import Fields, FloatArray, Moments, merge_running
-from mxnorm_spark.core.state import MXNormState, check_range
+from mxnorm_spark.core.state import MXNormState, check_range, scale_of
 
 __all__ = ["StateHistory", "fold_history"]
 
@@ -44,6 +44,23 @@ class StateHistory:
             totals=Moments(*(x[i] for x in self.totals)),
             batches_seen=self.start.batches_seen + i + 1,
         )
+
+    def constants(self, before: bool) -> tuple[FloatArray, FloatArray]:
+        """Each batch's ``(mean, scale)`` (batches x features), as a backfill model
+        normalizes the rows of that batch.
+
+        ``after``: the state after the batch, a feature without state taking mean 0 and
+        variance 1 (its rows hold only invalid values). ``before``: the state before the
+        batch, a feature without state yet taking the batch's own (after) values; the
+        first batch uses its after state.
+        """
+        mean = np.where(np.isnan(self.mean), 0.0, self.mean)
+        var = np.where(np.isnan(self.var), 1.0, self.var)
+        if before and len(self) > 1:
+            had = self.totals[0][:-1] > 0
+            mean[1:] = np.where(had, self.mean[:-1], mean[1:])
+            var[1:] = np.where(had, self.var[:-1], var[1:])
+        return mean, scale_of(var, self.start.options)
 
 
 def fold_history(state: MXNormState, moments: Fields) -> StateHistory:

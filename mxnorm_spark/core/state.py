@@ -1,6 +1,6 @@
 """The MXNorm state: per-feature EMA mean and variance, numpy only (no Spark import).
 
-Semantics (DESIGN.md section 1). For each batch with per-feature moments ``n, m, v``
+Semantics (docs/design.md, section 1). For each batch with per-feature moments ``n, m, v``
 (``v`` the population variance of the valid values):
 
 * a feature's first batch with valid values initializes it: ``mu = m``, ``var = v``;
@@ -41,7 +41,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,7 @@ from mxnorm_spark.core.moments import (
     Fields,
     FloatArray,
     Moments,
+    all_counted,
     as_float_matrix,
     merge_fields,
 )
@@ -91,6 +92,28 @@ def check_alpha(alpha: Any) -> float | None:
     return a
 
 
+def alpha_from_half_life(half_life: Any) -> float:
+    """``alpha`` whose EMA halves the weight of what it folded after ``half_life`` steps:
+    ``(1 - alpha) ** half_life == 0.5``, i.e. ``alpha = 1 - 0.5 ** (1 / half_life)``. A step
+    is a batch, or with ``decay="rows"`` a row (``a = 1 - (1 - alpha) ** n`` per batch).
+
+    >>> alpha_from_half_life(1), round(alpha_from_half_life(6.5788), 6)
+    (0.5, 0.1)
+    """
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)):
+        raise InvalidParameterError(
+            f"half_life must be a positive number of batches (rows with decay='rows'), "
+            f"got {half_life!r}"
+        )
+    h = float(half_life)
+    if not (math.isfinite(h) and h > 0.0):
+        raise InvalidParameterError(
+            f"half_life must be a positive finite number, got {half_life!r}"
+        )
+    # -expm1(log(0.5) / h) is 1 - 0.5 ** (1 / h) without the cancellation for large h.
+    return -math.expm1(-math.log(2.0) / h)
+
+
 def check_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise InvalidParameterError(f"eps must be a positive finite number, got {eps!r}")
@@ -106,11 +129,14 @@ class StateOptions:
 
     ``alpha`` is a float in (0, 1], or None (``"cumulative"`` is accepted and stored as
     None) for exact running moments; cumulative takes no ``var_update`` or ``decay``.
+    ``half_life`` replaces ``alpha`` (:func:`alpha_from_half_life`).
 
     >>> StateOptions(alpha="cumulative").alpha is None
     True
     >>> StateOptions(alpha=0.5, var_update="mixture").to_dict()["var_update"]
     'mixture'
+    >>> StateOptions(half_life=1).alpha
+    0.5
     >>> StateOptions(decay="hours")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -122,8 +148,18 @@ class StateOptions:
     var_update: VarUpdate = "ema"
     decay: Decay = "batch"
     zero_variance: ZeroVariance = "eps"
+    # Instead of alpha: the EMA's half-life in batches (rows with decay="rows"); only
+    # its alpha (alpha_from_half_life) is kept.
+    half_life: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, half_life: float | None) -> None:
+        if half_life is not None:
+            if self.alpha != 0.1 and self.alpha != alpha_from_half_life(half_life):
+                raise InvalidParameterError(
+                    f"give alpha or half_life, not both (alpha={self.alpha!r}, "
+                    f"half_life={half_life!r})"
+                )
+            object.__setattr__(self, "alpha", alpha_from_half_life(half_life))
         alpha = check_alpha(self.alpha)
         var_update = check_choice("var_update", self.var_update, VAR_UPDATES)
         decay = check_choice("decay", self.decay, DECAYS)
@@ -209,8 +245,10 @@ class MXNormState:
         decay: Decay = "batch",
         zero_variance: ZeroVariance = "eps",
         options: StateOptions | None = None,
+        half_life: float | None = None,
     ) -> MXNormState:
-        """A state with no data yet; ``options`` replaces the five option arguments.
+        """A state with no data yet; ``options`` replaces the five option arguments;
+        ``half_life`` replaces ``alpha`` (:func:`alpha_from_half_life`).
 
         >>> MXNormState.create(["x"], alpha=0)
         Traceback (most recent call last):
@@ -219,7 +257,7 @@ class MXNormState:
         """
         names = _check_features(features)
         if options is None:
-            options = StateOptions(alpha, eps, var_update, decay, zero_variance)  # type: ignore[arg-type]
+            options = StateOptions(alpha, eps, var_update, decay, zero_variance, half_life)  # type: ignore[arg-type]
         nan = np.full(len(names), np.nan)
         return cls(
             features=names,
@@ -295,19 +333,45 @@ class MXNormState:
         Replays are recognised by the state store, which keeps one version per id.
         """
         self._check_moments(moments)
+        last = self.last_batch_id if batch_id is None else int(batch_id)
+        if all_counted(self.totals) and all_counted(moments):
+            mean, var, merged = _update_counted(
+                self.options, self.mean, self.var, self.totals, moments
+            )
+            if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+                check_range(self.features, mean, var, merged.count > 0, _batch_name(batch_id))
+            return self._next(mean, var, merged, last)
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
-        which = "the batch" if batch_id is None else f"batch {batch_id}"
-        check_range(self.features, mean, var, Moments(*totals).count > 0, which)
+        check_range(self.features, mean, var, Moments(*totals).count > 0, _batch_name(batch_id))
         return replace(
             self,
             mean=mean,
             var=var,
             totals=Moments(*totals),
             batches_seen=self.batches_seen + 1,
-            last_batch_id=self.last_batch_id if batch_id is None else int(batch_id),
+            last_batch_id=last,
         )
+
+    def _next(
+        self, mean: FloatArray, var: FloatArray, totals: Moments, last_batch_id: int | None
+    ) -> MXNormState:
+        """The state after one more batch, over fresh arrays of the right length (frozen in
+        place): what ``replace`` builds, without its copies and checks."""
+        mean.setflags(write=False)
+        var.setflags(write=False)
+        state = object.__new__(MXNormState)
+        state.__dict__.update(
+            features=self.features,
+            options=self.options,
+            mean=mean,
+            var=var,
+            totals=totals,
+            batches_seen=self.batches_seen + 1,
+            last_batch_id=last_batch_id,
+        )
+        return state
 
     # ---- normalization ------------------------------------------------------------
     def normalization_constants(
@@ -318,19 +382,34 @@ class MXNormState:
         ``scale = sqrt(var + eps)``, or per the zero-variance policy where ``var == 0``.
         Features with no state take ``fallback``'s constants (used by ``applyAt='before'``:
         the batch's own moments); without one, they raise :class:`NotFittedError`.
+        The arrays are read-only; without ``fallback`` they are computed once per state.
         """
+        if fallback is None:
+            cached: tuple[FloatArray, FloatArray] | None = self.__dict__.get("_constants")
+            if cached is not None:
+                return cached
         mean, var = self.mean, self.var
         if fallback is not None:
             had = self.initialized
             mean = np.where(had, mean, fallback.mean)
             var = np.where(had, var, fallback.var)
-        missing = [f for f, m in zip(self.features, mean, strict=True) if math.isnan(m)]
-        if missing:
-            raise NotFittedError(
-                f"feature(s) {missing} have no state yet (no valid value has been seen); "
-                "fit or update on data where they have values first"
-            )
-        return _readonly(mean), _readonly(scale_of(var, self.options))
+        # Every feature counted (the common case) has a mean; else name those without one.
+        if not all_counted(self.totals) or fallback is not None:
+            unset = np.isnan(mean)
+            if unset.any():
+                missing = [f for f, u in zip(self.features, unset.tolist(), strict=True) if u]
+                raise NotFittedError(
+                    f"feature(s) {missing} have no state yet (no valid value has been seen); "
+                    "fit or update on data where they have values first"
+                )
+        if fallback is not None:
+            return _readonly(mean), _readonly(scale_of(var, self.options))
+        scale = np.asarray(scale_of(var, self.options))
+        scale.setflags(write=False)
+        # The state is immutable, so are its constants: computed once, ``mean`` itself.
+        constants = self.mean, scale
+        self.__dict__["_constants"] = constants
+        return constants
 
     def normalize(self, x: Any) -> FloatArray:
         """Normalize a 2-D array (rows x features) with this state; NaN stays NaN.
@@ -340,13 +419,16 @@ class MXNormState:
         [[1.0]]
         """
         arr = as_float_matrix(x)
-        if arr.shape[1] != self.n_features:
+        if arr.shape[1] != len(self.features):
             raise FeatureMismatchError(
                 f"x has {arr.shape[1]} columns but the state has {self.n_features} "
                 f"features: {list(self.features)}"
             )
         mean, scale = self.normalization_constants()
-        return np.asarray((arr - mean) / scale, dtype=np.float64)
+        out: FloatArray = arr - mean
+        # In place, spelled out: numpy's own temporary elision probes the call stack first,
+        # which cost more than the division itself on large batches. Same bits.
+        return np.divide(out, scale, out=out)
 
     def process_batch(
         self, x: Any, batch_id: int | None = None, apply_at: ApplyAt = "after"
@@ -493,26 +575,64 @@ def ema_step(options: StateOptions, mu: Any, s2: Any, had: Any, moments: Fields)
     m = np.where(in_batch, shift + delta, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         v = np.where(in_batch, m2 / count, np.nan)
-    alpha = options.alpha
-    assert alpha is not None
-    # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
-    # (0 * -inf = NaN) keep their state below.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a: Any = -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+        # alpha = 1: log1p(-1) = -inf, so a = 1 for a batch with rows; lanes without rows
+        # (0 * -inf = NaN) keep their state below.
+        a = _weight(options, count)
     with np.errstate(invalid="ignore"):
-        ema_mean = (1 - a) * mu + a * m
-        if options.var_update == "mixture":
-            ema_var = (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
-        else:
-            ema_var = (1 - a) * s2 + a * v
+        ema_mean, ema_var = _ema(options, a, mu, s2, (m, v))
     mean = np.where(in_batch, np.where(had, ema_mean, m), mu)
     var = np.where(in_batch, np.where(had, ema_var, v), s2)
     return mean, var
 
 
+def _weight(options: StateOptions, count: Any) -> Any:
+    """The weight ``a`` of a batch: ``alpha``, or ``1 - (1 - alpha) ** n`` (``decay='rows'``)."""
+    alpha = options.alpha
+    assert alpha is not None
+    return -np.expm1(count * np.log1p(-alpha)) if options.decay == "rows" else alpha
+
+
+def _ema(options: StateOptions, a: Any, mu: Any, s2: Any, mv: tuple[Any, Any]) -> tuple[Any, Any]:
+    m, v = mv
+    ema_mean = (1 - a) * mu + a * m
+    if options.var_update == "mixture":
+        return ema_mean, (1 - a) * (s2 + a * (m - mu) ** 2) + a * v
+    return ema_mean, (1 - a) * s2 + a * v
+
+
+def _update_counted(
+    options: StateOptions, mu: FloatArray, s2: FloatArray, totals: Moments, moments: Moments
+) -> tuple[FloatArray, FloatArray, Moments]:
+    """:func:`update_lanes` when every feature has data on both sides (every batch after
+    the first, as a rule): the operations :func:`merge_fields` and :func:`ema_step` apply
+    to such lanes, in the same order, without their masks, so the same bits."""
+    na, shift_a, delta_a, m2_a = totals.fields()
+    nb, shift_b, delta_b, m2_b = moments.fields()
+    n = na + nb
+    d = ((shift_b - shift_a) + delta_b) - delta_a
+    w = nb / n
+    delta = delta_a + d * w
+    m2 = m2_a + m2_b + d * d * na * w
+    merged = Moments._owned(n, shift_a, delta, m2)
+    merged.__dict__["_all_counted"] = True
+    if options.alpha is None:
+        return shift_a + delta, m2 / n, merged
+    if options.decay == "rows":
+        with np.errstate(divide="ignore"):  # alpha = 1: log1p(-1) = -inf, a = 1
+            a = _weight(options, nb)
+    else:
+        a = options.alpha
+    mean, var = _ema(options, a, mu, s2, (shift_b + delta_b, m2_b / nb))
+    return mean, var, merged
+
+
 def _checksum(payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _batch_name(batch_id: int | None) -> str:
+    return "the batch" if batch_id is None else f"batch {batch_id}"
 
 
 def check_range(

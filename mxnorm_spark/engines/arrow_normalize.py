@@ -30,6 +30,7 @@ from mxnorm_spark.engines.columns import (
     vectors_of_lists,
 )
 from mxnorm_spark.engines.constants import Constants, invalid_value_message, vector_length_message
+from mxnorm_spark.engines.workers import map_in_arrow, use_driver_python
 
 
 # ---- normalization: driver side ----------------------------------------------------------
@@ -73,7 +74,7 @@ def normalize_scalars(
         )
     schema = T.StructType(fields)
     kernel = _normalize_kernel(columns, [f.name for f in fields], check)
-    return staged.mapInArrow(kernel, schema).drop(*cast)
+    return map_in_arrow(staged, kernel, schema).drop(*cast)
 
 
 def normalize_vector(
@@ -97,6 +98,7 @@ def normalize_vector(
         # An Arrow UDF ships only the list column to Python (mapInArrow ships every column
         # both ways: measured ~6x slower with list columns); Spark's Arrow UDFs refuse
         # plans that carry a UDT (vector) column, so this needs none left.
+        use_driver_python(df.sparkSession)
         udf = _list_arrow_udf(constants, name, check)
         done = rest.withColumn(ARRAY_COL, udf(*_list_udf_args(a, constants)))
     else:
@@ -105,7 +107,7 @@ def normalize_vector(
         column = _column_to_normalize(
             names, constants, source=at, index=at, column=name, is_list=True, feature=0
         )
-        done = df.mapInArrow(_normalize_kernel([column], names, check), df.schema)
+        done = map_in_arrow(df, _normalize_kernel([column], names, check), df.schema)
     done = done.withColumn(output, a)
     return done.select(*[quote(c) for c in [*order, *([] if output in order else [output])]])
 
@@ -130,7 +132,7 @@ def normalize_vectors(
     )
     columns = [replace(column, vectors=True)]
     kernel = _normalize_kernel(columns, [f.name for f in fields], check, skip)
-    return df.mapInArrow(kernel, T.StructType(fields))
+    return map_in_arrow(df, kernel, T.StructType(fields))
 
 
 def _list_udf_args(a: Column, constants: Constants) -> list[Column]:

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from mxnorm_spark.core.moments import Moments, merge_fields
+from mxnorm_spark.engines.workers import map_in_arrow
 
 
 # ---- moments -----------------------------------------------------------------------------
@@ -107,7 +108,8 @@ def merged_by_batch(
         ],
     ]
     kernel = merge_kernel(sums, _flat_width(partials, sums), shift)
-    return partials.repartition("batch").mapInArrow(kernel, T.StructType(fields)).toArrow()
+    shuffled = partials.repartition("batch")
+    return map_in_arrow(shuffled, kernel, T.StructType(fields)).toArrow()
 
 
 def _flat_width(partials: DataFrame, sums: bool) -> int | None:

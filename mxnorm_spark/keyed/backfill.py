@@ -2,7 +2,7 @@
 
 :func:`fit_keyed` computes, in one distributed pass, the exact moments of every
 (key, batch) and folds each key's batches in ascending batch order with the rules of
-DESIGN.md section 1 (every option of :class:`StateOptions`): rows are hash-partitioned by
+docs/design.md, section 1 (every option of :class:`StateOptions`): rows are hash-partitioned by
 key and sorted by (key, batch, features), and one ``mapInArrow`` kernel
 (:mod:`mxnorm_spark.keyed.kernel`) emits one row per (key, batch) with the key's state
 after that batch, in flat double columns (its state before is its previous row). Nothing
@@ -73,6 +73,7 @@ from mxnorm_spark.engines.columns import (
     sql_values,
 )
 from mxnorm_spark.engines.constants import Constants
+from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.keyed.kernel import (
     EXACT_FIELDS,
     FIELDS,
@@ -235,7 +236,7 @@ def _fit_states(
         ]
     )
     kernel = fold_kernel(len(keys), batch_col is not None, options)
-    out = src.mapInArrow(kernel, schema)
+    out = map_in_arrow(src, kernel, schema)
     renamed = [F.col(n).alias(k) for n, k in zip(names, keys, strict=True)]
     if batch_col is not None:
         renamed.append(F.col("__mx_batch").alias(batch_col))

@@ -57,14 +57,22 @@ from mxnorm_spark.batch.aggregate import (
 )
 from mxnorm_spark.batch.apply import BackfillHistory, normalize, normalize_per_batch
 from mxnorm_spark.core.choices import (
+    APPLY_AT,
     DECAYS,
     ENGINES,
     VAR_UPDATES,
     ZERO_VARIANCE_POLICIES,
+    check_choice,
 )
 from mxnorm_spark.core.errors import EmptyInputError, InvalidParameterError
 from mxnorm_spark.core.moments import Moments
-from mxnorm_spark.core.state import MXNormState, StateOptions, check_alpha, check_eps
+from mxnorm_spark.core.state import (
+    MXNormState,
+    StateOptions,
+    alpha_from_half_life,
+    check_alpha,
+    check_eps,
+)
 from mxnorm_spark.ml._params import HasBatchParams, choice_converter
 from mxnorm_spark.ml._persistence import EstimatorWriter, ModelReader, ModelWriter
 from mxnorm_spark.ml.keyed import fit_keyed_model, to_min_key_rows
@@ -265,6 +273,7 @@ class MXNorm(
         inputCol: str | None = None,
         outputCol: str | None = None,
         alpha: float | str | None = 0.1,
+        halfLife: float | None = None,
         epsilon: float = 1e-8,
         batchCol: str | None = None,
         applyAt: str = "after",
@@ -289,6 +298,7 @@ class MXNorm(
         inputCol: str | None = None,
         outputCol: str | None = None,
         alpha: float | str | None = 0.1,
+        halfLife: float | None = None,
         epsilon: float = 1e-8,
         batchCol: str | None = None,
         applyAt: str = "after",
@@ -304,6 +314,11 @@ class MXNorm(
 
     def setAlpha(self, value: float | str | None) -> MXNorm:
         return self._set(alpha="cumulative" if value is None else value)  # type: ignore[no-any-return]
+
+    def setHalfLife(self, value: float) -> MXNorm:
+        """Set ``alpha`` from a half-life in batches (rows with ``decay='rows'``):
+        ``alpha = 1 - 0.5 ** (1 / halfLife)``."""
+        return self._set(halfLife=value)  # type: ignore[no-any-return]
 
     def setEpsilon(self, value: float) -> MXNorm:
         return self._set(epsilon=value)  # type: ignore[no-any-return]
@@ -330,6 +345,13 @@ class MXNorm(
         # None for alpha means "cumulative"; other None values mean "leave unset".
         if "alpha" in kwargs and kwargs["alpha"] is None:
             kwargs["alpha"] = "cumulative"
+        half_life = kwargs.pop("halfLife", None)
+        if half_life is not None:
+            # halfLife is another way to give alpha (not a Param: the model keeps alpha).
+            alpha = alpha_from_half_life(half_life)
+            if kwargs.get("alpha", 0.1) not in (0.1, alpha):
+                raise InvalidParameterError("give alpha or halfLife, not both")
+            kwargs["alpha"] = alpha
         return super()._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     def _fit(self, dataset: DataFrame) -> MXNormModel:
@@ -556,20 +578,35 @@ class MXNormModel(Model, _MXNormParams, MLReadable["MXNormModel"], MLWritable):
         batch_col = self.getBatchCol()
         if batch_col is None or not self._history or batch_col not in dataset.columns:
             return normalize(dataset, state, **opts)
-        before = self.getApplyAt() == "before"
-        if isinstance(self._history, BackfillHistory):
-            table: Any = self._history.constants(before)
-        else:
-            table = []
-            prev: MXNormState | None = None
-            for value, after in self._history:
-                mean, scale = _constants(prev, after) if before and prev else _constants(after)
-                table.append((value, mean, scale))
-                prev = after
+        table = self._constants_table(self.getApplyAt() == "before")
         default = state.normalization_constants()
         return normalize_per_batch(
             dataset, state.features, table, default, batch_col=batch_col, **opts
         )
+
+    def _constants_table(self, before: bool) -> Any:
+        if isinstance(self._history, BackfillHistory):
+            return self._history.constants(before)
+        table = []
+        prev: MXNormState | None = None
+        for value, after in self._history:
+            mean, scale = _constants(prev, after) if before and prev else _constants(after)
+            table.append((value, mean, scale))
+            prev = after
+        return table
+
+    def batch_constants(
+        self, apply_at: str | None = None
+    ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+        """``(batch value, mean, scale)`` per fitted batch value, ascending: the constants
+        ``transform`` uses for the rows of that batch (per ``apply_at``, by default the
+        model's ``applyAt``); empty without ``batchCol``. Rows of any other batch value
+        use ``state.normalization_constants()``."""
+        when = self.getApplyAt() if apply_at is None else apply_at
+        table = self._constants_table(check_choice("apply_at", when, APPLY_AT) == "before")
+        if isinstance(table, list):
+            return table
+        return list(zip(table.values.to_pylist(), table.mean, table.scale, strict=True))
 
     def copy(self, extra: Any = None) -> MXNormModel:
         that = super().copy(extra)

@@ -39,7 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mxnorm_spark.core.errors import EmptyInputError, InvalidParameterError, MXNormError
+from mxnorm_spark.core.errors import (
+    EmptyInputError,
+    InvalidParameterError,
+    MXNormError,
+    StateNotFoundError,
+)
 from mxnorm_spark.store.filesystems import LocalFileSystem, filesystem, local_path
 from mxnorm_spark.store.history import history_dir, read_records
 
@@ -115,7 +120,7 @@ def _require(module: str) -> Any:
         top = module.partition(".")[0]
         raise MissingExtraError(
             f"the history report needs {top}, which is not installed: "
-            "pip install 'mxnorm-spark[report]'",
+            "install mxnorm-spark with its [report] extra (in a clone: pip install '.[report]')",
             name=top,
         ) from exc
 
@@ -270,11 +275,13 @@ def _report_type(out: str) -> str:
 
 
 def _newest_state(path: str, spark: SparkSession | None) -> MXNormState | None:
+    """The state beside the history, None if there is none; a damaged one is an error, as
+    in every other reader of a state."""
     from mxnorm_spark.store.states import read_state
 
     try:
         return read_state(path, spark)
-    except MXNormError:
+    except StateNotFoundError:
         return None
 
 
@@ -286,13 +293,13 @@ def write_report(
     kind = _report_type(out)
     k = _check_k(k)
     table = load_history(path, spark)
+    state = _newest_state(path, spark)
     series = _series(table)
     events = drift_events(table, k)
     _require("matplotlib")
     if kind == ".png":
         data = _png(_figure(series, events, k))
     else:
-        state = _newest_state(path, spark)
         data = _html(path, table, series, events, k=k, state=state).encode("utf-8")
     fs = filesystem(out, spark)
     target = local_path(out) if isinstance(fs, LocalFileSystem) else out

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -85,18 +88,20 @@ class KeyedNormalizer:
         self.source = source
         self.min_key_rows = int(min_key_rows)
         gm, gs = global_state.normalization_constants()
+        n, k = len(keys), gm.shape[0]
         use = np.asarray(count) >= max(self.min_key_rows, 1)
-        # The fallback is decided per feature once: the export holds each key's final state.
-        eff_m = np.where(use, mean, gm) if len(keys) else np.empty((0, gm.shape[0]))
-        eff_s = np.where(use, scale, gs) if len(keys) else np.empty((0, gs.shape[0]))
-        # Row -1 (a key not found) is the global state.
-        self._mean = np.vstack([eff_m, gm[None, :]])
-        self._scale = np.vstack([eff_s, gs[None, :]])
-        self._index = {tuple(_key_part(v) for v in k): i for i, k in enumerate(keys)}
-        self._row_constants = [
-            list(zip(m, s, strict=True))
-            for m, s in zip(self._mean.tolist(), self._scale.tolist(), strict=True)
-        ]
+        # The fallback is decided per feature once (the export holds each key's final
+        # state), into one preallocated table each; row n (-1, a key not found) is the
+        # global state.
+        self._mean = np.empty((n + 1, k))
+        self._scale = np.empty((n + 1, k))
+        for table, own, fallback in ((self._mean, mean, gm), (self._scale, scale, gs)):
+            table[:] = fallback
+            if n:
+                np.copyto(table[:n], own, where=use)
+            table.setflags(write=False)
+        self._index = _key_index(keys, len(self.key_cols))
+        self._single = len(self.key_cols) == 1
 
     def __repr__(self) -> str:
         return (
@@ -114,6 +119,8 @@ class KeyedNormalizer:
         return self._mean[i].copy(), self._scale[i].copy()
 
     def _lookup(self, key: tuple[Any, ...]) -> int:
+        if self._single:
+            return self._index.get(_key_part(key[0]), -1)
         return self._index.get(tuple(_key_part(v) for v in key), -1)
 
     # ---- one row ------------------------------------------------------------------------
@@ -125,8 +132,14 @@ class KeyedNormalizer:
             raise MissingColumnError(
                 [c for c in self.key_cols if c not in row], list(row)
             ) from None
-        constants = self._row_constants[self._lookup(key)]
-        items = zip(self.features, self.outputs, *zip(*constants, strict=True), strict=True)
+        i = self._lookup(key)
+        items = zip(
+            self.features,
+            self.outputs,
+            self._mean[i].tolist(),
+            self._scale[i].tolist(),
+            strict=True,
+        )
         return normalize_row(row, items, self.handle_invalid, self.features)
 
     # ---- frames -------------------------------------------------------------------------
@@ -142,11 +155,12 @@ class KeyedNormalizer:
         )
 
     def _row_index(self, key_lists: list[list[Any]]) -> np.ndarray:
-        index, part = self._index, _key_part
-        return np.array(
-            [index.get(tuple(part(v) for v in k), -1) for k in zip(*key_lists, strict=True)],
-            dtype=np.int64,
-        )
+        get, part = self._index.get, _key_part
+        if self._single:
+            found = [get(part(v), -1) for v in key_lists[0]]
+        else:
+            found = [get(tuple(part(v) for v in k), -1) for k in zip(*key_lists, strict=True)]
+        return np.array(found, dtype=np.int64)
 
     def _check(self, names: Sequence[str]) -> None:
         missing = [c for c in (*self.key_cols, *self.features) if c not in names]
@@ -192,6 +206,74 @@ class KeyedNormalizer:
         return out
 
 
+_TABLES = ("mean", "scale", "count")
+
+
+def _grouped(
+    table: Any, key_col: str, k: int, where: str
+) -> tuple[list[tuple[Any, ...]], dict[str, np.ndarray]]:
+    """One key column: each row goes straight to its (key, feature) cell, keys numbered in
+    order of first appearance (a hash pass, no sort of the keys x features rows)."""
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(table.column(key_col).combine_chunks(), null_encoding="encode")
+    n = len(enc.dictionary)
+    if n * k != table.num_rows:
+        raise CorruptStateError(f"{where} does not hold {k} features for every key")
+    feature = table.column("feature_index").to_numpy().astype(np.int64)
+    if feature.min(initial=0) < 0 or feature.max(initial=0) >= k:
+        raise CorruptStateError(f"{where} has a feature_index outside 0..{k - 1}")
+    cell = enc.indices.to_numpy().astype(np.int64) * k + feature
+    if np.array_equal(cell, np.arange(n * k)):
+        # The export's own layout (each key's features in order, key after key): the
+        # rows already are the tables.
+        tables = {
+            name: np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(n, k)
+            for name in _TABLES
+        }
+        return [(v,) for v in enc.dictionary.to_pylist()], tables
+    seen = np.zeros(n * k, dtype=bool)
+    seen[cell] = True
+    if not seen.all():  # n * k rows fill n * k cells only if none is written twice
+        raise CorruptStateError(f"{where} does not hold {k} features for every key")
+    tables = {}
+    for name in _TABLES:
+        out = np.empty(n * k)
+        out[cell] = np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+        tables[name] = out.reshape(n, k)
+    return [(v,) for v in enc.dictionary.to_pylist()], tables
+
+
+def _sorted(
+    table: Any, key_cols: list[str], k: int
+) -> tuple[list[tuple[Any, ...]], dict[str, np.ndarray]]:
+    """Several key columns: the rows sorted by the key, then the feature."""
+    table = table.sort_by([(c, "ascending") for c in [*key_cols, "feature_index"]])
+    tables = {
+        name: np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(-1, k)
+        for name in _TABLES
+    }
+    firsts = table.take(np.arange(0, table.num_rows, k)) if k > 1 else table
+    keys = list(zip(*(firsts.column(c).to_pylist() for c in key_cols), strict=True))
+    return keys, tables
+
+
+def _key_index(keys: Sequence[tuple[Any, ...]], width: int) -> dict[Any, int]:
+    """Key -> row of the constant tables; a one-column key is its value, not a 1-tuple
+    (no tuple per key to keep, and no tuple to build per lookup)."""
+    values: list[Any] = list(map(itemgetter(0), keys)) if width == 1 else list(map(tuple, keys))
+    # NaN keys need their stand-in (NaN equals nothing, itself included); most key sets
+    # hold none. Checked value by value (a tuple equals itself whatever it holds), with
+    # map and all, in C.
+    flat = (lambda: values) if width == 1 else (lambda: chain.from_iterable(values))
+    if not all(map(operator.eq, flat(), flat())):
+        if width == 1:
+            values = [_key_part(v) for v in values]
+        else:
+            values = [tuple(_key_part(v) for v in k) for k in values]
+    return dict(zip(values, range(len(values)), strict=True))
+
+
 # ---- loading -----------------------------------------------------------------------------
 def is_keyed_export(fs: FileSystem, where: str) -> bool:
     return fs.is_dir(where) and EXPORT_MARKER in fs.list_names(where)
@@ -217,24 +299,21 @@ def load_keyed(
     state = read_state(fs.join(where, "global.json"))
     keys_path = fs.join(where, "keys.parquet")
     key_cols = list(meta["key_cols"])
-    table = pq.read_table(keys_path)
-    order = [(c, "ascending") for c in [*key_cols, "feature_index"]]
-    table = table.sort_by(order)
     k = state.n_features
+    table = pq.read_table(keys_path, columns=[*key_cols, "feature_index", *_TABLES])
     if table.num_rows % k:
         raise CorruptStateError(f"{keys_path} does not hold {k} features for every key")
-
-    def matrix(name: str) -> np.ndarray:
-        return np.asarray(table.column(name).to_numpy(), dtype=np.float64).reshape(-1, k)
-
-    keys = list(zip(*(table.column(c).to_pylist()[::k] for c in key_cols), strict=True))
+    if len(key_cols) == 1:
+        keys, tables = _grouped(table, key_cols[0], k, keys_path)
+    else:
+        keys, tables = _sorted(table, key_cols, k)
     return KeyedNormalizer(
         state,
         key_cols,
         keys,
-        mean=matrix("mean"),
-        scale=matrix("scale"),
-        count=matrix("count"),
+        mean=tables["mean"],
+        scale=tables["scale"],
+        count=tables["count"],
         min_key_rows=int(meta["min_key_rows"]),
         output_cols=output_cols or meta.get("output_cols"),
         handle_invalid=handle_invalid or meta.get("handle_invalid", "keep"),

@@ -70,6 +70,7 @@ from mxnorm_spark.store import (
     local_path,
     read_state,
 )
+from mxnorm_spark.store.folds import read_state_as_of
 
 __all__ = ["KeyedNormalizer", "Normalizer", "load"]
 
@@ -92,6 +93,7 @@ def load(
     path_or_uri: str | os.PathLike[str],
     *,
     batch_id: int | None = None,
+    as_of: Any = None,
     input_cols: Sequence[str] | None = None,
     output_cols: Sequence[str] | None = None,
     input_col: str | None = None,
@@ -102,8 +104,10 @@ def load(
     a :class:`KeyedNormalizer` for a per-key export (``KeyedModel.export``: its marker
     ``keyed.json``; ``output_cols`` and ``handle_invalid`` apply, input columns do not).
 
-    ``batch_id`` pins a version of a state directory. For a bare state the inputs are the
-    state's features, normalized in place (what ``mxnorm-spark transform`` does) with
+    ``batch_id`` pins a version of a state directory; ``as_of`` (an event-time stream's
+    state directory) the state that applied at a batch value: every batch up to it folded,
+    the state a row with lineage value ``as_of`` was normalized with. For a bare state the
+    inputs are the state's features, normalized in place (what ``mxnorm-spark transform`` does) with
     ``handle_invalid="keep"``; a model directory brings its own params. Any argument given
     here overrides them.
     """
@@ -118,6 +122,11 @@ def load(
             )
         return load_keyed(fs, where, output_cols=output_cols, handle_invalid=handle_invalid)
     for recognise, read in _SOURCES:
+        if as_of is not None:
+            if batch_id is not None:
+                raise InvalidParameterError("give batch_id or as_of, not both")
+            state, params = read_state_as_of(where, as_of), _Params()
+            break
         if recognise(fs, where):
             state, params = read(fs, where, batch_id)
             break

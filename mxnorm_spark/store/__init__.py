@@ -23,9 +23,16 @@ from mxnorm_spark.store.filesystems import (
     is_classic,
     is_local,
     local_path,
+    unwritable_reason,
 )
 from mxnorm_spark.store.history import history_dir, read_history, record_batch
-from mxnorm_spark.store.inputs import file_exists, read_first_line, read_parquet_schema
+from mxnorm_spark.store.inputs import (
+    file_exists,
+    open_text,
+    read_first_line,
+    read_head,
+    read_parquet_schema,
+)
 from mxnorm_spark.store.retries import DEFAULT_RETRY, RETRIES_ENV, RetryPolicy
 from mxnorm_spark.store.states import (
     INITIAL_FILE,
@@ -57,12 +64,15 @@ __all__ = [
     "is_classic",
     "is_local",
     "local_path",
+    "open_text",
     "read_first_line",
+    "read_head",
     "read_history",
     "read_parquet_schema",
     "read_state",
     "record_batch",
     "state_file_writer",
+    "unwritable_reason",
     "version_file_name",
     "write_state",
 ]

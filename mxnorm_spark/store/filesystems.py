@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,6 +43,7 @@ __all__ = [
     "is_classic",
     "is_local",
     "local_path",
+    "unwritable_reason",
 ]
 
 
@@ -55,6 +57,36 @@ def local_path(path: str) -> str:
     """The local file system path of a plain path or ``file:`` URI."""
     path = str(path)
     return unquote(urlparse(path).path) if path.startswith("file:") else path
+
+
+def unwritable_reason(path: str, *, directory: bool) -> str | None:
+    """Why nothing can be written at the local ``path``, or None when it can.
+
+    ``directory``: ``path`` is a directory to create or to write into; otherwise it is a
+    file, created or replaced in its parent. The nearest existing ancestor must be a
+    directory that accepts a new file, which a probe file (created and removed at once)
+    proves: permission bits say nothing for root, read-only mounts or ``/proc``. A URI
+    (``s3://``, ``hdfs://``, ...) gives None: its store checks it when it writes.
+    """
+    if not is_local(path):
+        return None
+    target = Path(local_path(path)).absolute()
+    if target.is_dir() and not directory:
+        return "it is a directory"
+    if target.exists() and not target.is_dir() and directory:
+        return "it is a file, not a directory"
+    probe_dir = target if directory and target.is_dir() else target.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        return f"{probe_dir} is a file, not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mxnorm-write-check-", dir=probe_dir)
+    except OSError as exc:
+        return f"no file can be created in {probe_dir} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 class FileSystem(Protocol):

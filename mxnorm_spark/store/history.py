@@ -50,6 +50,7 @@ __all__ = [
     "record_batch",
     "write_history",
     "write_record",
+    "write_table_record",
 ]
 
 
@@ -145,6 +146,18 @@ def write_record(
     return fs.create_exclusive(fs.join(root, f"h-{batch_id:012d}.parquet"), buffer.getvalue())
 
 
+def write_table_record(fs: FileSystem, state_path: str, batch_id: int, table: Any) -> bool:
+    """Write ``table`` (history rows, possibly of several batch values, possibly with a
+    ``late_rows`` column) as the record of micro-batch ``batch_id``, once."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    root = history_dir(state_path)
+    fs.mkdirs(root)
+    return fs.create_exclusive(fs.join(root, f"h-{batch_id:012d}.parquet"), buffer.getvalue())
+
+
 def write_history(
     state_path: str,
     table: Any,
@@ -205,7 +218,8 @@ def read_records(fs: FileSystem, state_path: str, *, state_file: bool | None = N
             ) from None
     if not tables:
         return history_schema().empty_table()
-    return pa.concat_tables(tables)
+    # An event-time stream adds a late_rows column; other writers leave it null.
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def history_schema() -> Any:

@@ -15,7 +15,7 @@ from mxnorm_spark.store.filesystems import filesystem
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["file_exists", "read_first_line", "read_parquet_schema"]
+__all__ = ["file_exists", "open_text", "read_first_line", "read_head", "read_parquet_schema"]
 
 _LINE_CHUNK = 64 * 1024
 
@@ -49,6 +49,22 @@ def read_first_line(
                     return line
             if not chunk:
                 return None
+
+
+def read_head(uri: str, size: int, spark: SparkSession | None = None) -> bytes:
+    """The first ``size`` bytes of the file at ``uri`` (fewer if it is shorter)."""
+    with _open_input(uri, spark) as fh:
+        return bytes(fh.read(size))
+
+
+def open_text(uri: str, encoding: str = "UTF-8", spark: SparkSession | None = None) -> Any:
+    """The file at ``uri`` as text, for reading record by record (a context manager);
+    undecodable bytes are replaced, newlines are kept for the csv module."""
+    import io
+
+    return io.TextIOWrapper(
+        _open_input(uri, spark), encoding=encoding, errors="replace", newline=""
+    )
 
 
 def read_parquet_schema(uri: str, spark: SparkSession | None = None) -> Any:

@@ -40,7 +40,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.core.errors import (
+    CorruptStateError,
+    InvalidParameterError,
+    StateConflictError,
+    StateNotFoundError,
+)
 from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.store.filesystems import (
@@ -153,6 +158,28 @@ class StateStore:
         state = self.get(older[-1])
         return None if state is None else (older[-1], state)
 
+    def section(self, batch_id: int, name: str) -> Any:
+        """The section ``name`` committed with the version of ``batch_id`` (see
+        :meth:`commit`), checksum verified; None when the version or the section is absent."""
+        path = self.version_path(batch_id)
+        data = self.fs.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            found = json.loads(data).get(name)
+        except (ValueError, AttributeError):
+            found = {}
+        if found is None:
+            return None
+        if not isinstance(found, dict) or found.get("checksum") != _section_checksum(
+            found.get("value")
+        ):
+            raise CorruptStateError(
+                f"state file {path}: its {name!r} section fails its checksum (changed or "
+                f"damaged after it was written). {self._recovery_hint(batch_id)}"
+            )
+        return found["value"]
+
     def initial(self) -> MXNormState | None:
         """The warm-start state (``init.json``), or None."""
         return self._read(self.fs.join(self.path, INITIAL_FILE), None)
@@ -210,17 +237,29 @@ class StateStore:
         )
 
     # ---- writing ------------------------------------------------------------------
-    def commit(self, batch_id: int, state: MXNormState) -> str:
+    def commit(
+        self, batch_id: int, state: MXNormState, *, section: tuple[str, Any] | None = None
+    ) -> str:
         """Write ``state`` as the version of ``batch_id`` and return its path.
 
         Committing the same state again is a no-op; a different state for an id that is
         already committed raises :class:`StateConflictError` (versions are immutable).
         Then versions beyond ``retention`` are removed, oldest first.
+
+        ``section``: ``(name, JSON value)`` committed in the same file, beside the state
+        and with a checksum of its own (:meth:`section`); readers of the state ignore it.
+        An event-time stream keeps its open batches and watermark there.
         """
         if isinstance(batch_id, bool) or not isinstance(batch_id, int):
             raise InvalidParameterError(f"batch_id must be an int, got {batch_id!r}")
         target = self.version_path(batch_id)
-        self._write_once(target, state.to_json().encode("utf-8"), f"batch {batch_id}")
+        text = state.to_json()
+        if section is not None:
+            doc = json.loads(text)
+            name, value = section
+            doc[name] = {"checksum": _section_checksum(value), "value": value}
+            text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        self._write_once(target, text.encode("utf-8"), f"batch {batch_id}")
         self._apply_retention()
         return target
 
@@ -325,8 +364,8 @@ def read_state(
 
     A directory gives its newest committed version, or the version of ``batch_id``; with no
     version at all, its warm-start state (``init.json``). This is the one fallback rule
-    every reader of a path follows. Raises :class:`CorruptStateError` naming the path when
-    there is no state there or the file fails its checks.
+    every reader of a path follows. Raises :class:`StateNotFoundError` naming the path when
+    there is no state there, :class:`CorruptStateError` when the file fails its checks.
     """
     path = str(path)
     fs = filesystem(path, spark)
@@ -334,7 +373,7 @@ def read_state(
     if not fs.is_dir(where):
         data = fs.read_bytes(where)
         if data is None:
-            raise CorruptStateError(f"state file {where} does not exist")
+            raise StateNotFoundError(f"state file {where} not found")
         if batch_id is not None:
             raise InvalidParameterError(
                 f"{where} is one state file; a batch id selects a version of a state directory"
@@ -344,18 +383,25 @@ def read_state(
     if batch_id is not None:
         state = store.get(batch_id)
         if state is None:
-            raise CorruptStateError(
+            raise StateNotFoundError(
                 f"state directory {where} holds no version for batch {batch_id} "
                 f"(committed: {_describe_ids(store.batch_ids())})"
             )
         return state
     state = store.latest() or store.initial()
     if state is None:
-        raise CorruptStateError(
+        raise StateNotFoundError(
             f"state directory {where} holds no committed version (v-<batch id>.json) "
             f"and no {INITIAL_FILE}"
         )
     return state
+
+
+def _section_checksum(value: Any) -> str:
+    import hashlib
+
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _describe_ids(ids: list[int]) -> str:

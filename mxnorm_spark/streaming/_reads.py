@@ -47,7 +47,7 @@ def moments_pivot(prev: MXNormState) -> np.ndarray:
     """The pivot of a batch's moments: the state mean rounded to a multiple of a power of
     two near half a standard deviation (the mean itself where there is no spread).
 
-    Any pivot near the data is exact (DESIGN.md, Numerics); this one is within a quarter
+    Any pivot near the data is exact (docs/design.md, section 2); this one is within a quarter
     of a standard deviation of the state mean, and it stays the same from batch to batch
     until the mean moves across a step, so the moments job's generated code, which holds
     the pivot as a literal, is compiled once instead of on every batch. It depends only on

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from mxnorm_spark.core.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError, StateConflictError
 from mxnorm_spark.core.state import MXNormState, StateOptions
+from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.keyed.kernel import FIELDS, feature_columns, filled
 from mxnorm_spark.keyed.stream_kernel import (
     SNAPSHOT_SCALARS,
@@ -269,8 +270,8 @@ class KeyedStreamState:
             kernel = stream_fold_kernel(
                 len(self.keys.key_cols), self.layout, batch_id, self.keys.evict_after
             )
-            snapshot = self._union(data, prev, (), None).mapInArrow(
-                kernel, self.schema(data.schema)
+            snapshot = map_in_arrow(
+                self._union(data, prev, (), None), kernel, self.schema(data.schema)
             )
             snapshot.write.options(**no_dictionary(self._floats())).parquet(attempt)
         else:
@@ -387,7 +388,7 @@ class KeyedStreamState:
             parts=parts,
             data_schema=data_schema,
         )
-        return rows.mapInArrow(kernel, out_schema)
+        return map_in_arrow(rows, kernel, out_schema)
 
     def _partitions(self, spark: SparkSession) -> int:
         """The fixed number of partitions (and snapshot parts) of the one-job path."""
@@ -514,7 +515,8 @@ def snapshot_states(snap: DataFrame, keys: Sequence[str], layout: SnapshotLayout
         ]
     )
     cols = [*(quote(k) for k in keys), F.col("last_batch"), *map(F.col, layout.state_columns)]
-    return snap.select(*cols).mapInArrow(snapshot_states_kernel(len(keys), layout), schema)
+    kernel = snapshot_states_kernel(len(keys), layout)
+    return map_in_arrow(snap.select(*cols), kernel, schema)
 
 
 def export_latest(

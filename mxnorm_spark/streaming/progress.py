@@ -64,6 +64,10 @@ class BatchReport:
     max_mean_change: float | None = None
     changed_feature: str | None = None
     output: str | None = None
+    # Event-time streams: late rows of this micro-batch, batches it folded, batches open.
+    late_rows: int | None = None
+    folded: int | None = None
+    open_batches: int | None = None
 
     @classmethod
     def of(
@@ -76,6 +80,9 @@ class BatchReport:
         prev: MXNormState | None,
         new: MXNormState | None,
         out_dir: str | None,
+        late_rows: int | None = None,
+        folded: int | None = None,
+        open_batches: int | None = None,
     ) -> BatchReport:
         """The report of a batch that turned state ``prev`` into ``new`` (None: no state)."""
         change, feature = (None, None)
@@ -90,6 +97,9 @@ class BatchReport:
             max_mean_change=change,
             changed_feature=feature,
             output=out_dir,
+            late_rows=late_rows,
+            folded=folded,
+            open_batches=open_batches,
         )
 
     def line(self) -> str:
@@ -106,6 +116,11 @@ class BatchReport:
             tail = (
                 f"largest mean change {self.max_mean_change:.3g} sd ({self.changed_feature}), "
                 f"committed {self.state_version}"
+            )
+        if self.late_rows is not None:
+            tail += (
+                f"; {self.late_rows:,} late rows dropped, {self.folded} batch(es) folded, "
+                f"{self.open_batches} open"
             )
         return f"{head}, {tail}"
 

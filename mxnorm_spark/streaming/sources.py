@@ -28,6 +28,7 @@ from mxnorm_spark.core.errors import (
     EmptyInputError,
     InvalidParameterError,
     InvalidValueError,
+    MalformedRecordError,
     SchemaMismatchError,
 )
 
@@ -42,14 +43,20 @@ CORRUPT_COLUMN = "_mxnorm_corrupt_record"
 INTERNAL_COLUMNS = (FILE_COLUMN, CORRUPT_COLUMN)
 # How Spark names the file it failed to read.
 _FAILED_FILE = re.compile(r"reading file (\S+?)\.(?:\s|$)")
+# How Spark (FAILFAST mode) shows the record it could not parse.
+_MALFORMED = re.compile(
+    r"Malformed records are detected in record parsing: (.*?)\.?\s*(?:\n|Parse Mode)"
+)
 
 __all__ = [
     "CORRUPT_COLUMN",
     "FILE_COLUMN",
     "INTERNAL_COLUMNS",
     "FileSource",
+    "check_file_format",
     "count_and_check_batch",
     "explain_read_failure",
+    "malformed_record_error",
 ]
 
 
@@ -126,7 +133,9 @@ class FileSource:
                 f"input {self.path} holds no {self.format} file yet, so the stream cannot "
                 "learn its schema; add one file first, or give the schema explicitly"
             )
-        return fs.join(self.path, min(files)[1])
+        oldest = fs.join(self.path, min(files)[1])
+        check_file_format(oldest, self.format, f"input {self.path}", spark)
+        return oldest
 
     def read(
         self,
@@ -430,15 +439,18 @@ def _mismatch(
 
 def _corrupt_record_error(
     uri: str, record: str, fmt: str, expected: StructType
-) -> SchemaMismatchError:
+) -> MalformedRecordError:
     """The error for a csv/json record that PERMISSIVE mode set aside as corrupt."""
     found = _corrupt_column(fmt, record, expected)
-    what = (
-        f"column {found[0]!r} holds {found[1]}, not a number"
-        if found is not None
-        else "a record does not match the stream's schema"
-    )
-    return SchemaMismatchError(
+    columns = [f.name for f in expected.fields if f.name not in INTERNAL_COLUMNS]
+    fields = len(next(csv.reader(io.StringIO(record)), [])) if fmt == "csv" else None
+    if found is not None:
+        what = f"column {found[0]!r} holds {found[1]}, not a number"
+    elif fields is not None and fields != len(columns):
+        what = f"a record has {fields} field(s) where the stream reads {len(columns)} columns"
+    else:
+        what = "a record does not match the stream's schema"
+    return MalformedRecordError(
         f"file {uri}: {what} (record: {record.strip()[:200]!r}). No state was "
         "committed for this micro-batch and no output written; remove the file from "
         "the input directory (fix it and add it back under a new name) and restart "
@@ -475,4 +487,107 @@ def _corrupt_column(fmt: str, record: str, expected: StructType) -> tuple[str, s
                 float(v)
             except ValueError:
                 return f.name, repr(v)
+    return None
+
+
+# ---- the format of a file ----------------------------------------------------------------
+_PARQUET_MAGIC = b"PAR1"
+
+
+def check_file_format(
+    uri: str,
+    fmt: str,
+    where: str | None = None,
+    spark: SparkSession | None = None,
+    *,
+    fix: str = "read it with format {}",
+) -> None:
+    """Raise :class:`SchemaMismatchError` when the file at ``uri`` is plainly not ``fmt``:
+    a Parquet file read as csv/json (Spark would take its binary bytes for a header), or a
+    text file read as Parquet. ``where`` names what the file belongs to (e.g. a flag);
+    ``fix`` says how to choose the right format (``{}``: the format's name)."""
+    head = store.read_head(uri, len(_PARQUET_MAGIC), spark)
+    if not head:
+        return
+    is_parquet = head == _PARQUET_MAGIC
+    prefix = f"{where}: " if where else ""
+    if fmt in ("csv", "json") and is_parquet:
+        raise SchemaMismatchError(
+            f"{prefix}{uri} is a Parquet file, not {fmt.upper()}; {fix.format('parquet')}"
+        )
+    if fmt == "parquet" and not is_parquet:
+        raise SchemaMismatchError(
+            f"{prefix}{uri} is not a Parquet file (it does not start with PAR1); "
+            f"{fix.format('csv')} (or json), whichever the file is"
+        )
+
+
+# ---- malformed records of a batch read ---------------------------------------------------
+def malformed_record_error(
+    message: str,
+    fmt: str,
+    options: Mapping[str, str],
+    fix: str,
+    spark: SparkSession | None = None,
+) -> MalformedRecordError | None:
+    """The named error for a failed read of a csv/json record in FAILFAST mode (the
+    default of a batch read), found in Spark's failure ``message``; None if it is none.
+
+    Spark names the file and shows the record as it parsed it; the file is read again
+    here (locally or through ``pyarrow.fs``) to give the record's line as written.
+    ``fix`` ends the message (what the caller can do about it).
+    """
+    if "MALFORMED_RECORD_IN_PARSING" not in message and not _MALFORMED.search(message):
+        return None
+    file = _FAILED_FILE.search(message)
+    parsed = _MALFORMED.search(message)
+    found = None
+    if file is not None:
+        try:
+            found = _first_malformed(file.group(1), fmt, options, spark)
+        except Exception:  # the file is not readable from here: Spark's rendering will do
+            found = None
+    where = f"file {file.group(1)}" if file is not None else f"a {fmt} file"
+    if found is not None:
+        what = found
+    elif parsed is not None:
+        what = f"a record does not fit the columns (as parsed: {parsed.group(1)[:200]})"
+    else:
+        what = "a record does not fit the columns"
+    return MalformedRecordError(f"{where}: {what}; {fix}")
+
+
+def _first_malformed(
+    uri: str, fmt: str, options: Mapping[str, str], spark: SparkSession | None
+) -> str | None:
+    """Where the first record of the file that Spark cannot parse is, and what is wrong."""
+    with store.open_text(uri, options.get("encoding", "UTF-8"), spark) as fh:
+        if fmt == "json":
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    return f"line {number} is not a JSON object (record: {line.strip()[:200]!r})"
+            return None
+        sep = options.get("sep", options.get("delimiter", ","))
+        reader = csv.reader(fh, delimiter=sep, quotechar=options.get("quote", '"'))
+        width, what = None, "the header"
+        if options.get("header", "false").lower() != "true":
+            what = "the first record"
+        for row in reader:
+            if not any(v.strip() for v in row):
+                continue  # Spark skips blank lines
+            if width is None:
+                width = len(row)
+                continue
+            if len(row) != width:
+                text = sep.join(row)
+                return (
+                    f"line {reader.line_num} has {len(row)} field(s) where {what} has {width} "
+                    f"(record: {text[:200]!r})"
+                )
     return None

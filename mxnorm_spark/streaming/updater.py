@@ -67,6 +67,7 @@ from mxnorm_spark.core.errors import (
     error_in_text,
     server_lost_error,
 )
+from mxnorm_spark.core.event_time import EventTime
 from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.state import MXNormState, StateOptions
 from mxnorm_spark.store import StateStore, is_classic, read_state
@@ -81,6 +82,13 @@ from mxnorm_spark.streaming._reads import (
     moments_engine,
     moments_pivot,
     rereads_same_rows,
+)
+from mxnorm_spark.streaming._wait import say_idle, wait_for_query
+from mxnorm_spark.streaming.event_batches import (
+    EventTimeBatches,
+    check_event_time,
+    close_open_batches,
+    run_micro_batch,
 )
 from mxnorm_spark.streaming.keyed import KeyedStreamState, KeyOptions
 from mxnorm_spark.streaming.progress import BatchReport, fault, print_report, reports_from_history
@@ -125,6 +133,11 @@ class MXNormStream:
     write); by default only when a second read could differ or cost more than a plain
     read, i.e. unless the attached query is a deterministic read of files
     (:func:`~mxnorm_spark.streaming._reads.rereads_same_rows`).
+    ``on_commit(batch_id, state)`` runs after each micro-batch's state is committed and
+    its output written, and again when Spark replays the batch (with the same committed
+    state): a hook that writes idempotently, e.g. to a feature store's online store
+    (:class:`mxnorm_spark.feast.FeastStatePush`), publishes every batch exactly once.
+    If it raises, the micro-batch fails and Spark runs it again.
     """
 
     def __init__(
@@ -143,6 +156,8 @@ class MXNormStream:
         progress: Callable[[BatchReport], None] | None = print_report,
         keys: KeyOptions | None = None,
         persist: bool | None = None,
+        event_time: EventTime | None = None,
+        on_commit: Callable[[int, MXNormState], None] | None = None,
     ) -> None:
         from mxnorm_spark.batch.aggregate import check_engine
 
@@ -157,11 +172,13 @@ class MXNormStream:
         check_engine(engine)
         self.engine = engine
         self.progress = progress
+        self.on_commit = on_commit
         self.persist = persist
         self.store = store if isinstance(store, StateStore) else StateStore(store, spark)
         self.source: FileSource | None = None
         self.reports: deque[BatchReport] = deque(maxlen=10_000)
         self.failure: BaseException | None = None
+        self.interrupted = False  # run() ended by Ctrl-C
         self._claimed = False
         self._cleaned = False
         self._rereads = False  # the attached query reads files only (stream_reads)
@@ -171,6 +188,17 @@ class MXNormStream:
         )
         self._open(initial_state)
         self.keys = None if keys is None else self._keyed_state(keys)
+        # Event-time batches (event_batches): the batch is the data's, not the trigger's.
+        self.events: EventTimeBatches | None = None
+        if event_time is not None:
+            check_event_time(
+                cols=self.cols,
+                apply_at=self.apply_at,
+                handle_invalid=self.handle_invalid,
+                keyed=keys is not None,
+                input_col=input_col,
+            )
+            self.events = EventTimeBatches(event_time, self.store, self.cols or ())
         self._driver = DriverBatches.for_stream(
             spark,
             self.output,
@@ -235,22 +263,15 @@ class MXNormStream:
     def _check_compatible(self, state: MXNormState, where: str) -> None:
         theirs, ours = state.options.to_dict(), self.options.to_dict()
         diff = [f"{k}={theirs[k]!r} (stream: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
-        if diff:
-            raise InvalidParameterError(
-                f"{where} was built with {', '.join(diff)}; run the stream with the same "
-                "settings, or start a fresh state directory"
-            )
         if self.cols is not None and state.features != self.cols:
+            diff.append(f"features {list(state.features)} (stream: columns {list(self.cols)})")
+        col = self.input_col
+        if col is not None and not all(f.startswith(f"{col}[") for f in state.features):
+            diff.append(f"features {list(state.features)} (stream: input_col {col!r})")
+        if diff:  # every difference at once: one restart fixes them all
             raise InvalidParameterError(
-                f"{where} has features {list(state.features)} but the stream normalizes "
-                f"columns {list(self.cols)}; use the same columns in the same order"
-            )
-        if self.input_col is not None and not all(
-            f.startswith(f"{self.input_col}[") for f in state.features
-        ):
-            raise InvalidParameterError(
-                f"{where} has features {list(state.features)}, not the elements of "
-                f"input_col {self.input_col!r}"
+                f"{where} differs from this stream: {'; '.join(diff)}. Run the stream with "
+                "the same settings and columns (in the same order), or a fresh state directory"
             )
 
     def _fresh_state(self, data: DataFrame) -> MXNormState | None:
@@ -335,8 +356,13 @@ class MXNormStream:
         available_now: bool = True,
         trigger_interval: str | None = None,
         source: FileSource | None = None,
+        end_of_input: bool = False,
     ) -> list[BatchReport]:
-        """Start, wait for the end (available-now) or Ctrl-C, and return this run's reports."""
+        """Start, wait for the end (available-now) or Ctrl-C (then ``self.interrupted``),
+        and return this run's reports; a line says when the query waits for new data.
+
+        ``end_of_input``: an event-time stream then folds its open batches at the end
+        (:meth:`close_open_batches`)."""
         first = len(self.reports)
         last_before = self.store.latest_batch_id()
         query = self.start(
@@ -347,13 +373,26 @@ class MXNormStream:
             source=source,
         )
         try:
-            self.await_termination(query)
+            self.interrupted = wait_for_query(
+                query,
+                lambda timeout: self.await_termination(query, timeout),
+                on_idle=None if available_now or self.progress is None else say_idle(self.source),
+                progress_count=lambda: len(self.reports),
+            )
         except KeyboardInterrupt:
             query.stop()
             raise
+        if end_of_input and not self.interrupted:
+            self.close_open_batches()
         if not is_classic(self.spark):
             return reports_from_history(self.store, after=last_before)
         return list(self.reports)[first:]
+
+    def close_open_batches(self) -> MXNormState | None:
+        """End of input for an event-time stream: fold every open batch and commit the
+        result as the next version, which closes the state directory to more micro-batches.
+        Returns that state (None before any version)."""
+        return close_open_batches(self)
 
     # ---- one micro-batch ----------------------------------------------------------------
     def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -416,6 +455,9 @@ class MXNormStream:
         spark = batch_df.sparkSession
         self._claim(spark, batch_id)
         self._check_not_behind(batch_id)
+        if self.events is not None:
+            run_micro_batch(self, batch_df, batch_id)
+            return
         committed = self.store.get(batch_id)
         prev = self.store.state_before(batch_id, every_batch=self.cols is not None)
         new: MXNormState | None = None
@@ -453,6 +495,10 @@ class MXNormStream:
             if rows and new is not None:
                 out_dir = self._write(payload, new, prev, batch_id, rows, small=small)
             fault("after_write", batch_id, spark)
+            if self.on_commit is not None and new is not None:
+                # After the commit, for a replay too: a hook that writes (batch id, state)
+                # idempotently sees every committed batch at least once, with the same state.
+                self.on_commit(batch_id, new)
         finally:
             if keep:
                 data.unpersist()

@@ -3,7 +3,7 @@
 Subprocesses (each starts a JVM, so there are few): ``mxnorm-spark fit`` and ``inspect``
 through the installed entry points, and both ``jobs/`` scripts through ``spark-submit``.
 Everything else calls :func:`mxnorm_spark.cli.main` in-process on the shared session.
-Results are checked against the DESIGN.md reference loop and plain numpy.
+Results are checked against the reference loop of docs/design.md and plain numpy.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
     err_args = ["--output", str(tmp_path / "err"), "--handle-invalid", "error", "--engine", "arrow"]
     code, err = main(*base, *err_args)
     assert code == 2
-    assert err.startswith("error: column 'b' holds a NaN value and handle_invalid='error'")
+    assert err.startswith("error: column 'b' holds a NaN value and --handle-invalid error;")
     assert err.count("\n") == 1 and "Traceback" not in err
 
     code, err = main(*base, "--output", str(tmp_path / "x"), "--cols", "a,zz")

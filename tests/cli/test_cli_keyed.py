@@ -2,7 +2,7 @@
 export-keys, the keyed config keys and the errors, in-process on the shared session.
 
 Results are checked against the library (``fit_keyed(...).transform``, same bits) and a
-numpy reference: the DESIGN.md loop per key and per day, with the global fallback.
+numpy reference: the reference loop of docs/design.md per key and per day, with the global fallback.
 """
 
 from __future__ import annotations
@@ -203,13 +203,13 @@ def test_bad_keyed_fit_fails_with_one_clear_line(spark: Any, keyed_run: Any) -> 
     fit = ["fit", "--input", data, "--cols", "a,b", "--state", str(tmp / "bad_model")]
     assert "key column(s) ['zone'] not found in --input" in fails(*fit, "--key-cols", "zone")
     err = fails(*fit, "--key-cols", "sensor,a")
-    assert "key_cols and cols/batch_col share ['a']" in err
-    assert "key_cols and cols/batch_col share ['day']" in fails(
+    assert "--key-cols and --cols/--batch-col share ['a']" in err
+    assert "--key-cols and --cols/--batch-col share ['day']" in fails(
         *fit, "--key-cols", "day", "--batch-col", "day"
     )
     err = fails(*fit, "--key-cols", "sensor", "--min-key-rows", "-1")
     assert "--min-key-rows: expected a whole number >= 0, got -1" in err
-    assert "min_key_rows only applies with key_cols" in fails(*fit, "--min-key-rows", "2")
+    assert "--min-key-rows only applies with --key-cols" in fails(*fit, "--min-key-rows", "2")
     assert "per-key states of a vector column" in fails(
         "fit", "--input", data, "--input-col", "v", "--key-cols", "sensor", "--state", "x"
     )

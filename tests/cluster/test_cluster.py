@@ -316,7 +316,7 @@ def _as_matrix(t: pa.Table) -> np.ndarray:
 
 
 def reference_ema(batches: Sequence[np.ndarray], alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """DESIGN.md's reference loop on float64 two-pass batch moments (invalid values skipped)."""
+    """Reference loop (docs/design.md) on float64 two-pass batch moments, invalid values skipped."""
     mean, var = two_pass(batches[0])
     for x in batches[1:]:
         m, v = two_pass(x)

@@ -3,7 +3,7 @@
 Each case carries its expected per-feature count, mean and population variance, worked
 out independently: by hand where obvious, else in exact ``Fraction`` arithmetic on the
 float64 values, rounded once. ``exact`` cases must match those roundings bit for bit; the
-others within the DESIGN.md tolerance (variance 1e-12 relative, mean 1e-12 standard
+others within the tolerance of docs/design.md (variance 1e-12 relative, mean 1e-12 standard
 deviations plus two ulps of ``|mean|``).
 """
 

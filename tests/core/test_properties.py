@@ -1,7 +1,7 @@
 """Property tests (hypothesis) for the algebra of Moments and MXNormState, river style.
 
 Every law is checked against an independent oracle, exact ``Fraction`` arithmetic on the
-stored float64 values, with the DESIGN.md tolerance: variance within 1e-12 relative (an
+stored float64 values, with the tolerance of docs/design.md: variance within 1e-12 relative (an
 absolute floor of the smallest normal float for zero variance), mean within 1e-12
 standard deviations plus the rounding of a float64 mean itself (a couple of ulps of
 ``|mean|``: with 1e12 + N(0, 1) one ulp is already 1e-4 standard deviations), counts equal.

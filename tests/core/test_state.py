@@ -1,4 +1,4 @@
-"""MXNormState against the DESIGN.md reference loop and each option's own formula."""
+"""MXNormState against the reference loop of docs/design.md and each option's own formula."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mxnorm_spark import (
     MXNormState,
     NotFittedError,
     ShapeError,
+    StateNotFoundError,
     UnsupportedSchemaVersionError,
 )
 from mxnorm_spark.store import read_state, write_state
@@ -178,9 +179,9 @@ def test_corrupt_unknown_and_truncated_files(tmp_path: Path) -> None:
     doc["schema_version"] = 99
     with pytest.raises(UnsupportedSchemaVersionError, match=r"schema_version 99.*only version 1"):
         MXNormState.from_json(json.dumps(doc))
-    with pytest.raises(CorruptStateError, match="does not exist"):
+    with pytest.raises(StateNotFoundError, match="not found"):
         read_state(tmp_path / "missing.json")
-    with pytest.raises(CorruptStateError, match="no committed version"):
+    with pytest.raises(StateNotFoundError, match="no committed version"):
         read_state(tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""docs/state-format.md tells the truth: its example loads, and its checksum rules,
+"""docs/guides/state-format.md tells the truth: its example loads, and its checksum rules,
 implemented here from the text alone, give the checksum the package writes."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from mxnorm_spark import Moments, MXNormState, UnsupportedSchemaVersionError
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "state-format.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "guides" / "state-format.md"
 
 
 def _doc_example() -> str:
     match = re.search(r"```json\n(.*?)```", DOC.read_text(), re.S)
-    assert match is not None, "the example block is gone from docs/state-format.md"
+    assert match is not None, "the example block is gone from docs/guides/state-format.md"
     return match.group(1)
 
 

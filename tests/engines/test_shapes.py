@@ -15,7 +15,7 @@ from reference import assert_state_close, two_pass
 from mxnorm_spark import FeatureMismatchError, Moments, MXNormState
 from mxnorm_spark.batch.aggregate import batch_moments
 from mxnorm_spark.batch.apply import normalize
-from mxnorm_spark.engines.arrow import _row_major_moments
+from mxnorm_spark.core.moments import finite_rows_moments
 
 NAN, INF = float("nan"), float("inf")
 
@@ -29,7 +29,7 @@ def _rows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 2, 127, 128, 129, 1000])
 def test_row_major_moments_match_two_pass(n: int) -> None:
     x = _rows(np.random.default_rng(n), n, 5)
-    got = _row_major_moments(x, None)
+    got = finite_rows_moments(x, None)
     mean, var = two_pass(x)
     assert_state_close(got.mean, got.var, mean, var)
     other = Moments.from_columns(x.T)
@@ -39,7 +39,7 @@ def test_row_major_moments_match_two_pass(n: int) -> None:
 def test_row_major_moments_take_the_finite_shift() -> None:
     x = _rows(np.random.default_rng(7), 300, 3)
     shift = np.array([1e9, NAN, 1e9 + 1])
-    got = _row_major_moments(x, shift)
+    got = finite_rows_moments(x, shift)
     assert got.shift.tolist() == [1e9, x[0, 1], 1e9 + 1]
     assert_state_close(got.mean, got.var, *two_pass(x))
 

@@ -144,7 +144,7 @@ def test_states_equal_the_per_key_loop(request: Any, data: Any, options: StateOp
 
 
 def test_states_equal_the_design_reference_loop(fitted_states: pd.DataFrame, data: Any) -> None:
-    # x has no invalid value: the numpy loop of DESIGN.md section 1, per key. np.var of raw
+    # x has no invalid value: the numpy loop of docs/design.md, section 1, per key. np.var of raw
     # 1e9 + N(0, 1) loses digits of its own (~3e-12 here), so the reference variance runs
     # on x - 1e9 (exact: same binade, and variance does not move with a shift).
     _, pdf = data

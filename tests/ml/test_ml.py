@@ -68,7 +68,7 @@ def test_backfill_equals_the_reference_loop(days: Any, engine: str) -> None:
     model = MXNorm(inputCols=["a", "c"], outputCols=["za", "zc"], batchCol="day", engine=engine)
     model = model.fit(df)
     assert [d for d, _ in model.history] == [10, 20, 30]
-    # The reference loop of DESIGN.md, fed per feature (c starts at the second batch).
+    # The reference loop of docs/design.md, fed per feature (c starts at the second batch).
     for j, first in ((0, 0), (1, 1)):
         ref = Reference(alpha=0.1)
         for k, (day, state) in enumerate(model.history):

@@ -1,6 +1,6 @@
 """The per-batch history of fit and the history / drift report.
 
-Drift events are checked against the DESIGN.md reference loop run per feature in plain
+Drift events are checked against the reference loop of docs/design.md run per feature in plain
 numpy; the backfill's history table against the reference loop and two-pass moments.
 """
 
@@ -145,7 +145,7 @@ def test_report_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EmptyInputError, match="no such state file or state directory"):
         load_history(str(tmp_path / "nowhere.json"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MissingExtraError, match=r"mxnorm-spark\[report\]"):
+    with pytest.raises(MissingExtraError, match=r"mxnorm-spark with its \[report\] extra"):
         write_report(str(tmp_path / "state"), str(tmp_path / "r.png"))
     assert not (tmp_path / "r.png").exists()
 

@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 
 from mxnorm_spark import InvalidValueError, Moments, MXNormState
-from mxnorm_spark.core.errors import CorruptStateError, FeatureMismatchError, InvalidParameterError
+from mxnorm_spark.core.errors import (
+    CorruptStateError,
+    FeatureMismatchError,
+    InvalidParameterError,
+    StateNotFoundError,
+)
 from mxnorm_spark.serving import Normalizer, load
 from mxnorm_spark.store import StateStore, write_state
 
@@ -353,7 +358,7 @@ def test_state_directory_newest_and_pinned(spark: Any, tmp_path: Path, engine: s
         assert norm.state.last_batch_id == expected_state.last_batch_id
         expected = spark_out(df, expected_state, engine, "keep")
         assert_same_table(expected, norm.transform(source), SCALARS)
-    with pytest.raises(CorruptStateError, match="no version for batch 9"):
+    with pytest.raises(StateNotFoundError, match="no version for batch 9"):
         load(tmp_path / "states", batch_id=9)
 
 
@@ -395,7 +400,7 @@ def test_load_refuses_what_is_not_a_state(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorruptStateError, match="not a state file, a state directory"):
         load(tmp_path / "empty")
-    with pytest.raises(CorruptStateError, match="does not exist"):
+    with pytest.raises(StateNotFoundError, match="not found"):
         load(tmp_path / "missing.json")
 
 
@@ -487,4 +492,4 @@ def test_spark_modules_name_the_extra_when_pyspark_is_missing() -> None:
             "else:\n    raise SystemExit('imported')\n"
         )
         assert proc.returncode == 0, proc.stderr
-        assert "mxnorm-spark[spark]" in proc.stdout, proc.stdout
+        assert "mxnorm-spark with its [spark] extra" in proc.stdout, proc.stdout

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mxnorm_spark import CorruptStateError, InvalidParameterError, Moments, MXNormState
-from mxnorm_spark.core.errors import StateConflictError
+from mxnorm_spark.core.errors import StateConflictError, StateNotFoundError
 from mxnorm_spark.store import INITIAL_FILE, StateStore, filesystem, read_state
 
 
@@ -174,7 +174,7 @@ def test_initial_file_is_not_loaded_as_a_version(tmp_path: Path) -> None:
     # read_state's one fallback rule: no version yet, so the warm-start state.
     assert read_state(tmp_path).to_json() == states(1)[0].to_json()
     (tmp_path / INITIAL_FILE).unlink()
-    with pytest.raises(CorruptStateError, match="holds no committed version"):
+    with pytest.raises(StateNotFoundError, match="holds no committed version"):
         read_state(tmp_path)
 
 
@@ -199,7 +199,7 @@ def test_state_file_replaced_whole(backend: Backend) -> None:
     write_state(s1, target, backend.spark)
     assert read_state(target, backend.spark).to_json() == s1.to_json()
     assert backend.names("fit") == ["state.json"]
-    with pytest.raises(CorruptStateError, match="does not exist"):
+    with pytest.raises(StateNotFoundError, match="not found"):
         read_state(backend.uri("fit/missing.json"), backend.spark)
 
 
@@ -210,5 +210,5 @@ def test_read_state_pins_a_version(make_store: Any, backend: Backend) -> None:
         store.commit(b, s)
     uri = backend.uri("state")
     assert read_state(uri, backend.spark, batch_id=1).to_json() == written[1].to_json()
-    with pytest.raises(CorruptStateError, match=r"no version for batch 7 \(committed: 3 versions"):
+    with pytest.raises(StateNotFoundError, match=r"no version for batch 7 \(committed: 3 versions"):
         read_state(uri, backend.spark, batch_id=7)

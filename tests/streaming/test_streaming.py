@@ -1,6 +1,6 @@
 """Structured Streaming: state per micro-batch == reference loop == backfill, exactly once.
 
-One file stream (module fixture) is checked against the DESIGN.md reference loop, the
+One file stream (module fixture) is checked against the reference loop of docs/design.md, the
 batch backfill and its own output; the exactly-once rules are checked by calling the
 ``foreachBatch`` function directly; crash safety by SIGKILLing a CLI stream in a
 subprocess at each fault point and restarting it.

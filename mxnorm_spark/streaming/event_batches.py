@@ -1,0 +1,538 @@
+"""An event-time stream's micro-batch on Spark: exact partials per batch value, the fold of
+closed batches, the commit, and the rows normalized point in time.
+
+Per micro-batch (semantics: :mod:`mxnorm_spark.core.event_time`):
+
+1. one ``mapInArrow`` job computes, per partition and batch value, the exact partial
+   (:func:`~mxnorm_spark.core.open_batches.exact_partials`); the driver merges them exactly;
+2. the driver folds the batches the new watermark closes, writes a fold record per folded
+   batch (``STATE/_folds/``, :mod:`mxnorm_spark.store.folds`) and the history, and commits
+   the folded state with the open batches as one version (section ``event_time``);
+3. the rows (late ones left out) are normalized, each with the state of its batch value
+   (``apply_at="before"``), and published as the micro-batch's output directory.
+
+A small micro-batch (the limit of :mod:`~mxnorm_spark.streaming._local`) is read to the
+driver in one job instead, and steps 1 and 3 run there in numpy, its output written as one
+Parquet file: the same partials (they are exact) and the same ``(x - mean) / scale``, so
+the same bits as the Spark path (tested across both).
+
+A replayed micro-batch (its version committed) computes no partials: its section says which
+batch values it held and which state each gets, so it rewrites the same output.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mxnorm_spark.core.errors import InvalidParameterError, StateConflictError
+from mxnorm_spark.core.event_time import SECTION, EventSection, EventTime, Fold
+from mxnorm_spark.core.moments import Moments
+from mxnorm_spark.core.open_batches import OpenBatch, exact_partials
+from mxnorm_spark.core.state import MXNormState, scale_of
+from mxnorm_spark.store import StateStore
+from mxnorm_spark.store.folds import write_fold
+from mxnorm_spark.store.history import batch_table, write_table_record
+from mxnorm_spark.streaming.progress import fault
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pyarrow as pa
+    from pyspark.sql import Column, DataFrame
+
+    from mxnorm_spark.streaming.updater import MXNormStream
+
+__all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
+
+_B, _T = "__mx_b", "__mx_t"
+# Rows the kernel gathers before one exact_partials call (its integer conversion is per call).
+_KERNEL_ROWS = 1 << 18
+_BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal", "string",
+                "date", "timestamp", "timestamp_ntz", "boolean")  # fmt: skip
+
+
+def check_event_time(
+    *, cols: Any, apply_at: str, handle_invalid: str, keyed: bool, input_col: Any
+) -> None:
+    """The stream settings an event-time stream supports, or a named error."""
+    if cols is None or input_col is not None:
+        raise InvalidParameterError(
+            "an event-time stream normalizes scalar feature columns (cols=), not input_col"
+        )
+    if apply_at != "before":
+        raise InvalidParameterError(
+            "an event-time stream normalizes with apply_at='before' (each row with the state "
+            "before its batch, written as it arrives). apply_at='after' would hold every row "
+            "until its batch folds, i.e. buffer raw rows in the state; normalize the folded "
+            "batches afterwards with `mxnorm-spark transform --batch-col` instead"
+        )
+    if handle_invalid != "keep":
+        raise InvalidParameterError(
+            "an event-time stream keeps invalid values as they are (handle_invalid='keep'); "
+            f"got {handle_invalid!r}"
+        )
+    if keyed:
+        raise InvalidParameterError("per-key state (keys=) does not take event-time batches yet")
+
+
+class EventTimeBatches:
+    """The event-time part of one stream: its spec, its store and the state it starts from."""
+
+    def __init__(self, spec: EventTime, store: StateStore, cols: tuple[str, ...]) -> None:
+        self.spec = spec
+        self.store = store
+        self.cols = cols
+
+    # ---- the committed sections -------------------------------------------------------
+    def section(self, batch_id: int) -> EventSection | None:
+        data = self.store.section(batch_id, SECTION)
+        if data is None:
+            if self.store.get(batch_id) is not None:
+                raise StateConflictError(
+                    f"state directory {self.store.path} holds version {batch_id} of a stream "
+                    "without event-time batches; use a fresh state directory (warm-start it "
+                    "with the initial state option)"
+                )
+            return None
+        section = EventSection.from_json(data, f"state version {batch_id} of {self.store.path}")
+        if section.spec != self.spec.to_dict():
+            raise InvalidParameterError(
+                f"state directory {self.store.path} was written with event-time settings "
+                f"{section.spec}, the stream has {self.spec.to_dict()}; use the same settings, "
+                "or a fresh state directory"
+            )
+        return section
+
+    def previous(self, batch_id: int, base: MXNormState) -> tuple[EventSection, MXNormState]:
+        """The section and folded state micro-batch ``batch_id`` starts from."""
+        before = self.store.state_before(batch_id, every_batch=True)
+        if before is None or batch_id == 0 or self.store.get(batch_id - 1) is None:
+            return EventSection(spec=self.spec.to_dict()), before or base
+        section = self.section(batch_id - 1)
+        assert section is not None
+        if section.closed:
+            raise StateConflictError(
+                f"state directory {self.store.path} was closed at the end of input (version "
+                f"{batch_id - 1} folded every open batch): it takes no more micro-batches. "
+                "Start a new state directory warm-started from it (initial state option)"
+            )
+        return section, before
+
+    # ---- one micro-batch -------------------------------------------------------------
+    def partials(self, payload: DataFrame) -> dict[Any, tuple[OpenBatch, int | None]]:
+        """Batch value -> (exact partial, largest event time or None) of the micro-batch."""
+        from pyspark.sql import types as T
+
+        b, t = self.value_columns(payload)
+        k = len(self.cols)
+        selected = payload.select(
+            b.alias(_B),
+            t.alias(_T),
+            *[payload[c].cast("double").alias(f"x{j}") for j, c in enumerate(self.cols)],
+        )
+        schema = T.StructType(
+            [
+                T.StructField("b", selected.schema[_B].dataType),
+                T.StructField("t", T.LongType()),
+                T.StructField("rows", T.LongType()),
+                T.StructField("count", T.ArrayType(T.LongType())),
+                T.StructField("sum1", T.ArrayType(T.StringType())),
+                T.StructField("sum2", T.ArrayType(T.StringType())),
+            ]
+        )
+        found: dict[Any, tuple[OpenBatch, int | None]] = {}
+        for row in selected.mapInArrow(partial(_partials_kernel, k=k), schema).collect():
+            part = OpenBatch(
+                int(row["rows"]),
+                tuple(int(v) for v in row["count"]),
+                tuple(int(v, 16) for v in row["sum1"]),
+                tuple(int(v, 16) for v in row["sum2"]),
+            )
+            t_max = None if row["t"] is None else int(row["t"])
+            value = row["b"]
+            if value in found:
+                old, old_t = found[value]
+                part = old.merge(part)
+                t_max = old_t if t_max is None else (t_max if old_t is None else max(t_max, old_t))
+            found[value] = (part, t_max)
+        return found
+
+    def value_columns(self, df: DataFrame) -> tuple[Column, Column]:
+        """The batch value and (windows) the event time in microseconds, as columns."""
+        from pyspark.sql import functions as F
+
+        spec = self.spec
+        if spec.column not in df.columns:
+            raise InvalidParameterError(
+                f"the {'batch' if spec.batch_col else 'event-time'} column {spec.column!r} is "
+                f"not in the stream's columns {df.columns}"
+            )
+        kind = df.schema[spec.column].dataType.typeName()
+        if spec.window is None:
+            if kind not in _BATCH_TYPES:
+                raise InvalidParameterError(
+                    f"batch column {spec.column!r} has type {kind}; use a numeric, string, "
+                    "date, timestamp or boolean column"
+                )
+            return F.col(spec.column), F.lit(None).cast("long")
+        if kind not in ("timestamp", "timestamp_ntz"):
+            raise InvalidParameterError(
+                f"event-time column {spec.column!r} has type {kind}; it must be a timestamp"
+            )
+        t = F.unix_micros(F.col(spec.column).cast("timestamp"))
+        return t - F.pmod(t, F.lit(spec.window_us)), t
+
+    def fold_and_commit(
+        self,
+        batch_id: int,
+        prev: EventSection,
+        state: MXNormState,
+        parts: dict[Any, tuple[OpenBatch, int | None]],
+        spark: Any,
+        *,
+        close_all: bool = False,
+    ) -> tuple[EventSection, MXNormState]:
+        """Fold what the micro-batch closes, record it and commit the version."""
+        section, new, folds = prev.advance(self.spec, state, parts, close_all=close_all)
+        for f in folds:
+            write_fold(self.store.path, f.number, f.value, f.state, fs=self.store.fs)
+        self._record(batch_id, section, new, folds)
+        fault("before_commit", batch_id, spark)
+        self.store.commit(batch_id, new, section=(SECTION, section.to_json()))
+        fault("after_commit", batch_id, spark)
+        return section, new
+
+    def _record(
+        self, batch_id: int, section: EventSection, state: MXNormState, folds: list[Fold]
+    ) -> None:
+        import pyarrow as pa
+
+        from mxnorm_spark.store.history import history_schema
+
+        tables = [
+            batch_table(
+                batch_id, rows=f.rows, moments=f.moments, state=f.state, batch_value=f.value
+            )
+            for f in folds
+        ] or [
+            batch_table(
+                batch_id,
+                rows=section.rows,
+                moments=Moments.empty(state.n_features),
+                state=state,
+            )
+        ]
+        table = pa.concat_tables(tables).cast(history_schema())
+        late = pa.array([section.batch_late] * table.num_rows, pa.int64())
+        table = table.append_column("late_rows", late)
+        write_table_record(self.store.fs, self.store.path, batch_id, table)
+
+    # ---- the output -------------------------------------------------------------------
+    def normalize(
+        self,
+        payload: DataFrame,
+        section: EventSection,
+        base: MXNormState,
+        outputs: tuple[str, ...],
+    ) -> DataFrame:
+        """The micro-batch's rows (late ones left out), each normalized with the state of
+        its batch value; a feature with no state there gives null."""
+        from pyspark.sql import functions as F
+
+        b, _ = self.value_columns(payload)
+        df = payload.withColumn(_B, b)
+        if section.watermark_before is not None:
+            df = df.where(F.col(_B) >= F.lit(section.watermark_before))
+        groups: dict[Any, tuple[MXNormState, list[Any]]] = {}
+        for value in section.values:
+            folded, state = section.state_for(self.spec, value, base)
+            groups.setdefault(folded, (state, []))[1].append(value)
+        columns: dict[str, Column] = {}
+        for j, (c, out) in enumerate(zip(self.cols, outputs, strict=True)):
+            x = F.col(c).cast("double")
+            cases = []
+            for state, values in groups.values():
+                mean, var = float(state.mean[j]), float(state.var[j])
+                if not np.isnan(mean):
+                    scale = float(scale_of(np.float64(var), state.options))
+                    cases.append((values, (x - F.lit(mean)) / F.lit(scale)))
+            columns[out] = _cases(cases).cast("double")
+        lineage = self.spec.lineage_col
+        if lineage is not None:
+            kind = payload.schema[self.spec.column].dataType
+            marks = [(v, F.lit(folded)) for folded, (_, v) in groups.items() if folded is not None]
+            if self.spec.window is None:
+                columns[lineage] = _cases(marks).cast(kind)
+            else:
+                columns[lineage] = F.timestamp_micros(_cases(marks).cast("long"))
+        return df.withColumns(columns).drop(_B)
+
+
+def _cases(cases: list[tuple[list[Any], Column]]) -> Column:
+    """``CASE WHEN batch IN (values) THEN expr ... END`` (null where no case holds)."""
+    from pyspark.sql import functions as F
+
+    expr: Column | None = None
+    for values, then in cases:
+        test = F.col(_B).isin(values)
+        expr = F.when(test, then) if expr is None else expr.when(test, then)
+    return F.lit(None) if expr is None else expr
+
+
+def _partials_kernel(batches: Iterator[pa.RecordBatch], k: int) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: one row per batch value of the partition, its exact partial."""
+    import pyarrow as pa
+
+    found: dict[Any, tuple[OpenBatch, int | None]] = {}
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    b_type = None
+    for rb in batches:
+        if rb.num_rows == 0:
+            continue
+        b_type = rb.schema.field(_B).type
+        pending.append(rb)
+        pending_rows += rb.num_rows
+        if pending_rows >= _KERNEL_ROWS:
+            _add_chunk(found, pa.Table.from_batches(pending), k)
+            pending, pending_rows = [], 0
+    if pending:
+        _add_chunk(found, pa.Table.from_batches(pending), k)
+    if not found or b_type is None:
+        return
+    values = list(found)
+    parts = [found[v][0] for v in values]
+    yield pa.RecordBatch.from_pydict(
+        {
+            "b": pa.array(values, b_type),
+            "t": pa.array([found[v][1] for v in values], pa.int64()),
+            "rows": pa.array([p.rows for p in parts], pa.int64()),
+            "count": pa.array([list(p.count) for p in parts], pa.list_(pa.int64())),
+            "sum1": pa.array([[hex(s) for s in p.sum1] for p in parts], pa.list_(pa.string())),
+            "sum2": pa.array([[hex(s) for s in p.sum2] for p in parts], pa.list_(pa.string())),
+        }
+    )
+
+
+def _add_chunk(found: dict[Any, tuple[OpenBatch, int | None]], table: pa.Table, k: int) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(table.column(_B).combine_chunks(), null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    values = encoded.dictionary.to_pylist()
+    x = np.empty((table.num_rows, k))
+    for j in range(k):
+        col = pc.fill_null(table.column(f"x{j}").combine_chunks(), float("nan"))
+        x[:, j] = col.to_numpy(zero_copy_only=False)
+    parts = exact_partials(x, codes, len(values))
+    t_col = table.column(_T)
+    t_max: list[int | None] = [None] * len(values)
+    if t_col.null_count < table.num_rows:
+        t = pc.fill_null(t_col.combine_chunks(), pa.scalar(np.iinfo(np.int64).min, pa.int64()))
+        tm = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(tm, codes, t.to_numpy(zero_copy_only=False))
+        t_max = [int(v) for v in tm]
+    for g, found_value in enumerate(values):
+        nan = isinstance(found_value, float) and np.isnan(found_value)
+        value = None if nan else found_value  # a NaN batch value is no batch value
+        part, t = parts[g], t_max[g]
+        if value in found:
+            old, old_t = found[value]
+            part = old.merge(part)
+            t = old_t if t is None else (t if old_t is None else max(t, old_t))
+        found[value] = (part, t)
+
+
+def report_facts(section: EventSection) -> dict[str, Any]:
+    """What a micro-batch's progress line says of its event-time batches."""
+    return {
+        "late_rows": section.batch_late,
+        "folded": len(section.folded),
+        "open_batches": len(section.open),
+    }
+
+
+# Batch column types whose Python values are the same read through Arrow on the driver as
+# collected from Spark (timestamps and decimals take the Spark path).
+_DRIVER_BATCH_TYPES = frozenset(
+    {"tinyint", "smallint", "int", "bigint", "float", "double", "string", "date", "boolean"}
+)
+_DRIVER_FEATURE_TYPES = frozenset({"tinyint", "smallint", "int", "bigint", "float", "double"})
+
+
+def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | None:
+    """The micro-batch with its batch value (and event time) columns as Arrow on the driver,
+    when it is small and every step gives there the bits of the Spark path; else None."""
+    from mxnorm_spark.streaming._local import collect_small
+
+    events, driver = stream.events, stream._driver
+    if events is None or driver.codec is None or driver.max_values <= 0:
+        return None
+    spec, types = events.spec, {f.name: f.dataType.simpleString() for f in payload.schema}
+    if any(types.get(c) not in _DRIVER_FEATURE_TYPES for c in events.cols):
+        return None
+    if spec.window is None and types.get(spec.column) not in _DRIVER_BATCH_TYPES:
+        return None
+    if spec.window is not None and spec.lineage_col is not None:
+        return None  # the lineage timestamp is written by Spark
+    b, t = events.value_columns(payload)
+    limit = driver.max_values // (len(payload.columns) + 2)
+    return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+
+
+def small_partials(
+    table: pa.Table, cols: tuple[str, ...]
+) -> dict[Any, tuple[OpenBatch, int | None]]:
+    """:meth:`EventTimeBatches.partials` of a micro-batch collected to the driver."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: dict[Any, tuple[OpenBatch, int | None]] = {}
+    if table.num_rows:
+        columns = {_B: table.column(_B), _T: table.column(_T).cast(pa.int64())}
+        for j, c in enumerate(cols):
+            columns[f"x{j}"] = pc.cast(table.column(c), pa.float64(), safe=False)
+        _add_chunk(found, pa.table(columns), len(cols))
+    return found
+
+
+def normalize_small(
+    table: pa.Table,
+    events: EventTimeBatches,
+    section: EventSection,
+    base: MXNormState,
+    outputs: tuple[str, ...],
+) -> pa.Table:
+    """:meth:`EventTimeBatches.normalize` of a micro-batch on the driver: the same numbers
+    (``(x - mean) / scale`` in float64), null where the Spark path gives null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    b = table.column(_B)
+    if section.watermark_before is not None:
+        keep = pc.greater_equal(b, pa.scalar(section.watermark_before, b.type))
+        table = table.filter(pc.fill_null(keep, False))
+        b = table.column(_B)
+    groups: dict[Any, tuple[MXNormState, list[Any]]] = {}
+    for value in section.values:
+        folded, state = section.state_for(events.spec, value, base)
+        groups.setdefault(folded, (state, []))[1].append(value)
+    masks = {
+        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False)
+        .to_numpy(zero_copy_only=False)
+        for folded, (_, values) in groups.items()
+    }
+    out = table.drop_columns([_B, _T])
+    for j, (c, name) in enumerate(zip(events.cols, outputs, strict=True)):
+        col = pc.cast(table.column(c), pa.float64(), safe=False)
+        x = pc.fill_null(col, float("nan")).to_numpy(zero_copy_only=False)
+        z = np.zeros(table.num_rows)
+        covered = np.zeros(table.num_rows, dtype=bool)
+        for folded, (state, _) in groups.items():
+            mean, var = float(state.mean[j]), float(state.var[j])
+            if np.isnan(mean):
+                continue
+            scale = float(scale_of(np.float64(var), state.options))
+            z = np.where(masks[folded], (x - mean) / scale, z)
+            covered |= masks[folded]
+        nulls = ~covered | col.is_null().to_numpy(zero_copy_only=False)
+        array = pa.array(z, pa.float64(), mask=nulls)
+        if name in out.column_names:
+            out = out.set_column(out.column_names.index(name), name, array)
+        else:
+            out = out.append_column(name, array)
+    lineage = events.spec.lineage_col
+    if lineage is not None:
+        marks = np.full(table.num_rows, None, dtype=object)
+        for folded, mask in masks.items():
+            if folded is not None:
+                marks[mask] = folded
+        out = out.append_column(lineage, pa.array(marks.tolist(), b.type))
+    return out
+
+
+def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) -> None:
+    """:meth:`MXNormStream.foreach_batch` of an event-time stream (see the module text)."""
+    from pyspark import StorageLevel
+
+    from mxnorm_spark.streaming._reads import rereads_same_rows
+    from mxnorm_spark.streaming.sources import CORRUPT_COLUMN, FILE_COLUMN, INTERNAL_COLUMNS
+
+    t0 = time.perf_counter()
+    events = stream.events
+    assert events is not None and stream.cols is not None
+    spark = batch_df.sparkSession
+    base = stream.store.initial() or MXNormState.create(stream.cols, options=stream.options)
+    committed = stream.store.get(batch_id)
+    keep = stream.persist
+    if keep is None:
+        keep = not (stream._rereads or rereads_same_rows(batch_df))
+    data = batch_df.persist(StorageLevel.MEMORY_AND_DISK) if keep else batch_df
+    try:
+        internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
+        if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
+            stream._count_and_check(spark, data, batch_id, None)
+        payload = data.drop(*internal) if internal else data
+        small = collect_small_batch(stream, payload)
+        if committed is None:
+            prev, before = events.previous(batch_id, base)
+            if small is not None:
+                parts = small_partials(small, events.cols)
+            else:
+                parts = events.partials(payload)
+            section, new = events.fold_and_commit(batch_id, prev, before, parts, spark)
+        else:
+            found = events.section(batch_id)
+            assert found is not None
+            if found.closed:
+                raise StateConflictError(
+                    f"state directory {stream.store.path} was closed at the end of input at "
+                    f"version {batch_id}: it takes no more micro-batches. Start a new state "
+                    "directory warm-started from it (initial state option)"
+                )
+            section, new, before = found, committed, committed
+        out_dir = None
+        outputs = tuple(stream.output.cols or stream.cols)
+        if section.values and small is not None and stream._directories is not None:
+            table = normalize_small(small, events, section, base, outputs)
+            codec = stream._driver.codec or "snappy"
+            out_dir = stream._directories.publish_table(table, batch_id, codec, spark)
+        elif section.values:
+            out_dir = stream._publish(events.normalize(payload, section, base, outputs), batch_id)
+        fault("after_write", batch_id, spark)
+    finally:
+        if keep:
+            data.unpersist()
+    stream._report(
+        batch_id,
+        section.rows,
+        seconds=time.perf_counter() - t0,
+        replayed=committed is not None,
+        prev=before,
+        new=new,
+        out_dir=out_dir,
+        **report_facts(section),
+    )
+
+
+def close_open_batches(stream: MXNormStream) -> MXNormState | None:
+    """Fold every open batch (the end of input) and commit the result as the next version,
+    which closes the state directory; None when it holds no version yet."""
+    events = stream.events
+    if events is None:
+        raise InvalidParameterError("only an event-time stream has open batches to close")
+    latest = stream.store.latest_batch_id()
+    if latest is None:
+        return None
+    section = events.section(latest)
+    state = stream.store.get(latest)
+    assert section is not None and state is not None
+    if section.closed:
+        return state
+    _, new = events.fold_and_commit(latest + 1, section, state, {}, None, close_all=True)
+    return new
