@@ -376,16 +376,18 @@ _OUTPUT_ONLY = ("output_format", "output_cols", "output_col", "apply_at", "handl
 def _check_keys(cfg: Any) -> None:
     """A key names an entity of scalar rows: not a feature, not the batch, not a vector."""
     keys, batch = cfg.key_cols or (), getattr(cfg, "batch_col", None)
+    event_time = getattr(cfg, "event_time", None)
     if keys and cfg.input_col is not None:
         raise ConfigError(
             "key_cols needs scalar feature columns (cols); per-key states of a vector "
             f"column (input_col {cfg.input_col!r}) are not supported"
         )
-    shared = [k for k in keys if k in (*(cfg.cols or ()), batch)]
+    shared = [k for k in keys if k in (*(cfg.cols or ()), batch, event_time)]
     if shared:
         raise ConfigError(
-            f"key_cols and cols/batch_col share {shared}: a key column names the entity "
-            "and cannot also be a feature or the batch column"
+            f"key_cols and cols/batch_col{'/event_time' * (event_time is not None)} share "
+            f"{shared}: a key column names the entity and cannot also be a feature or the "
+            "batch column"
         )
 
 
@@ -521,16 +523,19 @@ class StreamConfig:
         metavar="N",
     )
     key_cols: tuple[str, ...] | None = opt(
-        names, "also one state per key of these columns (in STATE/_keys/)", metavar="A,B"
-    )
+        names, "also one state per key of these columns (in STATE/_keys/; with --batch-col "
+        "or --event-time, in each committed state version)", metavar="A,B",
+    )  # fmt: skip
     min_key_rows: int | None = opt(
         int_at_least(0), "with --key-cols: global state until a key has N values (1)", metavar="N"
     )
     evict_after: int | None = opt(
-        int_at_least(1), "with --key-cols: drop keys unseen for N micro-batches", metavar="N"
-    )
+        int_at_least(1), "with --key-cols: drop keys unseen for N micro-batches (not with "
+        "--batch-col or --event-time)", metavar="N",
+    )  # fmt: skip
     batch_col: str | None = opt(
-        text, "event-time batches: the batch is this column's value, not the micro-batch",
+        text, "event-time batches: the batch is this column's value, not the micro-batch "
+        "(with --key-cols: per key, under one watermark for all keys)",
         metavar="COL",
     )  # fmt: skip
     event_time: str | None = opt(
@@ -547,7 +552,8 @@ class StreamConfig:
         default="drop",
     )  # fmt: skip
     lineage_col: str | None = opt(
-        text, "output column: the batch value of the state each row was normalized with",
+        text, "output column: the batch value of the state each row was normalized with "
+        "(with --key-cols: of its key's state)",
         metavar="COL",
     )  # fmt: skip
     close_open_batches: bool = opt(
@@ -599,6 +605,11 @@ class StreamConfig:
         given = [k for k in ("min_key_rows", "evict_after") if getattr(self, k) is not None]
         if given and self.key_cols is None:
             raise ConfigError(f"{', '.join(given)} only apply with key_cols (one state per key)")
+        if self.evict_after is not None and self.event_time_spec is not None:
+            raise ConfigError(
+                "evict_after counts micro-batches, which follow the trigger, not the data: "
+                "a keyed event-time stream (batch_col or event_time) keeps every key"
+            )
         if self.cols is None and self.input_col is None:
             raise ConfigError("stream needs cols (scalar columns) or input_col (a vector column)")
         if self.available_now and self.trigger_interval is not None:

@@ -192,10 +192,11 @@ class MXNormStream:
         self.events: EventTimeBatches | None = None
         if event_time is not None:
             check_event_time(
+                event_time,
                 cols=self.cols,
                 apply_at=self.apply_at,
                 handle_invalid=self.handle_invalid,
-                keyed=keys is not None,
+                keys=keys,
                 input_col=input_col,
             )
             self.events = EventTimeBatches(event_time, self.store, self.cols or ())
