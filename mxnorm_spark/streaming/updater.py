@@ -187,10 +187,7 @@ class MXNormStream:
             None if self.output.path is None else BatchDirectories(self.output.path, spark)
         )
         self._open(initial_state)
-        self.keys = None if keys is None else self._keyed_state(keys)
-        # Event-time batches (event_batches): the batch is the data's, not the trigger's.
-        self.events: EventTimeBatches | None = None
-        if event_time is not None:
+        if event_time is not None:  # before the keys' settings are recorded
             check_event_time(
                 event_time,
                 cols=self.cols,
@@ -199,6 +196,10 @@ class MXNormStream:
                 keys=keys,
                 input_col=input_col,
             )
+        self.keys = None if keys is None else self._keyed_state(keys)
+        # Event-time batches (event_batches): the batch is the data's, not the trigger's.
+        self.events: EventTimeBatches | None = None
+        if event_time is not None:
             self.events = EventTimeBatches(event_time, self.store, self.cols or ())
         self._driver = DriverBatches.for_stream(
             spark,

@@ -43,6 +43,18 @@ def write_inputs(root: Path) -> None:
         path = root / "incoming" / f"day-{day}.parquet"
         part.to_parquet(path, index=False)
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    # Event-time stream input: days out of order across files (within a lateness of 1), a
+    # key column with nulls.
+    events = frame.drop(columns="v").assign(
+        k=np.array(["k0", "k1", "k2", None], dtype=object)[rng.integers(0, 4, n)]
+    )
+    (root / "events").mkdir(parents=True, exist_ok=True)
+    for i, days in enumerate([[0, 1], [1, 2, 0], [3, 2, 1], [3, 2]]):
+        part = events.iloc[i * 150 : (i + 1) * 150].copy()
+        part["day"] = np.resize(np.array(days, dtype=np.int32), len(part))
+        path = root / "events" / f"f{i}.parquet"
+        part.to_parquet(path, index=False)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
 
 
 def _rows(df: Any, drop: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -137,6 +149,40 @@ def _stream(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
     return states, out.sort_values("id").reset_index(drop=True)
 
 
+def _event_stream(keyed: bool) -> Case:
+    def case(spark: Any, root: Path) -> tuple[str, pd.DataFrame]:
+        from mxnorm_spark.core.event_time import EventTime
+        from mxnorm_spark.core.state import StateOptions
+        from mxnorm_spark.store import StateStore
+        from mxnorm_spark.streaming.keyed import KeyOptions
+        from mxnorm_spark.streaming.sources import FileSource
+        from mxnorm_spark.streaming.updater import MXNormStream, StreamOutput
+
+        work = root / f"event-{keyed}-{id(spark)}"
+        source = FileSource(str(root / "events"), "parquet", max_files_per_trigger=1)
+        output = StreamOutput(path=str(work / "out"), cols=[f"z_{f}" for f in FEATURES])
+        stream = MXNormStream(
+            spark, str(work / "state"), cols=FEATURES, output=output, apply_at="before",
+            options=StateOptions(alpha=0.3), progress=None,
+            event_time=EventTime(batch_col="day", lateness=1, lineage_col="state_day"),
+            keys=KeyOptions(("k",), min_key_rows=2) if keyed else None,
+        )  # fmt: skip
+        stream.run(
+            source.read(spark, FEATURES), str(work / "checkpoint"), source=source,
+            end_of_input=True,
+        )  # fmt: skip
+        store = StateStore(str(work / "state"))
+        # Every version's bytes: the state and the event-time section (every key's part).
+        states = "".join(
+            (store.fs.read_bytes(store.version_path(b)) or b"").decode() for b in store.batch_ids()
+        )
+        out = pd.read_parquet(work / "out")
+        out["batch_id"] = out["batch_id"].astype("int64")
+        return states, out.sort_values("id").reset_index(drop=True)
+
+    return case
+
+
 CASES: dict[str, Case] = {
     "fit_transform_auto": _fit_transform("auto", batch=False),
     "fit_transform_sql": _fit_transform("sql", batch=False),
@@ -148,6 +194,8 @@ CASES: dict[str, Case] = {
     "vector_auto": _vector_column,
     "save_load_pipeline": _saved_model,
     "stream": _stream,
+    "stream_event_time": _event_stream(keyed=False),
+    "stream_event_time_keyed": _event_stream(keyed=True),
 }
 
 

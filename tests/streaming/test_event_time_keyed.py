@@ -356,3 +356,80 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
     got = read_out(spark, tmp_path / "out")
     want = read_out(spark, runs["root"] / "run1" / "out")
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+# ---- settings (no Spark) ----------------------------------------------------------------------
+def test_stream_config_takes_keys_with_event_time_and_checks_them() -> None:
+    from mxnorm_spark.cli.config import StreamConfig, parse_config_text, resolve
+    from mxnorm_spark.core.errors import ConfigError
+
+    text = (
+        '[stream]\ninput = "i"\noutput = "o"\nstate = "s"\ncheckpoint = "c"\ncols = ["a"]\n'
+        'apply_at = "before"\nbatch_col = "day"\nlateness = 2\nkey_cols = ["sensor"]\n'
+        "min_key_rows = 4\n"
+    )
+    cfg = resolve(StreamConfig, parse_config_text(text).section("stream"))
+    assert cfg.event_time_spec == EventTime(batch_col="day", lateness=2)
+    assert (cfg.key_cols, cfg.min_key_rows) == (("sensor",), 4)
+    base = {"input": "i", "output": "o", "state": "s", "checkpoint": "c", "cols": "a"}
+    with pytest.raises(ConfigError, match="evict_after counts micro-batches"):
+        resolve(
+            StreamConfig, None, {**base, "batch_col": "day", "key_cols": "k", "evict_after": "2"}
+        )
+    windows = {**base, "event_time": "ts", "window": "1 hour", "key_cols": "ts"}
+    with pytest.raises(ConfigError, match=r"cols/batch_col/event_time share \['ts'\]"):
+        resolve(StreamConfig, None, windows)
+
+
+def test_keyed_events_fold_per_key_under_one_watermark() -> None:
+    from mxnorm_spark.core.event_time import EventSection
+    from mxnorm_spark.keyed.event_time import KeyedEvents, key_constants
+
+    spec = EventTime(batch_col="day", lateness=0)
+    fresh = MXNormState.create(["x"], options=OPTIONS)
+
+    def part(*xs: float) -> Any:
+        return exact_partials(np.array(xs)[:, None], np.zeros(len(xs), dtype=int), 1)[0]
+
+    def global_section(largest: int, before: int | None) -> EventSection:
+        return EventSection(spec=spec.to_dict(), largest=largest, watermark_before=before)
+
+    keyed = KeyedEvents().advance(
+        spec, {("a",): {1: part(1.0), 3: part(2.0)}, ("b",): {2: part(7.0, 9.0)}},
+        global_section(3, None), fresh,
+    )  # fmt: skip
+    # Day 3 seen (by a): b's day 2 closes too, a's day 3 stays open.
+    assert [v for v, _ in keyed.keys[("a",)].recent] == [1]
+    assert [v for v, _ in keyed.keys[("a",)].open] == [3]
+    assert [v for v, _ in keyed.keys[("b",)].recent] == [2]
+    # Another micro-batch: merge into a's open day 3, late rows of b's day 2 are left out.
+    again = keyed.advance(
+        spec, {("a",): {3: part(4.0)}, ("b",): {2: part(100.0)}}, global_section(4, 3), fresh
+    )
+    b_state = again.keys[("b",)].state(fresh)
+    want = fresh.update(part(7.0, 9.0).moments())
+    assert b_state.to_json() == want.to_json()
+    a_state = again.keys[("a",)].state(fresh)
+    want_a = fresh.update(part(1.0).moments()).update(part(2.0, 4.0).moments())
+    assert a_state.to_json() == want_a.to_json()
+    # JSON round trip: the same bits, and the same bytes again.
+    back = KeyedEvents.from_json(again.to_json(), fresh, "test")
+    assert back.to_json() == again.to_json()
+    # A row of a on day 4 takes a's state after day 3; a key with too few values the global.
+    glob = fresh.update(part(5.0, 6.0).moments())
+    section = EventSection(
+        spec=spec.to_dict(), largest=4, watermark_before=3, recent=((2, 0, glob),)
+    )
+    means, scales, lineage = key_constants(
+        spec, back, section, ("a",), 4, fresh=fresh, base=fresh, min_key_rows=1
+    )
+    assert means == [float(want_a.mean[0])] and lineage == 3
+    assert scales == [float(want_a.normalization_constants()[1][0])]
+    means, _, lineage = key_constants(
+        spec, back, section, ("a",), 4, fresh=fresh, base=fresh, min_key_rows=4
+    )
+    assert means == [float(glob.mean[0])] and lineage == 3
+    means, _, lineage = key_constants(
+        spec, back, section, (None,), 4, fresh=fresh, base=fresh, min_key_rows=1
+    )
+    assert means == [float(glob.mean[0])] and lineage == 2
