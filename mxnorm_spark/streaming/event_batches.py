@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
-    from mxnorm_spark.streaming.keyed import KeyOptions
     from mxnorm_spark.streaming.updater import MXNormStream
 
 __all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
@@ -57,13 +56,7 @@ _BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal"
 
 
 def check_event_time(
-    spec: EventTime,
-    *,
-    cols: Any,
-    apply_at: str,
-    handle_invalid: str,
-    keys: KeyOptions | None,
-    input_col: Any,
+    *, cols: Any, apply_at: str, handle_invalid: str, input_col: Any
 ) -> None:
     """The stream settings an event-time stream supports, or a named error."""
     if cols is None or input_col is not None:
@@ -82,10 +75,6 @@ def check_event_time(
             "an event-time stream keeps invalid values as they are (handle_invalid='keep'); "
             f"got {handle_invalid!r}"
         )
-    if keys is not None:
-        from mxnorm_spark.streaming.keyed_events import check_keyed_event_time
-
-        check_keyed_event_time(keys.key_cols, keys.evict_after, spec)
 
 
 class EventTimeBatches:
@@ -436,9 +425,8 @@ def normalize_small(
         folded, state = section.state_for(events.spec, value, base)
         groups.setdefault(folded, (state, []))[1].append(value)
     masks = {
-        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False).to_numpy(
-            zero_copy_only=False
-        )
+        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False)
+        .to_numpy(zero_copy_only=False)
         for folded, (_, values) in groups.items()
     }
     out = table.drop_columns([_B, _T])
@@ -477,11 +465,6 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
     from mxnorm_spark.streaming._reads import rereads_same_rows
     from mxnorm_spark.streaming.sources import CORRUPT_COLUMN, FILE_COLUMN, INTERNAL_COLUMNS
 
-    if stream.keys is not None:
-        from mxnorm_spark.streaming.keyed_events import run_keyed_micro_batch
-
-        run_keyed_micro_batch(stream, batch_df, batch_id)
-        return
     t0 = time.perf_counter()
     events = stream.events
     assert events is not None and stream.cols is not None
@@ -545,10 +528,6 @@ def close_open_batches(stream: MXNormStream) -> MXNormState | None:
     events = stream.events
     if events is None:
         raise InvalidParameterError("only an event-time stream has open batches to close")
-    if stream.keys is not None:
-        from mxnorm_spark.streaming.keyed_events import close_keyed_open_batches
-
-        return close_keyed_open_batches(stream)
     latest = stream.store.latest_batch_id()
     if latest is None:
         return None

@@ -48,7 +48,12 @@ if TYPE_CHECKING:
 
     from mxnorm_spark.streaming.updater import MXNormStream
 
-__all__ = ["close_keyed_open_batches", "read_key_states", "run_keyed_micro_batch"]
+__all__ = [
+    "check_keyed_event_time",
+    "close_keyed_open_batches",
+    "read_key_states",
+    "run_keyed_micro_batch",
+]
 
 _B, _T = "__mx_b", "__mx_t"
 _KERNEL_ROWS = 1 << 18

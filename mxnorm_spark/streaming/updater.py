@@ -91,6 +91,11 @@ from mxnorm_spark.streaming.event_batches import (
     run_micro_batch,
 )
 from mxnorm_spark.streaming.keyed import KeyedStreamState, KeyOptions
+from mxnorm_spark.streaming.keyed_events import (
+    check_keyed_event_time,
+    close_keyed_open_batches,
+    run_keyed_micro_batch,
+)
 from mxnorm_spark.streaming.progress import BatchReport, fault, print_report, reports_from_history
 from mxnorm_spark.streaming.sinks import BatchDirectories, StreamOutput, batch_output_dir
 from mxnorm_spark.streaming.sources import (
@@ -189,13 +194,13 @@ class MXNormStream:
         self._open(initial_state)
         if event_time is not None:  # before the keys' settings are recorded
             check_event_time(
-                event_time,
                 cols=self.cols,
                 apply_at=self.apply_at,
                 handle_invalid=self.handle_invalid,
-                keys=keys,
                 input_col=input_col,
             )
+            if keys is not None:
+                check_keyed_event_time(keys.key_cols, keys.evict_after, event_time)
         self.keys = None if keys is None else self._keyed_state(keys)
         # Event-time batches (event_batches): the batch is the data's, not the trigger's.
         self.events: EventTimeBatches | None = None
@@ -394,6 +399,8 @@ class MXNormStream:
         """End of input for an event-time stream: fold every open batch and commit the
         result as the next version, which closes the state directory to more micro-batches.
         Returns that state (None before any version)."""
+        if self.events is not None and self.keys is not None:
+            return close_keyed_open_batches(self)
         return close_open_batches(self)
 
     # ---- one micro-batch ----------------------------------------------------------------
@@ -457,6 +464,9 @@ class MXNormStream:
         spark = batch_df.sparkSession
         self._claim(spark, batch_id)
         self._check_not_behind(batch_id)
+        if self.events is not None and self.keys is not None:
+            run_keyed_micro_batch(self, batch_df, batch_id)
+            return
         if self.events is not None:
             run_micro_batch(self, batch_df, batch_id)
             return

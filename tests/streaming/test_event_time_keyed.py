@@ -433,3 +433,55 @@ def test_keyed_events_fold_per_key_under_one_watermark() -> None:
         spec, back, section, (None,), 4, fresh=fresh, base=fresh, min_key_rows=1
     )
     assert means == [float(glob.mean[0])] and lineage == 2
+
+
+@pytest.mark.spark
+def test_tumbling_windows_per_key(spark: Any, tmp_path: Path) -> None:
+    from mxnorm_spark.streaming.keyed import KeyOptions
+    from mxnorm_spark.streaming.keyed_events import read_key_states
+    from mxnorm_spark.streaming.updater import MXNormStream
+
+    spec = EventTime(event_time="ts", window="1 hour", lateness="10 minutes", lineage_col="v")
+    stream = MXNormStream(
+        spark, str(tmp_path / "state"), cols=COLS, output=str(tmp_path / "out"),
+        apply_at="before", options=OPTIONS, progress=None, event_time=spec,
+        keys=KeyOptions(("sensor",)),
+    )  # fmt: skip
+    rng = np.random.default_rng(8)
+    base = pd.Timestamp("2024-03-01 00:00:00")
+    # 03:10 seen (by s1), lateness 10 minutes: windows that ended by 03:00 close for both
+    # keys; s0's 02:11 is late.
+    minutes = [([5, 50, 70], ["s0", "s1", "s0"]), ([65, 118, 190], ["s0", "s0", "s1"]),
+               ([185, 131, 20], ["s0", "s0", "s1"])]  # fmt: skip
+    frames = []
+    for i, (mins, sensors) in enumerate(minutes):
+        pdf = pd.DataFrame(
+            {
+                "id": np.arange(len(mins)) + 10 * i,
+                "sensor": sensors,
+                "ts": [base + pd.Timedelta(minutes=m) for m in mins],
+                "a": rng.normal(0, 1, len(mins)),
+                "b": rng.normal(3, 2, len(mins)),
+            }
+        )
+        stream.foreach_batch(spark.createDataFrame(pdf), i)
+        frames.append(pdf)
+    assert [r.late_rows for r in stream.reports] == [0, 0, 2]
+    stream.close_open_batches()
+    rows = pd.concat(frames).query("id not in [21, 22]")
+    rows = rows.assign(day=(rows["ts"] - base) // pd.Timedelta(hours=1))
+    want = pure_keys(rows)
+    got = read_key_states(stream)
+    assert sorted(got) == [("s0",), ("s1",)]
+    for (key,), state in got.items():
+        assert state.to_json() == want[key][-1][1].to_json()
+    out = spark.read.parquet(str(tmp_path / "out")).toPandas().set_index("id")
+    # s1's row at 03:10 takes s1's state after the 00:00 window (its only window before
+    # 02:00), its lineage that window's start.
+    assert out.loc[12, "v"] == base.to_pydatetime()
+    s1 = want["s1"][0][1]
+    mean, scale = s1.normalization_constants()
+    src = frames[1].set_index("id").loc[12, COLS].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(
+        out.loc[12, COLS].to_numpy(dtype=np.float64), (src - mean) / scale
+    )
