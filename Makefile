@@ -63,10 +63,10 @@ test-connect: setup
 # of them at once: MXNORM_CHAOS=1 pytest -m chaos tests/chaos.
 CHAOS_HEAVY := tests/chaos/test_executor_kills.py tests/chaos/test_connect_kill.py \
 	tests/chaos/test_racing.py
-CHAOS_LIMIT ?= 2400
+CHAOS_LIMIT ?= 3000
 test-chaos: setup
 	@MXNORM_CHAOS=1 timeout --signal=INT --kill-after=120 $(CHAOS_LIMIT) \
-		$(PY) -m pytest -q -p no:cacheprovider -o faulthandler_timeout=900 \
+		$(PY) -m pytest -q -p no:cacheprovider -o faulthandler_timeout=1200 \
 		--durations=0 --durations-min=5 $(CHAOS_HEAVY); rc=$$?; \
 	if [ $$rc -eq 124 ]; then echo "make test-chaos: stopped after CHAOS_LIMIT=$(CHAOS_LIMIT) s" >&2; fi; \
 	exit $$rc

@@ -164,7 +164,7 @@ CASES = [
 @pytest.mark.parametrize(("kind", "batch", "nth", "moment"), CASES, ids=[c[3] for c in CASES])
 def test_executor_killed_mid_job(  # noqa: PLR0917
     cluster: str, inputs: Path, references: dict[str, Path], tmp_path: Path,
-    kind: str, batch: str, nth: str, moment: str,
+    capsys: pytest.CaptureFixture[str], kind: str, batch: str, nth: str, moment: str,
 ) -> None:  # fmt: skip
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -183,7 +183,8 @@ def test_executor_killed_mid_job(  # noqa: PLR0917
     finally:
         (gate / "go").touch()  # never leave a task paused, whatever failed above
         stop(proc)
-    print(f"[chaos] {moment}: " + ("the job went on" if rc == 0 else "failed; restarting"))
+    with capsys.disabled():  # what happened, in the stage's log even when the case passes
+        print(f"\n[chaos] {moment}: " + ("the job went on" if rc == 0 else "failed; restarting"))
     if rc != 0:  # the query failed: a restart from its checkpoint must go on
         again = driver(cluster, kind, out, inputs)
         try:
