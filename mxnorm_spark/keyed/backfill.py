@@ -235,7 +235,7 @@ def _fit_states(
             *(T.StructField(name, T.DoubleType(), False) for name in per_feature),
         ]
     )
-    kernel = fold_kernel(len(keys), batch_col is not None, options)
+    kernel = fold_kernel(len(keys), batch_col is not None, options, tuple(cols))
     out = map_in_arrow(src, kernel, schema)
     renamed = [F.col(n).alias(k) for n, k in zip(names, keys, strict=True)]
     if batch_col is not None:

@@ -18,7 +18,7 @@ No Spark import: the functions run in the Python workers (and in tests, on plain
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -26,15 +26,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mxnorm_spark.core.moments import FloatArray
-from mxnorm_spark.core.state import MXNormState, StateOptions, ema_step, scale_of, update_lanes
+from mxnorm_spark.core.state import (
+    MXNormState,
+    StateOptions,
+    check_range,
+    ema_step,
+    scale_of,
+    update_lanes,
+)
 
 __all__ = [
     "SCALARS",
+    "check_lanes",
     "feature_columns",
     "fields",
     "filled",
     "filled_constants",
     "fold_kernel",
+    "key_label",
     "lane_constants",
     "lane_moments",
     "segment_moments",
@@ -248,7 +257,37 @@ def fold_step(
     return values
 
 
-def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunction:
+def check_lanes(
+    values: dict[str, FloatArray], features: Sequence[str], name: Callable[[int], str]
+) -> None:
+    """Refuse what :meth:`MXNormState.update` refuses (:func:`check_range`): a key's state
+    of inf or NaN for a feature it has values of. ``values`` are :func:`fold_step`'s,
+    features x lanes; lane ``s`` is named ``name(s)`` in the error (the first bad one)."""
+    mean, var = values["mean"], values["var"]
+    finite = np.isfinite(mean) & np.isfinite(var)
+    if finite.all():
+        return
+    bad = ~finite & (values["count"] > 0)
+    if bad.any():
+        s = int(np.flatnonzero(bad.any(axis=0))[0])
+        names = tuple(features) or tuple(f"f{j}" for j in range(mean.shape[0]))
+        check_range(names, mean[:, s], var[:, s], values["count"][:, s] > 0, name(s))
+
+
+def key_label(columns: Sequence[pa.Array | pa.ChunkedArray], row: int) -> str:
+    """``key <value>`` (``key (<v1>, <v2>)`` for several key columns) of row ``row``."""
+    shown = [_shown(c[row].as_py()) for c in columns]
+    return "key " + (shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")")
+
+
+def _shown(value: object) -> str:
+    """A key or batch value in a message: a string quoted, anything else as printed."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def fold_kernel(
+    n_keys: int, by_batch: bool, options: StateOptions, features: Sequence[str] = ()
+) -> BatchFunction:
     """The ``mapInArrow`` function over rows sorted by (key, batch): input columns are the
     key columns, the batch column (``by_batch``), then one float64 column per feature;
     output one row per (key, batch) with the :data:`SCALARS` and the
@@ -257,8 +296,12 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
     Rows are folded in chunks of whole keys of about :data:`CHUNK_ROWS` rows, each as it
     is complete: a chunk's arrays stay in the CPU caches, its output goes back to the JVM
     while the next chunk arrives, and the Python side never holds a whole partition. A
-    segment is never split, so its moments do not depend on how Arrow batches the rows."""
+    segment is never split, so its moments do not depend on how Arrow batches the rows.
+
+    A key whose state would overflow float64 raises :class:`ValueRangeError` naming
+    ``features`` (``f0``, ``f1``, ... without them), the key and the batch."""
     g = n_keys + int(by_batch)
+    names = tuple(features)
 
     def fold_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         held: list[tuple[pa.RecordBatch, np.ndarray]] = []  # with each row's "new key?"
@@ -276,19 +319,23 @@ def fold_kernel(n_keys: int, by_batch: bool, options: StateOptions) -> BatchFunc
             if held_rows + n >= CHUNK_ROWS and starts.size and held_rows + starts[-1] > 0:
                 cut = int(starts[-1])  # the last key may go on in the next record batch
                 chunk = [*held, (rb.slice(0, cut), new_key[:cut])]
-                yield from _fold_chunk(chunk, n_keys, g, options)
+                yield from _fold_chunk(chunk, n_keys, g, options, names)
                 held, held_rows = [(rb.slice(cut), new_key[cut:])], n - cut
             else:
                 held.append((rb, new_key))
                 held_rows += n
         if held:
-            yield from _fold_chunk(held, n_keys, g, options)
+            yield from _fold_chunk(held, n_keys, g, options, names)
 
     return fold_partition
 
 
 def _fold_chunk(
-    pieces: list[tuple[pa.RecordBatch, np.ndarray]], n_keys: int, g: int, options: StateOptions
+    pieces: list[tuple[pa.RecordBatch, np.ndarray]],
+    n_keys: int,
+    g: int,
+    options: StateOptions,
+    features: tuple[str, ...],
 ) -> Iterator[pa.RecordBatch]:
     """:func:`fold_kernel`'s output for ``pieces`` (record batches and where their keys
     start): whole keys, sorted by (key, batch), at least one row."""
@@ -302,6 +349,14 @@ def _fold_chunk(
     rows = np.diff(np.append(starts, n))
     first_of_key = new_key[starts]
     values = fold_segments(moments, first_of_key, options)
+
+    def segment(s: int) -> str:
+        label = key_label(table.columns[:n_keys], int(starts[s]))
+        if g == n_keys:
+            return label
+        return f"{label} in batch {_shown(table.column(n_keys)[int(starts[s])].as_py())}"
+
+    check_lanes(values, features, segment)
     key = np.cumsum(first_of_key) - 1
     csum = np.cumsum(rows)
     start = np.flatnonzero(first_of_key)

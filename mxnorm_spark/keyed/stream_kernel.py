@@ -29,9 +29,11 @@ from mxnorm_spark.keyed.kernel import (
     SOURCE,
     TOTALS,
     BatchFunction,
+    check_lanes,
     differs,
     feature_columns,
     fold_step,
+    key_label,
     lane_constants,
     lane_moments,
 )
@@ -70,11 +72,15 @@ class SnapshotLayout:
     rows of the key are normalized with (the *constant* fields: ``scale``, and ``mean``
     where it is no state field, with ``apply_at="after"``; ``count_before``,
     ``mean_before``, ``scale_before`` with ``"before"``). Flat doubles, not arrays: through
-    Arrow, shuffles and Parquet a snapshot costs what its doubles do."""
+    Arrow, shuffles and Parquet a snapshot costs what its doubles do.
+
+    ``features``: the feature names, for the error of a key whose state would overflow
+    float64 (``f0``, ``f1``, ... without them)."""
 
     n_features: int
     options: StateOptions
     apply_at: str = "after"
+    features: tuple[str, ...] = ()
 
     @property
     def ema(self) -> bool:
@@ -283,12 +289,13 @@ def _folded_rows(
         for i in range(len(layout.state_columns))
     ]
     values = layout.step(layout.before(state, has, s), moments)
+    keys = [cols[i].take(pa.array(first_rows, type=pa.int64())) for i in range(n_keys)]
+    check_lanes(values, layout.features, lambda i: f"{key_label(keys, i)} in batch {batch_id}")
     seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
     seen[has] = cols[n_keys + 2].take(at).to_numpy(zero_copy_only=False)
     key_rows[has] = cols[n_keys + 3].take(at).to_numpy(zero_copy_only=False)
-    take = pa.array(first_rows, type=pa.int64())
     return [
-        *(cols[i].take(take) for i in range(n_keys)),
+        *keys,
         pa.array(np.full(s, batch_id, dtype=np.int64)),
         pa.array(seen + 1, type=pa.int32()),
         pa.array(key_rows + rows, type=pa.int64()),

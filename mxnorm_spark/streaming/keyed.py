@@ -158,7 +158,7 @@ class KeyedStreamState:
         self.features = tuple(features)
         self.keys = keys
         self.options = options
-        self.layout = SnapshotLayout(len(self.features), options, apply_at)
+        self.layout = SnapshotLayout(len(self.features), options, apply_at, self.features)
         clash = set(keys.key_cols) & {*SNAPSHOT_SCALARS, *self._value_columns()}
         if clash:
             raise InvalidParameterError(

@@ -1,8 +1,10 @@
 """Fixtures of the chaos tests: a fault-injecting proxy in front of the moto server.
 
 The heavy chaos tests (a standalone cluster, a Spark Connect server, racing streams: minutes
-each) are collected only with ``MXNORM_CHAOS=1`` (``make test-chaos``); the object-store
-faults and the fuzzing run with the ordinary suite.
+each) are collected only with ``MXNORM_CHAOS=1``: ``make test-chaos``, the second stage of
+``make test``, runs them in a pytest process of their own after the first stage, where the
+object-store faults and the fuzzing run with the ordinary suite. The Makefile's
+``CHAOS_HEAVY`` lists the same files as ``HEAVY`` here.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ ServerLostError within about a minute (not a hang); a restarted server and the s
 command replay the batch in flight exactly once, to the same bits as an undisturbed run.
 
 Everything Connect runs in processes of its own (the server, the `mxnorm-spark stream
---remote` client), so this file runs in the classic suite; the undisturbed reference is
-the same command on the shared local[2] session. The server's foreachBatch worker pauses
-just after committing batch 1 (``MXNORM_FAULT=after_commit:1:pause``): the kill lands
-between the commit and the output write, the hardest place for exactly once.
+--remote` client), so this file runs in a classic pytest process (`make test-chaos`); the
+undisturbed reference is the same command on that process's local[2] session. The
+server's foreachBatch worker pauses just after committing batch 1
+(``MXNORM_FAULT=after_commit:1:pause``): the kill lands between the commit and the output
+write, the hardest place for exactly once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 START_TIMEOUT = 300
 # The client's bounded Connect retries (about 64 s) plus its own shutdown.
 LOST_WITHIN = 240
+PORT_TRIES = 3  # a free port can be taken by another process before the server binds it
+# The server gives a new Python worker (the stream's foreachBatch) 10 s to connect back, a
+# limit Spark does not let us raise; on a loaded machine a start can miss it before any
+# fault is injected. Then nothing ran, and the same command is started again.
+WORKER_START_FAILED = "Python worker failed to connect back"
+CLIENT_TRIES = 3
 
 
 def _free_port() -> int:
@@ -53,6 +60,7 @@ class Server:
     def __init__(self, port: int, log: Path, env: dict[str, str]) -> None:
         import pyspark
 
+        self.port = port
         submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
         cmd = [
             str(submit), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
@@ -67,8 +75,9 @@ class Server:
         ]  # fmt: skip
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while not _listening(port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -80,6 +89,32 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+def start_server(ports: list[int], log: Path, env: dict[str, str]) -> Server:
+    """A server on the first of ``ports`` it can bind, else on a fresh free port."""
+    for port in [*ports, *(_free_port() for _ in range(PORT_TRIES))][:PORT_TRIES]:
+        try:
+            return Server(port, log, env)
+        except RuntimeError:
+            if _listening(port):  # someone else's: try another port
+                continue
+            raise
+    raise RuntimeError(f"no free port for the Spark Connect server after {PORT_TRIES} tries")
+
+
+def wait_for_pid(path: Path, proc: subprocess.Popen[str], timeout: float) -> int | None:
+    """The PID the fault hook writes to ``path`` once paused (written, then read whole);
+    None if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if text.strip().isdigit():
+            return int(text)
+        if proc.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, f"never paused: no {path.name}"
+        time.sleep(0.1)
 
 
 def _env() -> dict[str, str]:
@@ -127,24 +162,37 @@ def test_server_killed_mid_stream(
     _inputs(inp)
     gate = tmp_path / "gate"
     gate.mkdir()
-    port = _free_port()
     faulty = {**_env(), "MXNORM_FAULT": "after_commit:1:pause", "MXNORM_FAULT_GATE": str(gate)}
-    servers.append(Server(port, tmp_path / "server.log", faulty))
+    servers.append(start_server([_free_port()], tmp_path / "server.log", faulty))
+    port = servers[0].port
 
     run = tmp_path / "run"
-    client_cmd = [sys.executable, "-m", "mxnorm_spark", *_args(run, inp),
-                  "--remote", f"sc://127.0.0.1:{port}"]  # fmt: skip
-    client = subprocess.Popen(client_cmd, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def client_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "mxnorm_spark", *_args(run, inp),
+                "--remote", f"sc://127.0.0.1:{port}"]  # fmt: skip
+
+    def start_client() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            client_cmd(port), env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    client = start_client()
     try:
         # The undisturbed run meanwhile, the same command on the shared classic session.
         assert cli_main(_args(tmp_path / "ref", inp)) == 0
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (gate / "after_commit-1.paused").exists():
-            assert client.poll() is None, client.communicate()
-            assert time.monotonic() < deadline, "the stream never reached batch 1"
-            time.sleep(0.1)
-        worker = int((gate / "after_commit-1.paused").read_text())
+        for attempt in range(1, CLIENT_TRIES + 1):
+            worker = wait_for_pid(gate / "after_commit-1.paused", client, START_TIMEOUT)
+            if worker is not None:
+                break
+            _, err = client.communicate()
+            assert attempt < CLIENT_TRIES and WORKER_START_FAILED in err, (
+                f"the client ended before batch 1:\n{err[-3000:]}"
+            )
+            assert not (gate / "after_commit-1.paused").exists()
+            client = start_client()
+        assert worker is not None
         assert StateStore(str(run / "state")).batch_ids() == [0, 1]
         servers[0].kill()
         os.kill(worker, signal.SIGKILL)  # the paused foreachBatch worker, orphaned now
@@ -160,9 +208,11 @@ def test_server_killed_mid_stream(
     assert "Restart the server, then run the same command again" in err
     assert waited < LOST_WITHIN
 
-    servers.append(Server(port, tmp_path / "server.log", _env()))
-    again = subprocess.run([*client_cmd], env=_env(), capture_output=True, text=True,
-                           timeout=START_TIMEOUT, check=False)  # fmt: skip
+    # The same port again (a new one only if another process took it meanwhile).
+    servers.append(start_server([port], tmp_path / "server.log", _env()))
+    again = subprocess.run(client_cmd(servers[-1].port), env=_env(), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=START_TIMEOUT,
+                           check=False)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     got, want = StateStore(str(run / "state")), StateStore(str(tmp_path / "ref" / "state"))
     assert got.batch_ids() == want.batch_ids() == [0, 1, 2]

@@ -32,7 +32,7 @@ from mxnorm_spark.core.errors import (
     SchemaMismatchError,
     ValueRangeError,
 )
-from mxnorm_spark.core.state import _checksum
+from mxnorm_spark.core.state import StateOptions, _checksum
 from mxnorm_spark.store import StateStore
 
 pytestmark = pytest.mark.chaos
@@ -339,6 +339,137 @@ def test_extreme_values_in_a_backfill(first: list[list[float]], second: list[lis
         got = fold_history(state, stacked).state(-1)
     np.testing.assert_array_equal(got.mean, want.mean)
     np.testing.assert_array_equal(got.var, want.var)
+
+
+# The keyed kernels fold many keys at once on lanes; each key must refuse exactly what a
+# state of its own refuses (MXNormState.update), with the same message naming the key.
+KEYED_OPTIONS = [
+    StateOptions(alpha=0.3),
+    StateOptions(alpha=None),
+    StateOptions(alpha=0.5, var_update="mixture", decay="rows"),
+]
+keyed_rows = st.lists(
+    st.tuples(st.integers(0, 2), st.lists(finite_or_not, min_size=2, max_size=2)),
+    min_size=1,
+    max_size=8,
+)
+
+
+def per_key_reference(
+    states: dict[int, MXNormState], rows: list[tuple[int, list[float]]], batch: int,
+    options: StateOptions,
+) -> str | None:  # fmt: skip
+    """Fold one batch into each key's own state (keys ascending); the message of the first
+    key refused, as the keyed kernels word it, or None."""
+    for key in sorted({k for k, _ in rows}):
+        x = np.array([v for k, v in rows if k == key], dtype=np.float64)
+        s = states.get(key, MXNormState.create(["a", "b"], options=options))
+        try:
+            states[key] = s.update(Moments.from_array(x), batch_id=batch)
+        except ValueRangeError as exc:
+            return str(exc).replace(f"of batch {batch} ", f"of key {key} in batch {batch} ")
+    return None
+
+
+def assert_finite_where_seen(count: Any, mean: Any, var: Any) -> None:
+    seen = np.asarray(count) > 0
+    assert np.isfinite(np.asarray(mean)[seen]).all() and np.isfinite(np.asarray(var)[seen]).all()
+
+
+@FAST
+@given(st.sampled_from(KEYED_OPTIONS), keyed_rows, keyed_rows)
+def test_extreme_values_in_a_keyed_backfill(
+    options: StateOptions, first: list[tuple[int, list[float]]],
+    second: list[tuple[int, list[float]]],
+) -> None:  # fmt: skip
+    from mxnorm_spark.keyed.kernel import fold_kernel
+
+    rows = sorted([(k, 0, v) for k, v in first] + [(k, 1, v) for k, v in second],
+                  key=lambda r: r[:2])  # fmt: skip
+    table = pa.table({"k": [r[0] for r in rows], "day": [r[1] for r in rows],
+                      "a": [r[2][0] for r in rows], "b": [r[2][1] for r in rows]})  # fmt: skip
+    kernel = fold_kernel(1, True, options, ("a", "b"))
+    states: dict[int, MXNormState] = {}
+    with np.errstate(all="ignore"):
+        # The kernel names the first (key, batch) refused in key order, then batch order.
+        want = None
+        for key in sorted({r[0] for r in rows}):
+            for day in (0, 1):
+                part = [(key, r[2]) for r in rows if r[:2] == (key, day)]
+                if part and want is None:
+                    want = per_key_reference(states, part, day, options)
+        if want is not None:
+            with pytest.raises(ValueRangeError) as info:
+                list(kernel(iter(table.to_batches())))
+            assert str(info.value) == want
+            return
+        out = pa.Table.from_batches(list(kernel(iter(table.to_batches())))).to_pydict()
+    for j in range(2):
+        assert_finite_where_seen(out[f"f{j}_count"], out[f"f{j}_mean"], out[f"f{j}_var"])
+    last = {k: i for i, k in enumerate(out["k"])}  # each key's row after its last batch
+    for key, i in last.items():
+        s = states[key]
+        assert [out["f0_count"][i], out["f1_count"][i]] == s.count.tolist()
+        for j in range(2):
+            got = np.array([out[f"f{j}_mean"][i], out[f"f{j}_var"][i]])
+            np.testing.assert_allclose(got, [s.mean[j], s.var[j]], rtol=1e-9, equal_nan=True)
+
+
+def stream_input(
+    layout: Any, rows: list[tuple[int, list[float]]], snapshot: pa.Table | None
+) -> pa.Table:
+    """stream_fold's input: a micro-batch's data rows and the previous snapshot's rows,
+    sorted by (key, source)."""
+    from mxnorm_spark.keyed.stream_kernel import SNAPSHOT_SCALARS, SOURCE_COLUMN
+
+    rows = sorted(rows, key=lambda r: r[0])
+    n, values = len(rows), layout.state_columns
+    types = layout.schema([pa.field("k", pa.int64())])
+    data: dict[str, Any] = {"k": pa.array([r[0] for r in rows], pa.int64()),
+                            SOURCE_COLUMN: pa.array(np.ones(n, np.int32))}  # fmt: skip
+    data |= {f: pa.nulls(n, types.field(f).type) for f in SNAPSHOT_SCALARS}
+    data |= {v: pa.array([r[1][i] for r in rows], pa.float64()) if i < 2
+             else pa.nulls(n, pa.float64()) for i, v in enumerate(values)}  # fmt: skip
+    table = pa.table(data)
+    if snapshot is None:
+        return table
+    old = {"k": snapshot["k"], SOURCE_COLUMN: pa.array(np.zeros(snapshot.num_rows, np.int32))}
+    old |= {f: snapshot[f] for f in (*SNAPSHOT_SCALARS, *values)}
+    return pa.concat_tables([pa.table(old).cast(table.schema), table]).sort_by(
+        [("k", "ascending"), (SOURCE_COLUMN, "ascending")]
+    )
+
+
+@FAST
+@given(st.sampled_from(KEYED_OPTIONS), keyed_rows, keyed_rows)
+def test_extreme_values_in_a_keyed_stream(
+    options: StateOptions, first: list[tuple[int, list[float]]],
+    second: list[tuple[int, list[float]]],
+) -> None:  # fmt: skip
+    from mxnorm_spark.keyed.stream_kernel import SnapshotLayout, stream_fold
+
+    layout = SnapshotLayout(2, options, "after", ("a", "b"))
+    states: dict[int, MXNormState] = {}
+    snapshot = None
+    with np.errstate(all="ignore"):
+        for batch, rows in enumerate((first, second)):
+            want = per_key_reference(states, rows, batch, options)
+            table = stream_input(layout, rows, snapshot)
+            if want is not None:
+                with pytest.raises(ValueRangeError) as info:
+                    stream_fold(table, 1, layout, batch_id=batch, evict_after=None)
+                assert str(info.value) == want
+                return
+            snapshot = stream_fold(table, 1, layout, batch_id=batch, evict_after=None)
+    out = snapshot.to_pydict()
+    for i, key in enumerate(out["k"]):
+        s = states[key]
+        assert [out["f0_count"][i], out["f1_count"][i]] == s.count.tolist()
+        if options.alpha is not None:  # an EMA snapshot holds the mean and variance
+            for j in range(2):
+                got = [out[f"f{j}_mean"][i], out[f"f{j}_var"][i]]
+                assert_finite_where_seen(s.count[j], got[0], got[1])
+                np.testing.assert_allclose(got, [s.mean[j], s.var[j]], rtol=1e-9, equal_nan=True)
 
 
 @FAST

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ from mxnorm_spark.streaming.updater import MXNormStream
 
 pytestmark = [pytest.mark.chaos, pytest.mark.spark]
 COLS = ["a", "b"]
-WAIT_SECONDS = 300  # for a paused writer to reach its gate on a busy machine
+WAIT_SECONDS = 300  # for a paused writer to reach its gate, or a query to end, when busy
+
+
+@pytest.fixture(autouse=True)
+def no_query_left(spark: Any) -> Iterator[None]:
+    """A failed case must not leave a query running (paused at its gate) into the next."""
+    yield
+    for query in spark.streams.active:
+        query.stop()
 
 
 def write_files(directory: Path, sizes: list[int], seed: int) -> pd.DataFrame:
@@ -72,6 +81,12 @@ class Gate:
 
     def release(self) -> None:
         (self.path / f"{self.name}.go").touch()
+
+
+def finished(stream: MXNormStream, query: Any) -> None:
+    """Wait for ``query`` (re-raising its error); a query still running after
+    WAIT_SECONDS fails the test rather than hanging it."""
+    assert stream.await_termination(query, WAIT_SECONDS), "the query did not end in time"
 
 
 def stream(spark: Any, state: str, out: Path, keyed: bool) -> MXNormStream:
@@ -117,19 +132,21 @@ def test_two_streams_on_one_state_directory(
     first = stream(spark, state, out, keyed)
     q1 = first.start(source.read(spark, ["id", "k", *COLS]), str(tmp_path / "chk1"),
                      available_now=True, source=source)  # fmt: skip
-    gate.wait_paused(lambda: q1.isActive)
-    in_flight = sorted((out / "_attempts").iterdir())
-    assert in_flight  # batch 0 written aside, not yet renamed into place
+    try:
+        gate.wait_paused(lambda: q1.isActive)
+        in_flight = sorted((out / "_attempts").iterdir())
+        assert in_flight  # batch 0 written aside, not yet renamed into place
 
-    # The rival: a different query (checkpoint) on the same state and output directories.
-    rival = stream(spark, state, out, keyed)
-    q2 = rival.start(source.read(spark, ["id", "k", *COLS]), str(tmp_path / "chk2"),
-                     available_now=True, source=source)  # fmt: skip
-    with pytest.raises(StateConflictError, match=r"belongs to streaming query"):
-        rival.await_termination(q2)
-    assert sorted((out / "_attempts").iterdir()) == in_flight  # the rival touched nothing
-    gate.release()
-    first.await_termination(q1)
+        # The rival: a different query (checkpoint) on the same state and output directories.
+        rival = stream(spark, state, out, keyed)
+        q2 = rival.start(source.read(spark, ["id", "k", *COLS]), str(tmp_path / "chk2"),
+                         available_now=True, source=source)  # fmt: skip
+        with pytest.raises(StateConflictError, match=r"belongs to streaming query"):
+            finished(rival, q2)
+        assert sorted((out / "_attempts").iterdir()) == in_flight  # the rival touched nothing
+    finally:
+        gate.release()
+    finished(first, q1)
 
     # The winner's run is the undisturbed one, to the last bit; each row once.
     assert versions(state) == versions(ref_state)
@@ -166,13 +183,17 @@ def test_two_fits_on_one_s3_state_file(
 
     gate = Gate(tmp_path / "gate", monkeypatch, "fit_write:0:pause")
     codes: list[int] = []
-    first = threading.Thread(target=lambda: codes.append(cli_main(fit("in_a"))))
+    # A daemon thread: should the first run hang, the test fails at the join, and pytest
+    # still exits.
+    first = threading.Thread(target=lambda: codes.append(cli_main(fit("in_a"))), daemon=True)
     first.start()
-    gate.wait_paused(first.is_alive)
-    assert cli_main(fit("in_b")) == 2  # the rival stops, naming the run that holds the state
-    err = capsys.readouterr().err
-    assert "is being written by another run" in err and "state.json.writer" in err
-    gate.release()
+    try:
+        gate.wait_paused(first.is_alive)
+        assert cli_main(fit("in_b")) == 2  # the rival stops, naming the run holding the state
+        err = capsys.readouterr().err
+        assert "is being written by another run" in err and "state.json.writer" in err
+    finally:
+        gate.release()
     first.join(WAIT_SECONDS)
     assert codes == [0]
     # The winner's state and its history, not a mix.
