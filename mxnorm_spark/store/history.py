@@ -15,9 +15,11 @@ A long stream would leave one file per micro-batch: :func:`compact_records` (run
 state store as it commits, every ``history_segment`` batches) rolls the records of older
 batches into *segments*, ``hs<level>-<first id>-<last id>.parquet``, each holding the
 records of every batch id from ``first`` to ``last`` that had one. Level-0 segments are
-rolled from single records; ten segments of one level are merged into one of the next, so
-the directory keeps fewer than ``history_segment`` + 10 files per level (a few dozen after
-millions of batches) while every record stays. A segment is written whole (staged and
+rolled from single records; two segments of one level are merged into one of the next, as
+a binary counter carries, up to level 10 (``history_segment`` x 1,024 records, the most one
+merge holds in memory). The directory so keeps at most ``history_segment`` + 11 files, and
+one more per 1,024 segments' worth of batches (102,400 at the default), each record
+rewritten at most ten times, and every record stays. A segment is written whole (staged and
 renamed, or a conditional PUT) before its inputs are deleted, so a crash in between leaves
 a record twice on disk but never zero times; readers (:func:`read_records`) take each
 record once, from the widest segment that covers its id, and the next compaction deletes
@@ -52,10 +54,12 @@ if TYPE_CHECKING:
 
 HISTORY_DIR = "_history"
 HISTORY_FILE = re.compile(r"^h-(\d{12})\.parquet$")
-SEGMENT_FILE = re.compile(r"^hs(\d)-(\d{12})-(\d{12})\.parquet$")
-# Records per level-0 segment (a state store's default), and segments merged per level.
+SEGMENT_FILE = re.compile(r"^hs(\d{1,2})-(\d{12})-(\d{12})\.parquet$")
+# Records per level-0 segment (a state store's default), segments merged per level, and the
+# top level (a merge reads its inputs into memory: SEGMENT_FANOUT ** TOP_LEVEL segments).
 HISTORY_SEGMENT = 100
-SEGMENT_FANOUT = 10
+SEGMENT_FANOUT = 2
+TOP_LEVEL = 10
 # The newest records stay single files (a replay of the last batch finds its own).
 _KEEP_LOOSE = 2
 _READ_ATTEMPTS = 5
@@ -293,12 +297,12 @@ def compact_records(
         _roll(fs, root, name, [_loose_name(b) for b in ripe])
         segments.append((0, ripe[0], ripe[-1]))
         loose = loose[len(ripe) :]
-    # Ten segments of one level at the end (the levels fall along the ids, as a counter's
-    # digits): merge them into one of the next level, and carry on up.
+    # SEGMENT_FANOUT segments of one level at the end (the levels fall along the ids, as a
+    # counter's digits): merge them into one of the next level, and carry on up.
     while len(segments) >= SEGMENT_FANOUT:
         tail = segments[-SEGMENT_FANOUT:]
         level = tail[0][0]
-        if any(lv != level for lv, _, _ in tail) or level >= 9:
+        if any(lv != level for lv, _, _ in tail) or level >= TOP_LEVEL:
             break
         name = f"hs{level + 1}-{tail[0][1]:012d}-{tail[-1][2]:012d}.parquet"
         _roll(fs, root, name, [_segment_name(*t) for t in tail])

@@ -101,10 +101,10 @@ class StateStore:
     replay commits again as a no-op).
 
     ``history_segment``: as it commits, the store rolls every that many per-batch history
-    records (``_history/h-<id>.parquet``) into one segment file, and ten segments into one
-    of the next level, so a long stream's history stays a few dozen files; every record
-    is kept and read once (:mod:`~mxnorm_spark.store.history`). ``None`` leaves one file
-    per batch.
+    records (``_history/h-<id>.parquet``) into one segment file, and two segments of a
+    level into one of the next, so a long stream's history stays about ``history_segment``
+    files; every record is kept and read once (:mod:`~mxnorm_spark.store.history`).
+    ``None`` leaves one file per batch.
     """
 
     def __init__(
