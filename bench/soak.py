@@ -12,7 +12,8 @@ load average beside them. Writes ``bench/soak/soak.png`` (one panel per measure,
 stream), the samples as ``bench/soak/samples-<stream>.csv`` (a line per micro-batch, as it
 comes) and ``bench/soak/RESULTS.md`` with the
 drift of each measure: the median of the last hundred batches against the first hundred
-after a warm-up of ``--warmup`` of the run (5%: 100 batches of 2,000, 25 of 500), so that
+after a warm-up of ``--warmup`` of the planned run (5%: 100 batches of 2,000, 25 of 500; a
+run cut short keeps the warm-up of its plan), so that
 the JVM's code generation and JIT and the first compactions are behind it. The target is
 flat: less than 10% drift. On a shared machine latency follows the load: the load column
 tells a slower machine from a slower stream.
@@ -81,7 +82,8 @@ class Sampler:
         files = count_files(self.state_dir)
         history = count_files(self.state_dir / "_history")
         self.rows.append((report.batch_id, report.seconds, rss, heap, files,
-                          count_files(self.checkpoint), os.getloadavg()[0], history))  # fmt: skip
+                          count_files(self.checkpoint), os.getloadavg()[0], history,
+                          time.perf_counter() - self.t0))  # fmt: skip
         self.log.write(",".join(f"{v:.6g}" for v in self.rows[-1]) + "\n")
         self.log.flush()
         if report.batch_id % 100 == 0:
@@ -93,7 +95,7 @@ class Sampler:
 
 
 CSV_HEADER = ("batch_id,seconds,rss_mib,heap_mib,state_files,checkpoint_files,load1,"
-              "history_files")  # fmt: skip
+              "history_files,elapsed_s")  # fmt: skip
 
 
 def run_stream(
@@ -161,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--command", help="with --report-from: the command of those runs")
     args = parser.parse_args(argv)
+    # The warm-up of each stream: a share of the planned run, also for a run cut short.
+    skips = {
+        "file": warmup(args.batches, args.warmup),
+        "keyed": warmup(args.keyed_batches, args.warmup),
+    }
     if args.report_from:
         results = {}
         for path in args.report_from:
             rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
             kind = "keyed stream" if "keyed" in path.name else "file stream"
             results[f"{kind}, {len(rows)} batches"] = rows
-        report(results, args.out, args.command or "python -m bench.soak", args.warmup)
+        report(results, args.out, args.command or "python -m bench.soak", skips)
         return 0
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -190,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             results[f"file stream, {args.batches} batches"] = run_stream(
                 spark, work, "plain", args.batches, args.rows, keyed=False, out=args.out
             )
-            report(results, args.out, command, args.warmup)
+            report(results, args.out, command, skips)
         if args.only != "plain":
             results[f"keyed stream, {args.keyed_batches} batches"] = run_stream(
                 spark, work, "keyed", args.keyed_batches, args.rows, keyed=True, out=args.out
             )
-            report(results, args.out, command, args.warmup)
+            report(results, args.out, command, skips)
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -212,25 +219,34 @@ MEASURES = [
 ]
 
 
-def report(results: dict[str, np.ndarray], out: Path, command: str, share: float) -> None:
+def report(results: dict[str, np.ndarray], out: Path, command: str, skips: dict[str, int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(MEASURES), len(results), figsize=(6 * len(results), 10),
+    measures = list(MEASURES)
+    if all(rows.shape[1] > 8 for rows in results.values()):
+        # The wall time from one batch's sample to the next: its own work and Spark's
+        # trigger (planning, the source's listing, the offset and commit logs).
+        results = {
+            k: np.column_stack([v, np.diff(v[:, 8], prepend=0.0)]) for k, v in results.items()
+        }
+        measures.insert(1, (9, "wall time between micro-batches (s)"))
+    fig, axes = plt.subplots(len(measures), len(results), figsize=(6 * len(results), 12),
                              squeeze=False, sharex="col")  # fmt: skip
     lines = ["# Soak", "", f"Command: `{command}` (local[2], shared 2-core machine).", "",
-             f"Median of the first hundred micro-batches after a warm-up ({share:.0%} of the "
-             "run, at least ten: the warm-up column) against the last hundred (fewer in a "
+             "Median of the first hundred micro-batches after a warm-up (`--warmup` of the "
+             "planned run, 5% by default, at least ten: the warm-up column) against the last "
+             "hundred (fewer in a "
              "short run: the window column); target: less than 10% drift. The load average "
              "is the machine's, shared with other jobs.", "",
              "| stream | measure | warm-up | window | first | last | drift |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for col, (name, rows) in enumerate(results.items()):
-        skip = warmup(len(rows), share)
-        for r, (idx, label) in enumerate(MEASURES):
+        skip = skips[name.split()[0]]
+        for r, (idx, label) in enumerate(measures):
             ax = axes[r][col]
             ax.plot(rows[:, 0], rows[:, idx], lw=0.6)
             ax.axvline(rows[min(skip, len(rows) - 1), 0], color="grey", lw=0.5, ls=":")
