@@ -1,6 +1,8 @@
 """Soak: a long file stream and a long keyed stream, watched for drift (not a test).
 
     nice .venv/bin/python -m bench.soak [--batches 2000] [--keyed-batches 500] [--rows 200]
+        [--only plain|keyed] [--out DIR]
+    .venv/bin/python -m bench.soak --report-from DIR/samples-plain.csv DIR/samples-keyed.csv
 
 Writes ``--batches`` small Parquet files and streams them one per micro-batch
 (available-now, ``retention=10``), then ``--keyed-batches`` through a keyed stream (50
