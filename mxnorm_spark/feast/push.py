@@ -20,22 +20,19 @@ from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.feast.names import EVENT_TIMESTAMP
 from mxnorm_spark.feast.publish import state_table
 from mxnorm_spark.store import filesystem
-from mxnorm_spark.store.history import history_dir
+from mxnorm_spark.store.history import history_dir, read_record
 
 __all__ = ["FeastStatePush", "commit_time"]
 
 
 def commit_time(state_dir: str, batch_id: int) -> Any:
     """The ``committed_at`` of batch ``batch_id``'s history record (aware, UTC)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    fs = filesystem(state_dir)
-    path = fs.join(history_dir(state_dir), f"h-{batch_id:012d}.parquet")
-    data = fs.read_bytes(path)
-    if data is None:
-        raise CorruptStateError(f"batch {batch_id} has no history record at {path}")
-    return pq.read_table(pa.BufferReader(data)).column("committed_at")[0].as_py()
+    table = read_record(filesystem(state_dir), state_dir, batch_id)
+    if table is None or table.num_rows == 0:
+        raise CorruptStateError(
+            f"batch {batch_id} has no history record in {history_dir(state_dir)}"
+        )
+    return table.column("committed_at")[0].as_py()
 
 
 class FeastStatePush:

@@ -55,6 +55,7 @@ from mxnorm_spark.store.filesystems import (
     filesystem,
     local_path,
 )
+from mxnorm_spark.store.history import HISTORY_SEGMENT
 from mxnorm_spark.store.retries import RetryPolicy
 
 if TYPE_CHECKING:
@@ -98,6 +99,12 @@ class StateStore:
     operation raises :class:`~mxnorm_spark.core.errors.StoreUnavailableError` and a commit
     has not happened (or, if its last PUT landed unanswered, holds exactly the bytes a
     replay commits again as a no-op).
+
+    ``history_segment``: as it commits, the store rolls every that many per-batch history
+    records (``_history/h-<id>.parquet``) into one segment file, and two segments of a
+    level into one of the next, so a long stream's history stays about ``history_segment``
+    files; every record is kept and read once (:mod:`~mxnorm_spark.store.history`).
+    ``None`` leaves one file per batch.
     """
 
     def __init__(
@@ -107,7 +114,17 @@ class StateStore:
         *,
         retention: int | None = None,
         retry: RetryPolicy | None = None,
+        history_segment: int | None = HISTORY_SEGMENT,
     ) -> None:
+        if history_segment is not None and (
+            isinstance(history_segment, bool)
+            or not isinstance(history_segment, int)
+            or history_segment < 1
+        ):
+            raise InvalidParameterError(
+                f"history_segment must be a whole number >= 1 or None (one file per batch), "
+                f"got {history_segment!r}"
+            )
         if retention is not None and (
             isinstance(retention, bool) or not isinstance(retention, int) or retention < 2
         ):
@@ -117,6 +134,9 @@ class StateStore:
             )
         self.path = str(path)
         self.retention = retention
+        self.history_segment = history_segment
+        # The batch id at which the history is next worth listing (None: at the next commit).
+        self._next_compaction: int | None = None
         self.fs: FileSystem = filesystem(self.path, spark, retry=retry)
         if isinstance(self.fs, LocalFileSystem):
             self.path = local_path(self.path)
@@ -261,7 +281,24 @@ class StateStore:
             text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
         self._write_once(target, text.encode("utf-8"), f"batch {batch_id}")
         self._apply_retention()
+        self._compact_history(batch_id)
         return target
+
+    def _compact_history(self, batch_id: int) -> None:
+        # After the version: the batch's record is committed. The first commit of a run
+        # also deletes what a compaction killed midway left covered.
+        every = self.history_segment
+        if every is None or (
+            self._next_compaction is not None and batch_id < self._next_compaction
+        ):
+            return
+        from mxnorm_spark.store.history import compact_records
+
+        oldest = compact_records(self.fs, self.path, batch_id, segment=every)
+        # Listing the history every commit would cost an object store a LIST per batch:
+        # look again once enough records can have piled up to make a segment (the newest
+        # two stay single files).
+        self._next_compaction = (batch_id if oldest is None else oldest) + every + 1
 
     def set_initial(self, state: MXNormState) -> str:
         """Record the warm-start state once (``init.json``); see :meth:`commit` for reruns."""

@@ -96,7 +96,8 @@ def file_stream(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     lines: list[str] = []
     stream = MXNormStream(
         spark,
-        str(root / "state"),
+        # Segments of two records: the history is compacted while the stream runs.
+        StateStore(root / "state", history_segment=2),
         cols=COLS,
         output=str(root / "out"),
         options=StateOptions(alpha=0.3),
@@ -160,6 +161,21 @@ def test_output_holds_every_row_once_normalized_after_its_batch(
         got = out[out["batch_id"] == b].sort_values("id")
         np.testing.assert_array_equal(got["id"].to_numpy(), df["id"].to_numpy())
         assert_normalized(x_of(got), x_of(df), ref)
+
+
+def test_compacted_history_holds_each_batch_once(file_stream: dict[str, Any]) -> None:
+    store: StateStore = file_stream["store"]
+    history = store.history()
+    assert history.column("batch_id").to_pylist() == [b for b in range(len(SIZES)) for _ in COLS]
+    assert history.column("rows").to_pylist()[:: len(COLS)] == SIZES
+    for b in range(len(SIZES)):  # the state each record holds is the version committed
+        state = store.get(b)
+        assert state is not None
+        assert history.column("state_mean").to_pylist()[len(COLS) * b : len(COLS) * (b + 1)] == (
+            state.mean.tolist()
+        )
+    files = sorted(p.name for p in (file_stream["root"] / "state" / "_history").iterdir())
+    assert files[-1].startswith("hs0-") and len(files) < len(SIZES)
 
 
 def test_empty_micro_batch_changes_nothing(file_stream: dict[str, Any]) -> None:
