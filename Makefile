@@ -56,11 +56,12 @@ test-connect: setup
 
 # The heavy fault tests (docs/guides/reliability.md), stage 2 of `make test`: executors
 # SIGKILLed on a standalone cluster, a Spark Connect server SIGKILLed mid-stream, racing
-# writers; each case a minute or more on 2 cores (marked chaos, and slow or spark). Every
-# wait in them is bounded; CHAOS_LIMIT (seconds) bounds the whole stage besides, then
-# pytest is interrupted (SIGINT: its fixtures still stop the cluster and servers) and the
-# stage fails. The lighter chaos tests (object-store faults, fuzzing) run in stage 1; all
-# of them at once: MXNORM_CHAOS=1 pytest -m chaos tests/chaos.
+# writers (marked chaos, and slow or spark). Their files took about 7 min together at load
+# average 6-10 on 2 cores, 31 min at load average 40. Every wait in them is bounded;
+# CHAOS_LIMIT (seconds) bounds the whole stage besides: then pytest is interrupted
+# (SIGINT: its fixtures still stop the cluster and servers) and the stage fails. The
+# lighter chaos tests (object-store faults, fuzzing) run in stage 1; all of them at once:
+# MXNORM_CHAOS=1 pytest -m chaos tests/chaos.
 CHAOS_HEAVY := tests/chaos/test_executor_kills.py tests/chaos/test_connect_kill.py \
 	tests/chaos/test_racing.py
 CHAOS_LIMIT ?= 3000
