@@ -201,8 +201,10 @@ def _pause(name: str) -> None:
     go = os.path.join(gate, f"{name}.go")
     if os.path.exists(go):  # released already: a replay passes through
         return
-    with open(os.path.join(gate, f"{name}.paused"), "w") as fh:
+    paused = os.path.join(gate, f"{name}.paused")
+    with open(paused + ".tmp", "w") as fh:  # renamed whole: a reader never sees it empty
         fh.write(str(os.getpid()))
+    os.replace(paused + ".tmp", paused)
     print(f"[mxnorm] fault hook: paused at {name}", flush=True)
     deadline = time.monotonic() + PAUSE_LIMIT_SECONDS
     while not os.path.exists(go) and time.monotonic() < deadline:

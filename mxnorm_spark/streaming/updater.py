@@ -343,9 +343,11 @@ class MXNormStream:
         try:
             return bool(query.awaitTermination(timeout))
         except StreamingQueryException as exc:
-            # Classic: the failure was kept in this process. Connect: it ran on the server,
-            # and only its traceback text comes back.
-            failure = self.failure or error_in_text(str(exc))
+            # Classic: the failure was kept in this process, itself or (raised in an executor)
+            # wrapped in a PythonException. Connect: it ran on the server, and only its
+            # traceback text comes back.
+            kept = self.failure
+            failure = kept if isinstance(kept, MXNormError) else error_in_text(str(kept or exc))
             if isinstance(failure, MXNormError):
                 raise failure from exc
             raise
