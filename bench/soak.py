@@ -7,7 +7,8 @@
 Writes ``--batches`` small Parquet files and streams them one per micro-batch
 (available-now, ``retention=10``), then ``--keyed-batches`` through a keyed stream (50
 keys). After every micro-batch it samples the batch's duration (the stream's own report),
-the driver's RSS, the JVM heap in use (after the batch, no forced GC) and the number of
+the driver's RSS, the JVM heap in use (after the batch, no forced GC; every 50th batch also
+after a full GC: what is retained), the wall time since the last sample and the number of
 files under the state directory (and, apart, under Spark's checkpoint, which Spark prunes
 itself: ``spark.sql.streaming.minBatchesToRetain``, 100), with the machine's one-minute
 load average beside them. Writes ``bench/soak/soak.png`` (one panel per measure, per
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -85,7 +85,8 @@ class Sampler:
         history = count_files(self.state_dir / "_history")
         self.rows.append((report.batch_id, report.seconds, rss, heap, files,
                           count_files(self.checkpoint), os.getloadavg()[0], history,
-                          time.perf_counter() - self.t0))  # fmt: skip
+                          time.perf_counter() - self.t0,
+                          self._live_heap(report.batch_id)))  # fmt: skip
         self.log.write(",".join(f"{v:.6g}" for v in self.rows[-1]) + "\n")
         self.log.flush()
         if report.batch_id % 100 == 0:
@@ -95,9 +96,16 @@ class Sampler:
                   f"{files} files ({history} history), load {self.rows[-1][6]:.2f}, "
                   f"{elapsed:.0f} s", flush=True)  # fmt: skip
 
+    def _live_heap(self, batch_id: int) -> float:
+        """Every 50th batch, the heap in use after a full GC (what is retained); else NaN."""
+        if batch_id % 50 != 49:
+            return float("nan")
+        self.runtime.gc()
+        return float(self.runtime.totalMemory() - self.runtime.freeMemory()) / 2**20
+
 
 CSV_HEADER = ("batch_id,seconds,rss_mib,heap_mib,state_files,checkpoint_files,load1,"
-              "history_files,elapsed_s")  # fmt: skip
+              "history_files,elapsed_s,live_heap_mib")  # fmt: skip
 
 
 def run_stream(
@@ -138,8 +146,8 @@ def window(n: int, skip: int) -> int:
 def drift(values: np.ndarray, skip: int) -> tuple[float, float, float]:
     """Median of the first window (after ``skip`` of warm-up) and of the last; the drift."""
     w = window(len(values), skip)
-    first = float(statistics.median(values[skip : skip + w]))
-    last = float(statistics.median(values[-w:]))
+    first = float(np.nanmedian(values[skip : skip + w]))  # NaN: a batch not sampled
+    last = float(np.nanmedian(values[-w:]))
     return first, last, (last - first) / first if first else float("nan")
 
 
@@ -235,7 +243,10 @@ def report(results: dict[str, np.ndarray], out: Path, command: str, skips: dict[
         results = {
             k: np.column_stack([v, np.diff(v[:, 8], prepend=0.0)]) for k, v in results.items()
         }
-        measures.insert(1, (9, "wall time between micro-batches (s)"))
+        wall = next(iter(results.values())).shape[1] - 1
+        measures.insert(1, (wall, "wall time between micro-batches (s)"))
+    if all(rows.shape[1] > 9 for rows in results.values()):
+        measures.insert(4, (9, "JVM heap after a full GC, every 50th batch (MiB)"))
     fig, axes = plt.subplots(len(measures), len(results), figsize=(6 * len(results), 12),
                              squeeze=False, sharex="col")  # fmt: skip
     lines = ["# Soak", "", f"Command: `{command}` (local[2], shared 2-core machine).", "",
@@ -250,7 +261,8 @@ def report(results: dict[str, np.ndarray], out: Path, command: str, skips: dict[
         skip = skips[name.split()[0]]
         for r, (idx, label) in enumerate(measures):
             ax = axes[r][col]
-            ax.plot(rows[:, 0], rows[:, idx], lw=0.6)
+            some = ~np.isnan(rows[:, idx])
+            ax.plot(rows[some, 0], rows[some, idx], lw=0.6, marker="." if idx == 9 else None)
             ax.axvline(rows[min(skip, len(rows) - 1), 0], color="grey", lw=0.5, ls=":")
             ax.set_ylabel(label)
             if r == 0:
