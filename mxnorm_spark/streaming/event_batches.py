@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
 
-_B, _T = "__mx_b", "__mx_t"
+_B, _T, _G = "__mx_b", "__mx_t", "__mx_g"
 # Rows the kernel gathers before one exact_partials call (its integer conversion is per call).
 _KERNEL_ROWS = 1 << 18
 _BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal", "string",
@@ -243,6 +243,8 @@ class EventTimeBatches:
         its batch value; a feature with no state there gives null."""
         from pyspark.sql import functions as F
 
+        from mxnorm_spark.engines.columns import sql_double, sql_name
+
         b, _ = self.value_columns(payload)
         df = payload.withColumn(_B, b)
         if section.watermark_before is not None:
@@ -251,16 +253,21 @@ class EventTimeBatches:
         for value in section.values:
             folded, state = section.state_for(self.spec, value, base)
             groups.setdefault(folded, (state, []))[1].append(value)
+        # The state each row takes, as an index (one Column expression); then one SQL text
+        # per feature: a py4j call each, not one per Column operation and state.
+        which = _cases([(values, F.lit(i)) for i, (_, values) in enumerate(groups.values())])
+        df = df.withColumn(_G, which)
         columns: dict[str, Column] = {}
         for j, (c, out) in enumerate(zip(self.cols, outputs, strict=True)):
-            x = F.col(c).cast("double")
+            x = f"CAST({sql_name(c)} AS DOUBLE)"
             cases = []
-            for state, values in groups.values():
+            for i, (state, _) in enumerate(groups.values()):
                 mean, var = float(state.mean[j]), float(state.var[j])
                 if not np.isnan(mean):
                     scale = float(scale_of(np.float64(var), state.options))
-                    cases.append((values, (x - F.lit(mean)) / F.lit(scale)))
-            columns[out] = _cases(cases).cast("double")
+                    cases.append(f"WHEN {i} THEN ({x} - {sql_double(mean)}) / {sql_double(scale)}")
+            text = f"CASE {sql_name(_G)} {' '.join(cases)} END" if cases else "NULL"
+            columns[out] = F.expr(text).cast("double")
         lineage = self.spec.lineage_col
         if lineage is not None:
             kind = payload.schema[self.spec.column].dataType
@@ -269,7 +276,7 @@ class EventTimeBatches:
                 columns[lineage] = _cases(marks).cast(kind)
             else:
                 columns[lineage] = F.timestamp_micros(_cases(marks).cast("long"))
-        return df.withColumns(columns).drop(_B)
+        return df.withColumns(columns).drop(_B, _G)
 
 
 def _cases(cases: list[tuple[list[Any], Column]]) -> Column:
@@ -325,7 +332,7 @@ def _add_chunk(found: dict[Any, tuple[OpenBatch, int | None]], table: pa.Table, 
     encoded = pc.dictionary_encode(table.column(_B).combine_chunks(), null_encoding="encode")
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     values = encoded.dictionary.to_pylist()
-    x = np.empty((table.num_rows, k))
+    x = np.empty((table.num_rows, k), order="F")  # a feature's values side by side
     for j in range(k):
         col = pc.fill_null(table.column(f"x{j}").combine_chunks(), float("nan"))
         x[:, j] = col.to_numpy(zero_copy_only=False)
@@ -365,9 +372,15 @@ _DRIVER_BATCH_TYPES = frozenset(
 _DRIVER_FEATURE_TYPES = frozenset({"tinyint", "smallint", "int", "bigint", "float", "double"})
 
 
-def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | None:
+def collect_small_batch(
+    stream: MXNormStream, payload: DataFrame, last_rows: int = 0
+) -> pa.Table | None:
     """The micro-batch with its batch value (and event time) columns as Arrow on the driver,
-    when it is small and every step gives there the bits of the Spark path; else None."""
+    when it is small and every step gives there the bits of the Spark path; else None.
+    ``last_rows``: the rows of the micro-batch before; more than the limit and no attempt is
+    made (it would read most of the batch twice, as micro-batch mode avoids too)."""
+    import pyarrow as pa
+
     from mxnorm_spark.streaming._local import collect_small
 
     events, driver = stream.events, stream._driver
@@ -380,9 +393,18 @@ def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | 
         return None
     if spec.window is not None and spec.lineage_col is not None:
         return None  # the lineage timestamp is written by Spark
-    b, t = events.value_columns(payload)
-    limit = driver.max_values // (len(payload.columns) + 2)
-    return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+    limit = driver.max_values // (len(types) + 2)
+    if last_rows > limit:
+        return None
+    if spec.window is not None:
+        b, t = events.value_columns(payload)
+        return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+    # A batch column is its own batch value: added here, not by one more plan in Spark.
+    table = collect_small(payload, limit)
+    if table is None:
+        return None
+    table = table.append_column(_B, table.column(spec.column))
+    return table.append_column(_T, pa.nulls(table.num_rows, pa.int64()))
 
 
 def small_partials(
@@ -478,9 +500,9 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
         if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
             stream._count_and_check(spark, data, batch_id, None)
         payload = data.drop(*internal) if internal else data
-        small = collect_small_batch(stream, payload)
         if committed is None:
             prev, before = events.previous(batch_id, base)
+            small = collect_small_batch(stream, payload, prev.rows)
             if small is not None:
                 parts = small_partials(small, events.cols)
             else:
@@ -495,6 +517,7 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
                     f"version {batch_id}: it takes no more micro-batches. Start a new state "
                     "directory warm-started from it (initial state option)"
                 )
+            small = collect_small_batch(stream, payload, found.rows)
             section, new, before = found, committed, committed
         out_dir = None
         outputs = tuple(stream.output.cols or stream.cols)
