@@ -59,6 +59,9 @@ _TWO_K = float(1 << _PIECE_BITS)
 # A value within _BAND binary orders of magnitude of its block's largest (same feature)
 # takes the fast path: the most for which its square's pieces are still integers.
 _BAND = 14
+# Rows per run of one group below which the rows are sorted by group first (a block sums
+# each run of a group as one slice).
+_RUN_ROWS = 64
 # Block exponents (largest magnitude below 2**E) for which the fast path's scalings, the
 # squares and Dekker's product neither overflow nor underflow.
 _FAST_EXP = (-400, 500)
@@ -156,19 +159,18 @@ def exact_partials(x: Any, codes: Any, n_groups: int) -> list[OpenBatch]:
     rows = np.bincount(codes, minlength=n_groups)[:n_groups] if n else np.zeros(n_groups, int)
     sums = _Sums(n_groups, k)
     if n and k:
-        order = None
-        if n_groups > 1 and bool((codes[1:] < codes[:-1]).any()):
-            # Rows of a group side by side: each block sums its groups as slices.
-            order = np.argsort(codes, kind="stable")
-            codes = codes[order]
         xt = x.T  # features x rows: every reduction runs along a contiguous row
+        runs = 1 + int(np.count_nonzero(codes[1:] != codes[:-1])) if n_groups > 1 else 1
+        if runs * _RUN_ROWS > n:
+            # Groups interleaved: rows of a group side by side (a radix sort for few
+            # groups), gathered once, so that each block sums its groups as slices.
+            key = codes.astype(np.int16) if n_groups <= np.iinfo(np.int16).max else codes
+            order = np.argsort(key, kind="stable")
+            codes = codes[order]
+            xt = xt[:, order]
         for start in range(0, n, _BLOCK_ROWS):
-            stop = min(start + _BLOCK_ROWS, n)
-            if order is None:
-                block = np.ascontiguousarray(xt[:, start:stop])
-            else:
-                block = xt[:, order[start:stop]]
-            sums.add_block(block, codes[start:stop])
+            block = np.ascontiguousarray(xt[:, start : start + _BLOCK_ROWS])
+            sums.add_block(block, codes[start : start + _BLOCK_ROWS])
     invalid, sum1, sum2 = sums.finish()
     count = np.repeat(rows.astype(np.int64), k) - invalid
     return [
@@ -213,7 +215,8 @@ class _Sums:
         self.general = _General(n_groups * k)
 
     def add_block(self, block: Any, codes: Any) -> None:
-        """Add a block (features x rows, C-contiguous; ``codes`` ascending)."""
+        """Add a block (features x rows, C-contiguous; ``codes[i]`` the group of row ``i``,
+        best in long runs)."""
         k = self.k
         cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
         starts = np.concatenate(([0], cuts))
@@ -234,7 +237,7 @@ class _Sums:
         floor[~fast] = np.inf
         small = mag < floor[:, None]
         n_small = int(np.count_nonzero(small))
-        if n_small * 2 > small.size:  # mostly far below the top: all of it the general way
+        if n_small * 4 > small.size:  # much of it far below the top: all of it the general way
             small = block != 0.0
             n_small = small.size
         if n_small:
@@ -268,8 +271,13 @@ class _Sums:
             self._drain(j, groups[g])
             self.adds[groups[full]] = 0
         self.exp[:, groups] = exp[:, None]
-        self.acc[:, :, groups] += pieces.astype(np.int64)
-        self.adds[groups] += 1
+        if len(groups) > 1 and len(np.unique(groups)) < len(groups):
+            by_group = np.moveaxis(self.acc, 2, 0)  # a view: groups first
+            np.add.at(by_group, groups, np.moveaxis(pieces, 2, 0).astype(np.int64))
+            self.adds[np.unique(groups)] += 1
+        else:
+            self.acc[:, :, groups] += pieces.astype(np.int64)
+            self.adds[groups] += 1
 
     def _drain(self, features: Any, groups: Any) -> None:
         """Move the int64 sums of these (feature, group) pairs into the Python integers."""

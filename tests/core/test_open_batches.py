@@ -106,6 +106,15 @@ def test_many_groups_and_one_row_groups() -> None:
     assert exact_partials(x, codes, 150) == reference(x, codes, 150)
 
 
+def test_long_runs_of_groups_are_summed_unsorted() -> None:
+    # Runs of 200 rows (files of one batch value): no sort, a group twice in one block.
+    rng = np.random.default_rng(6)
+    codes = np.repeat([0, 1, 0, 2, 1, 0], 200)
+    x = rng.normal(5.0, 2.0, (len(codes), 2))
+    x[::11, 0] = np.inf
+    assert exact_partials(x, codes, 3) == reference(x, codes, 3)
+
+
 def test_empty_input_gives_empty_partials() -> None:
     parts = exact_partials(np.zeros((0, 2)), np.zeros(0, dtype=int), 2)
     assert parts == [OpenBatch.empty(2), OpenBatch.empty(2)]
