@@ -168,8 +168,9 @@ def exact_partials(x: Any, codes: Any, n_groups: int) -> list[OpenBatch]:
             order = np.argsort(key, kind="stable")
             codes = codes[order]
             xt = xt[:, order]
+        xt = np.ascontiguousarray(xt)  # one copy for rows x features (C) input, not per block
         for start in range(0, n, _BLOCK_ROWS):
-            block = np.ascontiguousarray(xt[:, start : start + _BLOCK_ROWS])
+            block = xt[:, start : start + _BLOCK_ROWS]
             sums.add_block(block, codes[start : start + _BLOCK_ROWS])
     invalid, sum1, sum2 = sums.finish()
     count = np.repeat(rows.astype(np.int64), k) - invalid

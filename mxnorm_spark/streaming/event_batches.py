@@ -7,7 +7,8 @@ Per micro-batch (semantics: :mod:`mxnorm_spark.core.event_time`):
    (:func:`~mxnorm_spark.core.open_batches.exact_partials`); the driver merges them exactly;
 2. the driver folds the batches the new watermark closes, writes a fold record per folded
    batch (``STATE/_folds/``, :mod:`mxnorm_spark.store.folds`) and the history, and commits
-   the folded state with the open batches as one version (section ``event_time``);
+   the folded state with the open batches as one version (section ``event_time``); then
+   every segment of folds the version completes is compacted into one file;
 3. the rows (late ones left out) are normalized, each with the state of its batch value
    (``apply_at="before"``), and published as the micro-batch's output directory.
 
@@ -34,7 +35,7 @@ from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.open_batches import OpenBatch, exact_partials
 from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.store import StateStore
-from mxnorm_spark.store.folds import write_fold
+from mxnorm_spark.store.folds import compact_folds, write_fold
 from mxnorm_spark.store.history import batch_table, write_table_record
 from mxnorm_spark.streaming.progress import fault
 
@@ -86,6 +87,7 @@ class EventTimeBatches:
         self.spec = spec
         self.store = store
         self.cols = cols
+        self._compacted = False  # the first commit of this run also finishes a crash's
 
     # ---- the committed sections -------------------------------------------------------
     def section(self, batch_id: int) -> EventSection | None:
@@ -204,6 +206,12 @@ class EventTimeBatches:
         fault("before_commit", batch_id, spark)
         self.store.commit(batch_id, new, section=(SECTION, section.to_json()))
         fault("after_commit", batch_id, spark)
+        # The folds the version counts are final: whole segments of them become one file.
+        compact_folds(
+            self.store.path, section.folds, after=prev.folds, recover=not self._compacted,
+            fs=self.store.fs,
+        )  # fmt: skip
+        self._compacted = True
         return section, new
 
     def _record(
