@@ -122,5 +122,5 @@ def test_a_damaged_segment_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptStateError, match="s-000000001"):
         read_fold(LocalFileSystem(), str(tmp_path), 3)  # the first record of the segment
     (tmp_path / FOLDS_DIR / "s-000000000.json").unlink()  # and a lost one is named
-    with pytest.raises(CorruptStateError, match="f-000000000001.json is missing"):
+    with pytest.raises(CorruptStateError, match=r"f-000000000001\.json is missing"):
         read_fold(LocalFileSystem(), str(tmp_path), 1)
