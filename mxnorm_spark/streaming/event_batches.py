@@ -87,7 +87,7 @@ class EventTimeBatches:
         self.spec = spec
         self.store = store
         self.cols = cols
-        self._compacted = False  # the first commit of this run also finishes a crash's
+        self._compacted = False  # the first commit of a run also finishes what a crash left
 
     # ---- the committed sections -------------------------------------------------------
     def section(self, batch_id: int) -> EventSection | None:
