@@ -48,12 +48,26 @@ __all__ = ["CHUNK_ROWS", "SCALE", "OpenBatch", "exact_partials"]
 _EXP_MIN = -2300
 # The integers hold value * 2**SCALE: a term M * 2**(e - 53) is then M << (e - _EXP_MIN).
 SCALE = 53 - _EXP_MIN
-# Rows summed in float64 bins before they become integers: |sum of halves| < 2**25 * 2**27
-# = 2**52 per bin, exact.
+# Values the general path (:func:`_tail_sums`) sums in float64 bins before they become
+# integers: |sum of halves| < 2**25 * 2**27 = 2**52 per bin, exact.
 CHUNK_ROWS = 1 << 25
-# Rows per numpy pass: the temporaries of a block stay in cache (1M x 8 in one pass was
-# 3x slower per value than in blocks).
-_BLOCK_ROWS = 1 << 15
+# Rows per block of the fast path (:class:`_Sums`): its piece sums stay below
+# 2**12 * 2**_PIECE_BITS = 2**53, exact in float64; and the temporaries stay in cache.
+_BLOCK_ROWS = 1 << 12
+_PIECE_BITS = 41
+_TWO_K = float(1 << _PIECE_BITS)
+# A value within _BAND binary orders of magnitude of its block's largest (same feature)
+# takes the fast path: the most for which its square's pieces are still integers.
+_BAND = 14
+# Rows per run of one group below which the rows are sorted by group first (a block sums
+# each run of a group as one slice).
+_RUN_ROWS = 64
+# Block exponents (largest magnitude below 2**E) for which the fast path's scalings, the
+# squares and Dekker's product neither overflow nor underflow.
+_FAST_EXP = (-400, 500)
+# Blocks one int64 sum takes before it is drained (each adds at most 2**53).
+_MAX_ADDS = 1000
+_NO_GRID = np.iinfo(np.int64).min
 _HALF_BITS = 27
 _HALF = float(1 << _HALF_BITS)
 _INV_HALF = 1.0 / _HALF
@@ -141,47 +155,25 @@ def exact_partials(x: Any, codes: Any, n_groups: int) -> list[OpenBatch]:
     (rows x features float64; NaN and +/-inf are invalid), row ``i`` in group ``codes[i]``."""
     x = np.asarray(x, dtype=np.float64)
     codes = np.asarray(codes, dtype=np.int64)
-    k = x.shape[1]
-    lanes = n_groups * k
-    rows = np.bincount(codes, minlength=n_groups)[:n_groups] if len(codes) else np.zeros(0)
-    count = np.zeros(lanes, dtype=np.int64)
-    sum1, sum2 = [0] * lanes, [0] * lanes
-    # x = M * 2**(e - 53) with the integer M = m * 2**53; x**2 = (P * 2**52 + E) * 2**(2e - 106)
-    # (below): one accumulator per term, its exponent shift relative to 2**(e - 53).
-    acc1 = [_Bins(lanes, 0)]
-    acc2 = [_Bins(lanes, -1), _Bins(lanes, -53)]
-    pending = 0
-    lane_of = np.arange(k)[None, :]
-    for start in range(0, x.shape[0], _BLOCK_ROWS):
-        block, c = x[start : start + _BLOCK_ROWS], codes[start : start + _BLOCK_ROWS]
-        if pending + len(block) > CHUNK_ROWS:  # keep every float64 bin sum exact
-            _flush(acc1, sum1)
-            _flush(acc2, sum2)
-            pending = 0
-        pending += len(block)
-        lane = c[:, None] * k + lane_of
-        valid = np.isfinite(block)
-        if valid.all():
-            lane, values = lane.reshape(-1), block.reshape(-1)
-        else:
-            lane, values = lane[valid], block[valid]
-        if not len(values):
-            continue
-        count += np.bincount(lane, minlength=lanes)
-        mant, exp = np.frexp(values)
-        acc1[0].add(lane, exp, mant * _TWO53)
-        # m*m = p + err exactly (Dekker): p * 2**54 and err * 2**106 are integers below
-        # 2**54 and 2**52.
-        t = _SPLIT * mant
-        hi = t - (t - mant)
-        lo = mant - hi
-        p = mant * mant
-        err = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
-        exp2 = 2 * exp
-        acc2[0].add(lane, exp2, p * _TWO54)
-        acc2[1].add(lane, exp2, err * _TWO106)
-    _flush(acc1, sum1)
-    _flush(acc2, sum2)
+    n, k = x.shape
+    rows = np.bincount(codes, minlength=n_groups)[:n_groups] if n else np.zeros(n_groups, int)
+    sums = _Sums(n_groups, k)
+    if n and k:
+        xt = x.T  # features x rows: every reduction runs along a contiguous row
+        runs = 1 + int(np.count_nonzero(codes[1:] != codes[:-1])) if n_groups > 1 else 1
+        if runs * _RUN_ROWS > n:
+            # Groups interleaved: rows of a group side by side (a radix sort for few
+            # groups), gathered once, so that each block sums its groups as slices.
+            key = codes.astype(np.int16) if n_groups <= np.iinfo(np.int16).max else codes
+            order = np.argsort(key, kind="stable")
+            codes = codes[order]
+            xt = xt[:, order]
+        xt = np.ascontiguousarray(xt)  # one copy for rows x features (C) input, not per block
+        for start in range(0, n, _BLOCK_ROWS):
+            block = xt[:, start : start + _BLOCK_ROWS]
+            sums.add_block(block, codes[start : start + _BLOCK_ROWS])
+    invalid, sum1, sum2 = sums.finish()
+    count = np.repeat(rows.astype(np.int64), k) - invalid
     return [
         OpenBatch(
             int(rows[g]),
@@ -191,6 +183,180 @@ def exact_partials(x: Any, codes: Any, n_groups: int) -> list[OpenBatch]:
         )
         for g in range(n_groups)
     ]
+
+
+class _Sums:
+    """The exact sums of one :func:`exact_partials` call, block by block.
+
+    The fast path: in a block (at most ``_BLOCK_ROWS`` rows, rows of a group side by side),
+    feature ``j`` has its largest magnitude below ``2**E``. Every value ``x`` with
+    ``|x| >= 2**(E - _BAND - 1)`` is an integer multiple of ``2**(E - 2K)`` below ``2**E``
+    (``K = _PIECE_BITS``), so ``y = x * 2**(K - E)`` is ``a + b * 2**-K`` with integers
+    ``|a| <= 2**K``, ``|b| < 2**K``: ``a = trunc(y)``, ``b = (y - a) * 2**K``. Its square is
+    ``p + err`` exactly (Dekker's product: ``p = x * x``, ``err`` from the split halves),
+    and ``p`` (grid ``2**(2E - 2K)``) and ``err`` (``|err| <= 2**(2E - 54)``, grid
+    ``2**(2E - 54 - 2K)``) split the same way. Each of these six integer pieces sums per
+    group in float64 exactly (at most ``2**12 * 2**41 = 2**53``), then in int64 across
+    blocks on the same grid (:data:`_MAX_ADDS` blocks), then as Python integers.
+
+    The rest (a value far below its block's largest, a block beyond the exponents where the
+    scalings and Dekker's product are exact: ``_FAST_EXP``) takes the general path,
+    :func:`_tail_sums`, exact for every finite float64.
+    """
+
+    def __init__(self, n_groups: int, k: int) -> None:
+        self.n_groups, self.k = n_groups, k
+        self.invalid = np.zeros(n_groups * k, dtype=np.int64)
+        self.sum1 = [0] * (n_groups * k)
+        self.sum2 = [0] * (n_groups * k)
+        # (x: a, b; p: a, b; err: a, b) per feature and group, on the grid of ``exp``.
+        self.acc = np.zeros((6, k, n_groups), dtype=np.int64)
+        self.exp = np.full((k, n_groups), _NO_GRID, dtype=np.int64)
+        self.adds = np.zeros(n_groups, dtype=np.int64)
+        self.general = _General(n_groups * k)
+
+    def add_block(self, block: Any, codes: Any) -> None:
+        """Add a block (features x rows, C-contiguous; ``codes[i]`` the group of row ``i``,
+        best in long runs)."""
+        k = self.k
+        cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        starts = np.concatenate(([0], cuts))
+        groups = codes[starts]
+        valid = np.isfinite(block)
+        if not valid.all():
+            j, i = np.nonzero(~valid)
+            self.invalid += np.bincount(codes[i] * k + j, minlength=self.invalid.size)
+            block = np.where(valid, block, 0.0)
+        mag = np.abs(block)
+        top = mag.max(axis=1)
+        _, exp = np.frexp(top)
+        exp = exp.astype(np.int64)
+        fast = (exp >= _FAST_EXP[0]) & (exp <= _FAST_EXP[1])  # frexp(0) gives 0
+        exp[~fast] = 0  # its values all take the general path
+        floor = np.ldexp(1.0, exp - _BAND - 1)
+        floor[top == 0.0] = 0.0
+        floor[~fast] = np.inf
+        small = mag < floor[:, None]
+        n_small = int(np.count_nonzero(small))
+        if n_small * 4 > small.size:  # much of it far below the top: all of it the general way
+            small = block != 0.0
+            n_small = small.size
+        if n_small:
+            j, i = np.nonzero(small)
+            values = block[j, i]
+            keep = values != 0.0
+            self.general.add((codes[i] * k + j)[keep], values[keep], self.sum1, self.sum2)
+            if n_small == small.size:
+                return
+            block = np.where(small, 0.0, block)
+        pieces = np.empty((6, k, len(groups)))
+        _split(block, exp, pieces[0:2], starts)
+        p = block * block
+        t = block * _SPLIT
+        hi = t - (t - block)
+        lo = block - hi
+        err = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
+        _split(p, 2 * exp, pieces[2:4], starts)
+        if err.any():
+            _split(err, 2 * exp - 54, pieces[4:6], starts)
+        else:  # x * x is exact (at most 26 significant bits): nothing to add
+            pieces[4:6] = 0.0
+        self._accumulate(groups, exp, pieces)
+
+    def _accumulate(self, groups: Any, exp: Any, pieces: Any) -> None:
+        held = self.exp[:, groups]
+        full = self.adds[groups] >= _MAX_ADDS
+        drain = ((held != exp[:, None]) | full[None, :]) & (held != _NO_GRID)
+        if drain.any():
+            j, g = np.nonzero(drain)
+            self._drain(j, groups[g])
+            self.adds[groups[full]] = 0
+        self.exp[:, groups] = exp[:, None]
+        if len(groups) > 1 and len(np.unique(groups)) < len(groups):
+            by_group = np.moveaxis(self.acc, 2, 0)  # a view: groups first
+            np.add.at(by_group, groups, np.moveaxis(pieces, 2, 0).astype(np.int64))
+            self.adds[np.unique(groups)] += 1
+        else:
+            self.acc[:, :, groups] += pieces.astype(np.int64)
+            self.adds[groups] += 1
+
+    def _drain(self, features: Any, groups: Any) -> None:
+        """Move the int64 sums of these (feature, group) pairs into the Python integers."""
+        k, bits = self.k, _PIECE_BITS
+        chosen = self.acc[:, features, groups].T.tolist()
+        for j, g, e, (xa, xb, pa, pb, ea, eb) in zip(
+            features.tolist(),
+            groups.tolist(),
+            self.exp[features, groups].tolist(),
+            chosen,
+            strict=True,
+        ):
+            lane = g * k + j
+            self.sum1[lane] += ((xa << bits) + xb) << (e - 2 * bits + SCALE)
+            square = (((pa << bits) + pb) << 54) + (ea << bits) + eb
+            self.sum2[lane] += square << (2 * e - 54 - 2 * bits + SCALE)
+        self.acc[:, features, groups] = 0
+        self.exp[features, groups] = _NO_GRID
+
+    def finish(self) -> tuple[Any, list[int], list[int]]:
+        """``(invalid count per lane, sum1, sum2)``, every block drained."""
+        j, g = np.nonzero(self.exp != _NO_GRID)
+        self._drain(j, g)
+        self.general.drain(self.sum1, self.sum2)
+        return self.invalid, self.sum1, self.sum2
+
+
+def _split(values: Any, exp: Any, out: Any, starts: Any) -> None:
+    """Per feature row and group slice, the float64 sums of the two integer pieces of
+    ``values`` on the grid ``2**(exp - 2K)`` (see :class:`_Sums`) into ``out[0]``,
+    ``out[1]``."""
+    scaled = values * np.ldexp(1.0, _PIECE_BITS - exp)[:, None]
+    high = np.trunc(scaled)
+    low = (scaled - high) * _TWO_K
+    if len(starts) == 1:
+        out[0, :, 0] = high.sum(axis=1)
+        out[1, :, 0] = low.sum(axis=1)
+    else:
+        out[0] = np.add.reduceat(high, starts, axis=1)
+        out[1] = np.add.reduceat(low, starts, axis=1)
+
+
+class _General:
+    """The general path: exact for every finite float64. ``x = M * 2**(e - 53)``
+    (``np.frexp``) with the 53-bit integer ``M = m * 2**53``; ``x**2 = (P * 2**52 + E) *
+    2**(2e - 106)`` with ``m * m = p + err`` exactly (Dekker's product of the mantissa, which
+    cannot overflow or underflow), ``P = p * 2**54``, ``E = err * 2**106``. Each term sums
+    per (lane, exponent) in float64 bins (:class:`_Bins`), drained to integers every
+    :data:`CHUNK_ROWS` values and at the end."""
+
+    def __init__(self, lanes: int) -> None:
+        self.acc1 = [_Bins(lanes, 0)]
+        self.acc2 = [_Bins(lanes, -1), _Bins(lanes, -53)]
+        self.pending = 0
+
+    def add(self, lane: Any, values: Any, sum1: list[int], sum2: list[int]) -> None:
+        if not len(values):
+            return
+        if self.pending + len(values) > CHUNK_ROWS:  # keep every float64 bin sum exact
+            self.drain(sum1, sum2)
+        self.pending += len(values)
+        mant, exp = np.frexp(values)
+        self.acc1[0].add(lane, exp, mant * _TWO53)
+        t = _SPLIT * mant
+        hi = t - (t - mant)
+        lo = mant - hi
+        p = mant * mant
+        err = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
+        exp2 = 2 * exp
+        self.acc2[0].add(lane, exp2, p * _TWO54)
+        self.acc2[1].add(lane, exp2, err * _TWO106)
+
+    def drain(self, sum1: list[int], sum2: list[int]) -> None:
+        for b in self.acc1:
+            b.drain(sum1)
+        for b in self.acc2:
+            b.drain(sum2)
+        self.pending = 0
 
 
 class _Bins:
@@ -233,6 +399,8 @@ class _Bins:
 
     def drain(self, into: list[int]) -> None:
         """Add the sums as exact integers (scaled by ``2**SCALE``) and start again."""
+        if self.hi.shape[1] == 0:
+            return
         base = self.low - _EXP_MIN + self.shift
         for lane in np.flatnonzero(self.hi.any(axis=1) | self.lo.any(axis=1)).tolist():
             total = 0
@@ -243,8 +411,3 @@ class _Bins:
             into[lane] += total
         self.hi[:] = 0.0
         self.lo[:] = 0.0
-
-
-def _flush(bins: list[_Bins], into: list[int]) -> None:
-    for b in bins:
-        b.drain(into)

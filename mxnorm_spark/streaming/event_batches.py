@@ -7,7 +7,8 @@ Per micro-batch (semantics: :mod:`mxnorm_spark.core.event_time`):
    (:func:`~mxnorm_spark.core.open_batches.exact_partials`); the driver merges them exactly;
 2. the driver folds the batches the new watermark closes, writes a fold record per folded
    batch (``STATE/_folds/``, :mod:`mxnorm_spark.store.folds`) and the history, and commits
-   the folded state with the open batches as one version (section ``event_time``);
+   the folded state with the open batches as one version (section ``event_time``); then
+   every segment of folds the version completes is compacted into one file;
 3. the rows (late ones left out) are normalized, each with the state of its batch value
    (``apply_at="before"``), and published as the micro-batch's output directory.
 
@@ -34,7 +35,7 @@ from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.open_batches import OpenBatch, exact_partials
 from mxnorm_spark.core.state import MXNormState, scale_of
 from mxnorm_spark.store import StateStore
-from mxnorm_spark.store.folds import write_fold
+from mxnorm_spark.store.folds import compact_folds, write_fold
 from mxnorm_spark.store.history import batch_table, write_table_record
 from mxnorm_spark.streaming.progress import fault
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
 
-_B, _T = "__mx_b", "__mx_t"
+_B, _T, _G = "__mx_b", "__mx_t", "__mx_g"
 # Rows the kernel gathers before one exact_partials call (its integer conversion is per call).
 _KERNEL_ROWS = 1 << 18
 _BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal", "string",
@@ -84,6 +85,7 @@ class EventTimeBatches:
         self.spec = spec
         self.store = store
         self.cols = cols
+        self._compacted = False  # the first commit of a run also finishes what a crash left
 
     # ---- the committed sections -------------------------------------------------------
     def section(self, batch_id: int) -> EventSection | None:
@@ -206,6 +208,12 @@ class EventTimeBatches:
         fault("before_commit", batch_id, spark)
         self.store.commit(batch_id, new, section=(SECTION, {**section.to_json(), **more}))
         fault("after_commit", batch_id, spark)
+        # The folds the version counts are final: whole segments of them become one file.
+        compact_folds(
+            self.store.path, section.folds, after=prev.folds, recover=not self._compacted,
+            fs=self.store.fs,
+        )  # fmt: skip
+        self._compacted = True
         return section, new
 
     def _record(
@@ -245,6 +253,8 @@ class EventTimeBatches:
         its batch value; a feature with no state there gives null."""
         from pyspark.sql import functions as F
 
+        from mxnorm_spark.engines.columns import sql_double, sql_name
+
         b, _ = self.value_columns(payload)
         df = payload.withColumn(_B, b)
         if section.watermark_before is not None:
@@ -253,16 +263,21 @@ class EventTimeBatches:
         for value in section.values:
             folded, state = section.state_for(self.spec, value, base)
             groups.setdefault(folded, (state, []))[1].append(value)
+        # The state each row takes, as an index (one Column expression); then one SQL text
+        # per feature: a py4j call each, not one per Column operation and state.
+        which = _cases([(values, F.lit(i)) for i, (_, values) in enumerate(groups.values())])
+        df = df.withColumn(_G, which)
         columns: dict[str, Column] = {}
         for j, (c, out) in enumerate(zip(self.cols, outputs, strict=True)):
-            x = F.col(c).cast("double")
+            x = f"CAST({sql_name(c)} AS DOUBLE)"
             cases = []
-            for state, values in groups.values():
+            for i, (state, _) in enumerate(groups.values()):
                 mean, var = float(state.mean[j]), float(state.var[j])
                 if not np.isnan(mean):
                     scale = float(scale_of(np.float64(var), state.options))
-                    cases.append((values, (x - F.lit(mean)) / F.lit(scale)))
-            columns[out] = _cases(cases).cast("double")
+                    cases.append(f"WHEN {i} THEN ({x} - {sql_double(mean)}) / {sql_double(scale)}")
+            text = f"CASE {sql_name(_G)} {' '.join(cases)} END" if cases else "NULL"
+            columns[out] = F.expr(text).cast("double")
         lineage = self.spec.lineage_col
         if lineage is not None:
             kind = payload.schema[self.spec.column].dataType
@@ -271,7 +286,7 @@ class EventTimeBatches:
                 columns[lineage] = _cases(marks).cast(kind)
             else:
                 columns[lineage] = F.timestamp_micros(_cases(marks).cast("long"))
-        return df.withColumns(columns).drop(_B)
+        return df.withColumns(columns).drop(_B, _G)
 
 
 def _cases(cases: list[tuple[list[Any], Column]]) -> Column:
@@ -327,7 +342,7 @@ def _add_chunk(found: dict[Any, tuple[OpenBatch, int | None]], table: pa.Table, 
     encoded = pc.dictionary_encode(table.column(_B).combine_chunks(), null_encoding="encode")
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     values = encoded.dictionary.to_pylist()
-    x = np.empty((table.num_rows, k))
+    x = np.empty((table.num_rows, k), order="F")  # a feature's values side by side
     for j in range(k):
         col = pc.fill_null(table.column(f"x{j}").combine_chunks(), float("nan"))
         x[:, j] = col.to_numpy(zero_copy_only=False)
@@ -367,9 +382,15 @@ _DRIVER_BATCH_TYPES = frozenset(
 _DRIVER_FEATURE_TYPES = frozenset({"tinyint", "smallint", "int", "bigint", "float", "double"})
 
 
-def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | None:
+def collect_small_batch(
+    stream: MXNormStream, payload: DataFrame, last_rows: int = 0
+) -> pa.Table | None:
     """The micro-batch with its batch value (and event time) columns as Arrow on the driver,
-    when it is small and every step gives there the bits of the Spark path; else None."""
+    when it is small and every step gives there the bits of the Spark path; else None.
+    ``last_rows``: the rows of the micro-batch before; more than the limit and no attempt is
+    made (it would read most of the batch twice, as micro-batch mode avoids too)."""
+    import pyarrow as pa
+
     from mxnorm_spark.streaming._local import collect_small
 
     events, driver = stream.events, stream._driver
@@ -382,9 +403,18 @@ def collect_small_batch(stream: MXNormStream, payload: DataFrame) -> pa.Table | 
         return None
     if spec.window is not None and spec.lineage_col is not None:
         return None  # the lineage timestamp is written by Spark
-    b, t = events.value_columns(payload)
-    limit = driver.max_values // (len(payload.columns) + 2)
-    return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+    limit = driver.max_values // (len(types) + 2)
+    if last_rows > limit:
+        return None
+    if spec.window is not None:
+        b, t = events.value_columns(payload)
+        return collect_small(payload.withColumns({_B: b, _T: t}), limit)
+    # A batch column is its own batch value: added here, not by one more plan in Spark.
+    table = collect_small(payload, limit)
+    if table is None:
+        return None
+    table = table.append_column(_B, table.column(spec.column))
+    return table.append_column(_T, pa.nulls(table.num_rows, pa.int64()))
 
 
 def small_partials(
@@ -480,9 +510,9 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
         if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
             stream._count_and_check(spark, data, batch_id, None)
         payload = data.drop(*internal) if internal else data
-        small = collect_small_batch(stream, payload)
         if committed is None:
             prev, before = events.previous(batch_id, base)
+            small = collect_small_batch(stream, payload, prev.rows)
             if small is not None:
                 parts = small_partials(small, events.cols)
             else:
@@ -497,6 +527,7 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
                     f"version {batch_id}: it takes no more micro-batches. Start a new state "
                     "directory warm-started from it (initial state option)"
                 )
+            small = collect_small_batch(stream, payload, found.rows)
             section, new, before = found, committed, committed
         out_dir = None
         outputs = tuple(stream.output.cols or stream.cols)

@@ -449,6 +449,28 @@ def test_late_rows_are_dropped_and_counted_or_refused(spark: Any, tmp_path: Path
 
 
 @pytest.mark.spark
+def test_folds_are_compacted_and_as_of_still_pins_each(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mxnorm_spark.store.folds as folds_mod
+    from mxnorm_spark.serving import load
+
+    monkeypatch.setattr(folds_mod, "SEGMENT_FOLDS", 2)
+    stream = event_stream(spark, tmp_path)
+    frames = []
+    for i, days in enumerate([[1, 2], [3, 2], [5, 4], [7, 6]]):
+        df, pdf = day_frame(spark, days, 10 * i, i)
+        stream.foreach_batch(df, i)
+        frames.append(pdf)
+    stream.close_open_batches()
+    folds = pure_fold(pd.concat(frames))  # days 1 .. 7: three whole segments and one fold
+    names = sorted(p.name for p in (tmp_path / "state" / "_folds").iterdir())
+    assert names == ["f-000000000006.json", *(f"s-{s:09d}.json" for s in range(3))]
+    for day, state in folds:
+        assert load(str(tmp_path / "state"), as_of=day).state.to_json() == state.to_json()
+
+
+@pytest.mark.spark
 def test_replayed_micro_batch_rewrites_the_same_output(spark: Any, tmp_path: Path) -> None:
     stream = event_stream(spark, tmp_path)
     for i, days in enumerate([[1, 2], [3, 2], [5, 4]]):
