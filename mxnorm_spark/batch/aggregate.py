@@ -3,11 +3,12 @@
 Only small partials reach the driver: for one batch, one
 :class:`~mxnorm_spark.core.moments.Moments` per partition, as typed columns, folded with
 ``Moments.merge`` in partition-id order. Per batch value (:func:`moments_table_by_batch`,
-a backfill) the partials of each (value, partition) are merged in Spark, after a shuffle
-by value and again in partition-id order (:func:`mxnorm_spark.engines.merged_by_batch`),
-so one row per batch value reaches the driver, as Arrow, and lands in (batch values x
-features) arrays. Either way the same input and partitioning give the same bits on every
-run. Two engines compute the partials (:mod:`mxnorm_spark.engines`):
+a backfill) the partials of each (value, partition) are merged in partition-id order
+(:func:`mxnorm_spark.engines.merged_by_batch`: collected as Arrow and merged on the driver
+while they are few, after a shuffle by value in Spark past that), so one row per batch
+value comes out and lands in (batch values x features) arrays. Either way the same input
+and partitioning give the same bits on every run. Two engines compute the partials
+(:mod:`mxnorm_spark.engines`):
 
 * ``sql``: one JVM aggregation of pivot-shifted sums per partition. The pivot ``p`` is
   the given ``shift``, else the median of the first valid values. Where a group's mean
@@ -175,10 +176,10 @@ def moments_table_by_batch(
 ) -> BatchTable:
     """Moments of each distinct ``batch_col`` value, ascending, as one columnar table.
 
-    One distributed aggregation computes the partials per (batch value, partition); a
-    shuffle by batch value merges them in Spark, in partition-id order, so one row per
-    batch value reaches the driver, as Arrow. A null batch value raises
-    :class:`InvalidValueError`.
+    One distributed aggregation computes the partials per (batch value, partition); they
+    are merged in partition-id order, on the driver or in Spark
+    (:func:`~mxnorm_spark.engines.merged_by_batch`), into one row per batch value. A null
+    batch value raises :class:`InvalidValueError`.
     """
     check_engine(engine)
     spec = resolve_input(df, cols, input_col)
@@ -379,7 +380,7 @@ def _recentred_pivot(m: Moments, pivot: np.ndarray) -> np.ndarray:
     return np.where(m.count > 0, m.mean, pivot)
 
 
-# ---- moments per batch value: merged in Spark ----------------------------------------------
+# ---- moments per batch value: one merged row per value -----------------------------------
 def _sql_batch_table(df: DataFrame, spec: InputSpec, batch_col: str) -> BatchTable:
     """:func:`_sql_moments` per batch value: one merged row per value reaches the driver."""
     chosen = _choose_pivot(df, spec, None)

@@ -126,11 +126,8 @@ class SnapshotLayout:
         (features x fields order, values of the keys with ``has``), fresh where not
         ``has``. ``count``, ``mean``, ``var``; with ``alpha=None`` also the running totals
         (:data:`~mxnorm_spark.keyed.kernel.TOTALS` names) :func:`fold_step` takes."""
-        k, nf = self.n_features, len(self.state_fields)
-        cols = {f: np.zeros((k, s)) for f in self.state_fields}
-        for j in range(k):
-            for i, f in enumerate(self.state_fields):
-                cols[f][j, has] = state[j * nf + i]
+        k = self.n_features
+        cols = _state_arrays(self.state_fields, state, has, k, s)
         count = cols["count"]
         if self.ema:
             mean = np.where(has, cols["mean"], np.nan)
@@ -172,6 +169,22 @@ class SnapshotLayout:
                 *(pa.field(n, pa.float64()) for n in self.constant_columns),
             ]
         )
+
+
+def _state_arrays(
+    fields: tuple[str, ...], state: list[FloatArray], has: np.ndarray, k: int, s: int
+) -> dict[str, FloatArray]:
+    """Per state field a features x keys array: ``state`` (features x fields order, the
+    values of the keys with ``has``) in place, zeros elsewhere. Every key has a state in
+    the usual later micro-batch: then one stack per field, no masked writes."""
+    nf = len(fields)
+    if bool(has.all()):
+        return {f: np.vstack(state[i::nf]) if k else np.zeros((0, s)) for i, f in enumerate(fields)}
+    cols = {f: np.zeros((k, s)) for f in fields}
+    for j in range(k):
+        for i, f in enumerate(fields):
+            cols[f][j, has] = state[j * nf + i]
+    return cols
 
 
 @dataclass

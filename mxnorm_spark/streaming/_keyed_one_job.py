@@ -165,6 +165,12 @@ class SnapshotPartFiles:
 
         buffer = pa.BufferOutputStream()
         counts = [c for c in table.column_names if c not in self.floats]
-        pq.write_table(table, buffer, compression="snappy", use_dictionary=counts)
+        # Floats stored plain: snappy saves ~30% of their bytes but was half the CPU of
+        # writing and reading a part back (the next fold's read), and their statistics
+        # serve no filter (last_batch's do).
+        codecs = {c: "snappy" if c in counts else "none" for c in table.column_names}
+        pq.write_table(
+            table, buffer, compression=codecs, use_dictionary=counts, write_statistics=counts
+        )
         self.fs.mkdirs(self.directory)
         self.fs.write_atomic(self._path(self.directory), buffer.getvalue().to_pybytes())

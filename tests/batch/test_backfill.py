@@ -216,6 +216,36 @@ def test_backfill_history_constants_and_table_as_per_batch(opts: StateOptions) -
 
 @pytest.mark.spark
 @pytest.mark.parametrize("engine", ["sql", "arrow"])
+def test_partials_merged_in_spark_or_on_the_driver_alike(
+    spark: Any, engine: str, monkeypatch: Any
+) -> None:
+    """Few partials are collected and merged on the driver, many go through a shuffle by
+    value: both give the per-partition fold's bits and the same value column."""
+    from pyspark.sql import functions as F
+
+    from mxnorm_spark.batch import aggregate
+    from mxnorm_spark.engines import partials
+
+    df, _ = _frame(spark, 40)
+    df = df.withColumn("b", F.format_string("v%03d", "b"))  # a string batch column
+    cols = ["a", "bb", "c"]
+    old, _, _ = aggregate._moments_per_batch(
+        df, cols, None, engine=engine, shift=None, batch_col="b", allow_empty=False
+    )
+    tables = [aggregate.moments_table_by_batch(df, cols, "b", engine=engine)]
+    monkeypatch.setattr(partials, "DRIVER_MERGE_PARTIALS", 0)  # every partial through Spark
+    tables.append(aggregate.moments_table_by_batch(df, cols, "b", engine=engine))
+    for table in tables:
+        assert table.values.type == tables[0].values.type
+        assert table.values.to_pylist() == [b for b, _ in old]
+        np.testing.assert_array_equal(table.rows, tables[0].rows)
+        for i, (b, m) in enumerate(old):
+            for name in ("count", "shift", "delta", "m2"):
+                assert bits(getattr(table.moments(i), name)) == bits(getattr(m, name)), (b, name)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("engine", ["sql", "arrow"])
 def test_vector_batches_merged_in_spark(spark: Any, engine: str) -> None:
     from mxnorm_spark.batch import aggregate
     from mxnorm_spark.core.errors import FeatureMismatchError, InvalidValueError
