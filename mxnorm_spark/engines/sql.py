@@ -37,7 +37,6 @@ from mxnorm_spark.engines.columns import (
     sql_is_finite,
     sql_name,
     sql_values,
-    to_vector,
 )
 from mxnorm_spark.engines.constants import Constants, invalid_value_message, vector_length_message
 from mxnorm_spark.engines.partials import PartitionMoments, batch_key, pivot_frame
@@ -468,13 +467,25 @@ def normalize_vector(
         )
     null_row = _sql_raise(name, "a null") if check else "NULL"
     length = _sql_text(vector_length_message(name, dim))
-    out = F.expr(
-        f"CASE WHEN {arr} IS NULL THEN {null_row} WHEN size({arr}) != {dim} "
-        f"THEN raise_error({length}) ELSE {vals} END"
+    if spec.kind != "vector":
+        out = F.expr(
+            f"CASE WHEN {arr} IS NULL THEN {null_row} WHEN size({arr}) != {dim} "
+            f"THEN raise_error({length}) ELSE {vals} END"
+        )
+        return df.withColumn(output, out).drop(ARRAY_COL)
+    from pyspark.ml.functions import array_to_vector
+
+    # The vector is made in the last branch, not by wrapping the whole CASE in to_vector:
+    # that wrapper tests the CASE for null and then converts it, and Spark evaluated the
+    # transform twice per row (it does not share a subexpression one of whose uses is
+    # conditional; measured 4.4-5.9 s of CPU for 200k x 64 against MLlib's whole 3.6-4.5).
+    a = F.col(ARRAY_COL)
+    vector = (
+        F.when(a.isNull(), F.expr(null_row))
+        .when(F.size(a) != F.lit(dim), F.expr(f"raise_error({length})"))
+        .otherwise(array_to_vector(F.expr(vals)))
     )
-    if spec.kind == "vector":
-        out = to_vector(out)
-    return df.withColumn(output, out).drop(ARRAY_COL)
+    return df.withColumn(output, vector).drop(ARRAY_COL)
 
 
 def _sql_text(text: str) -> str:
