@@ -415,11 +415,20 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
     return Moments._owned(counts, pivot, delta, m2, counted=True)
 
 
-@functools.lru_cache(maxsize=128)
 def filled(n: int, value: float) -> FloatArray:
-    """``n`` copies of ``value``, read-only and shared: the per-feature constants of the
-    per-batch paths (a batch's row count, alpha, eps). numpy combines two arrays in about
-    half the time it takes to combine an array with a Python number, with the same bits."""
+    """``n`` copies of ``value``, read-only: the per-feature constants of the per-batch
+    paths (a batch's row count, alpha, eps). numpy combines two arrays in about half the
+    time it takes to combine an array with a Python number, with the same bits. Shared up
+    to 4096 values (the small batches where that time counts; the cache stays small)."""
+    return _filled(n, value) if n <= 4096 else _full(n, value)
+
+
+@functools.lru_cache(maxsize=128)
+def _filled(n: int, value: float) -> FloatArray:
+    return _full(n, value)
+
+
+def _full(n: int, value: float) -> FloatArray:
     arr = np.full(n, value, dtype=np.float64)
     arr.setflags(write=False)
     return arr
