@@ -10,7 +10,8 @@ is the article's class in plain numpy: ``m = x.mean(0); v = x.var(0)``, the EMA
 interleaved round by round (which goes first alternates), so a busy machine slows both
 alike. The ratio is pair by pair: repetition i of ours over repetition i of the seed,
 median (min-max) over the rounds; per-batch times are the min and median of the
-repetitions. ``--profile`` prints a cProfile of ours at each size instead.
+repetitions. ``--profile`` prints a cProfile of ours at each size instead;
+``--breakdown`` the CPU time per call of each step of both (bench/PROFILE.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import cProfile
 import gc
 import json
+import math
 import pstats
 import statistics
 import sys
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mxnorm_spark import Moments, MXNormState
+from mxnorm_spark.core.moments import as_float_matrix, finite_rows_moments
 
 SHAPES: tuple[tuple[int, int], ...] = ((64, 64), (256, 16), (4096, 64))
 TARGET = 1.3  # ours at most this many times the seed's time, at every size
@@ -186,11 +189,76 @@ def profile(shapes: Sequence[tuple[int, int]], top: int) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+def _per_call(stmt: Callable[[], Any], number: int, repeat: int = 7) -> float:
+    """The thread's CPU µs per call of ``stmt``, the least over ``repeat`` runs of
+    ``number`` calls (the least is the one a busy machine disturbed least)."""
+    best = math.inf
+    for _ in range(repeat):
+        c0 = time.thread_time()
+        for _ in range(number):
+            stmt()
+        best = min(best, time.thread_time() - c0)
+    return best / number * 1e6
+
+
+def breakdown(rows: int, cols: int, number: int = 2000) -> list[tuple[str, float]]:
+    """CPU µs per call of each step of one batch, ours and the seed's, on a state that
+    has seen five batches (the common case: every feature counted on both sides)."""
+    xs = batches(rows, cols, 8)
+    x = xs[6]
+    state = MXNormState.create([f"f{j}" for j in range(cols)], alpha=ALPHA, eps=EPS)
+    for b in xs[:6]:
+        state = state.update(Moments.from_array(b))
+    m = Moments.from_array(x)
+    after = state.update(m)
+    mu, var = state.mean.copy(), state.var.copy()
+    bm, bv = x.mean(0), x.var(0)
+
+    def fresh() -> MXNormState:
+        # ``after`` with nothing cached, as each new state of the loop starts.
+        s = object.__new__(MXNormState)
+        s.__dict__.update({k: v for k, v in after.__dict__.items() if not k.startswith("_")})
+        return s
+
+    def ema() -> Any:
+        return (1 - ALPHA) * mu + ALPHA * bm, (1 - ALPHA) * var + ALPHA * bv
+
+    def seed_batch() -> Any:
+        m_, v_ = x.mean(0), x.var(0)
+        mu_, var_ = (1 - ALPHA) * mu + ALPHA * m_, (1 - ALPHA) * var + ALPHA * v_
+        return (x - mu_) / np.sqrt(var_ + EPS)
+
+    def ours_batch() -> Any:
+        return state.update(Moments.from_array(x)).normalize(x)
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("ours: one batch (update(from_array(x)) + normalize)", ours_batch),
+        ("  Moments.from_array(x)", lambda: Moments.from_array(x)),
+        ("    as_float_matrix(x)", lambda: as_float_matrix(x)),
+        ("    np.isfinite(x).all()", lambda: np.isfinite(x).all()),
+        ("    finite_rows_moments(x)", lambda: finite_rows_moments(x)),
+        ("  state.update(moments)", lambda: state.update(m)),
+        ("  fresh state: normalize(x)", lambda: fresh().normalize(x)),
+        ("    fresh state: normalization_constants()", lambda: fresh().normalization_constants()),
+        ("    cached constants: normalize(x)", lambda: after.normalize(x)),
+        ("    (the object a fresh state costs)", fresh),
+        ("seed: one batch", seed_batch),
+        ("  x.mean(0)", lambda: x.mean(0)),
+        ("  x.var(0)", lambda: x.var(0)),
+        ("  the EMA (mu and var)", ema),
+        ("  (x - mu) / np.sqrt(var + eps)", lambda: (x - mu) / np.sqrt(var + EPS)),
+    ]
+    return [(label, _per_call(call, number)) for label, call in steps]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and batches")
     p.add_argument("--profile", action="store_true", help="cProfile ours instead of timing")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--breakdown", action="store_true", help="CPU µs per call of each step, ours and seed's"
+    )
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # SPEC RESULT (bench/run.py)
     args = p.parse_args(argv)
     if args.worker:
@@ -200,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile:
         profile(SHAPES, args.top)
+        return 0
+    if args.breakdown:
+        for rows, cols in SHAPES:
+            print(f"\n| {rows} x {cols}: step | CPU µs per call (least of 7) |\n|---|---:|")
+            number = max(20, 200_000 // (rows * cols))
+            for label, us in breakdown(rows, cols, number):
+                print(f"| {label} | {us:.2f} |")
         return 0
     print("\n".join(table(run(args.quick))))
     return 0

@@ -18,9 +18,10 @@ et al. parallel update. The public ``mean`` is ``shift + delta``.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,6 +32,23 @@ import numpy.typing as npt
 from mxnorm_spark.core.errors import FeatureMismatchError, NonNumericError, ShapeError
 
 FloatArray = npt.NDArray[np.float64]
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _c_einsum() -> Callable[..., Any]:
+    """The C function ``np.einsum`` hands its operands to when ``optimize`` is off (the
+    default): the same sums, without the ~1 µs of its Python wrapper per call."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            found: Callable[..., Any] = importlib.import_module(module).c_einsum
+        except (ImportError, AttributeError):
+            continue
+        return found
+    return np.einsum
+
+
+_einsum = _c_einsum()
 
 
 def _frozen(values: Any, name: str, n: int | None = None) -> FloatArray:
@@ -47,6 +65,8 @@ def as_float_matrix(x: Any, name: str = "x") -> FloatArray:
     Accepts every real numeric dtype (bool excluded), and object arrays of ints, floats,
     ``Decimal`` or ``None`` (read as NaN, i.e. invalid).
     """
+    if type(x) is np.ndarray and x.dtype is _FLOAT64 and x.ndim == 2:
+        return x  # the common batch, as is (what the general path returns for it)
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise ShapeError(
@@ -122,7 +142,7 @@ class Moments:
             given = None if shift is None else _shift_of(shift, arr.shape[1])
             # Every value valid (the common batch): the same two-pass with no masks.
             if arr.size < _CHECK_AFTER:
-                if np.isfinite(arr).all():
+                if np.logical_and.reduce(np.isfinite(arr), axis=None):
                     return finite_rows_moments(arr, given)
             else:
                 # A large batch is checked after, one pass fewer: a NaN or inf anywhere in
@@ -169,15 +189,22 @@ class Moments:
 
     @classmethod
     def _owned(
-        cls, count: FloatArray, shift: FloatArray, delta: FloatArray, m2: FloatArray
+        cls,
+        count: FloatArray,
+        shift: FloatArray,
+        delta: FloatArray,
+        m2: FloatArray,
+        counted: bool | None = None,
     ) -> Moments:
-        """A Moments over 1-D float64 arrays of equal length that nothing else writes to
-        (fresh results, or fields of another Moments): frozen in place, not copied or
-        checked. The constructor of the per-batch hot paths."""
-        for arr in (count, shift, delta, m2):
-            arr.setflags(write=False)
+        """A Moments over read-only 1-D float64 arrays of equal length that nothing else
+        writes to (fresh results the caller froze, or fields of another Moments): not
+        copied or checked. The constructor of the per-batch hot paths; ``counted`` is
+        :func:`all_counted` of the result when the caller knows it."""
         m = object.__new__(cls)
-        m.__dict__.update(count=count, shift=shift, delta=delta, m2=m2)
+        fields = m.__dict__
+        fields.update(count=count, shift=shift, delta=delta, m2=m2)
+        if counted is not None:
+            fields["_all_counted"] = counted
         return m
 
     # ---- algebra ------------------------------------------------------------------
@@ -334,11 +361,11 @@ def column_squares(x: FloatArray) -> FloatArray:
     rows, k = x.shape
     full = rows - rows % _BLOCK
     if not full:
-        out: FloatArray = np.einsum("ij,ij->j", x, x)
+        out: FloatArray = _einsum("ij,ij->j", x, x)
         return out
     blocks = x[:full].reshape(-1, _BLOCK, k)
-    head: FloatArray = np.add.reduce(np.einsum("bij,bij->bj", blocks, blocks), axis=0)
-    return head + np.einsum("ij,ij->j", x[full:], x[full:]) if full < rows else head
+    head: FloatArray = np.add.reduce(_einsum("bij,bij->bj", blocks, blocks), axis=0)
+    return head + _einsum("ij,ij->j", x[full:], x[full:]) if full < rows else head
 
 
 def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Moments:
@@ -351,40 +378,65 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
     the residual sum; that term is of the order of ``eps**2 * (delta / std)**2`` of the
     variance, below its last bit unless the pivot lies ~1e8 standard deviations away.)
 
-    Few features or few rows: on a transposed copy, each feature's values contiguous. Many
-    of both: read row-major with no copy, summed down the columns in blocks (a transposed
-    copy costs more than the sums there). Measured on 2 cores, each layout is the faster
-    one where it is used. The layout depends on the shape only, and the numpy API and
-    the arrow engine's kernel both run this function, so one batch of valid values gets
-    the same bits from either.
+    More rows than twice the features, fewer than 64 features (and, from 33 of them, at
+    most 256 rows): on a transposed copy, each feature's values contiguous. Otherwise
+    read row-major with no copy, summed down the columns in blocks (there the transposed
+    copy, or its per-feature sums, cost more than the sums down the columns). Measured
+    on 2 cores in a loop over fresh batches, each layout is the faster one where it is
+    used (bench/PROFILE.md). The layout depends on the shape only, and the numpy API
+    and the arrow engine's kernel both run this function, so one batch of valid values
+    gets the same bits from either.
     """
     rows, k = x.shape
+    counts = _counts(k, rows)
     pivot = x[0].copy()
     if shift is not None:
         pivot = np.where(np.isfinite(shift), shift, pivot)
-    if k <= 32 or (k <= 64 and rows <= 256):
+    if rows > 2 * k and (k <= 32 or (k < 64 and rows <= 256)):
         cols = np.subtract(x.T, pivot[:, None], order="C")  # features x rows, ours
-        delta = np.add.reduce(cols, axis=1) / rows
+        delta = np.add.reduce(cols, axis=1) / counts
         cols -= delta[:, None]
-        m2 = np.einsum("ij,ij->i", cols, cols)
+        m2 = _einsum("ij,ij->i", cols, cols)
     else:
         # C-ordered whatever the layout of ``x``: the sums below, hence the bits, do not
         # depend on it.
         r = np.subtract(x, pivot, order="C")
-        delta = column_sums(r) / rows
-        r -= delta
-        m2 = column_squares(r)
-    m = Moments._owned(_counts(k, rows), pivot, delta, m2)
-    m.__dict__["_all_counted"] = True
-    return m
+        if rows < _BLOCK:  # column_sums and column_squares of one partial block, inline
+            delta = np.add.reduce(r, axis=0) / counts
+            r -= delta
+            m2 = _einsum("ij,ij->j", r, r)
+        else:
+            delta = column_sums(r) / counts
+            r -= delta
+            m2 = column_squares(r)
+    pivot.setflags(write=False)
+    delta.setflags(write=False)
+    m2.setflags(write=False)
+    return Moments._owned(counts, pivot, delta, m2, counted=True)
 
 
-@functools.lru_cache(maxsize=64)
+def filled(n: int, value: float) -> FloatArray:
+    """``n`` copies of ``value``, read-only: the per-feature constants of the per-batch
+    paths (a batch's row count, alpha, eps). numpy combines two arrays in about half the
+    time it takes to combine an array with a Python number, with the same bits. Shared up
+    to 4096 values (the small batches where that time counts; the cache stays small)."""
+    return _filled(n, value) if n <= 4096 else _full(n, value)
+
+
+@functools.lru_cache(maxsize=128)
+def _filled(n: int, value: float) -> FloatArray:
+    return _full(n, value)
+
+
+def _full(n: int, value: float) -> FloatArray:
+    arr = np.full(n, value, dtype=np.float64)
+    arr.setflags(write=False)
+    return arr
+
+
 def _counts(k: int, rows: int) -> FloatArray:
     """``rows`` for each of ``k`` features, read-only: shared by the batches of one shape."""
-    counts = np.full(k, float(rows))
-    counts.setflags(write=False)
-    return counts
+    return filled(k, float(rows))
 
 
 def _shift_of(shift: Any, k: int) -> FloatArray:

@@ -18,9 +18,10 @@ from mxnorm_spark.core.moments import finite_rows_moments
 from mxnorm_spark.core.state import StateOptions, scale_of, update_lanes
 
 FIELDS = ("count", "shift", "delta", "m2")
-# Both layouts of finite_rows_moments (columns: k <= 32 or k <= 64 with rows <= 256;
-# row-major blocks otherwise), block edges (128) and one-row / one-feature batches.
-SHAPES = [(1, 5), (64, 64), (256, 16), (129, 1), (300, 80), (1000, 40), (257, 65)]
+# Both layouts of finite_rows_moments (columns: more rows than 2 k, and k <= 32 or
+# k < 64 with rows <= 256; row-major blocks otherwise), block edges (128) and one-row /
+# one-feature batches.
+SHAPES = [(1, 5), (64, 64), (256, 16), (129, 1), (200, 48), (300, 80), (1000, 40), (257, 65)]
 
 
 def bits(m: Moments) -> dict[str, bytes]:
