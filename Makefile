@@ -6,7 +6,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test test-fast test-connect test-chaos lint docs setup setup-run bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
+.PHONY: run test test-fast test-connect test-chaos chaos-stage lint docs setup setup-run bench bench-full bench-serving bench-backfill seed-claim cluster-up clean
 
 # The test and dev tools (pytest, ruff, mypy, ... ~1.6 GB) for `make test` and the benchmarks.
 setup:
@@ -36,13 +36,13 @@ feast-demo: setup
 test: setup lint docs
 	@log=$$(mktemp); \
 	MXNORM_CONNECT=1 $(PY) -m pytest -q -p no:cacheprovider tests/connect >"$$log" 2>&1 & cpid=$$!; \
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q --durations=15; rc=$$?; \
 	wait $$cpid; crc=$$?; \
 	echo "---- Spark Connect tests (MXNORM_CONNECT=1 pytest tests/connect), exit $$crc"; \
 	cat "$$log"; rm -f "$$log"; \
 	[ $$rc -eq 0 ] && [ $$crc -eq 0 ]
 	@echo "---- the heavy fault tests (make test-chaos)"
-	@$(MAKE) --no-print-directory test-chaos
+	@$(MAKE) --no-print-directory chaos-stage
 
 # The JVM-free tests (the numpy core, the store on local disk and moto, serving, the report,
 # the architecture and import rules, and their doctests): seconds, no Spark session.
@@ -65,7 +65,10 @@ test-connect: setup
 CHAOS_HEAVY := tests/chaos/test_executor_kills.py tests/chaos/test_connect_kill.py \
 	tests/chaos/test_racing.py
 CHAOS_LIMIT ?= 3000
-test-chaos: setup
+test-chaos: setup chaos-stage
+
+# The stage itself, without the set-up `make test` has already done.
+chaos-stage:
 	@MXNORM_CHAOS=1 timeout --signal=INT --kill-after=120 $(CHAOS_LIMIT) \
 		$(PY) -m pytest -q -p no:cacheprovider -o faulthandler_timeout=1200 \
 		--durations=0 --durations-min=5 $(CHAOS_HEAVY); rc=$$?; \
