@@ -3,7 +3,9 @@ that folds batches, with the state after the newest of them, and again on a repl
 
 Oracles: the watermark rule worked out here from the days alone (which micro-batch folds
 which days), the DESIGN.md reference loop over the folded days (within 1e-12) and the
-committed version of the batch id the hook is given (the same bits).
+committed version of the batch id the hook is given (the same bits). Reading a keyed
+event-time state directory: every key's state against a fold of its exact partials, and
+export-keys refused by name.
 """
 
 from __future__ import annotations
@@ -108,3 +110,42 @@ def test_on_commit_gets_the_newest_folded_state_once_per_folding_version(
         assert state.batches_seen == day + 1  # one fold per day, days 0 ..
     assert final is not None and again is not None
     assert final.to_json() == again.to_json() == calls[-1][1].to_json()
+
+
+# ---- reading a keyed event-time state directory ------------------------------------------------
+@pytest.mark.spark
+def test_key_states_are_read_from_the_directory_and_export_keys_refuses_it(
+    spark: Any, tmp_path: Path
+) -> None:
+    from mxnorm_spark.core.errors import InvalidParameterError, StateConflictError
+    from mxnorm_spark.core.open_batches import exact_partials
+    from mxnorm_spark.streaming.keyed import KeyOptions, export_latest
+    from mxnorm_spark.streaming.keyed_events import read_key_states
+    from mxnorm_spark.streaming.updater import MXNormStream
+
+    state_dir = str(tmp_path / "state")
+    stream = MXNormStream(
+        spark, state_dir, cols=COLS, output=str(tmp_path / "out"), apply_at="before",
+        options=StateOptions(alpha=ALPHA), progress=None,
+        event_time=EventTime(batch_col="day"), keys=KeyOptions(("sensor",)),
+    )  # fmt: skip
+    first = frames()[0]  # days 0 and 1: day 0 folds
+    stream.foreach_batch(spark.createDataFrame(first), 0)
+    got = read_key_states(state_dir)
+    assert {k: s.to_json() for k, s in got.items()} == {
+        k: s.to_json() for k, s in read_key_states(stream).items()
+    }
+    want = {}  # each key's day-0 rows folded once, from their exact partials
+    for (sensor,), group in first[first["day"] == 0].groupby(["sensor"]):
+        x = group[COLS].to_numpy(dtype=np.float64)
+        part = exact_partials(x, np.zeros(len(x), dtype=int), 1)[0]
+        fresh = MXNormState.create(COLS, options=StateOptions(alpha=ALPHA))
+        want[(sensor,)] = fresh.update(part.moments()).to_json()
+    assert {k: s.to_json() for k, s in got.items()} == want
+    with pytest.raises(InvalidParameterError, match=r"keyed event-time stream.*read_key_states"):
+        export_latest(spark, state_dir, str(tmp_path / "export"))
+    plain = MXNormStream(spark, str(tmp_path / "plain"), cols=COLS, output=str(tmp_path / "o2"),
+                         progress=None)  # fmt: skip
+    plain.foreach_batch(spark.createDataFrame(first[COLS]), 0)
+    with pytest.raises(StateConflictError, match="not one of a keyed event-time stream"):
+        read_key_states(str(tmp_path / "plain"))
