@@ -356,7 +356,9 @@ def add_export_keys_parser(subparsers: Any) -> None:
         description=(
             "Read a keyed model directory (what fit --key-cols writes, or a saved\n"
             "MXNorm(keyCols=...) model), or the state directory of a keyed stream\n"
-            "(stream --key-cols: its newest committed micro-batch), and\n"
+            "(stream --key-cols: its newest committed micro-batch; not one with\n"
+            "--batch-col or --event-time, whose per-key states\n"
+            "mxnorm_spark.streaming.keyed_events.read_key_states reads), and\n"
             "write its serving export to OUT_DIR: keys.parquet (each key's constants per\n"
             "feature),\n"
             "global.json (the global state, the fallback) and keyed.json (written last).\n"

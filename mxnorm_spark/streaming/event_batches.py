@@ -19,6 +19,11 @@ the same bits as the Spark path (tested across both).
 
 A replayed micro-batch (its version committed) computes no partials: its section says which
 batch values it held and which state each gets, so it rewrites the same output.
+
+:func:`run_micro_batch` is the micro-batch of every event-time stream, global or keyed: the
+replay check, the commit, the fault points, the ``on_commit`` hook and the report. What a
+kind of stream computes, commits beside the section and writes is its :class:`EventSteps`
+(the keyed one: :mod:`~mxnorm_spark.streaming.keyed_events`).
 """
 
 from __future__ import annotations
@@ -49,16 +54,16 @@ if TYPE_CHECKING:
 
 __all__ = ["EventTimeBatches", "check_event_time", "close_open_batches", "run_micro_batch"]
 
-_B, _T, _G = "__mx_b", "__mx_t", "__mx_g"
+_B, _T, _G, _K = "__mx_b", "__mx_t", "__mx_g", "__mx_k"
+# Batch value -> (exact partial, largest event time or None) of a micro-batch.
+Parts = dict[Any, tuple[OpenBatch, int | None]]
 # Rows the kernel gathers before one exact_partials call (its integer conversion is per call).
 _KERNEL_ROWS = 1 << 18
 _BATCH_TYPES = ("byte", "short", "integer", "long", "float", "double", "decimal", "string",
                 "date", "timestamp", "timestamp_ntz", "boolean")  # fmt: skip
 
 
-def check_event_time(
-    *, cols: Any, apply_at: str, handle_invalid: str, input_col: Any
-) -> None:
+def check_event_time(*, cols: Any, apply_at: str, handle_invalid: str, input_col: Any) -> None:
     """The stream settings an event-time stream supports, or a named error."""
     if cols is None or input_col is not None:
         raise InvalidParameterError(
@@ -122,20 +127,49 @@ class EventTimeBatches:
             )
         return section, before
 
+    def replayed(self, batch_id: int) -> EventSection:
+        """The committed section of a replayed micro-batch (one before the close only)."""
+        section = self.section(batch_id)
+        assert section is not None
+        if section.closed:
+            raise StateConflictError(
+                f"state directory {self.store.path} was closed at the end of input at "
+                f"version {batch_id}: it takes no more micro-batches. Start a new state "
+                "directory warm-started from it (initial state option)"
+            )
+        return section
+
     # ---- one micro-batch -------------------------------------------------------------
-    def partials(self, payload: DataFrame) -> dict[Any, tuple[OpenBatch, int | None]]:
+    def partials(self, payload: DataFrame) -> Parts:
         """Batch value -> (exact partial, largest event time or None) of the micro-batch."""
+        found: Parts = {}
+        for _, value, part, t_max in self.group_partials(payload):
+            merge_part(found, value, part, t_max)
+        return found
+
+    def group_partials(
+        self, payload: DataFrame, key_cols: tuple[str, ...] = ()
+    ) -> Iterator[tuple[tuple[Any, ...], Any, OpenBatch, int | None]]:
+        """(key, batch value, exact partial, largest event time) of the micro-batch's rows
+        per key (the values of ``key_cols``) and batch value, from one ``mapInArrow`` job:
+        a pair may come once per partition (partials merge exactly in any order). A NaN
+        batch value is no batch value (None)."""
         from pyspark.sql import types as T
 
+        from mxnorm_spark.engines.columns import quote
+        from mxnorm_spark.engines.workers import map_in_arrow
+
         b, t = self.value_columns(payload)
-        k = len(self.cols)
+        n_keys, k = len(key_cols), len(self.cols)
         selected = payload.select(
+            *(quote(c).alias(f"{_K}{i}") for i, c in enumerate(key_cols)),
             b.alias(_B),
             t.alias(_T),
             *[payload[c].cast("double").alias(f"x{j}") for j, c in enumerate(self.cols)],
         )
         schema = T.StructType(
             [
+                *(selected.schema[f"{_K}{i}"] for i in range(n_keys)),
                 T.StructField("b", selected.schema[_B].dataType),
                 T.StructField("t", T.LongType()),
                 T.StructField("rows", T.LongType()),
@@ -144,8 +178,8 @@ class EventTimeBatches:
                 T.StructField("sum2", T.ArrayType(T.StringType())),
             ]
         )
-        found: dict[Any, tuple[OpenBatch, int | None]] = {}
-        for row in selected.mapInArrow(partial(_partials_kernel, k=k), schema).collect():
+        kernel = partial(_partials_kernel, n_keys=n_keys, k=k)
+        for row in map_in_arrow(selected, kernel, schema).collect():
             part = OpenBatch(
                 int(row["rows"]),
                 tuple(int(v) for v in row["count"]),
@@ -153,13 +187,7 @@ class EventTimeBatches:
                 tuple(int(v, 16) for v in row["sum2"]),
             )
             t_max = None if row["t"] is None else int(row["t"])
-            value = row["b"]
-            if value in found:
-                old, old_t = found[value]
-                part = old.merge(part)
-                t_max = old_t if t_max is None else (t_max if old_t is None else max(t_max, old_t))
-            found[value] = (part, t_max)
-        return found
+            yield tuple(row[i] for i in range(n_keys)), row["b"], part, t_max
 
     def value_columns(self, df: DataFrame) -> tuple[Column, Column]:
         """The batch value and (windows) the event time in microseconds, as columns."""
@@ -191,7 +219,7 @@ class EventTimeBatches:
         batch_id: int,
         prev: EventSection,
         state: MXNormState,
-        parts: dict[Any, tuple[OpenBatch, int | None]],
+        parts: Parts,
         spark: Any,
         *,
         close_all: bool = False,
@@ -300,33 +328,49 @@ def _cases(cases: list[tuple[list[Any], Column]]) -> Column:
     return F.lit(None) if expr is None else expr
 
 
-def _partials_kernel(batches: Iterator[pa.RecordBatch], k: int) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: one row per batch value of the partition, its exact partial."""
+def merge_part(found: Parts, value: Any, part: OpenBatch, t_max: int | None) -> None:
+    """Add a partial of batch value ``value`` (and its largest event time) to ``found``."""
+    if value in found:
+        old, old_t = found[value]
+        part = old.merge(part)
+        t_max = old_t if t_max is None else (t_max if old_t is None else max(t_max, old_t))
+    found[value] = (part, t_max)
+
+
+def _partials_kernel(
+    batches: Iterator[pa.RecordBatch], n_keys: int, k: int
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: one row per (key, batch value) of the partition, its exact partial."""
     import pyarrow as pa
 
-    found: dict[Any, tuple[OpenBatch, int | None]] = {}
+    found: Parts = {}  # (key..., batch value) -> partial, largest event time
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
-    b_type = None
+    schema = None
     for rb in batches:
         if rb.num_rows == 0:
             continue
-        b_type = rb.schema.field(_B).type
+        schema = rb.schema
         pending.append(rb)
         pending_rows += rb.num_rows
         if pending_rows >= _KERNEL_ROWS:
-            _add_chunk(found, pa.Table.from_batches(pending), k)
+            _add_chunk(found, pa.Table.from_batches(pending), n_keys, k)
             pending, pending_rows = [], 0
     if pending:
-        _add_chunk(found, pa.Table.from_batches(pending), k)
-    if not found or b_type is None:
+        _add_chunk(found, pa.Table.from_batches(pending), n_keys, k)
+    if not found or schema is None:
         return
-    values = list(found)
-    parts = [found[v][0] for v in values]
+    groups = list(found)
+    parts = [found[g][0] for g in groups]
+    keys = {
+        f"{_K}{i}": pa.array([g[i] for g in groups], schema.field(f"{_K}{i}").type)
+        for i in range(n_keys)
+    }
     yield pa.RecordBatch.from_pydict(
         {
-            "b": pa.array(values, b_type),
-            "t": pa.array([found[v][1] for v in values], pa.int64()),
+            **keys,
+            "b": pa.array([g[n_keys] for g in groups], schema.field(_B).type),
+            "t": pa.array([found[g][1] for g in groups], pa.int64()),
             "rows": pa.array([p.rows for p in parts], pa.int64()),
             "count": pa.array([list(p.count) for p in parts], pa.list_(pa.int64())),
             "sum1": pa.array([[hex(s) for s in p.sum1] for p in parts], pa.list_(pa.string())),
@@ -335,34 +379,43 @@ def _partials_kernel(batches: Iterator[pa.RecordBatch], k: int) -> Iterator[pa.R
     )
 
 
-def _add_chunk(found: dict[Any, tuple[OpenBatch, int | None]], table: pa.Table, k: int) -> None:
+def _add_chunk(found: Parts, table: pa.Table, n_keys: int, k: int) -> None:
+    """Merge into ``found`` the exact partial of each (key..., batch value) of ``table``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    encoded = pc.dictionary_encode(table.column(_B).combine_chunks(), null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    values = encoded.dictionary.to_pylist()
+    by = [f"{_K}{i}" for i in range(n_keys)] + [_B]
+    encoded = [
+        pc.dictionary_encode(table.column(name).combine_chunks(), null_encoding="encode")
+        for name in by
+    ]
+    if n_keys == 0:  # the batch value's codes are the groups
+        group = encoded[0].indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        groups = [(v,) for v in encoded[0].dictionary.to_pylist()]
+    else:
+        codes = np.empty((table.num_rows, len(by)), dtype=np.int64)
+        for i, e in enumerate(encoded):
+            codes[:, i] = e.indices.to_numpy(zero_copy_only=False)
+        _, first, group = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+        columns = [table.column(name).take(pa.array(first)).to_pylist() for name in by]
+        groups = list(zip(*columns, strict=True))
     x = np.empty((table.num_rows, k), order="F")  # a feature's values side by side
     for j in range(k):
         col = pc.fill_null(table.column(f"x{j}").combine_chunks(), float("nan"))
         x[:, j] = col.to_numpy(zero_copy_only=False)
-    parts = exact_partials(x, codes, len(values))
+    parts = exact_partials(x, group, len(groups))
     t_col = table.column(_T)
-    t_max: list[int | None] = [None] * len(values)
+    t_max: list[int | None] = [None] * len(groups)
     if t_col.null_count < table.num_rows:
         t = pc.fill_null(t_col.combine_chunks(), pa.scalar(np.iinfo(np.int64).min, pa.int64()))
-        tm = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(tm, codes, t.to_numpy(zero_copy_only=False))
+        tm = np.full(len(groups), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(tm, group, t.to_numpy(zero_copy_only=False))
         t_max = [int(v) for v in tm]
-    for g, found_value in enumerate(values):
-        nan = isinstance(found_value, float) and np.isnan(found_value)
-        value = None if nan else found_value  # a NaN batch value is no batch value
-        part, t = parts[g], t_max[g]
-        if value in found:
-            old, old_t = found[value]
-            part = old.merge(part)
-            t = old_t if t is None else (t if old_t is None else max(t, old_t))
-        found[value] = (part, t)
+    for g, key in enumerate(groups):
+        value = key[-1]
+        nan = isinstance(value, float) and np.isnan(value)  # a NaN batch value is no batch value
+        merge_part(found, (*key[:-1], None) if nan else key, parts[g], t_max[g])
 
 
 def report_facts(section: EventSection) -> dict[str, Any]:
@@ -417,20 +470,18 @@ def collect_small_batch(
     return table.append_column(_T, pa.nulls(table.num_rows, pa.int64()))
 
 
-def small_partials(
-    table: pa.Table, cols: tuple[str, ...]
-) -> dict[Any, tuple[OpenBatch, int | None]]:
+def small_partials(table: pa.Table, cols: tuple[str, ...]) -> Parts:
     """:meth:`EventTimeBatches.partials` of a micro-batch collected to the driver."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    found: dict[Any, tuple[OpenBatch, int | None]] = {}
+    found: Parts = {}
     if table.num_rows:
         columns = {_B: table.column(_B), _T: table.column(_T).cast(pa.int64())}
         for j, c in enumerate(cols):
             columns[f"x{j}"] = pc.cast(table.column(c), pa.float64(), safe=False)
-        _add_chunk(found, pa.table(columns), len(cols))
-    return found
+        _add_chunk(found, pa.table(columns), 0, len(cols))
+    return {value: part for (value,), part in found.items()}
 
 
 def normalize_small(
@@ -455,8 +506,9 @@ def normalize_small(
         folded, state = section.state_for(events.spec, value, base)
         groups.setdefault(folded, (state, []))[1].append(value)
     masks = {
-        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False)
-        .to_numpy(zero_copy_only=False)
+        folded: pc.fill_null(pc.is_in(b, value_set=pa.array(values, b.type)), False).to_numpy(
+            zero_copy_only=False
+        )
         for folded, (_, values) in groups.items()
     }
     out = table.drop_columns([_B, _T])
@@ -488,8 +540,62 @@ def normalize_small(
     return out
 
 
-def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) -> None:
-    """:meth:`MXNormStream.foreach_batch` of an event-time stream (see the module text)."""
+class EventSteps:
+    """What one kind of event-time stream does within :func:`run_micro_batch` and
+    :func:`close_open_batches`: one instance per micro-batch (``payload``: its rows, None
+    for the close). This one is the global stream's."""
+
+    def __init__(self, stream: MXNormStream, batch_id: int, payload: DataFrame | None) -> None:
+        assert stream.events is not None
+        self.stream, self.events = stream, stream.events
+        self.batch_id, self.payload = batch_id, payload
+        self.small: pa.Table | None = None  # the micro-batch read to the driver
+
+    def partials(self, prev: EventSection) -> Parts:
+        """The exact partials of a new micro-batch (``prev``: the section it starts from)."""
+        assert self.payload is not None
+        self.small = collect_small_batch(self.stream, self.payload, prev.rows)
+        if self.small is not None:
+            return small_partials(self.small, self.events.cols)
+        return self.events.partials(self.payload)
+
+    def extra(self, section: EventSection) -> dict[str, Any]:
+        """More members of the committed section, given the new one (closed: the close)."""
+        return {}
+
+    def replay(self, section: EventSection) -> None:
+        """Ready the write of a replayed micro-batch from its committed ``section``."""
+        assert self.payload is not None
+        self.small = collect_small_batch(self.stream, self.payload, section.rows)
+
+    def write(self, section: EventSection, base: MXNormState) -> str | None:
+        """Normalize and publish the rows of a micro-batch with batch values; its directory
+        (None when the output is a sink)."""
+        stream, payload = self.stream, self.payload
+        assert payload is not None and stream.cols is not None
+        outputs = tuple(stream.output.cols or stream.cols)
+        if self.small is not None and stream._directories is not None:
+            table = normalize_small(self.small, self.events, section, base, outputs)
+            codec = stream._driver.codec or "snappy"
+            return stream._directories.publish_table(
+                table, self.batch_id, codec, payload.sparkSession
+            )
+        return stream._publish(
+            self.events.normalize(payload, section, base, outputs), self.batch_id
+        )
+
+
+def run_micro_batch(
+    stream: MXNormStream,
+    batch_df: DataFrame,
+    batch_id: int,
+    steps: type[EventSteps] = EventSteps,
+) -> None:
+    """:meth:`MXNormStream.foreach_batch` of an event-time stream (see the module text).
+
+    ``on_commit(batch_id, state)`` runs after the output is written when the version folded
+    one or more batches, with the state after the newest of them (the version's state),
+    and again when Spark replays that micro-batch."""
     from pyspark import StorageLevel
 
     from mxnorm_spark.streaming._reads import rereads_same_rows
@@ -509,35 +615,20 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
         internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
         if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
             stream._count_and_check(spark, data, batch_id, None)
-        payload = data.drop(*internal) if internal else data
+        step = steps(stream, batch_id, data.drop(*internal) if internal else data)
         if committed is None:
             prev, before = events.previous(batch_id, base)
-            small = collect_small_batch(stream, payload, prev.rows)
-            if small is not None:
-                parts = small_partials(small, events.cols)
-            else:
-                parts = events.partials(payload)
-            section, new = events.fold_and_commit(batch_id, prev, before, parts, spark)
+            parts = step.partials(prev)
+            section, new = events.fold_and_commit(
+                batch_id, prev, before, parts, spark, extra=step.extra
+            )
         else:
-            found = events.section(batch_id)
-            assert found is not None
-            if found.closed:
-                raise StateConflictError(
-                    f"state directory {stream.store.path} was closed at the end of input at "
-                    f"version {batch_id}: it takes no more micro-batches. Start a new state "
-                    "directory warm-started from it (initial state option)"
-                )
-            small = collect_small_batch(stream, payload, found.rows)
-            section, new, before = found, committed, committed
-        out_dir = None
-        outputs = tuple(stream.output.cols or stream.cols)
-        if section.values and small is not None and stream._directories is not None:
-            table = normalize_small(small, events, section, base, outputs)
-            codec = stream._driver.codec or "snappy"
-            out_dir = stream._directories.publish_table(table, batch_id, codec, spark)
-        elif section.values:
-            out_dir = stream._publish(events.normalize(payload, section, base, outputs), batch_id)
+            section = events.replayed(batch_id)
+            new = before = committed
+            step.replay(section)
+        out_dir = step.write(section, base) if section.values else None
         fault("after_write", batch_id, spark)
+        _on_commit(stream, batch_id, section, new)
     finally:
         if keep:
             data.unpersist()
@@ -553,9 +644,12 @@ def run_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) ->
     )
 
 
-def close_open_batches(stream: MXNormStream) -> MXNormState | None:
+def close_open_batches(
+    stream: MXNormStream, steps: type[EventSteps] = EventSteps
+) -> MXNormState | None:
     """Fold every open batch (the end of input) and commit the result as the next version,
-    which closes the state directory; None when it holds no version yet."""
+    which closes the state directory; None when it holds no version yet. ``on_commit`` runs
+    as after a micro-batch, and again for a directory closed already (as for a replay)."""
     events = stream.events
     if events is None:
         raise InvalidParameterError("only an event-time stream has open batches to close")
@@ -565,7 +659,21 @@ def close_open_batches(stream: MXNormStream) -> MXNormState | None:
     section = events.section(latest)
     state = stream.store.get(latest)
     assert section is not None and state is not None
-    if section.closed:
-        return state
-    _, new = events.fold_and_commit(latest + 1, section, state, {}, None, close_all=True)
-    return new
+    if not section.closed:
+        batch_id, prev = latest + 1, section
+        extra = steps(stream, batch_id, None).extra
+        section, state = events.fold_and_commit(
+            batch_id, prev, state, {}, None, close_all=True, extra=extra
+        )
+        latest = batch_id
+    _on_commit(stream, latest, section, state)
+    return state
+
+
+def _on_commit(
+    stream: MXNormStream, batch_id: int, section: EventSection, state: MXNormState
+) -> None:
+    """The stream's ``on_commit`` hook, for a version that folded a batch (the state
+    changed): a hook that writes idempotently sees every folded state at least once."""
+    if stream.on_commit is not None and section.folded:
+        stream.on_commit(batch_id, state)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from mxnorm_spark.core.choices import KEYED_STREAM_TYPE, KEYS_DIR
 from mxnorm_spark.core.errors import CorruptStateError, InvalidParameterError, StateConflictError
+from mxnorm_spark.core.event_time import SECTION as EVENT_TIME_SECTION
 from mxnorm_spark.core.state import MXNormState, StateOptions
 from mxnorm_spark.engines.workers import map_in_arrow
 from mxnorm_spark.keyed.kernel import FIELDS, feature_columns, filled
@@ -536,6 +537,15 @@ def export_latest(
     base = local_path(state_dir) if isinstance(fs, LocalFileSystem) else state_dir
     root = fs.join(base, KEYS_DIR)
     meta = _read_metadata(fs, fs.join(root, _META))
+    if committed is not None and store.section(committed, EVENT_TIME_SECTION) is not None:
+        raise InvalidParameterError(
+            f"{state_dir} is the state directory of a keyed event-time stream (--key-cols with "
+            "--batch-col or --event-time): its per-key states are inside each committed "
+            "version (section event_time, member keys), not in per-key snapshots, and "
+            "export-keys does not read them. Read them with "
+            "mxnorm_spark.streaming.keyed_events.read_key_states(STATE_DIR), or export a "
+            "keyed backfill of the same rows (fit --key-cols --batch-col, then export-keys)"
+        )
     _check_exportable(meta, committed, state_dir)
     assert meta is not None and committed is not None
     ids = [

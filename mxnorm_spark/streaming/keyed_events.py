@@ -26,26 +26,26 @@ its (key, batch value) pairs, whose constants the committed section gives.
 
 from __future__ import annotations
 
-import time
-from functools import partial
+import os
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from mxnorm_spark.core.errors import InvalidParameterError, StateConflictError
 from mxnorm_spark.core.event_time import SECTION, EventSection
-from mxnorm_spark.core.open_batches import OpenBatch, exact_partials
+from mxnorm_spark.core.open_batches import OpenBatch
 from mxnorm_spark.core.state import MXNormState
 from mxnorm_spark.keyed.event_time import KEYS_MEMBER, KeyedEvents, key_constants
-from mxnorm_spark.streaming.event_batches import report_facts
-from mxnorm_spark.streaming.progress import fault
+from mxnorm_spark.streaming.event_batches import (
+    EventSteps,
+    Parts,
+    close_open_batches,
+    merge_part,
+    run_micro_batch,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    import pyarrow as pa
     from pyspark.sql import DataFrame
 
+    from mxnorm_spark.store import StateStore
     from mxnorm_spark.streaming.updater import MXNormStream
 
 __all__ = [
@@ -55,10 +55,8 @@ __all__ = [
     "run_keyed_micro_batch",
 ]
 
-_B, _T = "__mx_b", "__mx_t"
-_KERNEL_ROWS = 1 << 18
+_B = "__mx_b"
 KeyParts = dict[tuple[Any, ...], dict[Any, OpenBatch]]
-GlobalParts = dict[Any, tuple[OpenBatch, int | None]]
 
 
 def check_keyed_event_time(key_cols: tuple[str, ...], evict_after: int | None, spec: Any) -> None:
@@ -81,261 +79,126 @@ def _fresh(stream: MXNormStream) -> MXNormState:
 
 def _keyed(stream: MXNormStream, batch_id: int) -> KeyedEvents:
     """The per-key part committed with version ``batch_id`` (empty before the first)."""
+    return _keyed_of(stream.store, batch_id, _fresh(stream))
+
+
+def _keyed_of(store: StateStore, batch_id: int, fresh: MXNormState) -> KeyedEvents:
     if batch_id < 0:
         return KeyedEvents()
-    data = stream.store.section(batch_id, SECTION)
+    data = store.section(batch_id, SECTION)
     if data is None:
         return KeyedEvents()
     if KEYS_MEMBER not in data:
         raise StateConflictError(
-            f"state directory {stream.store.path} holds version {batch_id} of an event-time "
+            f"state directory {store.path} holds version {batch_id} of an event-time "
             "stream without keys; use a fresh state directory for the keyed stream"
         )
-    source = f"state version {batch_id} of {stream.store.path}"
-    return KeyedEvents.from_json(data[KEYS_MEMBER], _fresh(stream), source)
+    source = f"state version {batch_id} of {store.path}"
+    return KeyedEvents.from_json(data[KEYS_MEMBER], fresh, source)
 
 
-def read_key_states(stream: MXNormStream, batch_id: int | None = None) -> dict[Any, MXNormState]:
+def read_key_states(
+    source: MXNormStream | StateStore | str | os.PathLike[str], batch_id: int | None = None
+) -> dict[Any, MXNormState]:
     """Every key's state (after its last fold) committed with version ``batch_id``
-    (default: the newest); keys with no fold yet are left out."""
+    (default: the newest) of a keyed event-time stream (``source``: the stream, or its
+    state directory); keys with no fold yet are left out. Keys are tuples of the key
+    columns' values."""
+    from mxnorm_spark.store import StateStore
+
+    if isinstance(source, StateStore):
+        store = source
+    elif isinstance(source, (str, os.PathLike)):
+        store = StateStore(os.fspath(source))
+    else:
+        store = source.store
     if batch_id is None:
-        batch_id = stream.store.latest_batch_id()
+        batch_id = store.latest_batch_id()
     if batch_id is None:
         return {}
-    fresh = _fresh(stream)
-    keyed = _keyed(stream, batch_id)
+    state = store.get(batch_id)
+    if state is None:
+        raise StateConflictError(f"state directory {store.path} has no version {batch_id}")
+    if store.section(batch_id, SECTION) is None:
+        raise StateConflictError(
+            f"version {batch_id} of {store.path} is not one of a keyed event-time stream "
+            "(no event_time section); a per-micro-batch keyed stream's keys are read with "
+            "`mxnorm-spark export-keys`"
+        )
+    fresh = MXNormState.create(state.features, options=state.options)
+    keyed = _keyed_of(store, batch_id, fresh)
     return {k: e.state(fresh) for k, e in keyed.keys.items() if e.recent}
 
 
-# ---- partials --------------------------------------------------------------------------
-def _selected(stream: MXNormStream, payload: DataFrame) -> DataFrame:
-    from mxnorm_spark.engines.columns import quote
-
-    events, keys = stream.events, stream.keys
-    assert events is not None and keys is not None
-    b, t = events.value_columns(payload)
-    cols = events.cols
-    return payload.select(
-        *(quote(k).alias(f"__mx_k{i}") for i, k in enumerate(keys.keys.key_cols)),
-        b.alias(_B),
-        t.alias(_T),
-        *[payload[c].cast("double").alias(f"x{j}") for j, c in enumerate(cols)],
-    )
-
-
-def keyed_partials(stream: MXNormStream, payload: DataFrame) -> tuple[GlobalParts, KeyParts]:
+# ---- the micro-batch -------------------------------------------------------------------
+def keyed_partials(stream: MXNormStream, payload: DataFrame) -> tuple[Parts, KeyParts]:
     """The micro-batch's exact partials: per batch value over every row (with the largest
     event time, for windows), and per key with no null part and batch value."""
-    from pyspark.sql import types as T
-
-    from mxnorm_spark.engines.workers import map_in_arrow
-
-    assert stream.keys is not None and stream.events is not None
-    n_keys, k = len(stream.keys.keys.key_cols), len(stream.events.cols)
-    selected = _selected(stream, payload)
-    schema = T.StructType(
-        [
-            *(selected.schema[f"__mx_k{i}"] for i in range(n_keys)),
-            T.StructField("b", selected.schema[_B].dataType),
-            T.StructField("t", T.LongType()),
-            T.StructField("rows", T.LongType()),
-            T.StructField("count", T.ArrayType(T.LongType())),
-            T.StructField("sum1", T.ArrayType(T.StringType())),
-            T.StructField("sum2", T.ArrayType(T.StringType())),
-        ]
-    )
-    kernel = partial(_partials_kernel, n_keys=n_keys, k=k)
-    found: GlobalParts = {}
+    events, keys = stream.events, stream.keys
+    assert events is not None and keys is not None
+    found: Parts = {}
     per_key: KeyParts = {}
-    for row in map_in_arrow(selected, kernel, schema).collect():
-        part = OpenBatch(
-            int(row["rows"]),
-            tuple(int(v) for v in row["count"]),
-            tuple(int(v, 16) for v in row["sum1"]),
-            tuple(int(v, 16) for v in row["sum2"]),
-        )
-        t_max = None if row["t"] is None else int(row["t"])
-        value = row["b"]
-        if isinstance(value, float) and np.isnan(value):
-            value = None  # a NaN batch value is no batch value (as the global stream)
-        _merge_global(found, value, part, t_max)
-        key = tuple(row[i] for i in range(n_keys))
+    for key, value, part, t_max in events.group_partials(payload, keys.keys.key_cols):
+        merge_part(found, value, part, t_max)
         if value is not None and not any(v is None for v in key):
             mine = per_key.setdefault(key, {})
             mine[value] = mine[value].merge(part) if value in mine else part
     return found, per_key
 
 
-def _merge_global(found: GlobalParts, value: Any, part: OpenBatch, t_max: int | None) -> None:
-    if value in found:
-        old, old_t = found[value]
-        part = old.merge(part)
-        t_max = old_t if t_max is None else (t_max if old_t is None else max(t_max, old_t))
-    found[value] = (part, t_max)
+class KeyedSteps(EventSteps):
+    """The keyed stream's steps of the event-time micro-batch
+    (:func:`~mxnorm_spark.streaming.event_batches.run_micro_batch`): per-key partials, every
+    key advanced in the committed section, the rows joined to their key's constants."""
+
+    def __init__(self, stream: MXNormStream, batch_id: int, payload: DataFrame | None) -> None:
+        from mxnorm_spark.keyed.backfill import check_keys
+
+        super().__init__(stream, batch_id, payload)
+        assert stream.keys is not None
+        if payload is not None:
+            check_keys(payload, list(stream.cols or ()), stream.keys.keys.key_cols, None)
+        self.found: Parts | None = None  # a new micro-batch's partials (None: a replay)
+        self.per_key: KeyParts = {}
+        self.keyed = KeyedEvents()
+
+    def partials(self, prev: EventSection) -> Parts:
+        assert self.payload is not None
+        self.found, self.per_key = keyed_partials(self.stream, self.payload)
+        return self.found
+
+    def extra(self, section: EventSection) -> dict[str, Any]:
+        before = _keyed(self.stream, self.batch_id - 1)
+        spec, fresh = self.events.spec, _fresh(self.stream)
+        self.keyed = before.advance(spec, self.per_key, section, fresh, close_all=section.closed)
+        return {KEYS_MEMBER: self.keyed.to_json()}
+
+    def replay(self, section: EventSection) -> None:
+        self.keyed = _keyed(self.stream, self.batch_id)
+
+    def write(self, section: EventSection, base: MXNormState) -> str | None:
+        assert self.payload is not None and self.stream.keys is not None
+        pairs = None
+        if self.found is not None:  # the pairs of the rows not late
+            n_keys = len(self.stream.keys.keys.key_cols)
+            late = section.watermark_before
+            pairs = {
+                g
+                for g in _pairs_of(self.found, self.per_key, n_keys)
+                if late is None or not g[-1] < late
+            }
+        out = normalize_keyed(
+            self.stream, self.payload, section=section, keyed=self.keyed, base=base, pairs=pairs
+        )
+        return self.stream._publish(out, self.batch_id)
 
 
-def _partials_kernel(
-    batches: Iterator[pa.RecordBatch], n_keys: int, k: int
-) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: one row per (key, batch value) of the partition, its exact partial."""
-    import pyarrow as pa
-
-    found: dict[tuple[Any, ...], tuple[OpenBatch, int | None]] = {}
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    schema = None
-    for rb in batches:
-        if rb.num_rows == 0:
-            continue
-        schema = rb.schema
-        pending.append(rb)
-        pending_rows += rb.num_rows
-        if pending_rows >= _KERNEL_ROWS:
-            _add_chunk(found, pa.Table.from_batches(pending), n_keys, k)
-            pending, pending_rows = [], 0
-    if pending:
-        _add_chunk(found, pa.Table.from_batches(pending), n_keys, k)
-    if not found or schema is None:
-        return
-    groups = list(found)
-    parts = [found[g][0] for g in groups]
-    columns = {
-        f"__mx_k{i}": pa.array([g[i] for g in groups], schema.field(f"__mx_k{i}").type)
-        for i in range(n_keys)
-    }
-    yield pa.RecordBatch.from_pydict(
-        {
-            **columns,
-            "b": pa.array([g[n_keys] for g in groups], schema.field(_B).type),
-            "t": pa.array([found[g][1] for g in groups], pa.int64()),
-            "rows": pa.array([p.rows for p in parts], pa.int64()),
-            "count": pa.array([list(p.count) for p in parts], pa.list_(pa.int64())),
-            "sum1": pa.array([[hex(s) for s in p.sum1] for p in parts], pa.list_(pa.string())),
-            "sum2": pa.array([[hex(s) for s in p.sum2] for p in parts], pa.list_(pa.string())),
-        }
-    )
-
-
-def _add_chunk(
-    found: dict[tuple[Any, ...], tuple[OpenBatch, int | None]],
-    table: pa.Table,
-    n_keys: int,
-    k: int,
-) -> None:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    by = [f"__mx_k{i}" for i in range(n_keys)] + [_B]
-    codes = np.empty((table.num_rows, len(by)), dtype=np.int64)
-    for i, name in enumerate(by):
-        encoded = pc.dictionary_encode(table.column(name).combine_chunks(), null_encoding="encode")
-        codes[:, i] = encoded.indices.to_numpy(zero_copy_only=False)
-    _, first, group = np.unique(codes, axis=0, return_index=True, return_inverse=True)
-    group = group.reshape(-1)
-    values = [table.column(name).take(pa.array(first)).to_pylist() for name in by]
-    x = np.empty((table.num_rows, k))
-    for j in range(k):
-        col = pc.fill_null(table.column(f"x{j}").combine_chunks(), float("nan"))
-        x[:, j] = col.to_numpy(zero_copy_only=False)
-    parts = exact_partials(x, group, len(first))
-    t_col = table.column(_T)
-    t_max: list[int | None] = [None] * len(first)
-    if t_col.null_count < table.num_rows:
-        t = pc.fill_null(t_col.combine_chunks(), pa.scalar(np.iinfo(np.int64).min, pa.int64()))
-        tm = np.full(len(first), np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(tm, group, t.to_numpy(zero_copy_only=False))
-        t_max = [int(v) for v in tm]
-    for g in range(len(first)):
-        key = tuple(values[i][g] for i in range(len(by)))
-        part, t = parts[g], t_max[g]
-        if key in found:
-            old, old_t = found[key]
-            part = old.merge(part)
-            t = old_t if t is None else (t if old_t is None else max(t, old_t))
-        found[key] = (part, t)
-
-
-# ---- the micro-batch -------------------------------------------------------------------
 def run_keyed_micro_batch(stream: MXNormStream, batch_df: DataFrame, batch_id: int) -> None:
     """:meth:`MXNormStream.foreach_batch` of a keyed event-time stream (see the module)."""
-    from pyspark import StorageLevel
-
-    from mxnorm_spark.keyed.backfill import check_keys
-    from mxnorm_spark.streaming._reads import rereads_same_rows
-    from mxnorm_spark.streaming.sources import CORRUPT_COLUMN, FILE_COLUMN, INTERNAL_COLUMNS
-
-    t0 = time.perf_counter()
-    events, keys = stream.events, stream.keys
-    assert events is not None and keys is not None and stream.cols is not None
-    spark = batch_df.sparkSession
-    fresh = _fresh(stream)
-    base = stream.store.initial() or fresh
-    committed = stream.store.get(batch_id)
-    keep = stream.persist
-    if keep is None:
-        keep = not (stream._rereads or rereads_same_rows(batch_df))
-    data = batch_df.persist(StorageLevel.MEMORY_AND_DISK) if keep else batch_df
-    try:
-        internal = [c for c in data.columns if c in INTERNAL_COLUMNS]
-        if FILE_COLUMN in internal or CORRUPT_COLUMN in internal:
-            stream._count_and_check(spark, data, batch_id, None)
-        payload = data.drop(*internal) if internal else data
-        check_keys(payload, list(stream.cols), keys.keys.key_cols, None)
-        pairs: set[tuple[Any, ...]] | None = None
-        if committed is None:
-            prev, before = events.previous(batch_id, base)
-            found, per_key = keyed_partials(stream, payload)
-            keyed_prev = _keyed(stream, batch_id - 1)
-            held: list[KeyedEvents] = []
-
-            def advance_keys(section: EventSection) -> dict[str, Any]:
-                held.append(keyed_prev.advance(events.spec, per_key, section, fresh))
-                return {KEYS_MEMBER: held[0].to_json()}
-
-            section, new = events.fold_and_commit(
-                batch_id, prev, before, found, spark, extra=advance_keys
-            )
-            keyed = held[0]
-            n_keys = len(keys.keys.key_cols)
-            if section.watermark_before is None:
-                pairs = {g for g in _pairs_of(found, per_key, n_keys)}
-            else:
-                late = section.watermark_before
-                pairs = {g for g in _pairs_of(found, per_key, n_keys) if not g[-1] < late}
-        else:
-            got = events.section(batch_id)
-            assert got is not None
-            if got.closed:
-                raise StateConflictError(
-                    f"state directory {stream.store.path} was closed at the end of input at "
-                    f"version {batch_id}: it takes no more micro-batches. Start a new state "
-                    "directory warm-started from it (initial state option)"
-                )
-            section, new, before = got, committed, committed
-            keyed = _keyed(stream, batch_id)
-        out_dir = None
-        if section.values:
-            out = normalize_keyed(
-                stream, payload, section=section, keyed=keyed, base=base, pairs=pairs
-            )
-            out_dir = stream._publish(out, batch_id)
-        fault("after_write", batch_id, spark)
-    finally:
-        if keep:
-            data.unpersist()
-    stream._report(
-        batch_id,
-        section.rows,
-        seconds=time.perf_counter() - t0,
-        replayed=committed is not None,
-        prev=before,
-        new=new,
-        out_dir=out_dir,
-        **report_facts(section),
-    )
+    run_micro_batch(stream, batch_df, batch_id, KeyedSteps)
 
 
-def _pairs_of(found: GlobalParts, per_key: KeyParts, n_keys: int) -> set[tuple[Any, ...]]:
+def _pairs_of(found: Parts, per_key: KeyParts, n_keys: int) -> set[tuple[Any, ...]]:
     """(key..., batch value) of every row group: the keys' pairs, and for the batch values
     with rows of a null key, one pair with a null key (the join matches nulls)."""
     pairs = {(*key, v) for key, parts in per_key.items() for v in parts}
@@ -437,24 +300,4 @@ def normalize_keyed(
 def close_keyed_open_batches(stream: MXNormStream) -> MXNormState | None:
     """:func:`~mxnorm_spark.streaming.event_batches.close_open_batches` of a keyed stream:
     every key's open batches fold too."""
-    events = stream.events
-    assert events is not None
-    latest = stream.store.latest_batch_id()
-    if latest is None:
-        return None
-    section = events.section(latest)
-    state = stream.store.get(latest)
-    assert section is not None and state is not None
-    if section.closed:
-        return state
-    keyed = _keyed(stream, latest)
-    fresh = _fresh(stream)
-
-    def advance_keys(after: EventSection) -> dict[str, Any]:
-        done = keyed.advance(events.spec, {}, after, fresh, close_all=True)
-        return {KEYS_MEMBER: done.to_json()}
-
-    _, new = events.fold_and_commit(
-        latest + 1, section, state, {}, None, close_all=True, extra=advance_keys
-    )
-    return new
+    return close_open_batches(stream, KeyedSteps)

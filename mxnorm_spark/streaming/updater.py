@@ -142,7 +142,11 @@ class MXNormStream:
     its output written, and again when Spark replays the batch (with the same committed
     state): a hook that writes idempotently, e.g. to a feature store's online store
     (:class:`mxnorm_spark.feast.FeastStatePush`), publishes every batch exactly once.
-    If it raises, the micro-batch fails and Spark runs it again.
+    If it raises, the micro-batch fails and Spark runs it again. With ``event_time`` the
+    state changes only when batches fold: the hook runs for a version that folded one or
+    more batches (a micro-batch, or :meth:`close_open_batches`), once, with the state after
+    the newest of them, and again on a replay (:func:`~mxnorm_spark.streaming.
+    event_batches.run_micro_batch`). A keyed stream's hook gets the global state.
     """
 
     def __init__(

@@ -142,6 +142,45 @@ def test_stream_on_commit_pushes_each_batch_and_a_replay_writes_the_same(
     assert served(feast_store, ROWS) == before
 
 
+@pytest.mark.spark
+def test_event_time_stream_pushes_the_state_of_its_newest_fold(spark: Any, tmp_path: Any) -> None:
+    import pandas as pd
+    from reference import Reference, assert_state_close
+
+    from mxnorm_spark.core.event_time import EventTime
+    from mxnorm_spark.feast import FeastStatePush, apply_repo, publish_stream
+    from mxnorm_spark.store import StateStore
+    from mxnorm_spark.streaming import MXNormStream
+
+    rng = np.random.default_rng(5)
+    rows = []
+
+    def frame(days: list[int]) -> Any:
+        n = 8 * len(days)
+        data = {"day": np.resize(days, n), "a": rng.normal(2.0, 1.0, n), "b": rng.normal(0, 3, n)}
+        rows.append(pd.DataFrame(data))
+        return spark.createDataFrame(rows[-1])
+
+    state_dir, repo = str(tmp_path / "state"), str(tmp_path / "repo")
+    stream = MXNormStream(
+        spark, state_dir, cols=["a", "b"], output=str(tmp_path / "out"), apply_at="before",
+        progress=None, event_time=EventTime(batch_col="day"),
+    )  # fmt: skip
+    stream.foreach_batch(frame([0, 1]), 0)  # day 0 folds (day 1 is the watermark)
+    publish_stream(state_dir, repo, outputs=["a_z", "b_z"])
+    feast_store = apply_repo(repo)
+    stream.on_commit = FeastStatePush(repo, state_dir)
+    stream.foreach_batch(frame([1, 3, 2]), 1)  # days 1 and 2 fold: one push, after day 2
+    latest = StateStore(state_dir).latest()
+    assert latest is not None and latest.batches_seen == 3
+    ref = Reference(alpha=latest.alpha)
+    for _, group in pd.concat(rows).query("day <= 2").groupby("day", sort=True):
+        ref.adapt(group[["a", "b"]].to_numpy())
+    assert ref.mean is not None and ref.var is not None
+    assert_state_close(latest.mean, latest.var, ref.mean, ref.var, 1e-12)
+    assert same(served(feast_store, ROWS), expected(latest))
+
+
 def test_feast_views_command_for_a_state_directory(
     stream_repo: dict[str, Any], tmp_path: Any
 ) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from event_time_crash import assert_same_bits, kill_at_each_fault_point
 from reference import Reference, assert_state_close
 
 from mxnorm_spark import MXNormState
@@ -29,7 +28,6 @@ from mxnorm_spark.core.moments import Moments
 from mxnorm_spark.core.open_batches import SCALE, OpenBatch, exact_partials
 from mxnorm_spark.core.state import StateOptions
 
-ROOT = Path(__file__).resolve().parents[2]
 COLS = ["a", "b"]
 ALPHA = 0.3
 LATENESS = 1
@@ -542,39 +540,16 @@ def test_tumbling_windows_fold_as_the_backfill_over_window_starts(
 def test_sigkill_at_each_fault_point_gives_the_same_bits(
     spark: Any, tmp_path: Path, day_streams: dict[str, Any]
 ) -> None:
-    from mxnorm_spark.store import StateStore
     from mxnorm_spark.streaming.sources import FileSource
 
     shutil.copytree(day_streams["root"] / "in", tmp_path / "in")
     for k in range(len(DAYS)):  # copytree keeps the modification times: same file order
         assert (tmp_path / "in" / f"f{k}.parquet").stat().st_mtime == 1_000_000_000 + 10 * k
 
-    def cli(fault: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-               "PYSPARK_DRIVER_PYTHON": sys.executable, "MXNORM_FAULT": fault}  # fmt: skip
-        args = [
-            sys.executable, "-m", "mxnorm_spark", "stream", "--input", str(tmp_path / "in"),
-            "--format", "parquet", "--cols", "a,b", "--output", str(tmp_path / "out"),
-            "--state", str(tmp_path / "state"), "--checkpoint", str(tmp_path / "chk"),
-            "--max-files-per-trigger", "1", "--available-now", "--alpha", str(ALPHA),
-            "--apply-at", "before", "--batch-col", "day", "--lateness", str(LATENESS),
-            "--lineage-col", "state_day", "--master", "local[1]", "--log-level", "ERROR",
-            "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=2",
-            "--conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
-        ]  # fmt: skip
-        return subprocess.run(
-            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
-        )
-
-    store = StateStore(tmp_path / "state")
-    r = cli("before_commit:1,after_commit:2")
-    assert r.returncode == -9, r.stdout + r.stderr
-    assert store.batch_ids() == [0]
-    r = cli("after_commit:2")
-    assert r.returncode == -9, r.stdout + r.stderr
-    assert store.batch_ids() == [0, 1, 2]
-    r = cli("during_write:3")
-    assert r.returncode == -9, r.stdout + r.stderr
+    kill_at_each_fault_point(tmp_path, [
+        "--cols", "a,b", "--alpha", str(ALPHA), "--apply-at", "before", "--batch-col", "day",
+        "--lateness", str(LATENESS), "--lineage-col", "state_day",
+    ])  # fmt: skip
     source = FileSource(str(tmp_path / "in"), "parquet", max_files_per_trigger=1)
     restart = event_stream(spark, tmp_path)
     reports = restart.run(
@@ -582,12 +557,7 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
         end_of_input=True,
     )  # fmt: skip
     assert [(rep.batch_id, rep.replayed) for rep in reports] == [(3, True), (4, False)]
-    ref = StateStore(day_streams["root"] / "run1" / "state")
-    for b in range(6):  # every version, its open batches included, bit-identical
-        assert store.fs.read_bytes(store.version_path(b)) == ref.fs.read_bytes(ref.version_path(b))
-    got = read_out(spark, tmp_path / "out")
-    want = read_out(spark, day_streams["root"] / "run1" / "out")
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert_same_bits(spark, tmp_path, day_streams["root"] / "run1", read_out)
 
 
 # ---- halfLife: another way to give alpha, everywhere alpha is accepted -----------------------

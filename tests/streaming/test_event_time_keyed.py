@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from event_time_crash import assert_same_bits, kill_at_each_fault_point
 from reference import Reference, assert_state_close
 
 from mxnorm_spark import MXNormState
@@ -26,7 +25,6 @@ from mxnorm_spark.core.event_time import EventTime
 from mxnorm_spark.core.open_batches import exact_partials
 from mxnorm_spark.core.state import StateOptions
 
-ROOT = Path(__file__).resolve().parents[2]
 COLS = ["a", "b"]
 ALPHA = 0.3
 LATENESS = 1
@@ -309,40 +307,15 @@ def test_trigger_dependent_key_settings_are_refused(spark: Any, tmp_path: Path) 
 def test_sigkill_at_each_fault_point_gives_the_same_bits(
     spark: Any, tmp_path: Path, runs: dict[str, Any]
 ) -> None:
-    from mxnorm_spark.store import StateStore
     from mxnorm_spark.streaming.sources import FileSource
 
     shutil.copytree(runs["root"] / "in", tmp_path / "in")
 
-    def cli(fault: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-               "PYSPARK_DRIVER_PYTHON": sys.executable, "MXNORM_FAULT": fault}  # fmt: skip
-        args = [
-            sys.executable, "-m", "mxnorm_spark", "stream", "--input", str(tmp_path / "in"),
-            "--format", "parquet", "--cols", "a,b", "--output", str(tmp_path / "out"),
-            "--state", str(tmp_path / "state"), "--checkpoint", str(tmp_path / "chk"),
-            "--max-files-per-trigger", "1", "--available-now", "--alpha", str(ALPHA),
-            "--apply-at", "before", "--batch-col", "day", "--lateness", str(LATENESS),
-            "--lineage-col", "state_day", "--key-cols", "sensor",
-            "--min-key-rows", str(MIN_KEY_ROWS), "--master", "local[1]", "--log-level", "ERROR",
-            "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=2",
-            "--conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
-        ]  # fmt: skip
-        return subprocess.run(
-            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
-        )
-
-    store = StateStore(tmp_path / "state")
-    # One process dies at each fault point: before the commit of batch 1, after the commit
-    # of batch 2, while batch 3's output is written.
-    r = cli("before_commit:1,after_commit:2")
-    assert r.returncode == -9, r.stdout + r.stderr
-    assert store.batch_ids() == [0]
-    r = cli("after_commit:2")
-    assert r.returncode == -9, r.stdout + r.stderr
-    assert store.batch_ids() == [0, 1, 2]
-    r = cli("during_write:3")
-    assert r.returncode == -9, r.stdout + r.stderr
+    kill_at_each_fault_point(tmp_path, [
+        "--cols", "a,b", "--alpha", str(ALPHA), "--apply-at", "before", "--batch-col", "day",
+        "--lateness", str(LATENESS), "--lineage-col", "state_day", "--key-cols", "sensor",
+        "--min-key-rows", str(MIN_KEY_ROWS),
+    ])  # fmt: skip
     source = FileSource(str(tmp_path / "in"), "parquet", max_files_per_trigger=1)
     restart = keyed_stream(spark, tmp_path)
     reports = restart.run(
@@ -350,12 +323,8 @@ def test_sigkill_at_each_fault_point_gives_the_same_bits(
         end_of_input=True,
     )  # fmt: skip
     assert [(rep.batch_id, rep.replayed) for rep in reports] == [(3, True), (4, False)]
-    ref = StateStore(runs["root"] / "run1" / "state")
-    for b in range(6):  # every version, every key's open batches included, bit-identical
-        assert store.fs.read_bytes(store.version_path(b)) == ref.fs.read_bytes(ref.version_path(b))
-    got = read_out(spark, tmp_path / "out")
-    want = read_out(spark, runs["root"] / "run1" / "out")
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # Every version (every key's open batches included) and output row: bit-identical.
+    assert_same_bits(spark, tmp_path, runs["root"] / "run1", read_out)
 
 
 # ---- settings (no Spark) ----------------------------------------------------------------------
