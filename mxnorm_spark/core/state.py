@@ -72,7 +72,10 @@ from mxnorm_spark.core.moments import (
     all_counted,
     as_float_matrix,
     filled,
+    fp_quiet,
+    fp_restore,
     merge_fields,
+    writeable,
 )
 
 STATE_TYPE = "mxnorm_spark.MXNormState"
@@ -206,7 +209,8 @@ def _check_features(features: Sequence[str]) -> tuple[str, ...]:
     bad = [f for f in names if not isinstance(f, str) or not f]
     if bad:
         raise InvalidParameterError(f"feature names must be non-empty strings, got {bad!r}")
-    dup = sorted({f for f in names if names.count(f) > 1})
+    # A set first: counting each name is quadratic (most of create() at 64 features).
+    dup = sorted({f for f in names if names.count(f) > 1}) if len(set(names)) < len(names) else []
     if dup:
         raise InvalidParameterError(f"feature names must be unique; repeated: {dup}")
     return names
@@ -336,11 +340,28 @@ class MXNormState:
         if not isinstance(moments, Moments) or moments.count.shape != self.mean.shape:
             self._check_moments(moments)
         last = self.last_batch_id if batch_id is None else int(batch_id)
-        if all_counted(self.totals) and all_counted(moments):
-            mean_var, merged = _update_counted(self.options, self._stacked(), self.totals, moments)
-            # Every value finite, or the state is refused: x . 0 is 0 for finite x and NaN
-            # once one is NaN or inf (one BLAS call, a third of isfinite's two).
-            if mean_var.dot(filled(mean_var.shape[0], 0.0)) != 0.0:
+        had = all_counted(self.totals)
+        # Every feature in the batch, and in the totals or in none of them (a new state).
+        if all_counted(moments) and (
+            had or (type(moments) is Moments and not self.totals.count.any())
+        ):
+            # numpy's warnings off: values that overflow are refused below with a named
+            # error, which a RuntimeWarning ("invalid value encountered in dot") would
+            # only precede.
+            token = fp_quiet()
+            try:
+                if had:
+                    mean_var, merged = _update_counted(
+                        self.options, self._stacked(), self.totals, moments
+                    )
+                else:  # the first batch with data, every feature in it
+                    mean_var, merged = _first_counted(moments), moments
+                # Every value finite, or the state is refused: x . 0 is 0 for finite x and
+                # NaN once one is NaN or inf (one BLAS call, a third of isfinite's two).
+                overflowed = mean_var.dot(filled(mean_var.shape[0], 0.0)) != 0.0
+            finally:
+                fp_restore(token)
+            if overflowed:
                 k = len(self.features)
                 seen = merged.count > 0
                 check_range(self.features, mean_var[:k], mean_var[k:], seen, _batch_name(batch_id))
@@ -373,7 +394,7 @@ class MXNormState:
         """The state after one more batch over a fresh ``mean`` then ``var`` array
         (:meth:`_stacked`), frozen in place; its fields are views of it: what ``replace``
         builds, without its copies and checks."""
-        mean_var.setflags(write=False)
+        writeable(mean_var, False)
         k = len(self.features)
         state = object.__new__(MXNormState)
         state.__dict__.update(
@@ -429,7 +450,7 @@ class MXNormState:
             scale: FloatArray = np.sqrt(self.var + filled(len(self.features), options.eps))
         else:
             scale = np.asarray(scale_of(self.var, options))
-        scale.setflags(write=False)
+        writeable(scale, False)
         # The state is immutable, so are its constants: computed once, ``mean`` itself.
         constants = self.mean, scale
         self.__dict__["_constants"] = constants
@@ -628,6 +649,19 @@ def _ema(options: StateOptions, a: Any, mu: Any, s2: Any, mv: tuple[Any, Any]) -
     return ema_mean, (1 - a) * s2 + a * v
 
 
+def _first_counted(moments: Moments) -> FloatArray:
+    """``mean`` then ``var`` after the first batch with data, every feature in it, on a
+    state without data (any options): what :func:`update_lanes` computes for such lanes
+    (the merge into empty totals gives the batch's own fields, bit for bit, and each
+    feature starts at the batch's mean and variance), without its masks; the batch's
+    moments become the totals as they are (immutable)."""
+    k = moments.count.shape[0]
+    out = np.empty(2 * k)
+    np.add(moments.shift, moments.delta, out=out[:k])
+    np.divide(moments.m2, moments.count, out=out[k:])
+    return out
+
+
 def _update_counted(
     options: StateOptions, mean_var: FloatArray, totals: Moments, moments: Moments
 ) -> tuple[FloatArray, Moments]:
@@ -639,13 +673,21 @@ def _update_counted(
     na, shift_a, delta_a, m2_a = totals.count, totals.shift, totals.delta, totals.m2
     nb, shift_b, delta_b, m2_b = moments.count, moments.shift, moments.delta, moments.m2
     n = na + nb
-    d = ((shift_b - shift_a) + delta_b) - delta_a
+    # merge_fields' operations in its order, in place on our own temporaries (addition
+    # commutes bit for bit, so ``t += a`` is ``a + t``).
+    d = shift_b - shift_a
+    d += delta_b
+    d -= delta_a
     w = nb / n
-    delta = delta_a + d * w
-    m2 = m2_a + m2_b + d * d * na * w
-    n.setflags(write=False)
-    delta.setflags(write=False)
-    m2.setflags(write=False)
+    delta = d * w
+    delta += delta_a
+    m2 = d * d
+    m2 *= na
+    m2 *= w
+    m2 += m2_a + m2_b
+    writeable(n, False)
+    writeable(delta, False)
+    writeable(m2, False)
     merged = Moments._owned(n, shift_a, delta, m2, counted=True)
     k = n.shape[0]
     out = np.empty(2 * k)
