@@ -433,7 +433,7 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
     gets the same bits from either.
     """
     rows, k = x.shape
-    counts = _counts(k, rows)
+    counts = filled(k, float(rows))  # shared by the batches of one shape
     pivot = x[0].copy()
     if shift is not None:
         pivot = np.where(np.isfinite(shift), shift, pivot)
@@ -444,10 +444,13 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
         m2 = _einsum("ij,ij->i", cols, cols)
     else:
         # C-ordered whatever the layout of ``x``: the sums below, hence the bits, do not
-        # depend on it.
-        r = np.subtract(x, pivot, order="C")
+        # depend on it (checked after: the keyword ``order="C"`` costs more than that).
+        r = x - pivot
+        if not r.flags.c_contiguous:
+            r = np.ascontiguousarray(r)
         if rows < _BLOCK:  # column_sums and column_squares of one partial block, inline
-            delta = np.add.reduce(r, axis=0) / counts
+            delta = np.add.reduce(r, 0)
+            delta /= counts
             r -= delta
             m2 = _einsum("ij,ij->j", r, r)
         else:
@@ -483,11 +486,6 @@ def _full(n: int, value: float) -> FloatArray:
     arr = np.full(n, value, dtype=np.float64)
     writeable(arr, False)
     return arr
-
-
-def _counts(k: int, rows: int) -> FloatArray:
-    """``rows`` for each of ``k`` features, read-only: shared by the batches of one shape."""
-    return filled(k, float(rows))
 
 
 def _shift_of(shift: Any, k: int) -> FloatArray:

@@ -42,7 +42,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -348,24 +348,25 @@ class MXNormState:
             # numpy's warnings off: values that overflow are refused below with a named
             # error, which a RuntimeWarning ("invalid value encountered in dot") would
             # only precede.
+            hot = self.__dict__.get("_hot") or _hot(len(self.features), self.options)
             token = fp_quiet()
             try:
                 if had:
                     mean_var, merged = _update_counted(
-                        self.options, self._stacked(), self.totals, moments
+                        self.options, self._stacked(), self.totals, moments, hot
                     )
                 else:  # the first batch with data, every feature in it
                     mean_var, merged = _first_counted(moments), moments
                 # Every value finite, or the state is refused: x . 0 is 0 for finite x and
                 # NaN once one is NaN or inf (one BLAS call, a third of isfinite's two).
-                overflowed = mean_var.dot(filled(mean_var.shape[0], 0.0)) != 0.0
+                overflowed = mean_var.dot(hot.zeros) != 0.0
             finally:
                 fp_restore(token)
             if overflowed:
                 k = len(self.features)
                 seen = merged.count > 0
                 check_range(self.features, mean_var[:k], mean_var[k:], seen, _batch_name(batch_id))
-            return self._next(mean_var, merged, last)
+            return self._next(mean_var, merged, last, hot)
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
@@ -389,7 +390,7 @@ class MXNormState:
         return mean_var
 
     def _next(
-        self, mean_var: FloatArray, totals: Moments, last_batch_id: int | None
+        self, mean_var: FloatArray, totals: Moments, last_batch_id: int | None, hot: _Hot
     ) -> MXNormState:
         """The state after one more batch over a fresh ``mean`` then ``var`` array
         (:meth:`_stacked`), frozen in place; its fields are views of it: what ``replace``
@@ -406,6 +407,7 @@ class MXNormState:
             batches_seen=self.batches_seen + 1,
             last_batch_id=last_batch_id,
             _mean_var=mean_var,
+            _hot=hot,
         )
         return state
 
@@ -447,7 +449,9 @@ class MXNormState:
     def _cache_constants(self) -> tuple[FloatArray, FloatArray]:
         options = self.options
         if options.zero_variance == "eps":  # scale_of's first step is all of it
-            scale: FloatArray = np.sqrt(self.var + filled(len(self.features), options.eps))
+            hot = self.__dict__.get("_hot")
+            eps = filled(len(self.features), options.eps) if hot is None else hot.eps
+            scale: FloatArray = np.sqrt(self.var + eps)
         else:
             scale = np.asarray(scale_of(self.var, options))
         writeable(scale, False)
@@ -662,8 +666,35 @@ def _first_counted(moments: Moments) -> FloatArray:
     return out
 
 
+class _Hot(NamedTuple):
+    """The constant arrays of a counted update and of ``normalize`` (``filled``), looked
+    up once and handed from state to state: ``2 k`` zeros (the range check), ``alpha``
+    and ``1 - alpha`` (the EMA of ``mean`` then ``var``; None under options that weigh
+    otherwise) and ``k`` copies of ``eps``."""
+
+    zeros: FloatArray
+    alpha: FloatArray | None
+    keep: FloatArray | None
+    eps: FloatArray
+
+
+def _hot(k: int, options: StateOptions) -> _Hot:
+    alpha = options.alpha
+    plain = alpha is not None and options.decay == "batch" and options.var_update == "ema"
+    return _Hot(
+        filled(2 * k, 0.0),
+        filled(2 * k, alpha) if plain and alpha is not None else None,
+        filled(2 * k, 1 - alpha) if plain and alpha is not None else None,
+        filled(k, options.eps),
+    )
+
+
 def _update_counted(
-    options: StateOptions, mean_var: FloatArray, totals: Moments, moments: Moments
+    options: StateOptions,
+    mean_var: FloatArray,
+    totals: Moments,
+    moments: Moments,
+    hot: _Hot,
 ) -> tuple[FloatArray, Moments]:
     """:func:`update_lanes` when every feature has data on both sides (every batch after
     the first, as a rule): the operations :func:`merge_fields` and :func:`ema_step` apply
@@ -706,11 +737,11 @@ def _update_counted(
     if options.var_update == "mixture":
         mixed = _ema(options, a, mean_var[:k], mean_var[k:], (out[:k], out[k:]))
         return np.concatenate(mixed), merged
-    if options.decay == "rows":
+    if hot.alpha is None or hot.keep is None:  # decay="rows"
         a = np.concatenate((a, a))  # the weight of each feature, for its mean and its var
         keep = 1 - a
     else:  # alpha and 1 - alpha as arrays (filled: faster than Python numbers, same bits)
-        a, keep = filled(2 * k, alpha), filled(2 * k, 1 - alpha)
+        a, keep = hot.alpha, hot.keep
     new = np.multiply(out, a, out=out)
     ema: FloatArray = keep * mean_var
     ema += new
