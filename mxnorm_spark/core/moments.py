@@ -460,7 +460,9 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
     writeable(pivot, False)
     writeable(delta, False)
     writeable(m2, False)
-    return Moments._owned(counts, pivot, delta, m2, counted=True)
+    m = object.__new__(Moments)  # Moments._owned, inline
+    m.__dict__.update(count=counts, shift=pivot, delta=delta, m2=m2, _all_counted=True)
+    return m
 
 
 def filled(n: int, value: float) -> FloatArray:

@@ -719,7 +719,8 @@ def _update_counted(
     writeable(n, False)
     writeable(delta, False)
     writeable(m2, False)
-    merged = Moments._owned(n, shift_a, delta, m2, counted=True)
+    merged = object.__new__(Moments)  # Moments._owned, inline
+    merged.__dict__.update(count=n, shift=shift_a, delta=delta, m2=m2, _all_counted=True)
     k = n.shape[0]
     out = np.empty(2 * k)
     alpha = options.alpha
@@ -742,9 +743,9 @@ def _update_counted(
         keep = 1 - a
     else:  # alpha and 1 - alpha as arrays (filled: faster than Python numbers, same bits)
         a, keep = hot.alpha, hot.keep
-    new = np.multiply(out, a, out=out)
+    out *= a
     ema: FloatArray = keep * mean_var
-    ema += new
+    ema += out
     return ema, merged
 
 
