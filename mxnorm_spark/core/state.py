@@ -42,7 +42,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -72,7 +72,10 @@ from mxnorm_spark.core.moments import (
     all_counted,
     as_float_matrix,
     filled,
+    fp_quiet,
+    fp_restore,
     merge_fields,
+    writeable,
 )
 
 STATE_TYPE = "mxnorm_spark.MXNormState"
@@ -206,7 +209,8 @@ def _check_features(features: Sequence[str]) -> tuple[str, ...]:
     bad = [f for f in names if not isinstance(f, str) or not f]
     if bad:
         raise InvalidParameterError(f"feature names must be non-empty strings, got {bad!r}")
-    dup = sorted({f for f in names if names.count(f) > 1})
+    # A set first: counting each name is quadratic (most of create() at 64 features).
+    dup = sorted({f for f in names if names.count(f) > 1}) if len(set(names)) < len(names) else []
     if dup:
         raise InvalidParameterError(f"feature names must be unique; repeated: {dup}")
     return names
@@ -336,15 +340,33 @@ class MXNormState:
         if not isinstance(moments, Moments) or moments.count.shape != self.mean.shape:
             self._check_moments(moments)
         last = self.last_batch_id if batch_id is None else int(batch_id)
-        if all_counted(self.totals) and all_counted(moments):
-            mean_var, merged = _update_counted(self.options, self._stacked(), self.totals, moments)
-            # Every value finite, or the state is refused: x . 0 is 0 for finite x and NaN
-            # once one is NaN or inf (one BLAS call, a third of isfinite's two).
-            if mean_var.dot(filled(mean_var.shape[0], 0.0)) != 0.0:
+        had = all_counted(self.totals)
+        # Every feature in the batch, and in the totals or in none of them (a new state).
+        if all_counted(moments) and (
+            had or (type(moments) is Moments and not self.totals.count.any())
+        ):
+            # numpy's warnings off: values that overflow are refused below with a named
+            # error, which a RuntimeWarning ("invalid value encountered in dot") would
+            # only precede.
+            hot = self.__dict__.get("_hot") or _hot(len(self.features), self.options)
+            token = fp_quiet()
+            try:
+                if had:
+                    mean_var, merged = _update_counted(
+                        self.options, self._stacked(), self.totals, moments, hot
+                    )
+                else:  # the first batch with data, every feature in it
+                    mean_var, merged = _first_counted(moments), moments
+                # Every value finite, or the state is refused: x . 0 is 0 for finite x and
+                # NaN once one is NaN or inf (one BLAS call, a third of isfinite's two).
+                overflowed = mean_var.dot(hot.zeros) != 0.0
+            finally:
+                fp_restore(token)
+            if overflowed:
                 k = len(self.features)
                 seen = merged.count > 0
                 check_range(self.features, mean_var[:k], mean_var[k:], seen, _batch_name(batch_id))
-            return self._next(mean_var, merged, last)
+            return self._next(mean_var, merged, last, hot)
         mean, var, totals = update_lanes(
             self.options, self.mean, self.var, self.totals.fields(), moments.fields()
         )
@@ -368,12 +390,12 @@ class MXNormState:
         return mean_var
 
     def _next(
-        self, mean_var: FloatArray, totals: Moments, last_batch_id: int | None
+        self, mean_var: FloatArray, totals: Moments, last_batch_id: int | None, hot: _Hot
     ) -> MXNormState:
         """The state after one more batch over a fresh ``mean`` then ``var`` array
         (:meth:`_stacked`), frozen in place; its fields are views of it: what ``replace``
         builds, without its copies and checks."""
-        mean_var.setflags(write=False)
+        writeable(mean_var, False)
         k = len(self.features)
         state = object.__new__(MXNormState)
         state.__dict__.update(
@@ -385,6 +407,7 @@ class MXNormState:
             batches_seen=self.batches_seen + 1,
             last_batch_id=last_batch_id,
             _mean_var=mean_var,
+            _hot=hot,
         )
         return state
 
@@ -426,10 +449,12 @@ class MXNormState:
     def _cache_constants(self) -> tuple[FloatArray, FloatArray]:
         options = self.options
         if options.zero_variance == "eps":  # scale_of's first step is all of it
-            scale: FloatArray = np.sqrt(self.var + filled(len(self.features), options.eps))
+            hot = self.__dict__.get("_hot")
+            eps = filled(len(self.features), options.eps) if hot is None else hot.eps
+            scale: FloatArray = np.sqrt(self.var + eps)
         else:
             scale = np.asarray(scale_of(self.var, options))
-        scale.setflags(write=False)
+        writeable(scale, False)
         # The state is immutable, so are its constants: computed once, ``mean`` itself.
         constants = self.mean, scale
         self.__dict__["_constants"] = constants
@@ -628,8 +653,48 @@ def _ema(options: StateOptions, a: Any, mu: Any, s2: Any, mv: tuple[Any, Any]) -
     return ema_mean, (1 - a) * s2 + a * v
 
 
+def _first_counted(moments: Moments) -> FloatArray:
+    """``mean`` then ``var`` after the first batch with data, every feature in it, on a
+    state without data (any options): what :func:`update_lanes` computes for such lanes
+    (the merge into empty totals gives the batch's own fields, bit for bit, and each
+    feature starts at the batch's mean and variance), without its masks; the batch's
+    moments become the totals as they are (immutable)."""
+    k = moments.count.shape[0]
+    out = np.empty(2 * k)
+    np.add(moments.shift, moments.delta, out=out[:k])
+    np.divide(moments.m2, moments.count, out=out[k:])
+    return out
+
+
+class _Hot(NamedTuple):
+    """The constant arrays of a counted update and of ``normalize`` (``filled``), looked
+    up once and handed from state to state: ``2 k`` zeros (the range check), ``alpha``
+    and ``1 - alpha`` (the EMA of ``mean`` then ``var``; None under options that weigh
+    otherwise) and ``k`` copies of ``eps``."""
+
+    zeros: FloatArray
+    alpha: FloatArray | None
+    keep: FloatArray | None
+    eps: FloatArray
+
+
+def _hot(k: int, options: StateOptions) -> _Hot:
+    alpha = options.alpha
+    plain = alpha is not None and options.decay == "batch" and options.var_update == "ema"
+    return _Hot(
+        filled(2 * k, 0.0),
+        filled(2 * k, alpha) if plain and alpha is not None else None,
+        filled(2 * k, 1 - alpha) if plain and alpha is not None else None,
+        filled(k, options.eps),
+    )
+
+
 def _update_counted(
-    options: StateOptions, mean_var: FloatArray, totals: Moments, moments: Moments
+    options: StateOptions,
+    mean_var: FloatArray,
+    totals: Moments,
+    moments: Moments,
+    hot: _Hot,
 ) -> tuple[FloatArray, Moments]:
     """:func:`update_lanes` when every feature has data on both sides (every batch after
     the first, as a rule): the operations :func:`merge_fields` and :func:`ema_step` apply
@@ -639,14 +704,23 @@ def _update_counted(
     na, shift_a, delta_a, m2_a = totals.count, totals.shift, totals.delta, totals.m2
     nb, shift_b, delta_b, m2_b = moments.count, moments.shift, moments.delta, moments.m2
     n = na + nb
-    d = ((shift_b - shift_a) + delta_b) - delta_a
+    # merge_fields' operations in its order, in place on our own temporaries (addition
+    # commutes bit for bit, so ``t += a`` is ``a + t``).
+    d = shift_b - shift_a
+    d += delta_b
+    d -= delta_a
     w = nb / n
-    delta = delta_a + d * w
-    m2 = m2_a + m2_b + d * d * na * w
-    n.setflags(write=False)
-    delta.setflags(write=False)
-    m2.setflags(write=False)
-    merged = Moments._owned(n, shift_a, delta, m2, counted=True)
+    delta = d * w
+    delta += delta_a
+    m2 = d * d
+    m2 *= na
+    m2 *= w
+    m2 += m2_a + m2_b
+    writeable(n, False)
+    writeable(delta, False)
+    writeable(m2, False)
+    merged = object.__new__(Moments)  # Moments._owned, inline
+    merged.__dict__.update(count=n, shift=shift_a, delta=delta, m2=m2, _all_counted=True)
     k = n.shape[0]
     out = np.empty(2 * k)
     alpha = options.alpha
@@ -664,14 +738,14 @@ def _update_counted(
     if options.var_update == "mixture":
         mixed = _ema(options, a, mean_var[:k], mean_var[k:], (out[:k], out[k:]))
         return np.concatenate(mixed), merged
-    if options.decay == "rows":
+    if hot.alpha is None or hot.keep is None:  # decay="rows"
         a = np.concatenate((a, a))  # the weight of each feature, for its mean and its var
         keep = 1 - a
     else:  # alpha and 1 - alpha as arrays (filled: faster than Python numbers, same bits)
-        a, keep = filled(2 * k, alpha), filled(2 * k, 1 - alpha)
-    new = np.multiply(out, a, out=out)
+        a, keep = hot.alpha, hot.keep
+    out *= a
     ema: FloatArray = keep * mean_var
-    ema += new
+    ema += out
     return ema, merged
 
 

@@ -14,7 +14,8 @@ import pytest
 from reference import assert_state_close, exact_var, two_pass
 
 from mxnorm_spark import Moments, MXNormState, NotFittedError
-from mxnorm_spark.core.moments import finite_rows_moments
+from mxnorm_spark.core.errors import ValueRangeError
+from mxnorm_spark.core.moments import _fp_modes, finite_rows_moments
 from mxnorm_spark.core.state import StateOptions, scale_of, update_lanes
 
 FIELDS = ("count", "shift", "delta", "m2")
@@ -136,3 +137,51 @@ def test_states_and_their_constants_stay_read_only_and_exact() -> None:
     fm, fs = half.normalization_constants(fallback=filled)
     assert fm.tolist() == [2.0, 6.0]
     assert fs.tolist() == scale_of(np.array([1.0, 4.0]), half.options).tolist()
+
+
+def test_finite_values_that_overflow_keep_their_moments_and_are_refused_without_warnings() -> None:
+    # Finite values whose spread overflows float64: the unmasked moments come out inf, the
+    # values are found finite, so the moments stay the unmasked ones (NaN and inf rules
+    # untouched), and a counted update refuses them with its named error, no numpy
+    # RuntimeWarning before it.
+    x = np.array([[1e308, 1.0], [-1e308, 2.0], [0.0, 4.0]])
+    with np.errstate(all="ignore"):
+        want = bits(finite_rows_moments(x))
+    state = MXNormState.create(["a", "b"]).update(Moments.from_array(np.ones((2, 2))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = Moments.from_array(x)
+        assert bits(m) == want
+        assert m.count.tolist() == [3.0, 3.0] and not np.isfinite(m.m2[0])
+        with pytest.raises(ValueRangeError, match=r"\['a'\].*overflow float64"):
+            state.update(m)
+
+
+@pytest.mark.parametrize("rows", [64, 2048])
+def test_numpy_error_modes_are_restored(rows: int) -> None:
+    # The unmasked attempt turns numpy's floating-point errors off and back on: a caller's
+    # "raise" neither fires inside nor is lost after, with or without an inf in the batch.
+    x = offset_rows(np.random.default_rng(3), rows, 40)
+    bad = x.copy()
+    bad[0, 1] = bad[9, 1] = np.inf
+    state = MXNormState.create([f"f{j}" for j in range(40)]).update(Moments.from_array(x))
+    with np.errstate(all="raise"):
+        for batch in (x, bad):
+            state = state.update(Moments.from_array(batch))
+            assert np.geterr()["invalid"] == "raise" and np.geterr()["over"] == "raise"
+        with pytest.raises(FloatingPointError):
+            np.array([np.inf]) - np.array([np.inf])
+    assert np.geterr()["invalid"] == "warn"
+
+
+def test_the_numpy_1_error_modes_quiet_and_restore() -> None:
+    # Without numpy 2's context variable, np.seterr turns the warnings off and back.
+    quiet, restore = _fp_modes("no_such_module_here")
+    with np.errstate(invalid="raise"):
+        token = quiet()
+        try:
+            assert np.geterr()["invalid"] == "ignore"
+            assert np.isnan(np.array([np.inf]) - np.array([np.inf]))[0]
+        finally:
+            restore(token)
+        assert np.geterr()["invalid"] == "raise"
