@@ -70,7 +70,8 @@ def assert_close(
 ) -> None:
     """Within 1e-12 (variance relative, mean in sd units), plus a few ulps of the mean and,
     with ``pivot``, of the pivot: the mean is ``pivot + delta``, rounded once at the pivot's
-    scale, so a constant column (sd 0) read around a pivot next to it keeps that rounding."""
+    scale, so a constant column (sd 0) read around a pivot next to it keeps that rounding
+    (and its variance the rounding's square)."""
     ref_count, ref_mean, ref_var = ref
     np.testing.assert_array_equal(count, ref_count, err_msg=f"{what}: counts")
     none = ref_count == 0
@@ -79,7 +80,13 @@ def assert_close(
     m, v, rm, rv = mean[has], var[has], ref_mean[has], ref_var[has]
     assert np.all(np.isfinite(m)) and np.all(np.isfinite(v)) and np.all(v >= 0), what
     var_err = np.abs(v - rv)
-    var_ok = var_err <= TOL * np.abs(rv) + TINY
+    var_tol = TOL * np.abs(rv) + TINY
+    if pivot is not None:
+        # Around a pivot the variance is m2 / n - delta**2 with delta rounded at the
+        # pivot's scale: a constant column keeps the square of that rounding (sd 0 has
+        # no digits to lose).
+        var_tol = var_tol + ULPS * np.spacing(np.nan_to_num(np.abs(pivot[has]), nan=0.0)) ** 2
+    var_ok = var_err <= var_tol
     assert var_ok.all(), f"{what}: var {v[~var_ok]} vs exact {rv[~var_ok]}"
     scale = np.abs(rm)
     if pivot is not None:
