@@ -545,8 +545,9 @@ def fold_normalize_kernel(
     """The ``mapInArrow`` function of :func:`fold_and_normalize` (a partition at once): the
     normalized rows go back to Spark, the partition's snapshot to ``parts`` (an empty part
     too, so that every partition has one). With ``data_schema`` the input holds the data
-    rows alone (:func:`with_snapshot`'s ``data``) and the previous part comes from
-    ``parts``; without, it is :func:`fold_and_normalize`'s input, sorted by Spark."""
+    rows alone (:func:`with_snapshot`'s ``data``), the previous part comes from ``parts``
+    and :func:`fold_and_normalize_parts` folds them; without, it is
+    :func:`fold_and_normalize`'s input, sorted by Spark."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rbs = [rb for rb in batches if rb.num_rows]
