@@ -191,11 +191,13 @@ def kernel() -> None:
     run(1, f"{root}/s0")
     t: Timings = {}
     cpu = time.process_time
-    K.with_snapshot = _timed(t, "with_snapshot (union + sort)", K.with_snapshot, cpu)
+    K._union_rows = _timed(t, "the union's order (sort by key and source)", K._union_rows, cpu)
     K._fold = _timed(t, "_fold", K._fold, cpu)
     K.SnapshotLayout.before = _timed(t, "  layout.before", K.SnapshotLayout.before, cpu)  # type: ignore[method-assign]
     K.SnapshotLayout.step = _timed(t, "  layout.step", K.SnapshotLayout.step, cpu)  # type: ignore[method-assign]
-    K.fold_and_normalize = _timed(t, "fold_and_normalize (incl. _fold)", K.fold_and_normalize, cpu)
+    K._fold_and_normalize = _timed(
+        t, "fold and normalize (incl. _fold)", K._fold_and_normalize, cpu
+    )
     SnapshotPartFiles.previous = _timed(
         t, "read the previous part", SnapshotPartFiles.previous, cpu
     )  # type: ignore[method-assign]

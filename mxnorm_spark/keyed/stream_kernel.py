@@ -13,7 +13,7 @@ No Spark import: the functions run in the Python workers (and in tests, on plain
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ __all__ = [
     "SnapshotLayout",
     "SnapshotParts",
     "fold_and_normalize",
+    "fold_and_normalize_parts",
     "fold_normalize_kernel",
     "snapshot_states_kernel",
     "stream_fold",
@@ -220,26 +221,74 @@ def stream_fold(
     Output: the key columns, :data:`SNAPSHOT_SCALARS`, the layout's state and constant
     columns.
     """
-    return _fold(table, n_keys, layout, batch_id=batch_id, evict_after=evict_after).snapshot
+    rows = _Rows.of_table(table, n_keys)
+    return _fold(rows, n_keys, layout, batch_id=batch_id, evict_after=evict_after).snapshot
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A partition's rows in (key, source, features) order, not moved: row ``p`` is row
+    ``index[p]`` of its kind's columns (``data`` for data rows, source 1; ``snap`` for
+    snapshot rows), each column given by its index in the one row shape of
+    :func:`stream_fold`'s input (keys, source, scalars, values, carried columns). ``keys``:
+    the key columns in this order; ``fields``: their fields. One sorted table is its own
+    source of both kinds (``index`` None); :func:`with_snapshot`'s two inputs are the
+    sources of one kind each, and only what the fold reads is taken from them."""
+
+    keys: list[pa.Array]
+    fields: list[pa.Field]
+    src: np.ndarray
+    index: np.ndarray | None
+    data: Callable[[int], Any]
+    snap: Callable[[int], Any]
+
+    @classmethod
+    def of_table(cls, table: pa.Table, n_keys: int) -> _Rows:
+        t = table.combine_chunks()
+        cols = [_array(t.column(i)) for i in range(t.num_columns)]
+        src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
+        fields = [t.schema.field(i) for i in range(n_keys)]
+        return cls(cols[:n_keys], fields, src, None, cols.__getitem__, cols.__getitem__)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.src.shape[0])
+
+    def take(self, column: int, positions: np.ndarray, *, snapshot: bool) -> Any:
+        """Column ``column`` at ``positions`` (rows of one kind: snapshot rows or not)."""
+        ids = positions if self.index is None else self.index[positions]
+        source = self.snap if snapshot else self.data
+        return source(column).take(pa.array(ids, type=pa.int64()))
+
+    def subset(self, mask: np.ndarray) -> _Rows:
+        index = np.flatnonzero(mask) if self.index is None else self.index[mask]
+        keys = [k.filter(pa.array(mask)) for k in self.keys]
+        return _Rows(keys, self.fields, self.src[mask], index, self.data, self.snap)
+
+
+def _array(c: Any) -> pa.Array:
+    if isinstance(c, pa.ChunkedArray):
+        return c.chunk(0) if c.num_chunks == 1 else c.combine_chunks()
+    return c
 
 
 def _fold(
-    table: pa.Table, n_keys: int, layout: SnapshotLayout, *, batch_id: int, evict_after: int | None
+    rows: _Rows, n_keys: int, layout: SnapshotLayout, *, batch_id: int, evict_after: int | None
 ) -> _Fold:
-    t = table.combine_chunks()
     k, sc = layout.n_features, n_keys + 1
     v0 = sc + len(SNAPSHOT_SCALARS)
-    cols = [pa.concat_arrays(t.column(i).chunks) for i in range(t.num_columns)]
-    key_diff = np.zeros(t.num_rows, dtype=bool)
+    state_end = v0 + len(layout.state_columns)
+    key_diff = np.zeros(rows.num_rows, dtype=bool)
     for i in range(n_keys):
-        key_diff |= differs(None, cols[i])
+        key_diff |= differs(None, rows.keys[i])
     group = np.cumsum(key_diff) - 1
-    src = np.asarray(cols[n_keys].to_numpy(zero_copy_only=False))
+    src = rows.src
     data, snap = np.flatnonzero(src == 1), np.flatnonzero(src == 0)
-    # The key's last micro-batch with rows (NaN on data rows).
-    last = np.asarray(cols[sc].to_numpy(zero_copy_only=False), dtype=np.float64)[snap]
+    # The key's last micro-batch with rows.
+    last_col = rows.take(sc, snap, snapshot=True)
+    last = np.asarray(last_col.to_numpy(zero_copy_only=False), dtype=np.float64)
     keep = np.ones(snap.shape[0], dtype=bool)
-    schema = layout.schema([t.schema.field(i) for i in range(n_keys)])
+    schema = layout.schema(rows.fields)
     parts, data_group = [], np.zeros(0, dtype=np.int64)
     values: dict[str, FloatArray] = {}
     if data.size:
@@ -247,10 +296,10 @@ def _fold(
         new = np.concatenate([[True], dgroup[1:] != dgroup[:-1]])
         starts = np.flatnonzero(new)
         data_group = np.cumsum(new) - 1
-        take = pa.array(data, type=pa.int64())
         x = np.vstack(
-            [cols[v0 + j].take(take).to_numpy(zero_copy_only=False) for j in range(k)]
-        ).astype(np.float64, copy=False)
+            [rows.take(v0 + j, data, snapshot=False).to_numpy(zero_copy_only=False)
+             for j in range(k)]
+        ).astype(np.float64, copy=False)  # fmt: skip
         snap_of = np.full(int(group[-1]) + 1, -1)
         snap_of[group[snap]] = np.arange(snap.shape[0])
         prev = snap_of[dgroup[starts]]  # the key's snapshot row (index into snap), or -1
@@ -261,7 +310,7 @@ def _fold(
         prev_row = np.full_like(prev, -1)
         prev_row[prev >= 0] = snap[prev[prev >= 0]]
         folded, values = _folded_rows(
-            cols,
+            rows,
             n_keys,
             layout,
             prev=prev_row,
@@ -273,15 +322,15 @@ def _fold(
         parts.append(pa.Table.from_arrays(folded, schema=schema))
     if evict_after is not None:
         keep &= batch_id - last < evict_after
-    kept = pa.array(snap[keep], type=pa.int64())
-    carried = [cols[i].take(kept) for i in (*range(n_keys), *range(sc, t.num_columns))]
+    kept = snap[keep]
+    carried = [rows.take(i, kept, snapshot=True) for i in (*range(n_keys), *range(sc, state_end))]
     nulls = [pa.nulls(len(kept), pa.float64()) for _ in layout.constant_columns]
     parts.append(pa.Table.from_arrays([*carried, *nulls], names=schema.names).cast(schema))
     return _Fold(pa.concat_tables(parts), values, data_group)
 
 
 def _folded_rows(
-    cols: list[pa.Array],
+    source: _Rows,
     n_keys: int,
     layout: SnapshotLayout,
     *,
@@ -295,18 +344,21 @@ def _folded_rows(
     ``prev`` (-1: none) with the batch's ``moments`` (features x keys) folded in; keys
     taken from rows ``first_rows``."""
     s, has = first_rows.shape[0], prev >= 0
-    at = pa.array(prev[has], type=pa.int64())
+    at = prev[has]
     first_state = n_keys + 1 + len(SNAPSHOT_SCALARS)
     state = [
-        np.asarray(cols[first_state + i].take(at).to_numpy(zero_copy_only=False), np.float64)
+        np.asarray(
+            source.take(first_state + i, at, snapshot=True).to_numpy(zero_copy_only=False),
+            np.float64,
+        )
         for i in range(len(layout.state_columns))
     ]
     values = layout.step(layout.before(state, has, s), moments)
-    keys = [cols[i].take(pa.array(first_rows, type=pa.int64())) for i in range(n_keys)]
+    keys = [source.take(i, first_rows, snapshot=False) for i in range(n_keys)]
     check_lanes(values, layout.features, lambda i: f"{key_label(keys, i)} in batch {batch_id}")
     seen, key_rows = np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64)
-    seen[has] = cols[n_keys + 2].take(at).to_numpy(zero_copy_only=False)
-    key_rows[has] = cols[n_keys + 3].take(at).to_numpy(zero_copy_only=False)
+    seen[has] = source.take(n_keys + 2, at, snapshot=True).to_numpy(zero_copy_only=False)
+    key_rows[has] = source.take(n_keys + 3, at, snapshot=True).to_numpy(zero_copy_only=False)
     return [
         *keys,
         pa.array(np.full(s, batch_id, dtype=np.int64)),
@@ -371,33 +423,61 @@ def fold_and_normalize(
     snapshot stores, which the join of :meth:`KeyedStreamState.normalize` reads) or the
     global ones, ``(x - mean) / scale`` in float64 as the Spark path computes it.
     """
-    t = table.combine_chunks()
+    return _fold_and_normalize(
+        _Rows.of_table(table, n_keys), n_keys, layout, rows, batch_id=batch_id,
+        evict_after=evict_after,
+    )  # fmt: skip
+
+
+def fold_and_normalize_parts(
+    data: pa.Table,
+    previous: pa.Table | None,
+    n_keys: int,
+    layout: SnapshotLayout,
+    rows: RowOutput,
+    *,
+    batch_id: int,
+    evict_after: int | None,
+) -> tuple[pa.Table, pa.Table]:
+    """:func:`fold_and_normalize` of ``with_snapshot(data, previous, ...)``, the same
+    tables, without building the sorted union: only the sort order is computed, and each
+    column is taken once from the input that holds it."""
+    return _fold_and_normalize(
+        _union_rows(data, previous, n_keys, layout), n_keys, layout, rows,
+        batch_id=batch_id, evict_after=evict_after,
+    )  # fmt: skip
+
+
+def _fold_and_normalize(
+    source: _Rows,
+    n_keys: int,
+    layout: SnapshotLayout,
+    rows: RowOutput,
+    *,
+    batch_id: int,
+    evict_after: int | None,
+) -> tuple[pa.Table, pa.Table]:
     k, v0 = layout.n_features, n_keys + 1 + len(SNAPSHOT_SCALARS)
-    null_key = np.zeros(t.num_rows, dtype=bool)
-    for i in range(n_keys):
-        if t.column(i).null_count:
-            null_key |= np.asarray(t.column(i).is_null().to_numpy(zero_copy_only=False))
-    src = np.asarray(t.column(n_keys).to_numpy(zero_copy_only=False))
-    data = np.flatnonzero(src == 1)
-    keyed = t.filter(pa.array(~null_key)) if null_key.any() else t
-    state_end = v0 + len(layout.state_columns)
-    empty = layout.schema([t.schema.field(i) for i in range(n_keys)]).empty_table()
+    null_key = np.zeros(source.num_rows, dtype=bool)
+    for c in source.keys:
+        if c.null_count:
+            null_key |= np.asarray(c.is_null().to_numpy(zero_copy_only=False))
+    data = np.flatnonzero(source.src == 1)
+    keyed = source.subset(~null_key) if null_key.any() else source
+    empty = layout.schema(source.fields).empty_table()
     fold = (
-        _fold(keyed.select(range(state_end)), n_keys, layout, batch_id=batch_id,
-              evict_after=evict_after)
+        _fold(keyed, n_keys, layout, batch_id=batch_id, evict_after=evict_after)
         if keyed.num_rows
         else _Fold(empty, {}, np.zeros(0, dtype=np.int64))
-    )  # fmt: skip
+    )
     mean, scale = _row_constants(fold, layout, rows, has_key=~null_key[data])
-    at = pa.array(data, type=pa.int64())
-    xs = [t.column(v0 + j).take(at) for j in range(k)]
+    xs = [_array(source.take(v0 + j, data, snapshot=False)) for j in range(k)]
     x = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.float64) for c in xs]
     nulls = [np.asarray(c.is_null().to_numpy(zero_copy_only=False)) for c in xs]
     keep = rows_to_keep(list(zip(rows.features, x, nulls, strict=True)), rows.handle_invalid)
     if keep is not None:
         data, mean, scale = data[keep], mean[:, keep], scale[:, keep]
         x, nulls = [v[keep] for v in x], [m[keep] for m in nulls]
-        at = pa.array(data, type=pa.int64())
     out = []
     with np.errstate(invalid="ignore", over="ignore"):
         for _, kind, i in rows.columns:
@@ -407,7 +487,7 @@ def fold_and_normalize(
                     pa.array(z, type=pa.float64(), mask=nulls[i] if nulls[i].any() else None)
                 )
             else:
-                out.append(t.column(i).take(at))
+                out.append(source.take(i, data, snapshot=False))
     names = [name for name, _, _ in rows.columns]
     return fold.snapshot, pa.Table.from_arrays(out, names=names)
 
@@ -417,13 +497,19 @@ def _row_constants(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mean and scale of each data row, features x rows: its key's where the key has
     at least ``min_key_rows`` valid values, else the global ones."""
-    n = np.full((layout.n_features, has_key.shape[0]), np.nan)
-    mean, scale = np.zeros_like(n), np.ones_like(n)
-    if fold.group.size:
-        count_name, mean_name, scale_name = layout.lookup_values()
-        n[:, has_key] = np.take(fold.values[count_name], fold.group, axis=1)
-        mean[:, has_key] = np.take(fold.values[mean_name], fold.group, axis=1)
-        scale[:, has_key] = np.take(fold.values[scale_name], fold.group, axis=1)
+    names = layout.lookup_values()
+    g = fold.group
+    if g.size and g.shape[0] == fold.values[names[0]].shape[1] and bool(has_key.all()):
+        # Every row keyed and one row per key (so ``g`` is 0, 1, 2, ...: the usual
+        # micro-batch over many keys): the keys' values are the rows', no gather.
+        n, mean, scale = (fold.values[c] for c in names)
+    else:
+        n = np.full((layout.n_features, has_key.shape[0]), np.nan)
+        mean, scale = np.zeros_like(n), np.ones_like(n)
+        if g.size:
+            n[:, has_key] = np.take(fold.values[names[0]], g, axis=1)
+            mean[:, has_key] = np.take(fold.values[names[1]], g, axis=1)
+            scale[:, has_key] = np.take(fold.values[names[2]], g, axis=1)
     with np.errstate(invalid="ignore"):
         use = n >= max(rows.min_key_rows, 1)
     gm, gs = np.asarray(rows.global_mean)[:, None], np.asarray(rows.global_scale)[:, None]
@@ -459,22 +545,25 @@ def fold_normalize_kernel(
     """The ``mapInArrow`` function of :func:`fold_and_normalize` (a partition at once): the
     normalized rows go back to Spark, the partition's snapshot to ``parts`` (an empty part
     too, so that every partition has one). With ``data_schema`` the input holds the data
-    rows alone (:func:`with_snapshot`'s ``data``) and the previous part comes from
-    ``parts``; without, it is :func:`fold_and_normalize`'s input, sorted by Spark."""
+    rows alone (:func:`with_snapshot`'s ``data``), the previous part comes from ``parts``
+    and :func:`fold_and_normalize_parts` folds them; without, it is
+    :func:`fold_and_normalize`'s input, sorted by Spark."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rbs = [rb for rb in batches if rb.num_rows]
+        options: dict[str, Any] = {"batch_id": batch_id, "evict_after": evict_after}
         if data_schema is not None:
             data = pa.Table.from_batches(rbs) if rbs else data_schema.empty_table()
-            table = with_snapshot(data, parts.previous(), n_keys, layout)
+            previous = parts.previous()
+            snapshot, out = fold_and_normalize_parts(
+                data, previous, n_keys, layout, rows, **options
+            )
         elif rbs:
             table = pa.Table.from_batches(rbs)
+            snapshot, out = fold_and_normalize(table, n_keys, layout, rows, **options)
         else:
             parts.write(parts.schema.empty_table())
             return
-        snapshot, out = fold_and_normalize(
-            table, n_keys, layout, rows, batch_id=batch_id, evict_after=evict_after
-        )
         parts.write(snapshot if snapshot.num_rows else parts.schema.empty_table())
         yield from out.to_batches(max_chunksize=OUT_ROWS)
 
@@ -512,19 +601,136 @@ def with_snapshot(
             *(pa.nulls(m, t) for t in types[n_keys + 1 + len(SNAPSHOT_SCALARS) + k + extra :]),
         ]
         table = pa.concat_tables([table, pa.Table.from_arrays(old, schema=table.schema)])
-    # Spark's order: nulls first (a validity flag before each column, so Arrow's own null
-    # placement never decides), and NaN after +inf (Arrow puts it with the nulls).
-    order: list[Any] = []
-    for c in table.columns[:n_keys]:
-        order += [pc.is_valid(c), c]
-    order.append(table[SOURCE_COLUMN])
-    for j in range(k):
-        v = table[f"__mx_v{j}"]
-        nan = pc.is_nan(v)
-        order += [pc.is_valid(v), pc.if_else(nan, np.inf, v), nan]
-    keys = pa.Table.from_arrays(order, names=[f"s{i}" for i in range(len(order))])
-    index = pc.sort_indices(keys, sort_keys=[(f"s{i}", "ascending") for i in range(len(order))])
+    keys = [table.column(i) for i in range(n_keys)]
+    index = _spark_order(keys, table[SOURCE_COLUMN], lambda j: table[f"__mx_v{j}"], k)
     return table.take(index)
+
+
+def _union_rows(
+    data: pa.Table, previous: pa.Table | None, n_keys: int, layout: SnapshotLayout
+) -> _Rows:
+    """The rows of :func:`with_snapshot` (``data`` then ``previous``, sorted the same way)
+    as :class:`_Rows`: the sort order, and each column of the one row shape read from the
+    input that holds it (data rows' values: their features; snapshot rows': the state)."""
+    k, n, m = layout.n_features, data.num_rows, 0 if previous is None else previous.num_rows
+    state = layout.state_columns
+    scalar_types = [pa.int64(), pa.int32(), pa.int64(), pa.int64()]
+    v0 = n_keys + 1 + len(SNAPSHOT_SCALARS)
+    state_end = v0 + len(state)
+    d = [_array(c) for c in data.columns]
+    fields = [pa.field(data.column_names[i], d[i].type) for i in range(n_keys)]
+    types = [*(f.type for f in fields), pa.int32(), *scalar_types]
+    types += [pa.float64()] * len(state) + [c.type for c in d[n_keys + k :]]
+    p: list[Any] = []
+    if previous is not None and m:
+        p = [_array(previous.column(i)).cast(types[i]) for i in range(n_keys)]
+        p += [pa.array(np.zeros(m, np.int32))]
+        pairs = zip(SNAPSHOT_SCALARS, scalar_types, strict=True)
+        p += [_array(previous[c]).cast(t) for c, t in pairs]
+        p += [_array(previous[c]) for c in state]
+
+    def data_column(i: int) -> Any:
+        if i < n_keys:
+            return d[i]
+        if v0 <= i < v0 + k:
+            return d[n_keys + i - v0]
+        if i >= state_end:
+            return d[n_keys + k + i - state_end]
+        return pa.nulls(n, types[i])  # a snapshot field: null on data rows
+
+    def snap_column(i: int) -> Any:
+        return p[i] if p and i < state_end else pa.nulls(m, types[i])
+
+    keys = [pa.concat_arrays([d[i], *p[i : i + 1]]) for i in range(n_keys)]
+    src = pa.array(np.r_[np.ones(n, np.int32), np.zeros(m, np.int32)])
+
+    def value(j: int) -> Any:  # the j-th value column of the union (ties only)
+        return pa.concat_arrays([data_column(v0 + j), *([snap_column(v0 + j)] if m else [])])
+
+    order = np.asarray(_spark_order(keys, src, value, k).to_numpy(zero_copy_only=False))
+    order = order.astype(np.int64, copy=False)
+    kind = np.asarray(src.to_numpy(zero_copy_only=False))[order]
+    index = np.where(kind == 1, order, order - n)
+    sorted_keys = [c.take(pa.array(order)) for c in keys]
+    return _Rows(sorted_keys, fields, kind, index, data_column, snap_column)
+
+
+def _spark_order(keys: list[Any], src: Any, value: Callable[[int], Any], k: int) -> pa.Array:
+    """The indices that sort ``table`` by (key, source, features) as Spark does (nulls
+    first, NaN after +inf), stably: rows equal in all of them keep their order.
+
+    The features only break ties between rows of one key and source, which a micro-batch
+    with one row per key never has: the whole table is sorted by key and source, and only
+    the runs of equal (key, source) rows are then sorted by their features. That gives
+    the permutation of one stable sort by all the columns (27 with 8 features), at the
+    cost of a sort by two."""
+    n = len(src)
+    if len(keys) == 1 and pa.types.is_integer(keys[0].type) and not keys[0].null_count:
+        # One integer key (the usual case): numpy's stable sort, the same order.
+        key = np.asarray(_array(keys[0]).to_numpy())
+        source = np.asarray(_array(src).to_numpy())
+        order_np = np.lexsort((source, key))
+        index = pa.array(order_np)
+        if n < 2 or k == 0:
+            return index
+        sk, ss = key[order_np], source[order_np]
+        tied = (sk[1:] == sk[:-1]) & (ss[1:] == ss[:-1])
+    else:
+        order: list[Any] = []
+        for c in keys:
+            order += _null_first(c, [c])
+        order.append(src)
+        index = _sort_indices(order)
+        if n < 2 or k == 0:
+            return index
+        tied = np.ones(n - 1, dtype=bool)
+        for c in [*keys, src]:
+            tied &= _same_as_before(c.take(index))
+    if not tied.any():
+        return index
+    # Rows in a run of equal (key, source): each run sorted by the features, in place.
+    starts = np.concatenate([[True], ~tied])
+    run = np.cumsum(starts) - 1
+    in_run = np.concatenate([tied, [False]]) | np.concatenate([[False], tied])
+    at = np.flatnonzero(in_run)
+    rows = index.take(pa.array(at))
+    sub = [pa.array(run[at])]
+    for j in range(k):
+        v = value(j).take(rows)
+        nan = pc.is_nan(v)
+        sub += _null_first(v, [pc.if_else(nan, np.inf, v), nan])
+    out = np.asarray(index.to_numpy(zero_copy_only=False)).copy()
+    out[at] = np.asarray(rows.take(_sort_indices(sub)).to_numpy(zero_copy_only=False))
+    return pa.array(out)
+
+
+def _null_first(c: Any, keys: list[Any]) -> list[Any]:
+    """Sort keys of a column, nulls first: a validity flag before them where it has nulls
+    (so Arrow's own null placement never decides)."""
+    return [pc.is_valid(c), *keys] if c.null_count else keys
+
+
+def _sort_indices(columns: list[Any]) -> pa.Array:
+    keys = pa.Table.from_arrays(columns, names=[f"s{i}" for i in range(len(columns))])
+    return pc.sort_indices(keys, sort_keys=[(f"s{i}", "ascending") for i in range(len(columns))])
+
+
+def _same_as_before(c: Any) -> np.ndarray:
+    """Per row but the first: equal to the row before as a sort sees it (both null, both
+    NaN, or ``==``, so -0.0 ties with 0.0)."""
+    a = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    x, y = a.slice(1), a.slice(0, len(a) - 1)
+    same = _bools(pc.fill_null(pc.equal(x, y), False))
+    if a.null_count:
+        same |= _bools(x.is_null()) & _bools(y.is_null())
+    if pa.types.is_floating(a.type):
+        nan_x, nan_y = (_bools(pc.fill_null(pc.is_nan(v), False)) for v in (x, y))
+        same |= nan_x & nan_y
+    return same
+
+
+def _bools(a: Any) -> np.ndarray:
+    return np.asarray(a.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def snapshot_states_kernel(n_keys: int, layout: SnapshotLayout) -> BatchFunction:

@@ -133,6 +133,76 @@ def test_rows_and_snapshot_equal_the_per_key_reference(
     assert seen["key"] > 300 and seen["global"] > 30  # both rules were exercised
 
 
+def _assert_same_bits(a: pa.Table, b: pa.Table) -> None:
+    """Same schema, rows in the same order, same nulls and the same bits (NaN too)."""
+    assert a.schema.equals(b.schema) and a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a[name].combine_chunks(), b[name].combine_chunks()
+        assert x.is_null().equals(y.is_null()), name
+        if pa.types.is_floating(x.type):
+            u = x.fill_null(0.0).to_numpy(zero_copy_only=False).view(np.int64)
+            v = y.fill_null(0.0).to_numpy(zero_copy_only=False).view(np.int64)
+            assert np.array_equal(u, v), name
+        else:
+            assert x.equals(y), name
+
+
+@pytest.mark.parametrize(
+    ("options", "apply_at", "evict_after"),
+    [
+        (StateOptions(alpha=0.2), "after", None),
+        (StateOptions(alpha=0.3, var_update="mixture", decay="rows"), "before", 1),
+        (StateOptions(alpha=None), "after", 2),
+        (StateOptions(alpha=None, zero_variance="unit"), "before", None),
+    ],
+)
+def test_parts_fold_equals_the_fold_of_the_sorted_union(
+    options: StateOptions, apply_at: str, evict_after: int | None
+) -> None:
+    """The kernel's path (the data rows and the previous part apart, only the order
+    computed) gives the tables of the fold of :func:`with_snapshot`'s sorted union, bit
+    for bit and row for row: duplicate and null keys, ties, NaN and null features, keys
+    that come back after eviction, a carried column, a key type wider in the part."""
+    from mxnorm_spark.keyed.stream_kernel import fold_and_normalize_parts, with_snapshot
+
+    rng = np.random.default_rng(23)
+    layout = SnapshotLayout(2, options, apply_at)
+    pool = np.array([np.nan, 0.0, -0.0, 1.5, 1e9, 1e9 + 1])
+    first_carried = 1 + 1 + len(SNAPSHOT_SCALARS) + len(layout.state_columns)
+    rows = RowOutput(
+        features=FEATURES,
+        global_mean=(1e9, 0.5),
+        global_scale=(2.0, 3.0),
+        min_key_rows=2,
+        handle_invalid="keep",
+        columns=(("tag", "in", first_carried), ("k", "in", 0), ("zx", "z", 0), ("zy", "z", 1)),
+    )
+    prev: pa.Table | None = None
+    for b in range(5):
+        n = int(rng.integers(0, 120))
+        null = 0.05 if b % 2 else 0.0  # without nulls, numpy sorts the keys
+        keys = [None if rng.random() < null else int(v) for v in rng.integers(0, 30 - 5 * b, n)]
+        x = pool[rng.integers(0, len(pool), (n, 2))] if b % 2 else rng.normal(size=(n, 2))
+        nulls = rng.random((n, 2)) < 0.05
+        data = pa.table(
+            {
+                "k": pa.array(keys, pa.int32()),
+                "__mx_v0": pa.array(x[:, 0], mask=nulls[:, 0]),
+                "__mx_v1": pa.array(x[:, 1], mask=nulls[:, 1]),
+                "__mx_c0": pa.array(np.arange(n) + 1000 * b),
+            }
+        )
+        union = with_snapshot(data, prev, 1, layout)
+        want = fold_and_normalize(union, 1, layout, rows, batch_id=b, evict_after=evict_after)
+        got = fold_and_normalize_parts(
+            data, prev, 1, layout, rows, batch_id=b, evict_after=evict_after
+        )
+        for a, w in zip(got, want, strict=True):
+            _assert_same_bits(a, w)
+        # The next part as the kernel's file holds it: key type int64, wider than the data's.
+        prev = got[0].cast(layout.schema([pa.field("k", pa.int64())]))
+
+
 # ---- in Spark: the one-job path against the join path ------------------------------------
 def _frames(seed: int = 7) -> list[pd.DataFrame]:
     rng = np.random.default_rng(seed)
@@ -281,6 +351,67 @@ def test_with_snapshot_sorts_as_spark_sorts() -> None:
     rows = got.select(["k", "__mx_src", "__mx_v0", "__mx_v1"]).to_pylist()
     assert [spark_key(r) for r in rows] == sorted(spark_key(r) for r in rows)
     assert rows[0]["k"] is None  # null keys first
+
+
+@pytest.mark.parametrize("key_kind", ["string", "double", "int", "unique"])
+def test_with_snapshot_is_one_stable_sort_by_every_column(key_kind: str) -> None:
+    """The sort by key and source, then by features within runs of equal (key, source),
+    is the permutation of one stable sort by all of them: rows that tie everywhere (-0.0
+    and 0.0, two NaN, two nulls) keep their input order, which fixes the moments' bits."""
+    from mxnorm_spark.keyed.stream_kernel import with_snapshot
+
+    rng = np.random.default_rng(9)
+    layout = SnapshotLayout(2, StateOptions(alpha=0.5))
+    n = 400
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.0])
+    x = pool[rng.integers(0, len(pool), (n, 2))]
+    nulls = rng.random((n, 2)) < 0.1
+    if key_kind == "string":
+        key_type: Any = pa.string()
+        keys: list[Any] = [None if i % 29 == 0 else f"k{rng.integers(0, 7)}" for i in range(n)]
+        snap_keys: list[Any] = ["k1", "k5"]
+    elif key_kind == "double":
+        key_type = pa.float64()
+        keys = [None if i % 31 == 0 else float(pool[rng.integers(0, len(pool))]) for i in range(n)]
+        snap_keys = [1.5, float("nan")]
+    elif key_kind == "int":  # no null: numpy's sort, then the runs by features
+        key_type = pa.int64()
+        keys = [int(v) for v in rng.integers(0, 9, n)]
+        snap_keys = [2, 4]
+    else:  # one row per key: no run to sort by features
+        key_type = pa.int64()
+        keys = [int(v) for v in rng.permutation(n)]
+        snap_keys = [3, 7]
+    data = pa.table(
+        {
+            "k": pa.array(keys, key_type),
+            "__mx_v0": pa.array(x[:, 0], mask=nulls[:, 0]),
+            "__mx_v1": pa.array(x[:, 1], mask=nulls[:, 1]),
+            "__mx_c0": pa.array(np.arange(n)),
+        }
+    )
+    prev = layout.schema([pa.field("k", key_type)]).empty_table()
+    prev = pa.Table.from_pylist(
+        [{"k": k, "last_batch": 0, "batches_seen": 1, "key_rows": 2, "rows": 2} for k in snap_keys],
+        schema=prev.schema,
+    )
+    got = with_snapshot(data, prev, 1, layout)
+
+    def rank(v: Any) -> tuple[int, Any]:  # Spark's ascending order; -0.0 == 0.0
+        if v is None:
+            return (0, 0.0)
+        return (2, 0.0) if isinstance(v, float) and np.isnan(v) else (1, v)
+
+    # The reference: Python's stable sort of the union (data rows, then snapshot rows).
+    def value(i: int, j: int) -> float | None:
+        return None if nulls[i, j] else float(x[i, j])
+
+    union = [(keys[i], 1, value(i, 0), value(i, 1), i) for i in range(n)]
+    union += [(k, 0, None, None, None) for k in snap_keys]
+    want = sorted(union, key=lambda r: (rank(r[0]), r[1], rank(r[2]), rank(r[3])))
+    cols = got.select(["k", "__mx_src", "__mx_c0"]).to_pylist()
+    assert [r["__mx_c0"] for r in cols] == [r[4] for r in want]
+    assert [r["__mx_src"] for r in cols] == [r[1] for r in want]
 
 
 def test_a_missing_part_is_not_published(tmp_path: Path) -> None:
