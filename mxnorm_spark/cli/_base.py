@@ -7,7 +7,7 @@ importing each other the wrong way.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,8 +145,17 @@ def removed_on_failure(path: str, spark: SparkSession | None = None) -> Iterator
         raise
 
 
-def write_table(df: DataFrame, path: str, fmt: str, mode: str, options: Any) -> None:
+def write_table(
+    df: DataFrame, path: str, fmt: str, mode: str, options: Any, *, scores: Sequence[str] = ()
+) -> None:
+    """Write ``df``. Parquet stores the z-score columns ``scores`` without dictionary unless
+    the options set dictionaries: z-scores hardly repeat, and a wide output's writer hashes
+    every value into dictionaries it then drops (256 columns: about half the write's CPU)."""
+    from mxnorm_spark.streaming.sinks import no_dictionary
+
     opts = {**DEFAULT_WRITE_OPTIONS.get(fmt, {}), **dict(options)}
+    if fmt == "parquet" and not any("dictionary" in k for k in opts):
+        opts |= no_dictionary(scores)
     # Spark Connect's Python client takes "error" but not its synonym "errorifexists".
     mode = "error" if mode == "errorifexists" else mode
     df.write.format(fmt).mode(mode).options(**opts).save(path)

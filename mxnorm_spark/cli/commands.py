@@ -360,8 +360,10 @@ def run_fit(cfg: FitConfig, settings: SparkSettings) -> int:
         cleanup = nullcontext() if cfg.output is None else removed_on_failure(cfg.output, spark)
         with cleanup:
             if cfg.output is not None:
+                scores = () if cfg.input_col else state.features
                 write_table(
-                    model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options
+                    model.transform(df), cfg.output, out_format, cfg.mode, cfg.write_options,
+                    scores=scores,
                 )
             # One run at a time writes the state and its history (a second one stops here).
             with state_file_writer(cfg.state, spark):
@@ -410,7 +412,8 @@ def run_transform(cfg: TransformConfig, settings: SparkSettings) -> int:
                 handle_invalid=cfg.handle_invalid,
                 engine=cfg.engine,
             )
-            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options)
+            scores = () if cfg.input_col else (cfg.output_cols or cfg.cols or state.features)
+            write_table(out, cfg.output, out_format, cfg.mode, cfg.write_options, scores=scores)
             done = (
                 f"normalized {state.n_features} feature(s) of {cfg.input} with the state in "
                 f"{cfg.state} ({state.batches_seen} batch(es) seen); wrote {out_format} to "

@@ -186,7 +186,10 @@ _HELP_INPUT_COL = "one vector or array<double> column to normalize instead of --
 _HELP_READ = (
     "reader option KEY=VALUE, repeatable (csv: header=true, inferSchema=true, mode=FAILFAST)"
 )
-_HELP_WRITE = "writer option KEY=VALUE, repeatable (csv default: header=true)"
+_HELP_WRITE = (
+    "writer option KEY=VALUE, repeatable (csv default: header=true; parquet z-score columns: "
+    "no dictionary unless an option sets dictionaries)"
+)
 
 
 @dataclass(frozen=True)

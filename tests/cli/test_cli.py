@@ -85,6 +85,19 @@ def read_parquet(path: Path) -> dict[str, list[Any]]:
     return pq.read_table(path).to_pydict()  # type: ignore[no-any-return]
 
 
+def dictionary_columns(path: Path) -> set[str]:
+    """Top-level columns with a dictionary page in any row group of the Parquet files."""
+    found = set()
+    for part in path.glob("*.parquet"):
+        meta = pq.ParquetFile(part).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                chunk = meta.row_group(g).column(c)
+                if chunk.has_dictionary_page:
+                    found.add(chunk.path_in_schema.split(".")[0])
+    return found
+
+
 @pytest.mark.slow
 def test_cli_fit_and_inspect_through_subprocess(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "events.csv", ROWS)
@@ -220,6 +233,19 @@ def test_cli_in_process(spark: Any, tmp_path: Path, capsys: pytest.CaptureFixtur
     out = read_parquet(tmp_path / "keep")
     got = np.column_stack([out["a_z"], out["b_z"]])
     np.testing.assert_array_equal(got, state.normalize(x))  # NaN stays NaN (keep)
+    # z-scores are written without dictionary (values that repeat, so the writer would keep
+    # one); the other columns keep Spark's default, unless the user sets dictionaries.
+    rep = tmp_path / "repeating.parquet"
+    i = np.arange(400)
+    pq.write_table(pa.table({"id": i % 3, "a": (i % 2) * 1.0, "b": (i % 5) * 1.0}), rep)
+    rep_args = ["transform", "--input", str(rep), "--state", str(tmp_path / "s.json")]
+    code, _ = main(*rep_args, "--output", str(tmp_path / "plain"), "--output-cols", "a_z,b_z")
+    assert code == 0
+    assert dictionary_columns(tmp_path / "plain") == {"id", "a", "b"}
+    code, _ = main(*rep_args, "--output", str(tmp_path / "dict"), "--output-cols", "a_z,b_z",
+                   "--write-option", "parquet.enable.dictionary=true")  # fmt: skip
+    assert code == 0
+    assert dictionary_columns(tmp_path / "dict") == {"id", "a", "b", "a_z", "b_z"}
 
     code, _ = main(*base, "--output", str(tmp_path / "skip"), "--handle-invalid", "skip")
     assert code == 0
