@@ -29,13 +29,13 @@ feast-demo: setup
 # CI's command, in two stages. 1: two pytest processes side by side: the classic suite
 # (with the object-store faults and the fuzzing of tests/chaos) on its one shared local
 # session, and beside it the Spark Connect tests (a process of their own: a Connect session
-# switches PySpark into Connect mode for its whole process), then the examples of README and
-# docs/ (LANE2: each page starts JVMs of its own). Much of either's time is a JVM starting or
-# a small job's latency, so together they fill the 2 cores that one leaves half idle; the
-# second process's output is printed when both are done. 2: `make test-chaos`, after stage 1
+# switches PySpark into Connect mode for its whole process), then LANE2: the examples of
+# README and docs/ (each page starts JVMs of its own) and the standalone-cluster tests
+# (spark-submit runs), chosen so that the two end at about the same time and the 2 cores
+# stay busy until then; the second one's output is printed when both are done. 2: `make test-chaos`, after stage 1
 # (it starts a cluster and Connect servers of its own, which beside stage 1 would only
 # stretch every wait). Fails if any part fails.
-LANE2 := tests/docs
+LANE2 := tests/docs tests/cluster
 test: setup lint docs
 	@log=$$(mktemp); \
 	{ MXNORM_CONNECT=1 $(PY) -m pytest -q -p no:cacheprovider tests/connect; c=$$?; \
