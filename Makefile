@@ -31,10 +31,10 @@ feast-demo: setup
 # session, and beside it the Spark Connect tests (a process of their own: a Connect session
 # switches PySpark into Connect mode for its whole process), then LANE2: the examples of
 # README and docs/ (each page starts JVMs of its own) and the standalone-cluster tests
-# (spark-submit runs), chosen so that the two end at about the same time and the 2 cores
-# stay busy until then; the second one's output is printed when both are done. 2: `make test-chaos`, after stage 1
-# (it starts a cluster and Connect servers of its own, which beside stage 1 would only
-# stretch every wait). Fails if any part fails.
+# (spark-submit runs), so that both cores stay busy; the second process's output is printed
+# when both are done. Every test runs in exactly one of the two. 2: `make test-chaos`, after
+# stage 1 (it starts a cluster and Connect servers of its own, which beside stage 1 would
+# only stretch every wait). Fails if any part fails.
 LANE2 := tests/docs tests/cluster
 test: setup lint docs
 	@log=$$(mktemp); \
