@@ -26,19 +26,24 @@ run: setup-run
 feast-demo: setup
 	FEAST_USAGE=False $(PY) -m mxnorm_spark.cli.feast_demo
 
-# CI's command, in two stages. 1: the classic suite (with the object-store faults and the
-# fuzzing of tests/chaos) and, alongside it, the Spark Connect tests in a process of their
-# own (a Connect session switches PySpark into Connect mode for its whole process). Both
-# spend much of their time waiting for JVMs to start, so running them together saves
-# minutes on 2 cores; the Connect output is printed when both are done. 2: `make
-# test-chaos`, after stage 1 (it starts a cluster and Connect servers of its own, which
-# beside stage 1 would only stretch every wait). Fails if any part fails.
+# CI's command, in two stages. 1: two pytest processes side by side: the classic suite
+# (with the object-store faults and the fuzzing of tests/chaos) on its one shared local
+# session, and beside it the Spark Connect tests (a process of their own: a Connect session
+# switches PySpark into Connect mode for its whole process), then LANE2: the examples of
+# README and docs/ (each page starts JVMs of its own) and the standalone-cluster tests
+# (spark-submit runs), so that both cores stay busy; the second process's output is printed
+# when both are done. Every test runs in exactly one of the two. 2: `make test-chaos`, after
+# stage 1 (it starts a cluster and Connect servers of its own, which beside stage 1 would
+# only stretch every wait). Fails if any part fails.
+LANE2 := tests/docs tests/cluster
 test: setup lint docs
 	@log=$$(mktemp); \
-	MXNORM_CONNECT=1 $(PY) -m pytest -q -p no:cacheprovider tests/connect >"$$log" 2>&1 & cpid=$$!; \
-	$(PY) -m pytest -q --durations=15; rc=$$?; \
+	{ MXNORM_CONNECT=1 $(PY) -m pytest -q -p no:cacheprovider tests/connect; c=$$?; \
+	  $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(LANE2); d=$$?; \
+	  [ $$c -eq 0 ] && [ $$d -eq 0 ]; } >"$$log" 2>&1 & cpid=$$!; \
+	$(PY) -m pytest -q --durations=15 $(addprefix --ignore=,$(LANE2)); rc=$$?; \
 	wait $$cpid; crc=$$?; \
-	echo "---- Spark Connect tests (MXNORM_CONNECT=1 pytest tests/connect), exit $$crc"; \
+	echo "---- beside it: MXNORM_CONNECT=1 pytest tests/connect, then pytest $(LANE2) (exit $$crc)"; \
 	cat "$$log"; rm -f "$$log"; \
 	[ $$rc -eq 0 ] && [ $$crc -eq 0 ]
 	@echo "---- the heavy fault tests (make test-chaos)"

@@ -21,7 +21,12 @@ The convention (CONTRIBUTING.md repeats it for writers):
 Each page runs in a fresh temporary directory that links ``.venv``, ``conf``, ``jobs`` and
 ``scripts`` of this checkout, in an environment with none of the variables the Makefile
 exports (``PYSPARK_PYTHON``, ``PYSPARK_DRIVER_PYTHON``, ``SPARK_LOCAL_IP``) and without the
-venv on ``PATH``: what a user who copies the example into a shell would have.
+venv on ``PATH``: what a user who copies the example into a shell would have. One addition:
+``SPARK_SUBMIT_OPTS`` (read by ``spark-submit``, so by every JVM a page starts: PySpark's,
+the command line's, a Connect server's) stops the JIT at its first tier and picks the
+serial collector. The examples' JVMs live seconds, and the second tier's compiling cost them
+more than it saved; Java's arithmetic is IEEE whatever compiles it, so nothing a page
+prints changes.
 
 ``DOCS_RUN_XFAIL=1`` runs the xfail blocks as ordinary ones, with ``PYSPARK_PYTHON`` set to
 this interpreter: it checks the rest of such a page while its known bug is open.
@@ -53,6 +58,9 @@ MARKER = re.compile(
 )
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 BLOCK_TIMEOUT = 600
+# The examples' JVMs live seconds: the first JIT tier alone and the serial collector start
+# them faster on a small machine (as tests/cluster's FAST_JVM).
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 RUN_XFAIL = os.environ.get("DOCS_RUN_XFAIL") == "1"
 
 
@@ -208,6 +216,7 @@ def user_env(workdir: Path) -> dict[str, str]:
     env["MXNORM_CONNECT_PORT"] = str(_free_port())
     env["MXNORM_CONNECT_DIR"] = str(workdir / ".connect-server")
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("SPARK_SUBMIT_OPTS", FAST_JVM)
     if RUN_XFAIL:
         env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     return env
