@@ -1,10 +1,13 @@
 """Where the time of the stream, backfill and keyed-stream rows goes: ``python -m
-bench.profile_stream {stream,backfill,kernel}`` (bench/PROFILE_STREAM.md).
+bench.profile_stream {stream [ROWS [PASSES]],backfill,kernel}`` (bench/PROFILE_STREAM.md).
 
-* ``stream``: the 1M-row micro-batches of ``make bench`` (``bench/data/stream1000000-*``),
-  each written once by a plain Parquet write and once through
-  ``MXNormStream.foreach_batch``, interleaved in one process; wall time of the moments job,
-  the history record, the commit and the normalized write (``_publish``).
+* ``stream``: the ROWS-row micro-batches of ``make bench`` (default 1000000:
+  ``bench/data/stream1000000-*``; 100000 and 1000 are generated if missing), each written
+  once by a plain Parquet write and once through ``MXNormStream.foreach_batch``,
+  interleaved in one process, PASSES times over the files (default 1); wall time of the
+  state reads, the driver read of a small batch (``_small_batch``), the moments job, the
+  history record, the commit, the normalized write (``_write``, of which ``_publish`` is
+  the Spark path's write).
 * ``backfill``: ``MXNorm(batchCol=...).fit`` on 100 and 20,000 batch values (the inputs of
   ``make bench``) with the partials merged on the driver (default) and through Spark
   (``DRIVER_MERGE_PARTIALS = 0``), interleaved in one process; wall and CPU (driver + JVM
@@ -50,16 +53,26 @@ def _load() -> str:
     return ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def stream() -> None:
+def _stream_files(rows: int) -> list[Path]:
+    from bench.data import Dataset, ensure_dataset
+    from bench.stream_worker import FULL_SIZES
+
+    files = sorted(DATA_DIR.glob(f"stream{rows}-*/part-*.parquet"))
+    if files:
+        return files
+    count = {n: f for n, f, _ in FULL_SIZES}.get(rows)
+    if count is None or rows >= 1_000_000:  # the 1M inputs are 4 GB: make bench writes them
+        raise SystemExit(f"no bench/data/stream{rows}-*: run make bench first")
+    ds = Dataset(f"stream{rows}", rows * count, 16, vector=False, files=count)
+    return sorted(ensure_dataset(ds).glob("part-*.parquet"))
+
+
+def stream(rows: int = 1_000_000, passes: int = 1) -> None:
     from bench.cases import make_session
     from mxnorm_spark.batch import aggregate
     from mxnorm_spark.streaming.updater import MXNormStream
 
-    files = sorted(DATA_DIR.glob("stream1000000-*/part-*.parquet"))
-    if not files:
-        raise SystemExit(
-            "no bench/data/stream1000000-*: run make bench (or bench.stream_worker) first"
-        )
+    files = _stream_files(rows) * passes
     spark = make_session("profile-stream")
     work = Path(tempfile.mkdtemp(prefix="mxnorm-profile-stream-"))
     t: Timings = {}
@@ -68,9 +81,13 @@ def stream() -> None:
     st = MXNormStream(
         spark, str(work / "state"), cols=cols, output=str(work / "out"), progress=None
     )
+    st.store.get = _timed(t, "state reads: get", st.store.get)  # type: ignore[method-assign]
+    st.store.state_before = _timed(t, "state reads: state_before", st.store.state_before)  # type: ignore[method-assign]
+    st._small_batch = _timed(t, "driver read of a small batch", st._small_batch)  # type: ignore[method-assign]
     st.store.record_batch = _timed(t, "history record", st.store.record_batch)  # type: ignore[method-assign]
     st.store.commit = _timed(t, "commit", st.store.commit)  # type: ignore[method-assign]
-    st._publish = _timed(t, "normalize + write + rename", st._publish)  # type: ignore[method-assign]
+    st._write = _timed(t, "normalize + write + rename (_write)", st._write)  # type: ignore[method-assign]
+    st._publish = _timed(t, "  of which the Spark write (_publish)", st._publish)  # type: ignore[method-assign]
     total = _timed(t, "mxnorm micro-batch", st._process)
     print(f"load before: {_load()}", flush=True)
     for i, f in enumerate(files):
@@ -84,7 +101,7 @@ def stream() -> None:
     print(f"load after: {_load()}")
     print("\n| step (the first micro-batch left out) | median s |\n|---|---:|")
     for name, v in t.items():
-        print(f"| {name} | {statistics.median(v[1:]):.2f} |")
+        print(f"| {name} | {statistics.median(v[1:] or v):.3f} |")
     ratios = [
         a / b for a, b in zip(t["mxnorm micro-batch"][1:], t["plain micro-batch"][1:], strict=True)
     ]
@@ -215,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     what = args[0] if args else ""
     if what == "stream":
-        stream()
+        stream(*(int(a) for a in args[1:3]))
     elif what == "backfill":
         backfill(int(args[1]) if len(args) > 1 else 2)
     elif what == "kernel":
