@@ -35,6 +35,12 @@ running_pid() {
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
+alive() {  # running, not a zombie
+  local stat; stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [ "${stat%% *}" != Z ]
+}
+
 up() {
   command -v java >/dev/null || [ -x "${JAVA_HOME:-}/bin/java" ] ||
     die "Java was not found; PySpark 4 needs Java 17 or 21 (apt-get install openjdk-17-jre-headless)"
@@ -51,10 +57,13 @@ up() {
     --conf "spark.connect.grpc.binding.port=$port" \
     --conf spark.driver.host=127.0.0.1 \
     spark-internal > "$log" 2>&1 &
-  echo $! > "$pid_file"   # spark-class execs java: this is the JVM's PID
+  local pid=$!
+  echo "$pid" > "$pid_file"   # spark-class execs java: this is the JVM's PID
   for _ in $(seq 1 240); do
     listening && { echo "Spark Connect server up: sc://127.0.0.1:$port (log: $log)"; return; }
-    running_pid >/dev/null || die "the server exited; see $log"
+    # Our own child, so its PID cannot be recycled yet; its command line is not checked
+    # here: while spark-class execs java, /proc/PID/cmdline can read empty.
+    alive "$pid" || die "the server exited; see $log"
     sleep 1
   done
   die "no answer on port $port after 240 s; see $log"
