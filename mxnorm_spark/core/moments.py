@@ -231,26 +231,6 @@ class Moments:
             m2 = np.where(has, np.einsum("ij,ij->i", r, r) - r.sum(axis=1) ** 2 / n, 0.0)
         return cls(n, pivot, delta, np.maximum(m2, 0.0))
 
-    @classmethod
-    def _owned(
-        cls,
-        count: FloatArray,
-        shift: FloatArray,
-        delta: FloatArray,
-        m2: FloatArray,
-        counted: bool | None = None,
-    ) -> Moments:
-        """A Moments over read-only 1-D float64 arrays of equal length that nothing else
-        writes to (fresh results the caller froze, or fields of another Moments): not
-        copied or checked. The constructor of the per-batch hot paths; ``counted`` is
-        :func:`all_counted` of the result when the caller knows it."""
-        m = object.__new__(cls)
-        fields = m.__dict__
-        fields.update(count=count, shift=shift, delta=delta, m2=m2)
-        if counted is not None:
-            fields["_all_counted"] = counted
-        return m
-
     # ---- algebra ------------------------------------------------------------------
     @property
     def n_features(self) -> int:
@@ -460,8 +440,18 @@ def finite_rows_moments(x: FloatArray, shift: FloatArray | None = None) -> Momen
     writeable(pivot, False)
     writeable(delta, False)
     writeable(m2, False)
-    m = object.__new__(Moments)  # Moments._owned, inline
-    m.__dict__.update(count=counts, shift=pivot, delta=delta, m2=m2, _all_counted=True)
+    return counted_moments(counts, pivot, delta, m2)
+
+
+def counted_moments(
+    count: FloatArray, shift: FloatArray, delta: FloatArray, m2: FloatArray
+) -> Moments:
+    """A Moments with every feature counted, over read-only 1-D float64 arrays of equal
+    length that nothing else writes to (fresh results the caller froze, or fields of
+    another Moments): not copied or checked. The constructor of the per-batch hot paths,
+    a plain function (a classmethod with keywords costs more per batch)."""
+    m = object.__new__(Moments)
+    m.__dict__.update(count=count, shift=shift, delta=delta, m2=m2, _all_counted=True)
     return m
 
 

@@ -71,6 +71,7 @@ from mxnorm_spark.core.moments import (
     Moments,
     all_counted,
     as_float_matrix,
+    counted_moments,
     filled,
     fp_quiet,
     fp_restore,
@@ -719,8 +720,7 @@ def _update_counted(
     writeable(n, False)
     writeable(delta, False)
     writeable(m2, False)
-    merged = object.__new__(Moments)  # Moments._owned, inline
-    merged.__dict__.update(count=n, shift=shift_a, delta=delta, m2=m2, _all_counted=True)
+    merged = counted_moments(n, shift_a, delta, m2)
     k = n.shape[0]
     out = np.empty(2 * k)
     alpha = options.alpha
