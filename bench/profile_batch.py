@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import psutil
 
 from bench.cases import Context, make_session
 from bench.data import parquet_files
-from bench.profile_spark import _cpu
+from bench.profile_spark import _cpu, _span
 from bench.run import BENCH, UDT
 from bench.shapes import SHAPE_CASES, ensure_input
 
@@ -165,10 +164,6 @@ def _wide_calls(ctx: Context, out: str) -> Calls:
 
 def _write_case(name: str, ctx: Context, ds: Any, paths: list[str], out: str) -> None:
     SHAPE_CASES[name](ctx, ds, paths, "parquet", out)
-
-
-def _span(v: list[float]) -> str:
-    return f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
 
 
 def _ratio(wall: dict[str, list[float]], a: str, b: str) -> str:
